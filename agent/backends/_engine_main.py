@@ -1,0 +1,59 @@
+"""Child process that hosts llama.cpp's HTTP server through xllamacpp (``python -m`` this module).
+
+Reads one JSON config from argv, prints one JSON line ``{"address": ..., "pid": ...}`` when the server
+listens, then serves until stdin closes or SIGTERM/SIGINT arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _params(cfg: dict[str, Any]) -> Any:
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = cfg["model_path"]
+    p.hostnames = ["127.0.0.1"]
+    p.port = int(cfg.get("port", 0))
+    p.n_parallel = int(cfg["n_parallel"])
+    p.n_ctx = int(cfg["n_ctx"])
+    if cfg.get("threads"):
+        p.cpuparams.n_threads = int(cfg["threads"])
+        p.cpuparams_batch.n_threads = int(cfg["threads"])
+    if cfg.get("chat_template"):
+        p.use_jinja = False
+        p.chat_template = cfg["chat_template"]
+    return p
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main() -> int:
+    """Start the server, announce its address, serve until told to stop."""
+    cfg = json.loads(sys.argv[1])
+    import xllamacpp
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server = xllamacpp.Server(_params(cfg))
+    address = server.listening_address
+    sys.stdout.write(json.dumps({"address": address, "pid": os.getpid()}) + "\n")
+    sys.stdout.flush()
+    try:
+        sys.stdin.read()
+    finally:
+        del server
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""The Backend protocol the runner drives, the typed Args models, and the registry that builds backends."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import ConfigError, UnknownNameError
+from agent.record import GenerationRequest, StreamEvent
+
+__all__ = [
+    "Backend",
+    "BackendArgs",
+    "HttpBackendArgs",
+    "available",
+    "create",
+    "register",
+]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the runner needs from any backend.
+
+    ``stream`` yields Chunk events for text-bearing pieces and exactly one StreamEnd, stamping each
+    with ``time.perf_counter_ns()`` at the moment its bytes were read. Failures raise
+    ``RequestFailedError`` with a degraded-record reason.
+    """
+
+    name: str
+    model: str
+
+    async def start(self) -> None:
+        """Open connections or start the engine; called once before the first request."""
+
+    async def close(self) -> None:
+        """Release everything ``start`` acquired; safe to call twice."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Send one request and yield its events as they arrive."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the run manifest (backend, model, quantisation, versions); never secrets."""
+
+
+class BackendArgs(BaseModel):
+    """Base of every backend's typed arguments; unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpBackendArgs(BackendArgs):
+    """Arguments shared by backends that speak HTTP."""
+
+    connect_timeout_s: float = Field(10.0, gt=0)
+    max_connections: int = Field(64, ge=1, description="connection pool size; at least the concurrency")
+
+
+A = TypeVar("A", bound=BackendArgs)
+
+#: Backends by name → the module that registers them, imported only when that backend is asked for.
+_MODULES: dict[str, str] = {
+    "openai": "agent.backends.openai",
+    "embedded": "agent.backends.embedded",
+}
+_REGISTRY: dict[str, tuple[type[BackendArgs], Callable[[Any], Backend]]] = {}
+
+
+def register(name: str, args_type: type[A]) -> Callable[[Callable[[A], Backend]], Callable[[A], Backend]]:
+    """Register a backend factory (usually the class) under ``name`` with its Args model."""
+
+    def deco(factory: Callable[[A], Backend]) -> Callable[[A], Backend]:
+        _REGISTRY[name] = (args_type, factory)
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    """Names of every backend infermeter knows, whether or not its extras are installed."""
+    return sorted(set(_MODULES) | set(_REGISTRY))
+
+
+def create(name: str, args: dict[str, Any]) -> Backend:
+    """Validate ``args`` against the backend's Args model and build it."""
+    if name not in _REGISTRY:
+        if name not in _MODULES:
+            raise UnknownNameError("backend", name, available())
+        importlib.import_module(_MODULES[name])
+    args_type, factory = _REGISTRY[name]
+    try:
+        parsed = args_type.model_validate(args)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid arguments for backend '{name}': {problems}") from e
+    return factory(parsed)

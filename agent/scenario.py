@@ -1,0 +1,283 @@
+"""Load and validate ``scenarios/*.yaml``; errors name the file, line and field before any request is sent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import ConfigError, UnknownNameError
+from agent.record import GenerationRequest
+
+__all__ = [
+    "Prompt",
+    "Scenario",
+    "builtin_dir",
+    "list_builtin",
+    "load_scenario",
+    "parse_duration",
+    "resolve_scenario",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``30``, ``"30s"``, ``"500ms"``, ``"2m"`` or ``"1h"``; None stays None."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return None if value is None else float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use seconds or a number with ms, s, m or h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+Duration = Annotated[float | None, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Prompt(_Strict):
+    """One prompt with a stable id, so runs can be compared prompt by prompt."""
+
+    id: str
+    text: str = Field(min_length=1)
+
+
+class Sampling(_Strict):
+    """Sampling parameters sent with every request (omitted ones are left to the server)."""
+
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = Field(None, gt=0)
+    stop: list[str] | None = None
+
+
+class Timeouts(_Strict):
+    """Per-request deadlines; a request that misses one becomes a degraded record."""
+
+    first_token_s: float = Field(60.0, gt=0)
+    total_s: float = Field(300.0, gt=0)
+
+
+class PromptFile(_Strict):
+    """Prompts kept in YAML files beside the scenario: each a list of strings or of {id, text}."""
+
+    file: str | list[str]
+
+    def paths(self) -> list[str]:
+        """The referenced files, in order."""
+        return [self.file] if isinstance(self.file, str) else list(self.file)
+
+
+class Scenario(_Strict):
+    """A workload: what to send, how much, how fast, and what to keep."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    description: str = ""
+    endpoint: Literal["chat", "completions"] = "chat"
+    system: str | None = None
+    prompts: list[Prompt | str] | PromptFile
+    prompt_tokens: int | None = Field(None, ge=1, description="target prompt length, reported against")
+    output_tokens: int = Field(128, ge=1, le=32768, description="max_tokens sent with each request")
+    requests: int | None = Field(32, ge=1)
+    duration: Duration = Field(None, description="stop issuing new requests after this long")
+    concurrency: int = Field(1, ge=1, le=4096)
+    warmup: int = Field(2, ge=0)
+    sampling: Sampling = Sampling()
+    ignore_eos: bool = True
+    cache_prompt: bool = False
+    timeout: Timeouts = Timeouts()
+    keep_output_every: int = Field(1, ge=0, description="keep the text of every Nth response; 0 = none")
+    source: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Scenario:
+        if self.requests is None and self.duration is None:
+            raise ValueError("set requests, duration or both: a run must be bounded")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be positive")
+        return self
+
+    def prompt_list(self) -> list[Prompt]:
+        """Prompts with ids (inline strings get ``<name>-NNN``); file prompts must be resolved first."""
+        if isinstance(self.prompts, PromptFile):
+            raise ConfigError("prompt file not resolved; load scenarios with load_scenario()")
+        return [
+            p if isinstance(p, Prompt) else Prompt(id=f"{self.name}-{i:03d}", text=p)
+            for i, p in enumerate(self.prompts)
+        ]
+
+    def normalised(self) -> dict[str, Any]:
+        """The fully resolved config (defaults filled, prompts inlined) that the hash covers."""
+        data = self.model_dump(mode="json")
+        data["prompts"] = [p.model_dump() for p in self.prompt_list()]
+        return data
+
+    def config_hash(self) -> str:
+        """sha256 of the normalised config (METHOD §2)."""
+        blob = json.dumps(self.normalised(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def with_overrides(self, **overrides: Any) -> Scenario:
+        """A validated copy with command-line overrides applied (None values are ignored)."""
+        data = self.model_dump(mode="json")
+        data["prompts"] = [p.model_dump() for p in self.prompt_list()]
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            out = Scenario.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError("; ".join(_describe(err) for err in e.errors()), location="command line") from e
+        out.source = self.source
+        return out
+
+    def requests_iter(self) -> Iterator[GenerationRequest]:
+        """Endless requests cycling through the prompts in order."""
+        prompts = self.prompt_list()
+        sampling = self.sampling.model_dump(exclude_none=True)
+        seq = 0
+        while True:
+            p = prompts[seq % len(prompts)]
+            messages = None
+            if self.endpoint == "chat":
+                messages = [{"role": "user", "content": p.text}]
+                if self.system:
+                    messages.insert(0, {"role": "system", "content": self.system})
+            yield GenerationRequest(
+                request_id=f"{self.name}-{seq:06d}",
+                prompt=p.text if self.endpoint == "completions" else None,
+                messages=messages,
+                max_tokens=self.output_tokens,
+                sampling=sampling,
+                ignore_eos=self.ignore_eos,
+                cache_prompt=self.cache_prompt,
+                endpoint=self.endpoint,
+                prompt_id=p.id,
+            )
+            seq += 1
+
+
+def builtin_dir() -> Path:
+    """Where the built-in scenarios live: the repository's ``scenarios/`` or the packaged copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "scenarios", here / "_builtin_scenarios"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("built-in scenarios not found; reinstall infermeter")
+
+
+def list_builtin() -> list[Path]:
+    """Every built-in scenario file, sorted by name."""
+    return sorted(builtin_dir().glob("*.yaml"))
+
+
+def resolve_scenario(name_or_path: str) -> Path:
+    """A path as given when it looks like one, else the built-in scenario of that name."""
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"scenario file {path} does not exist")
+        return path
+    known = {p.stem: p for p in list_builtin()}
+    if name_or_path not in known:
+        raise UnknownNameError("scenario", name_or_path, list(known))
+    return known[name_or_path]
+
+
+def _describe(err: Any) -> str:
+    field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    return f"field '{field}': {err['msg']}"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == key), None)
+            if match is None:
+                return line
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"invalid YAML: {problem}", location=where) from e
+
+
+def _load_prompt_files(scenario_path: Path, ref: PromptFile, node: yaml.Node | None) -> list[Prompt]:
+    prompts: list[Prompt] = []
+    for name in ref.paths():
+        path = (scenario_path.parent / name).resolve()
+        if not path.is_file():
+            line = _line_of(node, ("prompts", "file"))
+            raise ConfigError(f"field 'prompts.file': {name} not found", location=f"{scenario_path}:{line}")
+        prompts.extend(_load_prompt_file(path))
+    return prompts
+
+
+def _load_prompt_file(path: Path) -> list[Prompt]:
+    data, pnode = _read_yaml(path)
+    if not isinstance(data, list) or not data:
+        raise ConfigError("a prompt file must be a non-empty YAML list", location=f"{path}:1")
+    stem = path.stem
+    out: list[Prompt] = []
+    for i, item in enumerate(data):
+        raw = {"id": f"{stem}-{i:03d}", "text": item} if isinstance(item, str) else item
+        try:
+            out.append(Prompt.model_validate(raw))
+        except ValidationError as e:
+            err = e.errors()[0]
+            line = _line_of(pnode, (i, *err["loc"]))
+            raise ConfigError(f"prompt {i}: {_describe(err)}", location=f"{path}:{line}") from e
+    return out
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Parse, validate and resolve one scenario file; raise one ConfigError naming file, line and field."""
+    data, node = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError("a scenario must be a YAML mapping", location=f"{path}:1")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        first = errors[0]
+        lines = [_describe(err) for err in errors]
+        if len(errors) > 1:
+            lines = [
+                f"{text} (line {_line_of(node, tuple(err['loc']))})"
+                for text, err in zip(lines, errors, strict=True)
+            ]
+        line = _line_of(node, tuple(first["loc"]))
+        raise ConfigError("; ".join(lines), location=f"{path}:{line}") from e
+    if isinstance(scenario.prompts, PromptFile):
+        scenario.prompts = list(_load_prompt_files(path, scenario.prompts, node))
+    scenario.source = str(path)
+    return scenario

@@ -1,0 +1,119 @@
+"""Per-scenario summary of a run (METHOD §1–§3): steady state only, degraded records left out.
+
+Success rate, degraded reasons and the warmup ratio are figures of their own; every latency figure is a
+distribution over ok steady records.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from agent.record import RequestRecord
+from analysis.stats import describe, median
+
+__all__ = ["SUMMARY_SCHEMA_VERSION", "WARMUP_RATIO_LIMIT", "summarize"]
+
+SUMMARY_SCHEMA_VERSION = 1
+#: METHOD §2/§8: a warmup median more than ten times the steady median calls for a warm pool.
+WARMUP_RATIO_LIMIT = 10.0
+
+
+def summarize(
+    records: Iterable[RequestRecord], targets: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Summaries keyed by scenario; ``targets`` maps scenario → {prompt_tokens, output_tokens}."""
+    by_scenario: dict[str, list[RequestRecord]] = defaultdict(list)
+    for r in records:
+        by_scenario[r.scenario].append(r)
+    targets = targets or {}
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "scenarios": {name: _scenario(recs, targets.get(name, {})) for name, recs in by_scenario.items()},
+    }
+
+
+def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, Any]:
+    steady = [r for r in recs if r.stage == "steady"]
+    ok = [r for r in steady if r.status == "ok"]
+    warm_ok = [r for r in recs if r.is_warmup and r.status == "ok"]
+    reasons = Counter(r.reason or "unknown" for r in steady if r.status == "degraded")
+    return {
+        "requests": {
+            "steady": len(steady),
+            "ok": len(ok),
+            "degraded": len(steady) - len(ok),
+            "success_rate": len(ok) / len(steady) if steady else None,
+            "degraded_by_reason": dict(sorted(reasons.items())),
+            "warmup": sum(1 for r in recs if r.is_warmup),
+            "interrupted": sum(1 for r in recs if r.reason == "interrupted"),
+        },
+        "latency_ms": {
+            "ttft": describe(r.ttft_ms for r in ok),
+            "itl": describe(itertools.chain.from_iterable(r.itl_ms for r in ok)),
+            "tpot": describe(r.tpot_ms for r in ok),
+            "e2e": describe(r.e2e_ms for r in ok),
+        },
+        "native_ms": {
+            "prefill": describe(r.prefill_ms for r in ok),
+            "decode": describe(r.decode_ms for r in ok),
+            "load": describe(r.load_ms for r in ok),
+            "ttft": describe(r.native_ttft_ms for r in ok),
+        },
+        "throughput": _throughput(ok),
+        "overhead_pct": describe(r.overhead_pct for r in ok),
+        "decode_fraction": describe(r.decode_fraction for r in ok),
+        "warmup": _warmup(warm_ok, ok),
+        "tokens": _tokens(ok, target),
+    }
+
+
+def _throughput(ok: list[RequestRecord]) -> dict[str, Any]:
+    tokens = sum(r.output_tokens or 0 for r in ok)
+    decode_s = sum((r.decode_ms or 0.0) for r in ok if r.decode_ms is not None) / 1000
+    native_tokens = sum(r.output_tokens or 0 for r in ok if r.decode_ms is not None)
+    out: dict[str, Any] = {
+        "native_tok_s_per_request": describe(r.native_tok_s for r in ok),
+        "wall_tok_s_per_request": describe(r.wall_tok_s for r in ok),
+        "native_tok_s_aggregate": native_tokens / decode_s if decode_s > 0 else None,
+        "output_tokens": tokens,
+        "window_s": None,
+        "output_tok_s": None,
+        "requests_per_s": None,
+    }
+    if ok:
+        start = min(r.intended_offset_ms for r in ok)
+        end = max(r.intended_offset_ms + (r.e2e_ms or 0.0) for r in ok)
+        window_s = (end - start) / 1000
+        if window_s > 0:
+            out.update(window_s=window_s, output_tok_s=tokens / window_s, requests_per_s=len(ok) / window_s)
+    return out
+
+
+def _warmup(warm_ok: list[RequestRecord], ok: list[RequestRecord]) -> dict[str, Any]:
+    warm_med = median(r.e2e_ms for r in warm_ok)
+    steady_med = median(r.e2e_ms for r in ok)
+    ratio = warm_med / steady_med if warm_med is not None and steady_med else None
+    return {
+        "n": len(warm_ok),
+        "median_e2e_ms": warm_med,
+        "steady_median_e2e_ms": steady_med,
+        "ratio": ratio,
+        "needs_warm_pool": ratio is not None and ratio > WARMUP_RATIO_LIMIT,
+    }
+
+
+def _tokens(ok: list[RequestRecord], target: dict[str, Any]) -> dict[str, Any]:
+    prompt = describe(r.prompt_tokens for r in ok)
+    output = describe(r.output_tokens for r in ok)
+    return {
+        "prompt": prompt,
+        "prompt_target": target.get("prompt_tokens"),
+        "output": output,
+        "output_target": target.get("output_tokens"),
+        "early_stop": sum(1 for r in ok if r.early_stop),
+        "source": dict(Counter(r.token_source or "unknown" for r in ok)),
+        "cached_prompt_tokens": sum(r.cached_prompt_tokens or 0 for r in ok),
+    }

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.backends.openai import _StreamState, parse_payload
+from agent.errors import RequestFailedError
+
+
+def chunk(**delta: object) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+
+
+def test_role_only_delta_is_not_text() -> None:
+    st = _StreamState()
+    assert parse_payload(chunk(role="assistant", content=None), 1, st) == []
+
+
+def test_content_delta() -> None:
+    st = _StreamState()
+    [c] = parse_payload(chunk(content="Hello"), 5, st)
+    assert (c.t_ns, c.text, c.reasoning) == (5, "Hello", False)
+
+
+def test_reasoning_then_answer_in_one_payload() -> None:
+    st = _StreamState()
+    out = parse_payload(chunk(reasoning_content="think", content="answer"), 9, st)
+    assert [(c.text, c.reasoning) for c in out] == [("think", True), ("answer", False)]
+
+
+def test_completions_text() -> None:
+    st = _StreamState()
+    payload = json.dumps({"choices": [{"text": " Paris", "index": 0, "finish_reason": None}]})
+    assert [c.text for c in parse_payload(payload, 1, st)] == [" Paris"]
+
+
+def test_final_chunk_with_llamacpp_timings_and_usage() -> None:
+    st = _StreamState()
+    final = {
+        "choices": [{"finish_reason": "length", "index": 0, "delta": {}}],
+        "usage": {
+            "completion_tokens": 16,
+            "prompt_tokens": 29,
+            "prompt_tokens_details": {"cached_tokens": 3},
+        },
+        "timings": {"prompt_n": 29, "prompt_ms": 87.95, "predicted_n": 16, "predicted_ms": 195.824},
+    }
+    assert parse_payload(json.dumps(final), 1, st) == []
+    assert st.finish_reason == "length"
+    assert st.usage is not None and (st.usage.prompt_tokens, st.usage.output_tokens) == (29, 16)
+    assert st.usage.cached_prompt_tokens == 3
+    assert st.native is not None and (st.native.prefill_ms, st.native.decode_ms) == (87.95, 195.824)
+    assert st.native.source == "llamacpp_timings"
+
+
+def test_done_marker() -> None:
+    st = _StreamState()
+    assert parse_payload("[DONE]", 1, st) == [] and st.done
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]", '"str"', '{"error": {"message": "boom"}}'])
+def test_bad_payloads_raise_invalid_response(bad: str) -> None:
+    with pytest.raises(RequestFailedError) as ei:
+        parse_payload(bad, 1, _StreamState())
+    assert ei.value.reason == "invalid_response"
+
+
+def test_empty_choices_and_usage_only_chunk() -> None:
+    st = _StreamState()
+    assert parse_payload(json.dumps({"choices": [], "usage": {"completion_tokens": 2}}), 1, st) == []
+    assert st.usage is not None and st.usage.output_tokens == 2

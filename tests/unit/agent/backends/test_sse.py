@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.backends.sse import SSEEvent, SSEParser
+
+STREAM = (
+    b": keep-alive\n\n"
+    b'data: {"a": 1}\n\n'
+    b"event: error\r\ndata: first line\r\ndata:second line\r\n\r\n"
+    b'data: {"text": "caf\xc3\xa9 \xe2\x82\xac"}\n\n'
+    b"data: [DONE]\n\n"
+)
+EXPECTED = [
+    SSEEvent("message", '{"a": 1}'),
+    SSEEvent("error", "first line\nsecond line"),
+    SSEEvent("message", '{"text": "café €"}'),
+    SSEEvent("message", "[DONE]"),
+]
+
+
+def parse(pieces: list[bytes]) -> list[SSEEvent]:
+    p = SSEParser()
+    out: list[SSEEvent] = []
+    for piece in pieces:
+        out.extend(p.feed(piece))
+    out.extend(p.close())
+    return out
+
+
+def test_whole_stream() -> None:
+    assert parse([STREAM]) == EXPECTED
+
+
+def test_split_at_every_offset() -> None:
+    for i in range(len(STREAM) + 1):
+        assert parse([STREAM[:i], STREAM[i:]]) == EXPECTED, i
+
+
+def test_byte_by_byte() -> None:
+    assert parse([STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_any_split(cuts: list[int]) -> None:
+    bounds = sorted({0, len(STREAM), *cuts})
+    assert parse([STREAM[a:b] for a, b in itertools.pairwise(bounds)]) == EXPECTED
+
+
+def test_comment_only_and_blank_lines_dispatch_nothing() -> None:
+    assert parse([b": ping\n\n\n\n: ping\n"]) == []
+
+
+def test_unterminated_last_event_is_flushed_on_close() -> None:
+    assert parse([b'data: {"x": 2}']) == [SSEEvent("message", '{"x": 2}')]
+
+
+def test_field_without_space_and_unknown_fields() -> None:
+    assert parse([b"id: 7\nretry: 10\ndata:x\n\n"]) == [SSEEvent("message", "x")]
+
+
+@given(st.binary(max_size=300))
+def test_garbage_never_raises(blob: bytes) -> None:
+    events = parse([blob])
+    assert all(isinstance(e, SSEEvent) for e in events)

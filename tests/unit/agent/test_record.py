@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+
+from agent.record import (
+    Chunk,
+    Measurement,
+    NativeTimings,
+    RecordIdentity,
+    RequestRecord,
+    StreamEnd,
+    Usage,
+    check_invariants,
+)
+
+MS = 1_000_000
+IDENT = RecordIdentity(
+    run_id="r",
+    scenario="chat",
+    request_id="chat-000000",
+    seq=0,
+    backend="b",
+    model="m",
+    endpoint="chat",
+    requested_output_tokens=4,
+)
+
+
+def measured(
+    chunk_ms: list[float],
+    end_ms: float,
+    *,
+    tokens: int | None = 4,
+    prefill: float | None = 20.0,
+    decode: float | None = 60.0,
+    finish: str = "length",
+) -> Measurement:
+    m = Measurement(
+        run_start_ns=0, run_start_unix=1000.0, intended_ns=10 * MS, sent_ns=12 * MS, keep_text=True
+    )
+    for i, t in enumerate(chunk_ms):
+        m.observe(Chunk(int((10 + t) * MS), f"t{i}"))
+    native = (
+        NativeTimings("llamacpp_timings", prefill_ms=prefill, decode_ms=decode) if prefill or decode else None
+    )
+    usage = Usage(prompt_tokens=30, output_tokens=tokens) if tokens is not None else None
+    m.observe(StreamEnd(int((10 + end_ms) * MS), usage=usage, native=native, finish_reason=finish))
+    return m
+
+
+def test_wall_and_native_figures_from_intended_send() -> None:
+    r = measured([25.0, 45.0, 65.0, 85.0], 100.0).to_record(IDENT)
+    assert r.status == "ok"
+    assert r.ttft_ms == pytest.approx(25.0)
+    assert r.e2e_ms == pytest.approx(100.0)
+    assert r.itl_ms == pytest.approx([20.0, 20.0, 20.0])
+    assert r.tpot_ms == pytest.approx((100.0 - 25.0) / 3)
+    assert r.schedule_lag_ms == pytest.approx(2.0)
+    assert r.intended_offset_ms == pytest.approx(10.0) and r.sent_offset_ms == pytest.approx(12.0)
+    assert r.sent_unix_s == pytest.approx(1000.012)
+    assert r.native_tok_s == pytest.approx(4 / 0.060)
+    assert r.wall_tok_s == pytest.approx(4 / 0.100)
+    assert r.overhead_pct == pytest.approx(((4 / 0.06) / (4 / 0.1) - 1) * 100)
+    assert r.decode_fraction == pytest.approx(60 / 80)
+    assert r.native_ttft_ms == pytest.approx(20.0)
+    assert r.output_text == "t0t1t2t3"
+    assert (r.output_tokens, r.token_source, r.chunks) == (4, "server", 4)
+
+
+def test_early_stop_kept_ok_with_fixed_length_equivalent() -> None:
+    r = measured([25.0, 45.0], 60.0, tokens=2, decode=30.0, finish="stop").to_record(IDENT)
+    assert r.status == "ok" and r.early_stop
+    assert r.decode_ms_fixed_len == pytest.approx(30.0 * 4 / 2)
+
+
+def test_token_count_falls_back_to_chunks_and_says_so() -> None:
+    r = measured([25.0, 45.0], 60.0, tokens=None).to_record(IDENT)
+    assert (r.output_tokens, r.token_source) == (2, "chunks")
+
+
+def test_native_longer_than_wall_breaks_the_invariant() -> None:
+    r = measured([25.0, 45.0, 65.0, 85.0], 100.0, prefill=50.0, decode=60.0).to_record(IDENT)
+    assert r.status == "degraded" and r.reason == "invariant"
+    assert "prefill_ms + decode_ms" in (r.detail or "")
+
+
+def test_failure_record_keeps_partial_timing() -> None:
+    m = Measurement(0, 0.0, intended_ns=0, sent_ns=0)
+    m.observe(Chunk(5 * MS, "x"))
+    r = m.to_record(IDENT, failure=("connection_reset", "dropped"), now_ns=9 * MS)
+    assert (r.status, r.reason, r.detail) == ("degraded", "connection_reset", "dropped")
+    assert r.e2e_ms == pytest.approx(9.0) and r.ttft_ms == pytest.approx(5.0)
+
+
+def test_reasoning_tokens_set_ttft_but_not_ttfo() -> None:
+    m = Measurement(0, 0.0, intended_ns=0, sent_ns=0)
+    m.observe(Chunk(3 * MS, "hmm", reasoning=True))
+    m.observe(Chunk(8 * MS, "answer"))
+    m.observe(StreamEnd(10 * MS, finish_reason="stop"))
+    r = m.to_record(IDENT)
+    assert r.ttft_ms == pytest.approx(3.0) and r.ttfo_ms == pytest.approx(8.0)
+
+
+def test_record_round_trips_through_json() -> None:
+    r = measured([25.0, 45.0, 65.0, 85.0], 100.0).to_record(IDENT)
+    assert RequestRecord.model_validate_json(r.model_dump_json()) == r
+
+
+def test_check_invariants_flags_ttft_after_e2e_and_negative_values() -> None:
+    r = measured([25.0, 45.0, 65.0, 85.0], 100.0).to_record(IDENT)
+    broken = r.model_copy(update={"ttft_ms": 150.0, "itl_ms": [-1.0], "load_ms": -2.0})
+    problems = check_invariants(broken)
+    assert any("ttft_ms" in p for p in problems)
+    assert "negative inter-token gap" in problems and "load_ms is negative" in problems

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agent.errors import RequestFailedError
+from agent.record import Chunk, GenerationRequest, NativeTimings, RequestRecord, StreamEnd, StreamEvent, Usage
+from agent.runner import Runner
+from agent.scenario import Scenario
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[RequestRecord] = []
+
+    def write(self, record: RequestRecord) -> None:
+        self.records.append(record)
+
+
+class ScriptedBackend:
+    """A backend whose behaviour per request is scripted: 'ok', 'fail', 'stall_first', 'stall_mid'."""
+
+    name = "scripted"
+    model = "toy"
+
+    def __init__(self, script: list[str] | None = None, tokens: int = 3, gap_s: float = 0.001) -> None:
+        self.script = script or []
+        self.tokens = tokens
+        self.gap_s = gap_s
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.reached: dict[int, asyncio.Event] = {}
+
+    def when_called(self, n: int) -> asyncio.Event:
+        return self.reached.setdefault(n, asyncio.Event())
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        mode = self.script[self.calls] if self.calls < len(self.script) else "ok"
+        self.calls += 1
+        self.when_called(self.calls).set()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if mode == "fail":
+                raise RequestFailedError("http_503", "overloaded")
+            if mode == "stall_first":
+                await asyncio.sleep(10)
+            for i in range(self.tokens):
+                await asyncio.sleep(self.gap_s)
+                yield Chunk(time.perf_counter_ns(), f"w{i} ")
+                if mode == "stall_mid":
+                    await asyncio.sleep(10)
+            native = NativeTimings("test", prefill_ms=0.0, decode_ms=0.0)
+            yield StreamEnd(time.perf_counter_ns(), Usage(5, self.tokens), native, "length")
+        finally:
+            self.in_flight -= 1
+
+
+def scenario(**kw: Any) -> Scenario:
+    base: dict[str, Any] = {"name": "t", "prompts": ["a", "b"], "requests": 6, "concurrency": 2, "warmup": 2}
+    base.update(kw)
+    return Scenario.model_validate(base)
+
+
+async def run(
+    sc: Scenario, backend: ScriptedBackend, stop: asyncio.Event | None = None
+) -> tuple[Runner, ListSink]:
+    sink = ListSink()
+    runner = Runner(sc, backend, sink, run_id="run-1")
+    await runner.run(stop)
+    return runner, sink
+
+
+async def test_warmup_then_steady_counts_and_labels() -> None:
+    backend = ScriptedBackend()
+    runner, sink = await run(scenario(), backend)
+    stages = [r.stage for r in sink.records]
+    assert stages.count("warmup") == 2 and stages.count("steady") == 6
+    assert stages[:2] == ["warmup", "warmup"]
+    assert all(r.is_warmup == (r.stage == "warmup") for r in sink.records)
+    assert sorted(r.seq for r in sink.records) == list(range(8))
+    assert runner.outcome.by_status == {"ok": 8} and not runner.outcome.interrupted
+    assert backend.max_in_flight == 2
+
+
+async def test_failures_become_degraded_records_and_the_run_goes_on() -> None:
+    backend = ScriptedBackend(script=["ok", "ok", "fail", "ok", "fail"])
+    runner, sink = await run(scenario(), backend)
+    degraded = [r for r in sink.records if r.status == "degraded"]
+    assert len(sink.records) == 8 and len(degraded) == 2
+    assert {(r.reason, r.detail) for r in degraded} == {("http_503", "overloaded")}
+    assert runner.outcome.by_reason == {"http_503": 2}
+
+
+async def test_first_token_and_total_timeouts_are_told_apart() -> None:
+    sc = scenario(requests=2, concurrency=1, warmup=0, timeout={"first_token_s": 0.05, "total_s": 0.2})
+    _, sink = await run(sc, ScriptedBackend(script=["stall_first", "stall_mid"]))
+    assert [r.reason for r in sink.records] == ["timeout_first_token", "timeout_total"]
+    assert sink.records[1].ttft_ms is not None and sink.records[1].e2e_ms >= 200  # type: ignore[operator]
+
+
+async def test_duration_bound_stops_issuing() -> None:
+    sc = scenario(requests=None, duration=0.15, warmup=0, concurrency=2)
+    _, sink = await run(sc, ScriptedBackend(gap_s=0.01))
+    assert 2 <= len(sink.records) < 40
+    assert max(r.sent_offset_ms for r in sink.records) < 150 + 50
+
+
+async def test_stop_marks_in_flight_interrupted_and_keeps_completed() -> None:
+    stop = asyncio.Event()
+    backend = ScriptedBackend(script=["ok", "ok", "ok", "stall_mid", "stall_mid"])
+    sc = scenario(requests=10, concurrency=2, warmup=0)
+
+    async def later() -> None:
+        await backend.when_called(5).wait()
+        await asyncio.sleep(0.01)
+        stop.set()
+
+    task = asyncio.create_task(later())
+    runner, sink = await run(sc, backend, stop)
+    await task
+    assert runner.outcome.interrupted
+    reasons = [r.reason for r in sink.records]
+    assert reasons.count(None) == 3 and reasons.count("interrupted") == 2
+
+
+@pytest.mark.parametrize("every", [0, 1, 2])
+async def test_output_text_kept_every_nth(every: int) -> None:
+    _, sink = await run(
+        scenario(keep_output_every=every, warmup=0, requests=4, concurrency=1), ScriptedBackend()
+    )
+    kept = [r.output_text is not None for r in sorted(sink.records, key=lambda r: r.seq)]
+    assert kept == [every > 0 and i % every == 0 for i in range(4)]

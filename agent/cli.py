@@ -19,6 +19,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from agent import __version__
 from agent.backends import available, create
@@ -58,6 +59,11 @@ def _configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
     )
+
+
+def _error(err: Console, message: object) -> None:
+    """One unwrapped line, no markup interpretation: paths and brackets print as they are."""
+    err.print(Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,7 +203,7 @@ async def _run(ns: argparse.Namespace, sc: Scenario, out: Path, settings: Settin
         await backend.close()
         manifest.update(status="failed", error=str(e), ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json_atomic(manifest_path, manifest)
-        err.print(f"[red]error:[/red] {e}")
+        _error(err, e)
         return EXIT_FAILED
     manifest["backend"] = backend.describe()
     write_json_atomic(manifest_path, manifest)
@@ -242,7 +248,7 @@ async def _run(ns: argparse.Namespace, sc: Scenario, out: Path, settings: Settin
 def _cmd_summarize(ns: argparse.Namespace, err: Console) -> int:
     loaded = load_records(ns.run_dir)
     for warning in loaded.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+        err.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
     targets: dict[str, dict[str, Any]] = {}
     manifest_path = ns.run_dir / "manifest.json"
     if manifest_path.is_file():
@@ -280,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         out = _out_dir(ns, sc)
         return _run_loop(_run(ns, sc, out, settings, err))
     except ConfigError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        _error(err, e)
         return EXIT_CONFIG
     except (InfermeterError, FileNotFoundError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        _error(err, e)
         return EXIT_FAILED
 
 

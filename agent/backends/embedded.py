@@ -200,6 +200,7 @@ class EmbeddedBackend:
             "n_parallel": self.args.n_parallel,
             "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,
             "base_url": self.base_url,
+            "engine_pid": self.engine_pid,
         }
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model cache: the user's INFERMETER__CACHE_DIR when set, else one per test session."""
+    configured = os.environ.get("INFERMETER__CACHE_DIR")
+    return Path(configured) if configured else tmp_path_factory.mktemp("cache")
+
+
+def cli_env(cache_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["INFERMETER__CACHE_DIR"] = str(cache_dir)
+    return env
+
+
+def start_cli(args: list[str], cache_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=ROOT,
+        env=cli_env(cache_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_cli(args: list[str], cache_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=ROOT,
+        env=cli_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "records.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -47,6 +47,8 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
             continue
         table.add_row(label, str(st["n"]), *(_f(st[k]) for k in ("p50", "p95", "p99", "max", "mean")))
     tp, tok, warm = s["throughput"], s["tokens"], s["warmup"]
+    prompt_mean = (tok["prompt"] or {}).get("mean")
+    output_mean = (tok["output"] or {}).get("mean")
     lines = [
         f"throughput      {_f(tp['output_tok_s'])} output tok/s, {_f(tp['requests_per_s'], '{:.2f}')} req/s "
         f"over {_f(tp['window_s'])} s",
@@ -56,9 +58,8 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
         f"{_f(_p50(s['decode_fraction']), '{:.3f}')}",
         f"warmup ratio    {_f(warm['ratio'], '{:.2f}')}"
         + ("  (> 10: use a warm pool)" if warm["needs_warm_pool"] else ""),
-        f"tokens          prompt mean {_f((tok['prompt'] or {}).get('mean'))} "
-        f"(target {tok['prompt_target'] or '—'}), output mean {_f((tok['output'] or {}).get('mean'))} "
-        f"(target {tok['output_target'] or '—'}), "
+        f"prompt tokens   mean {_f(prompt_mean)} (target {tok['prompt_target'] or '—'})",
+        f"output tokens   mean {_f(output_mean)} (target {tok['output_target'] or '—'}), "
         f"early stops {tok['early_stop']}",
     ]
     if req["degraded_by_reason"]:

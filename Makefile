@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/infermeter run chat --requests 16 --concurrency 2 --out runs/demo
+	$(BIN)/infermeter run chat --requests 16 --concurrency 2
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,33 @@ def test_chat_run_records_both_clocks(tmp_path: Path, cache_dir: Path) -> None:
     assert again.returncode == 0 and json.loads(again.stdout)["scenarios"]["chat"]["requests"]["ok"] == 8
 
 
-def test_killing_the_engine_degrades_records_and_the_run_completes(tmp_path: Path, cache_dir: Path) -> None:
-    out = tmp_path / "killed"
-    args = ["run", "chat", "--requests", "12", "--concurrency", "2", "--max-tokens", "48", "--warmup", "0"]
+def start_chat(out: Path, requests: int, cache_dir: Path, *, after: int) -> subprocess.Popen[str]:
+    """Start a 48-token chat run without warmup and return once ``after`` records are on disk."""
+    args = [
+        "run",
+        "chat",
+        "--requests",
+        str(requests),
+        "--concurrency",
+        "2",
+        "--max-tokens",
+        "48",
+        "--warmup",
+        "0",
+    ]
     proc = start_cli([*args, "--out", str(out), "--no-progress"], cache_dir)
     try:
-        wait_for(lambda: len(read_records(out)) >= 2, 240, "two completed records")
+        wait_for(lambda: len(read_records(out)) >= after, 240, f"{after} completed records")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def test_killing_the_engine_degrades_records_and_the_run_completes(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "killed"
+    proc = start_chat(out, 12, cache_dir, after=2)
+    try:
         pid = engine_pid(out)
         assert pid is not None and alive(pid)
         os.kill(pid, signal.SIGKILL)
@@ -95,10 +117,8 @@ def test_sigterm_marks_run_interrupted_and_keeps_every_completed_record(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     out = tmp_path / "term"
-    args = ["run", "chat", "--requests", "40", "--concurrency", "2", "--max-tokens", "48", "--warmup", "0"]
-    proc = start_cli([*args, "--out", str(out), "--no-progress"], cache_dir)
+    proc = start_chat(out, 40, cache_dir, after=3)
     try:
-        wait_for(lambda: len(read_records(out)) >= 3, 240, "three completed records")
         pid = engine_pid(out)
         completed_before = {r["request_id"] for r in read_records(out)}
         proc.send_signal(signal.SIGTERM)

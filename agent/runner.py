@@ -120,13 +120,13 @@ class Runner:
             for _ in range(workers):
                 tg.create_task(worker())
 
-    async def _one(self, request: GenerationRequest, stage: Stage, intended_ns: int | None = None) -> None:
+    async def _one(self, request: GenerationRequest, stage: Stage) -> None:
         seq = self._seq
         self._seq += 1
         sc = self.scenario
         now = time.perf_counter_ns()
         keep = sc.keep_output_every > 0 and seq % sc.keep_output_every == 0
-        m = Measurement(self._start_ns, self._start_unix, intended_ns or now, now, keep_text=keep)
+        m = Measurement(self._start_ns, self._start_unix, now, now, keep_text=keep)
         ident = RecordIdentity(
             run_id=self.run_id,
             scenario=sc.name,

@@ -135,8 +135,7 @@ class Scenario(_Strict):
 
     def with_overrides(self, **overrides: Any) -> Scenario:
         """A validated copy with command-line overrides applied (None values are ignored)."""
-        data = self.model_dump(mode="json")
-        data["prompts"] = [p.model_dump() for p in self.prompt_list()]
+        data = self.normalised()
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
             out = Scenario.model_validate(data)

@@ -82,13 +82,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=int, help="warmup requests, recorded apart")
     run.add_argument("--max-tokens", type=int, dest="output_tokens", help="output tokens per request")
     run.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
-    run.add_argument("--base-url", help="server URL for HTTP backends (openai)")
-    run.add_argument("--model", help="model id sent to the server; default asks the server")
+    run.add_argument("--base-url", help="server URL for HTTP backends (openai, ollama, sim)")
+    run.add_argument("--model", help="model id (HTTP backends) or path / HF id (transformers)")
     run.add_argument("--model-path", type=Path, help="GGUF file for the embedded engine")
     run.add_argument(
         "--backend-arg", action="append", default=[], metavar="KEY=VALUE", help="any backend argument"
     )
+    run.add_argument(
+        "--compile",
+        nargs="?",
+        const="all",
+        choices=["prefill", "all"],
+        help="transformers: torch.compile the prefill pass or everything (evidence goes to the manifest)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sim = sub.add_parser("sim-server", help="serve the simulator (OpenAI SSE + Ollama NDJSON) on loopback")
+    sim.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--ttft-ms", help="TTFT: a number or kind:mean[:sd], e.g. lognormal:100:20")
+    sim.add_argument("--itl-ms", help="gap between tokens: a number or kind:mean[:sd]")
+    sim.add_argument("--output-tokens", help="tokens per answer (default: the request's max_tokens)")
+    sim.add_argument("--emission-log", type=Path, help="JSONL with every chunk's send time (ground truth)")
+    sim.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any simulator model field"
+    )
 
     summ = sub.add_parser("summarize", help="summarise a run directory")
     summ.add_argument("run_dir", type=Path)
@@ -116,12 +134,12 @@ def _cmd_scenarios(console: Console) -> int:
     return EXIT_OK
 
 
-def _kv(items: list[str]) -> dict[str, Any]:
+def _kv(items: list[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--backend-arg expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -142,7 +160,18 @@ def _backend_args(ns: argparse.Namespace, sc: Scenario, settings: Settings, out:
             model=ns.model or settings.openai.model,
             api_key=settings.openai.api_key,
         )
-    args.update(_kv(ns.backend_arg))
+    elif ns.backend in ("ollama", "sim"):
+        args.update({k: v for k, v in (("base_url", ns.base_url), ("model", ns.model)) if v is not None})
+        if ns.backend == "sim":
+            args.pop("model", None)
+            args["log_path"] = out / "simulator.log"
+    elif ns.backend == "transformers":
+        args.pop("max_connections")
+        if ns.model is not None:
+            args["model"] = ns.model
+        if ns.compile is not None:
+            args["compile"] = ns.compile
+    args.update(_kv(ns.backend_arg, "--backend-arg"))
     return args
 
 
@@ -223,6 +252,7 @@ async def _run(ns: argparse.Namespace, sc: Scenario, out: Path, settings: Settin
             outcome = await runner.run(stop)
         finally:
             await backend.close()
+    manifest["clock"] = {"origin_perf_counter_ns": runner.start_ns, "origin_unix_s": outcome.started_unix}
 
     loaded = load_records(out)
     summary = summarize(
@@ -263,6 +293,30 @@ def _cmd_summarize(ns: argparse.Namespace, err: Console) -> int:
     return EXIT_OK
 
 
+async def _sim_server(ns: argparse.Namespace, err: Console) -> int:
+    from agent.backends._sim_server import serve
+    from agent.backends.sim import parse_model
+
+    values = _kv(ns.set, "--set")
+    for key in ("ttft_ms", "itl_ms", "output_tokens"):
+        if getattr(ns, key) is not None:
+            values[key] = getattr(ns, key)
+    model = parse_model(values)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def announce(address: str) -> None:
+        sys.stdout.write(address + "\n")
+        sys.stdout.flush()
+        err.print(f"simulator '{model.model_name}' on {address} (OpenAI /v1/*, Ollama /api/*); Ctrl-C stops")
+
+    log = str(ns.emission_log) if ns.emission_log else None
+    await serve(model, host=ns.host, port=ns.port, emission_log=log, stop=stop, announce=announce)
+    return EXIT_OK
+
+
 def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
@@ -282,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_scenarios(Console())
         if ns.command == "summarize":
             return _cmd_summarize(ns, err)
+        if ns.command == "sim-server":
+            return _run_loop(_sim_server(ns, err))
         sc = _load_for_run(ns)
         out = _out_dir(ns, sc)
         return _run_loop(_run(ns, sc, out, settings, err))

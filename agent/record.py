@@ -82,6 +82,10 @@ class NativeTimings:
     load_ms: float | None = None
     prompt_n: int | None = None
     predicted_n: int | None = None
+    queue_ms: float | None = None
+    server_ttft_ms: float | None = None
+    total_ms: float | None = None
+    cold_start: bool = False
 
 
 @dataclass(slots=True)
@@ -162,6 +166,9 @@ class RequestRecord(BaseModel):
     decode_ms: float | None = None
     load_ms: float | None = None
     native_ttft_ms: float | None = None
+    native_total_ms: float | None = None
+    queue_ms: float | None = None
+    cold_start: bool = False
     # tokens
     prompt_tokens: int | None = None
     cached_prompt_tokens: int | None = None
@@ -285,8 +292,8 @@ def _output_tokens(usage: Usage | None, chunks: int) -> tuple[int | None, str | 
 def _native_fields(native: NativeTimings | None) -> dict[str, Any]:
     if native is None:
         return {}
-    native_ttft = None
-    if native.prefill_ms is not None:
+    native_ttft = native.server_ttft_ms
+    if native_ttft is None and native.prefill_ms is not None:
         native_ttft = native.prefill_ms + (native.load_ms or 0.0)
     return {
         "native_source": native.source,
@@ -294,6 +301,9 @@ def _native_fields(native: NativeTimings | None) -> dict[str, Any]:
         "decode_ms": native.decode_ms,
         "load_ms": native.load_ms,
         "native_ttft_ms": native_ttft,
+        "native_total_ms": native.total_ms,
+        "queue_ms": native.queue_ms,
+        "cold_start": native.cold_start,
     }
 
 

@@ -69,14 +69,16 @@ class Runner:
         self.on_record = on_record
         self._requests: Iterator[GenerationRequest] = scenario.requests_iter()
         self._seq = 0
-        self._start_ns = 0
+        #: ``perf_counter_ns()`` at the run's start: records' offsets are from here (CLOCK_MONOTONIC on
+        #: Linux, so a simulator's emission log on the same host lines up with it).
+        self.start_ns = 0
         self._start_unix = 0.0
         self.outcome = RunOutcome(started_unix=time.time())
 
     async def run(self, stop: asyncio.Event | None = None) -> RunOutcome:
         """Run to completion or until ``stop`` is set; return the outcome."""
         stop = stop or asyncio.Event()
-        self._start_ns = time.perf_counter_ns()
+        self.start_ns = time.perf_counter_ns()
         self._start_unix = time.time()
         self.outcome = RunOutcome(started_unix=self._start_unix)
         main = asyncio.create_task(self._stages())
@@ -126,7 +128,7 @@ class Runner:
         sc = self.scenario
         now = time.perf_counter_ns()
         keep = sc.keep_output_every > 0 and seq % sc.keep_output_every == 0
-        m = Measurement(self._start_ns, self._start_unix, now, now, keep_text=keep)
+        m = Measurement(self.start_ns, self._start_unix, now, now, keep_text=keep)
         ident = RecordIdentity(
             run_id=self.run_id,
             scenario=sc.name,

@@ -62,6 +62,14 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
         f"output tokens   mean {_f(output_mean)} (target {tok['output_target'] or '—'}), "
         f"early stops {tok['early_stop']}",
     ]
+    cold = s["cold_start"]
+    if cold["n"]:
+        lines.append(
+            f"cold starts     {cold['n']} (kept out of the table), load p50 {_f(_p50(cold['load_ms']))} ms, "
+            f"E2E p50 {_f(_p50(cold['e2e_ms']))} ms"
+        )
+    if tok["server_vs_chunk_mismatch"]:
+        lines.append(f"token counts    {tok['server_vs_chunk_mismatch']} records where server count ≠ chunks")
     if req["degraded_by_reason"]:
         reasons = ", ".join(f"{k} × {v}" for k, v in req["degraded_by_reason"].items())
         lines.append(f"degraded        {reasons}")

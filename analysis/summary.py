@@ -37,15 +37,18 @@ def summarize(
 
 def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, Any]:
     steady = [r for r in recs if r.stage == "steady"]
-    ok = [r for r in steady if r.status == "ok"]
+    all_ok = [r for r in steady if r.status == "ok"]
+    ok = [r for r in all_ok if not r.cold_start]
+    cold = [r for r in all_ok if r.cold_start]
     warm_ok = [r for r in recs if r.is_warmup and r.status == "ok"]
     reasons = Counter(r.reason or "unknown" for r in steady if r.status == "degraded")
     return {
         "requests": {
             "steady": len(steady),
-            "ok": len(ok),
-            "degraded": len(steady) - len(ok),
-            "success_rate": len(ok) / len(steady) if steady else None,
+            "ok": len(all_ok),
+            "degraded": len(steady) - len(all_ok),
+            "success_rate": len(all_ok) / len(steady) if steady else None,
+            "cold_start": len(cold),
             "degraded_by_reason": dict(sorted(reasons.items())),
             "warmup": sum(1 for r in recs if r.is_warmup),
             "interrupted": sum(1 for r in recs if r.reason == "interrupted"),
@@ -61,6 +64,13 @@ def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, An
             "decode": describe(r.decode_ms for r in ok),
             "load": describe(r.load_ms for r in ok),
             "ttft": describe(r.native_ttft_ms for r in ok),
+            "queue": describe(r.queue_ms for r in ok),
+        },
+        "cold_start": {
+            "n": len(cold),
+            "load_ms": describe(r.load_ms for r in cold),
+            "ttft_ms": describe(r.ttft_ms for r in cold),
+            "e2e_ms": describe(r.e2e_ms for r in cold),
         },
         "throughput": _throughput(ok),
         "overhead_pct": describe(r.overhead_pct for r in ok),
@@ -116,4 +126,7 @@ def _tokens(ok: list[RequestRecord], target: dict[str, Any]) -> dict[str, Any]:
         "early_stop": sum(1 for r in ok if r.early_stop),
         "source": dict(Counter(r.token_source or "unknown" for r in ok)),
         "cached_prompt_tokens": sum(r.cached_prompt_tokens or 0 for r in ok),
+        "server_vs_chunk_mismatch": sum(
+            1 for r in ok if r.token_source == "server" and r.output_tokens != r.chunks
+        ),
     }

@@ -65,6 +65,9 @@ A = TypeVar("A", bound=BackendArgs)
 _MODULES: dict[str, str] = {
     "openai": "agent.backends.openai",
     "embedded": "agent.backends.embedded",
+    "ollama": "agent.backends.ollama",
+    "sim": "agent.backends.sim",
+    "transformers": "agent.backends.transformers_local",
 }
 _REGISTRY: dict[str, tuple[type[BackendArgs], Callable[[Any], Backend]]] = {}
 

@@ -8,21 +8,19 @@ engine is measured exactly like any remote llama.cpp server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
-import json
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import structlog
 from pydantic import Field
 
 from agent.backends.base import HttpBackendArgs, register
+from agent.backends.child import ChildServer
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.errors import BackendError, BackendUnavailableError
 from agent.record import GenerationRequest, StreamEvent
@@ -86,20 +84,19 @@ class EmbeddedBackend:
         builtin = args.model_path is None
         self.model = BUILTIN_MODEL if builtin else args.model_path.stem  # type: ignore[union-attr]
         self._template = args.chat_template or ("gemma" if builtin else None)
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child = ChildServer("agent.backends._engine_main", "engine", log_path=args.log_path)
         self._client: OpenAIBackend | None = None
         self._model_path: Path | None = None
-        self._log: IO[bytes] | None = None
         self.base_url: str | None = None
 
     @property
     def engine_pid(self) -> int | None:
         """PID of the engine process while it runs."""
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid
 
     async def start(self) -> None:
         """Assemble the model if needed, start the engine, wait until it listens."""
-        if self._proc is not None:
+        if self._child.proc is not None:
             return
         if importlib.util.find_spec("xllamacpp") is None:
             raise BackendUnavailableError(f"the llama.cpp engine package is missing; {_INSTALL_HINT}")
@@ -134,57 +131,14 @@ class EmbeddedBackend:
             "threads": self.args.threads,
             "chat_template": self._template,
         }
-        if self.args.log_path is not None:
-            self.args.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self.args.log_path.open("ab")
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agent.backends._engine_main",
-            json.dumps(cfg),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=self._log if self._log is not None else asyncio.subprocess.DEVNULL,
-        )
-        assert self._proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self._proc.stdout.readline(), self.args.startup_timeout_s)
-        except TimeoutError:
-            await self.close()
-            raise BackendError(
-                f"the engine did not listen within {self.args.startup_timeout_s:.0f} s; "
-                f"see {self.args.log_path or 'the engine log (pass log_path)'}"
-            ) from None
-        if not line:
-            code = await self._proc.wait()
-            await self.close()
-            raise BackendError(
-                f"the engine exited with code {code} before listening; "
-                f"see {self.args.log_path or 'the engine log (pass log_path)'}"
-            )
-        address = str(json.loads(line)["address"])
-        logger.info("engine listening", address=address, pid=self._proc.pid)
-        return address if address.startswith("http") else f"http://{address}"
+        return await self._child.start(cfg, self.args.startup_timeout_s)
 
     async def close(self) -> None:
         """Stop the client and the engine process (gracefully, then by force)."""
         if self._client is not None:
             await self._client.close()
             self._client = None
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        await self._child.stop()
 
     def describe(self) -> dict[str, Any]:
         """Manifest facts about the engine and the model it serves."""

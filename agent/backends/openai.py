@@ -17,6 +17,7 @@ import structlog
 from pydantic import Field, SecretStr
 
 from agent.backends.base import HttpBackendArgs, register
+from agent.backends.http import failure_from, open_session, post_once_more_if_stale, read_error_body
 from agent.backends.sse import SSEParser
 from agent.errors import BackendError, RequestFailedError
 from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
@@ -39,6 +40,11 @@ class OpenAIArgs(HttpBackendArgs):
     )
     engine_fields: bool = Field(True, description="send llama.cpp/vLLM extensions ignore_eos, cache_prompt")
     label: str = Field("openai", description="the backend name written into records")
+    request_metrics: bool = Field(
+        False,
+        description="ask vLLM for its per-request `metrics` object (`include_metrics`; the server needs "
+        "--enable-per-request-metrics)",
+    )
     keep_alive: bool = Field(
         True, description="reuse connections; llama.cpp's server closes them after every stream anyway"
     )
@@ -72,6 +78,19 @@ def _timings(obj: dict[str, Any]) -> NativeTimings:
     )
 
 
+def _vllm_metrics(obj: dict[str, Any]) -> NativeTimings:
+    """Read vLLM's per-request ``metrics``: queue time and server-side TTFT (no prefill/decode split)."""
+    return NativeTimings(
+        source="vllm_metrics",
+        queue_ms=_num(obj.get("queue_time_ms")),
+        server_ttft_ms=_num(obj.get("time_to_first_token_ms")),
+    )
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def parse_payload(data: str, t_ns: int, state: _StreamState) -> list[Chunk]:
     """Interpret one SSE data payload; update ``state``; return its text-bearing chunks."""
     if data == "[DONE]":
@@ -89,6 +108,8 @@ def parse_payload(data: str, t_ns: int, state: _StreamState) -> list[Chunk]:
         state.usage = _usage(obj["usage"])
     if isinstance(obj.get("timings"), dict):
         state.native = _timings(obj["timings"])
+    elif isinstance(obj.get("metrics"), dict) and state.native is None:
+        state.native = _vllm_metrics(obj["metrics"])
     choices = obj.get("choices")
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         return []
@@ -128,11 +149,7 @@ class OpenAIBackend:
         headers = {"Content-Type": "application/json"}
         if self.args.api_key is not None:
             headers["Authorization"] = f"Bearer {self.args.api_key.get_secret_value()}"
-        connector = aiohttp.TCPConnector(
-            limit=self.args.max_connections, limit_per_host=0, force_close=not self.args.keep_alive
-        )
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.args.connect_timeout_s)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+        self._session = open_session(self.args, headers, keep_alive=self.args.keep_alive)
         if not self.model:
             self.model = await self._discover_model()
 
@@ -177,27 +194,13 @@ class OpenAIBackend:
         else:
             body["prompt"] = req.prompt if req.prompt is not None else _flatten(req.messages)
         body.update(req.sampling)
+        if self.args.request_metrics:
+            body["include_metrics"] = True
         if self.args.engine_fields:
             body["cache_prompt"] = req.cache_prompt
             if req.ignore_eos:
                 body["ignore_eos"] = True
         return body
-
-    async def _post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
-        """POST and wait for the response head, retrying once on a stale pooled connection.
-
-        Servers close idle keep-alive connections at will; a request written into such a socket fails
-        before the server saw it, so one retry on a fresh connection is safe and its time stays inside
-        the record's TTFT and E2E.
-        """
-        assert self._session is not None
-        try:
-            return await self._session.post(url, data=payload)
-        except aiohttp.ClientError as e:
-            if not _is_stale(e):
-                raise
-            logger.debug("retrying on a fresh connection", error=repr(e))
-        return await self._session.post(url, data=payload)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """POST the request and yield chunks stamped per socket read, then one StreamEnd."""
@@ -209,10 +212,11 @@ class OpenAIBackend:
         parser = SSEParser()
         end_ns = 0
         try:
-            async with await self._post(self._base + _PATHS[endpoint], payload) as resp:
+            url = self._base + _PATHS[endpoint]
+            headers = {"X-Request-Id": request.request_id}
+            async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
                 if resp.status >= 300:
-                    text = (await resp.content.read(600)).decode("utf-8", errors="replace")
-                    raise RequestFailedError(f"http_{resp.status}", text.strip()[:300])
+                    raise await read_error_body(resp)
                 async for data in resp.content.iter_any():
                     end_ns = time.perf_counter_ns()
                     for ev in parser.feed(data):
@@ -221,27 +225,11 @@ class OpenAIBackend:
                 for ev in parser.close():
                     for chunk in parse_payload(ev.data, end_ns, state):
                         yield chunk
-        except RequestFailedError:
-            raise
-        except aiohttp.ConnectionTimeoutError as e:
-            raise RequestFailedError("timeout_connect", str(e)) from e
-        except aiohttp.ClientConnectorError as e:
-            raise RequestFailedError("connection", str(e)) from e
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            raise RequestFailedError("connection_reset", f"{e.__class__.__name__}: {e}") from e
         except aiohttp.ClientError as e:
-            raise RequestFailedError("connection", f"{e.__class__.__name__}: {e}") from e
+            raise failure_from(e) from e
         if not state.done and state.finish_reason is None:
             raise RequestFailedError("invalid_response", "stream ended without [DONE] or finish_reason")
         yield StreamEnd(end_ns, usage=state.usage, native=state.native, finish_reason=state.finish_reason)
-
-
-_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
-
-
-def _is_stale(e: BaseException) -> bool:
-    """A pooled connection the server had closed: the request failed before any response byte."""
-    return isinstance(e, _STALE) and not isinstance(e, aiohttp.ClientConnectorError)
 
 
 def _flatten(messages: list[dict[str, str]] | None) -> str:

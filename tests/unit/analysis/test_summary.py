@@ -71,6 +71,7 @@ def test_steady_ok_only_with_success_rate_and_warmup_ratio() -> None:
         "degraded_by_reason": {"http_503": 1},
         "warmup": 1,
         "interrupted": 0,
+        "cold_start": 0,
     }
     assert s["latency_ms"]["e2e"]["p50"] == 200.0 and s["latency_ms"]["e2e"]["max"] == 300.0
     assert s["latency_ms"]["itl"]["n"] == 6
@@ -80,6 +81,22 @@ def test_steady_ok_only_with_success_rate_and_warmup_ratio() -> None:
     assert tp["window_s"] == pytest.approx((300.0 + 200.0 - 100.0) / 1000)
     assert tp["native_tok_s_aggregate"] == pytest.approx(9 / ((50 + 150 + 100) / 1000))
     assert s["tokens"]["prompt_target"] == 256
+
+
+def test_cold_starts_are_kept_out_of_steady_latency_and_counted_apart() -> None:
+    records = [rec(1, e2e=100.0, ttft=10.0), rec(2, e2e=120.0, ttft=12.0), rec(3, e2e=3000.0, ttft=2900.0)]
+    records[2] = records[2].model_copy(update={"cold_start": True, "load_ms": 2800.0})
+    s = summarize(records)["scenarios"]["chat"]
+    assert s["requests"]["ok"] == 3 and s["requests"]["cold_start"] == 1
+    assert s["latency_ms"]["e2e"]["max"] == 120.0
+    assert s["cold_start"]["n"] == 1 and s["cold_start"]["load_ms"]["p50"] == 2800.0
+
+
+def test_server_count_differing_from_chunks_is_counted() -> None:
+    records = [rec(1, e2e=100.0, ttft=10.0), rec(2, e2e=100.0, ttft=10.0)]
+    records = [r.model_copy(update={"chunks": 3}) for r in records]
+    records[1] = records[1].model_copy(update={"output_tokens": 7})
+    assert summarize(records)["scenarios"]["chat"]["tokens"]["server_vs_chunk_mismatch"] == 1
 
 
 def test_warm_pool_flag_above_ten() -> None:

@@ -1,0 +1,282 @@
+"""Ollama's native API: ``/api/chat`` and ``/api/generate`` streamed as newline-delimited JSON.
+
+Native timings come from the final (``done: true``) object, in **nanoseconds** (TR125):
+``prompt_eval_duration`` → prefill, ``eval_duration`` → decode, ``load_duration`` → load,
+``total_duration`` → native total. A field the server leaves out (``prompt_eval_count`` and its duration
+vanish when the whole prompt came from cache) stays ``None`` in the record; it is never read as zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import structlog
+from pydantic import Field
+
+from agent.backends.base import HttpBackendArgs, register
+from agent.backends.http import failure_from, open_session, post_once_more_if_stale, read_error_body
+from agent.backends.ndjson import LineSplitter
+from agent.errors import BackendError, RequestFailedError
+from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
+
+__all__ = ["OllamaArgs", "OllamaBackend", "OllamaStreamState", "options_for", "parse_line"]
+
+logger = structlog.get_logger(__name__)
+
+#: Sampling keys Ollama accepts inside ``options`` (the rest of a scenario's sampling is not sent).
+_OPTION_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
+
+
+def _default_base_url() -> str:
+    host = os.environ.get("OLLAMA_HOST", "").strip()
+    if not host:
+        return "http://127.0.0.1:11434"
+    if "://" not in host:
+        host = "http://" + host
+    if host.count(":") < 2:  # no port given
+        host += ":11434"
+    return host
+
+
+class OllamaArgs(HttpBackendArgs):
+    """Arguments of the ``ollama`` backend."""
+
+    base_url: str = Field(default_factory=_default_base_url, description="default: $OLLAMA_HOST or :11434")
+    model: str | None = Field(None, description="model tag; None takes the first one /api/tags lists")
+    api: Literal["chat", "generate"] | None = Field(
+        None, description="force one API; None maps each request's endpoint (completions → generate)"
+    )
+    num_ctx: int | None = Field(None, ge=1, description="context window (options.num_ctx)")
+    keep_alive: str | int | None = Field(None, description='how long the model stays loaded, e.g. "5m" or 0')
+    raw: bool = Field(False, description="/api/generate without the model's prompt template")
+    think: bool | None = Field(None, description="ask thinking models to think (or not); None leaves it")
+    cold_start_load_ms: float = Field(
+        500.0, ge=0, description="a load_duration above this marks the record cold_start"
+    )
+    label: str = Field("ollama", description="the backend name written into records")
+
+
+@dataclass(slots=True)
+class OllamaStreamState:
+    """What the final object told us; ``done`` once it arrived."""
+
+    done: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    native: NativeTimings | None = None
+
+
+def _ns_to_ms(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value / 1e6
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _final(obj: dict[str, Any], state: OllamaStreamState, cold_start_load_ms: float) -> None:
+    state.done = True
+    state.finish_reason = obj.get("done_reason") if isinstance(obj.get("done_reason"), str) else None
+    load = _ns_to_ms(obj.get("load_duration"))
+    state.native = NativeTimings(
+        source="ollama",
+        prefill_ms=_ns_to_ms(obj.get("prompt_eval_duration")),
+        decode_ms=_ns_to_ms(obj.get("eval_duration")),
+        load_ms=load,
+        total_ms=_ns_to_ms(obj.get("total_duration")),
+        prompt_n=_count(obj.get("prompt_eval_count")),
+        predicted_n=_count(obj.get("eval_count")),
+        cold_start=load is not None and load > cold_start_load_ms,
+    )
+    state.usage = Usage(
+        prompt_tokens=_count(obj.get("prompt_eval_count")),
+        output_tokens=_count(obj.get("eval_count")),
+        source="server",
+    )
+
+
+def parse_line(
+    line: bytes, t_ns: int, state: OllamaStreamState, *, cold_start_load_ms: float = 500.0
+) -> list[Chunk]:
+    """Interpret one NDJSON line of ``/api/chat`` or ``/api/generate``; update ``state``; return chunks."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise RequestFailedError("invalid_response", f"malformed JSON line: {line[:120]!r}") from e
+    if not isinstance(obj, dict):
+        raise RequestFailedError("invalid_response", f"stream line is not an object: {line[:120]!r}")
+    if "error" in obj:
+        raise RequestFailedError("invalid_response", f"server error in stream: {str(obj['error'])[:200]}")
+    if state.done:
+        raise RequestFailedError("invalid_response", "data after the final done:true object")
+    message = obj.get("message")
+    if isinstance(message, dict):  # /api/chat
+        thinking, text = message.get("thinking"), message.get("content")
+    else:  # /api/generate
+        thinking, text = obj.get("thinking"), obj.get("response")
+    out: list[Chunk] = []
+    if thinking and isinstance(thinking, str):
+        out.append(Chunk(t_ns, thinking, reasoning=True))
+    if text and isinstance(text, str):
+        out.append(Chunk(t_ns, text))
+    if obj.get("done") is True:
+        _final(obj, state, cold_start_load_ms)
+    return out
+
+
+def options_for(req: GenerationRequest, num_ctx: int | None) -> dict[str, Any]:
+    """Ollama ``options`` for one request: num_predict from max_tokens, then the known sampling keys."""
+    options: dict[str, Any] = {"num_predict": req.max_tokens}
+    options.update({k: v for k, v in req.sampling.items() if k in _OPTION_KEYS})
+    if num_ctx is not None:
+        options["num_ctx"] = num_ctx
+    return options
+
+
+@register("ollama", OllamaArgs)
+class OllamaBackend:
+    """Streams from an Ollama server (or anything speaking its API) through one pooled session."""
+
+    def __init__(self, args: OllamaArgs) -> None:
+        self.args = args
+        self.name = args.label
+        self.model = args.model or ""
+        self._base = args.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._version: str | None = None
+
+    async def start(self) -> None:
+        """Open the pooled session, read the server version and, when no model was given, pick one."""
+        if self._session is not None:
+            return
+        self._session = open_session(self.args, {"Content-Type": "application/json"})
+        self._version = await self._get_field("/api/version", "version", required=False)
+        if not self.model:
+            self.model = await self._first_model()
+
+    async def _get_json(self, path: str) -> Any:
+        assert self._session is not None
+        url = self._base + path
+        try:
+            async with self._session.get(url) as resp:
+                if resp.status >= 300:
+                    raise BackendError(f"{url} answered HTTP {resp.status}")
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise BackendError(
+                f"could not reach Ollama at {url} ({e.__class__.__name__}: {e}); "
+                "start it (`ollama serve`) or set --base-url / OLLAMA_HOST"
+            ) from e
+
+    async def _get_field(self, path: str, key: str, *, required: bool) -> str | None:
+        try:
+            body = await self._get_json(path)
+        except BackendError:
+            if required:
+                raise
+            return None
+        value = body.get(key) if isinstance(body, dict) else None
+        return str(value) if value is not None else None
+
+    async def _first_model(self) -> str:
+        body = await self._get_json("/api/tags")
+        models = body.get("models") if isinstance(body, dict) else None
+        if not models or not isinstance(models, list) or not isinstance(models[0], dict):
+            raise BackendError(f"{self._base}/api/tags lists no models; `ollama pull` one or pass --model")
+        name = models[0].get("model") or models[0].get("name")
+        if not name:
+            raise BackendError(f"{self._base}/api/tags returned a model without a name; pass --model")
+        return str(name)
+
+    async def close(self) -> None:
+        """Close the session; safe to call twice."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest facts: server URL, version and the model tag."""
+        return {
+            "backend": self.name,
+            "base_url": self._base,
+            "model": self.model,
+            "ollama_version": self._version,
+            "api": self.args.api or "per request",
+        }
+
+    def _body(self, req: GenerationRequest, api: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "stream": True,
+            "options": options_for(req, self.args.num_ctx),
+        }
+        if api == "chat":
+            body["messages"] = req.messages or [{"role": "user", "content": req.prompt or ""}]
+        else:
+            body["prompt"], system = _prompt_and_system(req)
+            if system:
+                body["system"] = system
+            if self.args.raw:
+                body["raw"] = True
+        if self.args.keep_alive is not None:
+            body["keep_alive"] = self.args.keep_alive
+        if self.args.think is not None:
+            body["think"] = self.args.think
+        return body
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """POST the request and yield chunks stamped per socket read, then one StreamEnd."""
+        if self._session is None:
+            raise RuntimeError("backend not started: call start() first")
+        api = self.args.api or ("chat" if request.endpoint == "chat" else "generate")
+        payload = json.dumps(self._body(request, api)).encode()
+        state = OllamaStreamState()
+        lines = LineSplitter()
+        cold = self.args.cold_start_load_ms
+        end_ns = 0
+        try:
+            url = f"{self._base}/api/{api}"
+            headers = {"X-Request-Id": request.request_id}
+            async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
+                if resp.status >= 300:
+                    raise await read_error_body(resp)
+                async for data in resp.content.iter_any():
+                    end_ns = time.perf_counter_ns()
+                    for line in lines.feed(data):
+                        for chunk in parse_line(line, end_ns, state, cold_start_load_ms=cold):
+                            yield chunk
+                for line in lines.close():
+                    for chunk in parse_line(line, end_ns, state, cold_start_load_ms=cold):
+                        yield chunk
+        except aiohttp.ClientError as e:
+            raise failure_from(e) from e
+        if not state.done:
+            raise RequestFailedError("invalid_response", "stream ended without a done:true object")
+        yield StreamEnd(end_ns, usage=state.usage, native=state.native, finish_reason=state.finish_reason)
+
+
+def _prompt_and_system(req: GenerationRequest) -> tuple[str, str | None]:
+    if req.prompt is not None:
+        return req.prompt, None
+    messages = req.messages or []
+    system = "\n\n".join(m.get("content", "") for m in messages if m.get("role") == "system") or None
+    prompt = "\n\n".join(m.get("content", "") for m in messages if m.get("role") != "system")
+    return prompt, system

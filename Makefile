@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[embedded]'
 	@touch $@
 
+# torch first, pinned to the CPU build, so transformers does not resolve a multi-GB CUDA one.
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PIP) -e '.[embedded,dev]'
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[embedded,torch,dev]'
 	@touch $@
 
 install: $(VENV)/.installed

@@ -250,6 +250,7 @@ async def _run(ns: argparse.Namespace, sc: Scenario, out: Path, settings: Settin
         runner = Runner(sc, backend, writer, run_id=run_id, on_record=tick)
         try:
             outcome = await runner.run(stop)
+            manifest["backend"] = backend.describe()  # again: counters such as compile evidence grew
         finally:
             await backend.close()
     manifest["clock"] = {"origin_perf_counter_ns": runner.start_ns, "origin_unix_s": outcome.started_unix}

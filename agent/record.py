@@ -64,11 +64,15 @@ class GenerationRequest:
 
 @dataclass(slots=True, frozen=True)
 class Usage:
-    """Token counts; ``source`` says who counted them (``server`` or ``tokenizer``)."""
+    """Token counts; ``source`` says who counted them.
+
+    ``server``: the HTTP server's usage or native counts; ``engine``: the in-process engine's own exact
+    count; ``tokenizer``: a client-side fallback count, flagged as such.
+    """
 
     prompt_tokens: int | None
     output_tokens: int | None
-    source: Literal["server", "tokenizer"] = "server"
+    source: Literal["server", "engine", "tokenizer"] = "server"
     cached_prompt_tokens: int | None = None
 
 
@@ -86,6 +90,7 @@ class NativeTimings:
     server_ttft_ms: float | None = None
     total_ms: float | None = None
     cold_start: bool = False
+    compiled: str | None = None
 
 
 @dataclass(slots=True)
@@ -169,11 +174,12 @@ class RequestRecord(BaseModel):
     native_total_ms: float | None = None
     queue_ms: float | None = None
     cold_start: bool = False
+    compile_backend: str | None = None
     # tokens
     prompt_tokens: int | None = None
     cached_prompt_tokens: int | None = None
     output_tokens: int | None = None
-    token_source: Literal["server", "tokenizer", "chunks"] | None = None
+    token_source: Literal["server", "engine", "tokenizer", "chunks"] | None = None
     requested_output_tokens: int | None = None
     finish_reason: str | None = None
     early_stop: bool = False
@@ -304,6 +310,7 @@ def _native_fields(native: NativeTimings | None) -> dict[str, Any]:
         "native_total_ms": native.total_ms,
         "queue_ms": native.queue_ms,
         "cold_start": native.cold_start,
+        "compile_backend": native.compiled,
     }
 
 

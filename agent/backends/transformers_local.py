@@ -1,0 +1,216 @@
+"""In-process Hugging Face transformers with the phase split the seeds define (TR120, TR121).
+
+``prefill_ms`` is one forward pass over the prompt (plus choosing the first token); ``decode_ms`` is the
+KV-cache loop that produces the remaining tokens — exactly the requested count unless the request lets
+the model stop at EOS. CUDA is synchronised at every boundary. The model runs in one worker thread, so
+requests queue behind each other and that queueing is part of their wall-clock times.
+
+``compile`` wraps the model in ``torch.compile``; the manifest and every record then carry the backend
+requested, the backend that actually ran (``eager`` when compilation failed) and dynamo's counters — a
+label alone is not evidence (TR120).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+from pydantic import Field
+
+from agent.backends.base import BackendArgs, register
+from agent.errors import BackendError, BackendUnavailableError, RequestFailedError
+from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
+
+__all__ = ["BatchPrefill", "TransformersArgs", "TransformersBackend"]
+
+logger = structlog.get_logger(__name__)
+
+_INSTALL_HINT = "install torch first (pip install torch==2.13.0), then pip install 'infermeter[torch]'"
+_BUILTIN = "gemma3-270m"
+
+
+class TransformersArgs(BackendArgs):
+    """Arguments of the ``transformers`` backend."""
+
+    model: str = Field(_BUILTIN, description="a local dir, a .gguf file, an HF id (from the local cache)")
+    tokenizer: str | None = Field(None, description="defaults to the model's")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("auto", description="auto → cuda when available, else cpu")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    compile: Literal["prefill", "all"] | None = None
+    compile_backend: str = "inductor"
+    pad_to_multiple: int | None = Field(
+        None, ge=1, description="left-pad prompts to a multiple of this (shape buckets: fewer recompiles)"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "infermeter", description="where the built-in GGUF lives"
+    )
+    local_files_only: bool = Field(True, description="never download weights")
+    chat_template: bool = Field(True, description="apply the tokenizer's chat template to chat requests")
+
+
+@dataclass(slots=True, frozen=True)
+class BatchPrefill:
+    """One batched prefill: how many prompts, their padded shape, real tokens and the forward time."""
+
+    prompts: int
+    padded_len: int
+    prompt_tokens: int
+    prefill_ms: float
+
+
+def _need_torch() -> None:
+    for mod in ("torch", "transformers"):
+        if importlib.util.find_spec(mod) is None:
+            raise BackendUnavailableError(f"the transformers backend needs {mod}; {_INSTALL_HINT}")
+
+
+@register("transformers", TransformersArgs)
+class TransformersBackend:
+    """Runs a causal LM in this process, one request at a time on a dedicated thread."""
+
+    name = "transformers"
+
+    def __init__(self, args: TransformersArgs) -> None:
+        self.args = args
+        self.model = Path(args.model).name if args.model != _BUILTIN else _BUILTIN
+        self._pool: ThreadPoolExecutor | None = None
+        self._engine: Any = None
+        self._facts: dict[str, Any] = {}
+        self._cold = True
+
+    async def start(self) -> None:
+        """Load tokenizer and model on the worker thread (offline unless told otherwise)."""
+        if self._pool is not None:
+            return
+        _need_torch()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="infermeter-transformers")
+        loop = asyncio.get_running_loop()
+        try:
+            self._engine = await loop.run_in_executor(self._pool, self._load)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _load(self) -> Any:
+        from agent.backends import _torch_engine
+
+        return _torch_engine.Engine.load(self.args)
+
+    async def close(self) -> None:
+        """Drop the model and stop the worker thread; safe to call twice."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._engine = None
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest facts: model, dtype, device, load time and the compile evidence."""
+        if self._engine is None:
+            return {"backend": self.name, "model": self.model}
+        return {"backend": self.name, **self._engine.describe()}
+
+    async def prefill_batch(self, prompts: list[str]) -> BatchPrefill:
+        """One padded forward pass over several prompts (the batch-prefill workload)."""
+        if self._engine is None or self._pool is None:
+            raise RuntimeError("backend not started: call start() first")
+        loop = asyncio.get_running_loop()
+        result: BatchPrefill = await loop.run_in_executor(self._pool, self._engine.prefill_batch, prompts)
+        return result
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Generate on the worker thread; tokens come back through a queue stamped where they were made."""
+        if self._engine is None or self._pool is None:
+            raise RuntimeError("backend not started: call start() first")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item: StreamEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        cold, self._cold = self._cold, False
+        future = loop.run_in_executor(self._pool, self._generate, request, put, cancel, cold)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, StreamEnd):
+                    break
+        finally:
+            cancel.set()
+            if not future.done():
+                future.cancel()
+
+    def _generate(
+        self,
+        request: GenerationRequest,
+        put: Callable[[StreamEvent | BaseException], None],
+        cancel: threading.Event,
+        cold: bool,
+    ) -> None:
+        try:
+            self._engine.generate(request, put, cancel, cold)
+        except RequestFailedError as e:
+            put(e)
+        except Exception as e:
+            logger.exception("generation failed", request_id=request.request_id)
+            put(
+                RequestFailedError(
+                    "invalid_response", f"in-process generation failed: {e.__class__.__name__}: {e}"
+                )
+            )
+
+
+def native(
+    prefill_ms: float,
+    decode_ms: float,
+    prompt_n: int,
+    out_n: int,
+    load_ms: float | None,
+    compiled: str | None,
+) -> NativeTimings:
+    """The record's native timings for one in-process generation."""
+    return NativeTimings(
+        compiled=compiled,
+        source="transformers",
+        prefill_ms=prefill_ms,
+        decode_ms=decode_ms,
+        load_ms=load_ms,
+        prompt_n=prompt_n,
+        predicted_n=out_n,
+        cold_start=load_ms is not None,
+    )
+
+
+def end_event(t_ns: int, timings: NativeTimings, finish: str) -> StreamEnd:
+    """The closing event: counts come from the engine itself, so they are exact."""
+    usage = Usage(prompt_tokens=timings.prompt_n, output_tokens=timings.predicted_n, source="engine")
+    return StreamEnd(t_ns, usage=usage, native=timings, finish_reason=finish)
+
+
+def chunk(t_ns: int, text: str) -> Chunk:
+    """One generated token as a stream chunk (its text may be empty mid-character)."""
+    return Chunk(t_ns, text)
+
+
+def _error_for_missing(model: str, e: BaseException) -> BackendError:
+    return BackendError(
+        f"could not load model {model!r} offline ({e.__class__.__name__}: {e}); pass a local directory or "
+        "a .gguf file with --model, or set backend arg local_files_only=false to allow downloads"
+    )
+
+
+def now_ns() -> int:
+    """The clock every timing in this backend uses."""
+    return time.perf_counter_ns()

@@ -112,3 +112,25 @@ def test_check_invariants_flags_ttft_after_e2e_and_negative_values() -> None:
     problems = check_invariants(broken)
     assert any("ttft_ms" in p for p in problems)
     assert "negative inter-token gap" in problems and "load_ms is negative" in problems
+
+
+def test_server_side_native_fields_reach_the_record() -> None:
+    m = Measurement(run_start_ns=0, run_start_unix=0.0, intended_ns=0, sent_ns=0)
+    m.observe(Chunk(5 * MS, "a"))
+    native = NativeTimings(
+        "ollama", prefill_ms=2.0, decode_ms=1.0, load_ms=900.0, total_ms=903.5, cold_start=True, compiled=None
+    )
+    m.observe(StreamEnd(1000 * MS, usage=Usage(None, 1), native=native))
+    r = m.to_record(IDENT)
+    assert r.status == "ok" and r.cold_start and r.native_total_ms == 903.5
+    assert r.native_ttft_ms == 902.0 and r.prompt_tokens is None  # unknown stays unknown
+    vllm = Measurement(run_start_ns=0, run_start_unix=0.0, intended_ns=0, sent_ns=0)
+    vllm.observe(Chunk(5 * MS, "a"))
+    vllm.observe(
+        StreamEnd(
+            9 * MS, native=NativeTimings("vllm_metrics", queue_ms=0.5, server_ttft_ms=4.0, compiled="x")
+        )
+    )
+    r2 = vllm.to_record(IDENT)
+    assert (r2.queue_ms, r2.native_ttft_ms, r2.compile_backend) == (0.5, 4.0, "x")
+    assert r2.decode_fraction is None and r2.native_tok_s is None

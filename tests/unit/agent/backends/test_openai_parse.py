@@ -70,3 +70,42 @@ def test_empty_choices_and_usage_only_chunk() -> None:
     st = _StreamState()
     assert parse_payload(json.dumps({"choices": [], "usage": {"completion_tokens": 2}}), 1, st) == []
     assert st.usage is not None and st.usage.output_tokens == 2
+
+
+def test_vllm_per_request_metrics_become_native_queue_and_server_ttft() -> None:
+    state = _StreamState()
+    payload = {
+        "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5},
+        "metrics": {
+            "time_to_first_token_ms": 41.5,
+            "generation_time_ms": 90.0,
+            "queue_time_ms": 3.25,
+            "mean_itl_ms": 12.1,
+            "tokens_per_second": 80.0,
+        },
+    }
+    assert parse_payload(json.dumps(payload), 0, state) == []
+    native = state.native
+    assert native is not None and native.source == "vllm_metrics"
+    assert (native.queue_ms, native.server_ttft_ms) == (3.25, 41.5)
+    assert native.prefill_ms is None and native.decode_ms is None  # vLLM gives no split: none invented
+
+
+def test_llamacpp_timings_win_over_vllm_metrics() -> None:
+    state = _StreamState()
+    parse_payload(json.dumps({"timings": {"prompt_ms": 1.0, "predicted_ms": 2.0}}), 0, state)
+    parse_payload(json.dumps({"metrics": {"queue_time_ms": 1.0}}), 0, state)
+    assert state.native is not None and state.native.source == "llamacpp_timings"
+
+
+def test_openai_backend_asks_for_vllm_metrics_only_when_told() -> None:
+    from agent.backends.openai import OpenAIArgs, OpenAIBackend
+    from agent.record import GenerationRequest
+
+    req = GenerationRequest(request_id="r", prompt="x")
+    assert "include_metrics" not in OpenAIBackend(OpenAIArgs(model="m"))._body(req, "chat")
+    assert (
+        OpenAIBackend(OpenAIArgs(model="m", request_metrics=True))._body(req, "chat")["include_metrics"]
+        is True
+    )

@@ -8,39 +8,31 @@ import json
 import logging
 import signal
 import sys
-import time
-import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from agent import __version__
-from agent.backends import available, create
+from agent.backends import available
+from agent.commands import EXIT_FAILED, EXIT_OK, cmd_import_trace, cmd_replay, cmd_run, cmd_sweep, kv
 from agent.errors import ConfigError, InfermeterError
-from agent.manifest import build_manifest, write_json_atomic
-from agent.record import RequestRecord
-from agent.runner import Runner
-from agent.scenario import Scenario, list_builtin, load_scenario, resolve_scenario
+from agent.launch import targets_for
+from agent.scenario import list_builtin, load_scenario
 from agent.settings import Settings
 from analysis.console import render_summary
 from analysis.records import load_records
 from analysis.summary import summarize
-from exporters.jsonl import JsonlWriter
 
 __all__ = ["main"]
 
 logger = structlog.get_logger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-#: llama.cpp slots cost KV-cache memory; beyond this the engine queues, which the records will show.
-MAX_ENGINE_SLOTS = 32
+EXIT_CONFIG = 2
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -66,6 +58,45 @@ def _error(err: Console, message: object) -> None:
     err.print(Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True)
 
 
+def _backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="embedded", help=f"one of: {', '.join(available())}")
+    p.add_argument("--base-url", help="server URL for HTTP backends (openai, ollama, sim)")
+    p.add_argument("--model", help="model id (HTTP backends) or path / HF id (transformers)")
+    p.add_argument("--model-path", type=Path, help="GGUF file for the embedded engine")
+    p.add_argument(
+        "--backend-arg", action="append", default=[], metavar="KEY=VALUE", help="any backend argument"
+    )
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="all",
+        choices=["prefill", "all"],
+        help="transformers: torch.compile the prefill pass or everything (evidence goes to the manifest)",
+    )
+    p.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, help="steady-state requests (overrides the scenario)")
+    p.add_argument("--duration", help="stop issuing requests after this long, e.g. 30s, 2m")
+    p.add_argument("--concurrency", type=int, help="closed-loop clients (agents for agent chains)")
+    p.add_argument("--warmup", type=int, help="warmup requests, recorded apart")
+    p.add_argument("--cooldown", type=int, help="requests after steady under the same load, kept apart")
+    p.add_argument("--max-tokens", type=int, dest="output_tokens", help="output tokens per request")
+    p.add_argument(
+        "--arrival", choices=["closed", "constant", "poisson", "gamma"], help="load model (default: closed)"
+    )
+    p.add_argument("--rate", type=float, help="open loop: requests per second")
+    p.add_argument("--burstiness", type=float, help="gamma: shape (1 = Poisson, < 1 burstier)")
+    p.add_argument("--max-concurrency", type=int, help="open loop: in-flight cap")
+    p.add_argument("--think-time", help="closed loop: pause per client between requests, e.g. 500ms")
+    p.add_argument("--seed", type=int, help="arrival schedule seed")
+    p.add_argument("--slo-ttft-ms", type=float, help="goodput: TTFT objective")
+    p.add_argument("--slo-tpot-ms", type=float, help="goodput: TPOT objective")
+    p.add_argument("--slo-e2e-ms", type=float, help="goodput: E2E objective")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infermeter", description="Load-test and measure LLM inference.")
     p.add_argument("--version", action="version", version=f"infermeter {__version__}")
@@ -73,29 +104,43 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("scenarios", help="list the built-in scenarios")
 
-    run = sub.add_parser("run", help="run a scenario against a backend and summarise it")
-    run.add_argument("scenario", help="built-in scenario name (see `infermeter scenarios`) or a YAML path")
-    run.add_argument("--backend", default="embedded", help=f"one of: {', '.join(available())}")
-    run.add_argument("--requests", type=int, help="steady-state requests (overrides the scenario)")
-    run.add_argument("--duration", help="stop issuing requests after this long, e.g. 30s, 2m")
-    run.add_argument("--concurrency", type=int, help="closed-loop concurrency")
-    run.add_argument("--warmup", type=int, help="warmup requests, recorded apart")
-    run.add_argument("--max-tokens", type=int, dest="output_tokens", help="output tokens per request")
-    run.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
-    run.add_argument("--base-url", help="server URL for HTTP backends (openai, ollama, sim)")
-    run.add_argument("--model", help="model id (HTTP backends) or path / HF id (transformers)")
-    run.add_argument("--model-path", type=Path, help="GGUF file for the embedded engine")
+    run = sub.add_parser("run", help="run one scenario, or several at once, against a backend")
     run.add_argument(
-        "--backend-arg", action="append", default=[], metavar="KEY=VALUE", help="any backend argument"
+        "scenario", nargs="+", help="built-in scenario name(s) (see `infermeter scenarios`) or YAML path(s)"
     )
-    run.add_argument(
-        "--compile",
-        nargs="?",
-        const="all",
-        choices=["prefill", "all"],
-        help="transformers: torch.compile the prefill pass or everything (evidence goes to the manifest)",
+    _load_flags(run)
+    _backend_flags(run)
+
+    sweep = sub.add_parser("sweep", help="run a scenario at rising load until it saturates; report the knee")
+    sweep.add_argument("scenario", help="built-in scenario name or a YAML path")
+    sweep.add_argument("--over", choices=["rate", "concurrency"], help="what rises (default: concurrency)")
+    sweep.add_argument("--values", help="comma-separated stage loads, e.g. 1,2,4,8")
+    sweep.add_argument("--start", type=float, help="first stage load of a geometric series")
+    sweep.add_argument("--stop", type=float, help="last stage load of a geometric series")
+    sweep.add_argument("--factor", type=float, help="series factor (default 2: doubling)")
+    sweep.add_argument("--stage-requests", type=int, help="requests per stage")
+    sweep.add_argument("--stage-duration", help="time per stage, e.g. 20s")
+    sweep.add_argument("--min-gain", type=float, help="saturated below this throughput gain (default 0.05)")
+    sweep.add_argument("--all-stages", action="store_true", help="run every stage, even past saturation")
+    _load_flags(sweep)
+    _backend_flags(sweep)
+
+    replay = sub.add_parser("replay", help="replay a recorded trace on its own clock")
+    replay.add_argument("trace", type=Path, help="trace file: our JSONL, Azure CSV or Mooncake JSONL")
+    replay.add_argument("--format", choices=["auto", "jsonl", "azure", "mooncake"], default="auto")
+    replay.add_argument("--speed", type=float, default=1.0, help="replay this many times faster")
+    replay.add_argument("--limit", type=int, help="only the first N requests")
+    replay.add_argument(
+        "--scenario", default="chat", help="scenario for endpoint, sampling and timeouts (default chat)"
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.add_argument("--warmup", type=int, default=0, help="warmup requests before the trace")
+    replay.add_argument("--lag-limit-ms", type=float, help="schedule-lag p99 above this: not trustworthy")
+    _backend_flags(replay)
+
+    imp = sub.add_parser("import-trace", help="convert an Azure CSV or Mooncake JSONL trace to ours")
+    imp.add_argument("source", type=Path)
+    imp.add_argument("-o", "--output", type=Path, required=True)
+    imp.add_argument("--format", choices=["auto", "azure", "mooncake", "jsonl"], default="auto")
 
     sim = sub.add_parser("sim-server", help="serve the simulator (OpenAI SSE + Ollama NDJSON) on loopback")
     sim.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
@@ -134,148 +179,6 @@ def _cmd_scenarios(console: Console) -> int:
     return EXIT_OK
 
 
-def _kv(items: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _backend_args(ns: argparse.Namespace, sc: Scenario, settings: Settings, out: Path) -> dict[str, Any]:
-    args: dict[str, Any] = {"max_connections": max(64, sc.concurrency)}
-    if ns.backend == "embedded":
-        args.update(
-            cache_dir=settings.cache_dir,
-            n_parallel=min(sc.concurrency, MAX_ENGINE_SLOTS),
-            log_path=out / "engine.log",
-        )
-        if ns.model_path is not None:
-            args["model_path"] = ns.model_path
-    elif ns.backend == "openai":
-        args.update(
-            base_url=ns.base_url or settings.openai.base_url,
-            model=ns.model or settings.openai.model,
-            api_key=settings.openai.api_key,
-        )
-    elif ns.backend in ("ollama", "sim"):
-        args.update({k: v for k, v in (("base_url", ns.base_url), ("model", ns.model)) if v is not None})
-        if ns.backend == "sim":
-            args.pop("model", None)
-            args["log_path"] = out / "simulator.log"
-    elif ns.backend == "transformers":
-        args.pop("max_connections")
-        if ns.model is not None:
-            args["model"] = ns.model
-        if ns.compile is not None:
-            args["compile"] = ns.compile
-    args.update(_kv(ns.backend_arg, "--backend-arg"))
-    return args
-
-
-def _load_for_run(ns: argparse.Namespace) -> Scenario:
-    sc = load_scenario(resolve_scenario(ns.scenario))
-    return sc.with_overrides(
-        requests=ns.requests,
-        duration=ns.duration,
-        concurrency=ns.concurrency,
-        warmup=ns.warmup,
-        output_tokens=ns.output_tokens,
-    )
-
-
-def _out_dir(ns: argparse.Namespace, sc: Scenario) -> Path:
-    out: Path = ns.out or Path("runs") / f"{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "records.jsonl").exists():
-        raise ConfigError(f"{out} already holds a run; choose another --out (nothing was overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ok {task.fields[ok]}  degraded {task.fields[degraded]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
-
-
-async def _run(ns: argparse.Namespace, sc: Scenario, out: Path, settings: Settings, err: Console) -> int:
-    run_id = f"{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    manifest = build_manifest(run_id, sc, ["infermeter", *sys.argv[1:]])
-    manifest_path = out / "manifest.json"
-    write_json_atomic(manifest_path, manifest)
-    backend = create(ns.backend, _backend_args(ns, sc, settings, out))
-
-    stop = asyncio.Event()
-    received: list[int] = []
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        received.append(signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-
-    try:
-        with err.status(f"starting backend '{ns.backend}'"):
-            await backend.start()
-    except InfermeterError as e:
-        await backend.close()
-        manifest.update(status="failed", error=str(e), ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        write_json_atomic(manifest_path, manifest)
-        _error(err, e)
-        return EXIT_FAILED
-    manifest["backend"] = backend.describe()
-    write_json_atomic(manifest_path, manifest)
-
-    total = sc.warmup + sc.requests if sc.requests is not None else None
-    progress = _progress(err, enabled=not ns.no_progress)
-    counts = {"ok": 0, "degraded": 0}
-    with progress, JsonlWriter(out / "records.jsonl") as writer:
-        task = progress.add_task(sc.name, total=total, ok=0, degraded=0)
-
-        def tick(record: RequestRecord) -> None:
-            counts[record.status] += 1
-            progress.update(task, advance=1, ok=counts["ok"], degraded=counts["degraded"])
-
-        runner = Runner(sc, backend, writer, run_id=run_id, on_record=tick)
-        try:
-            outcome = await runner.run(stop)
-            manifest["backend"] = backend.describe()  # again: counters such as compile evidence grew
-        finally:
-            await backend.close()
-    manifest["clock"] = {"origin_perf_counter_ns": runner.start_ns, "origin_unix_s": outcome.started_unix}
-
-    loaded = load_records(out)
-    summary = summarize(
-        loaded.records, {sc.name: {"prompt_tokens": sc.prompt_tokens, "output_tokens": sc.output_tokens}}
-    )
-    summary["run_id"] = run_id
-    write_json_atomic(out / "summary.json", summary)
-    manifest.update(
-        status="interrupted" if outcome.interrupted else "completed",
-        ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        records={"total": outcome.total, **outcome.by_status},
-        degraded_by_reason=dict(outcome.by_reason),
-    )
-    write_json_atomic(manifest_path, manifest)
-    Console().print(render_summary(summary))
-    err.print(f"records, manifest and summary in {out}/")
-    if outcome.interrupted:
-        err.print(f"[yellow]interrupted[/yellow]: {outcome.total} records kept")
-        return 128 + (received[0] if received else signal.SIGINT)
-    return EXIT_OK
-
-
 def _cmd_summarize(ns: argparse.Namespace, err: Console) -> int:
     loaded = load_records(ns.run_dir)
     for warning in loaded.warnings:
@@ -283,9 +186,12 @@ def _cmd_summarize(ns: argparse.Namespace, err: Console) -> int:
     targets: dict[str, dict[str, Any]] = {}
     manifest_path = ns.run_dir / "manifest.json"
     if manifest_path.is_file():
-        sc = json.loads(manifest_path.read_text(encoding="utf-8"))["scenario"]
-        norm = sc.get("normalised", {})
-        targets[sc["name"]] = {k: norm.get(k) for k in ("prompt_tokens", "output_tokens")}
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for sc in manifest.get("tenants") or [manifest["scenario"]]:
+            targets[sc["name"]] = targets_for(sc.get("normalised", {}))
+        if "trace" in manifest:
+            for t in targets.values():
+                t["load"]["arrival"] = "trace"
     summary = summarize(loaded.records, targets)
     if ns.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -298,7 +204,7 @@ async def _sim_server(ns: argparse.Namespace, err: Console) -> int:
     from agent.backends._sim_server import serve
     from agent.backends.sim import parse_model
 
-    values = _kv(ns.set, "--set")
+    values = kv(ns.set, "--set")
     for key in ("ttft_ms", "itl_ms", "output_tokens"):
         if getattr(ns, key) is not None:
             values[key] = getattr(ns, key)
@@ -339,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_summarize(ns, err)
         if ns.command == "sim-server":
             return _run_loop(_sim_server(ns, err))
-        sc = _load_for_run(ns)
-        out = _out_dir(ns, sc)
-        return _run_loop(_run(ns, sc, out, settings, err))
+        if ns.command == "import-trace":
+            return cmd_import_trace(ns, err)
+        command = {"run": cmd_run, "sweep": cmd_sweep, "replay": cmd_replay}[ns.command]
+        return _run_loop(command(ns, settings, err))
     except ConfigError as e:
         _error(err, e)
         return EXIT_CONFIG

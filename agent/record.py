@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 __all__ = [
     "REASONS",
     "SCHEMA_VERSION",
+    "ChainRecord",
     "Chunk",
     "GenerationRequest",
     "Measurement",
@@ -60,6 +61,9 @@ class GenerationRequest:
     cache_prompt: bool = False
     endpoint: Literal["chat", "completions"] = "chat"
     prompt_id: str | None = None
+    #: the prompt length the workload asked for (trace replay), reported against the measured one
+    prompt_tokens_target: int | None = None
+    session_id: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -131,6 +135,12 @@ class RecordIdentity:
     requested_output_tokens: int | None = None
     step: int | None = None
     chain_id: str | None = None
+    load_stage: str | None = None
+    target_rate: float | None = None
+    batch_id: str | None = None
+    batch_size: int | None = None
+    cold_cause: Literal["first_request", "idle_gap"] | None = None
+    requested_prompt_tokens: int | None = None
 
 
 class RequestRecord(BaseModel):
@@ -148,6 +158,10 @@ class RequestRecord(BaseModel):
     prompt_id: str | None = None
     step: int | None = None
     chain_id: str | None = None
+    load_stage: str | None = None
+    target_rate: float | None = None
+    batch_id: str | None = None
+    batch_size: int | None = None
     backend: str
     model: str
     endpoint: str
@@ -174,9 +188,11 @@ class RequestRecord(BaseModel):
     native_total_ms: float | None = None
     queue_ms: float | None = None
     cold_start: bool = False
+    cold_cause: Literal["load", "first_request", "idle_gap"] | None = None
     compile_backend: str | None = None
     # tokens
     prompt_tokens: int | None = None
+    requested_prompt_tokens: int | None = None
     cached_prompt_tokens: int | None = None
     output_tokens: int | None = None
     token_source: Literal["server", "engine", "tokenizer", "chunks"] | None = None
@@ -190,6 +206,28 @@ class RequestRecord(BaseModel):
     overhead_pct: float | None = None
     decode_fraction: float | None = None
     output_text: str | None = None
+
+
+class ChainRecord(BaseModel):
+    """One line of ``chains.jsonl``: an agent chain as a whole, beside its per-step request records."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    scenario: str
+    chain_id: str
+    stage: Stage = "steady"
+    status: Literal["ok", "degraded"]
+    reason: str | None = None
+    failed_step: int | None = None
+    steps_planned: int
+    steps_done: int
+    started_offset_ms: float
+    chain_e2e_ms: float
+    think_ms: float
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 def _ms(ns: int) -> float:
@@ -254,6 +292,11 @@ class Measurement:
             "prompt_id": ident.prompt_id,
             "step": ident.step,
             "chain_id": ident.chain_id,
+            "load_stage": ident.load_stage,
+            "target_rate": ident.target_rate,
+            "batch_id": ident.batch_id,
+            "batch_size": ident.batch_size,
+            "requested_prompt_tokens": ident.requested_prompt_tokens,
             "backend": ident.backend,
             "model": ident.model,
             "endpoint": ident.endpoint,
@@ -275,6 +318,10 @@ class Measurement:
             "output_text": "".join(self.parts) if self.keep_text else None,
         }
         fields.update(_native_fields(native))
+        if fields.get("cold_start"):
+            fields["cold_cause"] = "load"
+        elif ident.cold_cause is not None:
+            fields.update(cold_start=True, cold_cause=ident.cold_cause)
         fields.update(_derived(fields))
         if failure is not None:
             return RequestRecord(status="degraded", reason=failure[0], detail=failure[1] or None, **fields)

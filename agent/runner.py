@@ -1,23 +1,37 @@
-"""Drive one scenario against one backend: schedule, concurrency, warmup, deadlines, records out."""
+"""Drive one scenario against one backend: load model, stages, deadlines, records out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
+from agent.arrivals import schedule
 from agent.backends.base import Backend
-from agent.errors import RequestFailedError
-from agent.record import Chunk, GenerationRequest, Measurement, RecordIdentity, RequestRecord, Stage
-from agent.scenario import Scenario
+from agent.errors import ConfigError, RequestFailedError
+from agent.record import (
+    ChainRecord,
+    Chunk,
+    GenerationRequest,
+    Measurement,
+    NativeTimings,
+    RecordIdentity,
+    RequestRecord,
+    Stage,
+    StreamEnd,
+    Usage,
+)
+from agent.scenario import MAX_IN_FLIGHT, Scenario
 
-__all__ = ["RecordSink", "RunOutcome", "Runner"]
+__all__ = ["ColdTracker", "RecordSink", "RunOutcome", "Runner", "expected_records"]
 
 logger = structlog.get_logger(__name__)
 
@@ -38,6 +52,7 @@ class RunOutcome:
     interrupted: bool = False
     by_status: Counter[str] = field(default_factory=Counter)
     by_reason: Counter[str] = field(default_factory=Counter)
+    chains: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -45,11 +60,99 @@ class RunOutcome:
         return sum(self.by_status.values())
 
 
-class Runner:
-    """Runs a scenario's warmup then steady stage with N closed-loop workers.
+@dataclass(slots=True)
+class ColdTracker:
+    """Marks the first request after a backend starts, and any request after an idle gap, as cold.
 
-    Workers pull the next request from one shared iterator, so there is never a task per request.
-    ``stop`` (set by SIGINT/SIGTERM) ends the run at once: in-flight requests are cancelled and written
+    One tracker per backend, shared by every runner that uses it (sweep stages, tenants).
+    """
+
+    idle_gap_s: float | None = None
+    sent_any: bool = False
+    in_flight: int = 0
+    idle_since_ns: int = 0
+
+    def begin(self, now_ns: int) -> Literal["first_request", "idle_gap"] | None:
+        """Called at each send; returns why this request is cold, if it is."""
+        cause: Literal["first_request", "idle_gap"] | None = None
+        if not self.sent_any:
+            self.sent_any, cause = True, "first_request"
+        elif (
+            self.idle_gap_s is not None
+            and self.in_flight == 0
+            and now_ns - self.idle_since_ns >= self.idle_gap_s * 1e9
+        ):
+            cause = "idle_gap"
+        self.in_flight += 1
+        return cause
+
+    def end(self, now_ns: int) -> None:
+        """Called when a request finishes, whatever its outcome."""
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle_since_ns = now_ns
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Labels each unit of work as it is issued.
+
+    ``count`` units (or until ``deadline``) of one stage, then ``cooldown`` more, then None (stop).
+    """
+
+    stage: Stage
+    count: int | None
+    deadline_ns: int | None = None
+    cooldown: int = 0
+    issued: int = 0
+    cooled: int = 0
+
+    def take(self, at_ns: int) -> Stage | None:
+        if (self.count is None or self.issued < self.count) and (
+            self.deadline_ns is None or at_ns < self.deadline_ns
+        ):
+            self.issued += 1
+            return self.stage
+        if self.cooled < self.cooldown:
+            self.cooled += 1
+            return "cooldown"
+        return None
+
+    def bound(self) -> int | None:
+        return None if self.count is None else self.count + self.cooldown
+
+
+def _units(sc: Scenario, requests: int | None) -> int | None:
+    """Records → units of work: chains of K steps, or batches of N prompts."""
+    if requests is None:
+        return None
+    if sc.agent is not None:
+        return math.ceil(requests / sc.agent.steps)
+    if sc.batch is not None:
+        return math.ceil(requests / sc.batch.size)
+    return requests
+
+
+def expected_records(sc: Scenario) -> int | None:
+    """How many records a count-bounded run writes (None when bounded by time)."""
+    units = _units(sc, sc.requests)
+    if units is None:
+        return None
+    units += sc.cooldown
+    if sc.agent is not None:
+        units *= sc.agent.steps
+    elif sc.batch is not None and sc.batch.mode == "concurrent":
+        units *= sc.batch.size
+    return sc.warmup + units
+
+
+class Runner:
+    """Runs a scenario: warmup (closed loop, recorded apart), then the measured stage and cooldown.
+
+    The measured stage is a closed loop of ``concurrency`` clients with optional think time, open-loop
+    arrivals (constant, Poisson, gamma, or a trace's own clock) with an in-flight cap, agent chains, or
+    batches. Workers pull work from shared iterators, so tasks scale with what is in flight, never with
+    the number of requests. ``stop`` (SIGINT/SIGTERM) ends the run at once: in-flight requests are written
     as degraded ``interrupted`` records; every completed record has already been written.
     """
 
@@ -61,25 +164,47 @@ class Runner:
         *,
         run_id: str,
         on_record: Callable[[RequestRecord], None] | None = None,
+        requests: Iterator[GenerationRequest] | None = None,
+        offsets: Iterable[float] | None = None,
+        load_stage: str | None = None,
+        chain_sink: Callable[[ChainRecord], None] | None = None,
+        cold: ColdTracker | None = None,
+        origin_ns: int | None = None,
     ) -> None:
         self.scenario = scenario
         self.backend = backend
         self.sink = sink
         self.run_id = run_id
         self.on_record = on_record
-        self._requests: Iterator[GenerationRequest] = scenario.requests_iter()
+        self.chain_sink = chain_sink
+        self.load_stage = load_stage
+        self.cold = cold or ColdTracker(scenario.load.idle_gap)
+        self._requests: Iterator[GenerationRequest] = requests or scenario.requests_iter()
+        self._offsets = offsets
         self._seq = 0
+        self._units_started = 0
         #: ``perf_counter_ns()`` at the run's start: records' offsets are from here (CLOCK_MONOTONIC on
-        #: Linux, so a simulator's emission log on the same host lines up with it).
-        self.start_ns = 0
+        #: Linux, so a simulator's emission log on the same host lines up with it). Sweep stages and
+        #: tenants of one run share it.
+        self.start_ns = origin_ns or 0
+        self._fixed_origin = origin_ns is not None
         self._start_unix = 0.0
         self.outcome = RunOutcome(started_unix=time.time())
+        load = scenario.load
+        self._target_rate = load.rate if load.open_loop and offsets is None else None
 
     async def run(self, stop: asyncio.Event | None = None) -> RunOutcome:
         """Run to completion or until ``stop`` is set; return the outcome."""
+        batch = self.scenario.batch
+        batched = batch is not None and batch.mode == "batched"
+        if batched and not callable(getattr(self.backend, "prefill_batch", None)):
+            raise ConfigError(
+                f"backend '{self.backend.name}' has no batched call; use batch.mode: concurrent"
+            )
         stop = stop or asyncio.Event()
-        self.start_ns = time.perf_counter_ns()
-        self._start_unix = time.time()
+        if not self._fixed_origin:
+            self.start_ns = time.perf_counter_ns()
+        self._start_unix = time.time() - (time.perf_counter_ns() - self.start_ns) / 1e9
         self.outcome = RunOutcome(started_unix=self._start_unix)
         main = asyncio.create_task(self._stages())
         stopper = asyncio.create_task(stop.wait())
@@ -98,40 +223,214 @@ class Runner:
     async def _stages(self) -> None:
         sc = self.scenario
         if sc.warmup:
-            await self._closed_loop("warmup", count=sc.warmup, duration_s=None, concurrency=sc.concurrency)
-        await self._closed_loop(
-            "steady", count=sc.requests, duration_s=sc.duration, concurrency=sc.concurrency
-        )
+            await self._closed(_Plan("warmup", sc.warmup), sc.concurrency, 0.0)
+        now = time.perf_counter_ns()
+        deadline = now + int(sc.duration * 1e9) if sc.duration else None
+        plan = _Plan("steady", _units(sc, sc.requests), deadline, sc.cooldown)
+        if sc.agent is not None:
+            await self._closed(plan, sc.concurrency, 0.0, unit=self._chain)
+        elif sc.batch is not None:
+            await self._closed(plan, sc.concurrency, 0.0, unit=self._batch)
+        elif self._offsets is not None or sc.load.open_loop:
+            await self._open(plan, now)
+        else:
+            await self._closed(plan, sc.concurrency, sc.load.think_time or 0.0)
 
-    async def _closed_loop(
-        self, stage: Stage, *, count: int | None, duration_s: float | None, concurrency: int
+    async def _closed(
+        self,
+        plan: _Plan,
+        concurrency: int,
+        think_s: float,
+        unit: Callable[[Stage], Any] | None = None,
     ) -> None:
-        deadline = time.perf_counter_ns() + int(duration_s * 1e9) if duration_s else None
-        issued = 0
+        async def single(stage: Stage) -> bool:
+            request = next(self._requests, None)
+            if request is None:
+                return False
+            await self._one(request, stage)
+            return True
+
+        work = unit or single
+
+        async def client() -> None:
+            while (stage := plan.take(time.perf_counter_ns())) is not None:
+                if await work(stage) is False:
+                    return
+                if think_s:
+                    await asyncio.sleep(think_s)
+
+        bound = plan.bound()
+        clients = min(concurrency, bound) if bound is not None else concurrency
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(clients):
+                tg.create_task(client())
+
+    async def _open(self, plan: _Plan, origin_ns: int) -> None:
+        """Open loop: send at the intended times; workers are added only when none is free."""
+        load = self.scenario.load
+        if self._offsets is not None:
+            offsets: Iterable[float] = self._offsets
+        else:
+            assert load.rate is not None  # the scenario validator requires it for open loop
+            offsets = schedule(load.arrival, load.rate, burstiness=load.burstiness, seed=load.seed)  # type: ignore[arg-type]
+        cap = load.max_concurrency or MAX_IN_FLIGHT
+        queue: asyncio.Queue[tuple[GenerationRequest, Stage, int] | None] = asyncio.Queue()
+        idle = 0
+        workers = 0
 
         async def worker() -> None:
-            nonlocal issued
-            while (count is None or issued < count) and (
-                deadline is None or time.perf_counter_ns() < deadline
-            ):
-                issued += 1
-                await self._one(next(self._requests), stage)
+            nonlocal idle
+            while True:
+                idle += 1
+                item = await queue.get()
+                idle -= 1
+                if item is None:
+                    return
+                await self._one(item[0], item[1], intended_ns=item[2])
 
-        workers = min(concurrency, count) if count is not None else concurrency
         async with asyncio.TaskGroup() as tg:
+            for offset in offsets:
+                intended = origin_ns + int(offset * 1e9)
+                stage = plan.take(intended)
+                if stage is None:
+                    break
+                request = next(self._requests, None)
+                if request is None:
+                    break
+                await _until(intended)
+                if idle <= queue.qsize() and workers < cap:
+                    workers += 1
+                    tg.create_task(worker())
+                queue.put_nowait((request, stage, intended))
             for _ in range(workers):
-                tg.create_task(worker())
+                queue.put_nowait(None)
 
-    async def _one(self, request: GenerationRequest, stage: Stage) -> None:
+    async def _chain(self, stage: Stage) -> bool:
+        """One agent chain: K steps, each prompt the conversation so far plus a tool result."""
+        sc = self.scenario
+        assert sc.agent is not None
+        base = next(self._requests, None)
+        if base is None:
+            return False
+        chain_id = f"{sc.name}-chain-{self._units_started:05d}"
+        self._units_started += 1
+        messages = list(base.messages or [])
+        prompt = base.prompt
+        t0 = time.perf_counter_ns()
+        think_ns = 0
+        done = 0
+        records: list[RequestRecord] = []
+        failed: RequestRecord | None = None
+        try:
+            for step in range(sc.agent.steps):
+                req = dataclasses.replace(
+                    base, request_id=f"{chain_id}-s{step}", messages=list(messages) or None, prompt=prompt
+                )
+                rec = await self._one(req, stage, chain=(chain_id, step), keep_text=True)
+                records.append(rec)
+                if rec.status != "ok":
+                    failed = rec
+                    break
+                done += 1
+                tool = sc.agent.tool_results[step % len(sc.agent.tool_results)]
+                if messages:
+                    messages += [
+                        {"role": "assistant", "content": rec.output_text or ""},
+                        {"role": "user", "content": tool},
+                    ]
+                else:
+                    prompt = f"{prompt or ''}{rec.output_text or ''}\n\n{tool}\n\n"
+                if step + 1 < sc.agent.steps and sc.agent.think_time:
+                    t_think = time.perf_counter_ns()
+                    await asyncio.sleep(sc.agent.think_time)
+                    think_ns += time.perf_counter_ns() - t_think
+        except asyncio.CancelledError:
+            self._emit_chain(chain_id, stage, t0, think_ns, done, records, ("interrupted", done))
+            raise
+        fail = (failed.reason or "degraded", done) if failed is not None else None
+        self._emit_chain(chain_id, stage, t0, think_ns, done, records, fail)
+        return True
+
+    def _emit_chain(
+        self,
+        chain_id: str,
+        stage: Stage,
+        t0: int,
+        think_ns: int,
+        done: int,
+        records: list[RequestRecord],
+        failure: tuple[str, int] | None,
+    ) -> None:
+        assert self.scenario.agent is not None
+        ok = failure is None
+        self.outcome.chains["ok" if ok else "degraded"] += 1
+        if self.chain_sink is None:
+            return
+        self.chain_sink(
+            ChainRecord(
+                run_id=self.run_id,
+                scenario=self.scenario.name,
+                chain_id=chain_id,
+                stage=stage,
+                status="ok" if ok else "degraded",
+                reason=failure[0] if failure else None,
+                failed_step=failure[1] if failure else None,
+                steps_planned=self.scenario.agent.steps,
+                steps_done=done,
+                started_offset_ms=(t0 - self.start_ns) / 1e6,
+                chain_e2e_ms=(time.perf_counter_ns() - t0) / 1e6,
+                think_ms=think_ns / 1e6,
+                prompt_tokens=_sum(r.prompt_tokens for r in records),
+                output_tokens=_sum(r.output_tokens for r in records),
+            )
+        )
+
+    async def _batch(self, stage: Stage) -> bool:
+        """One batch: N prompts sent together as concurrent requests, or as one batched call."""
+        sc = self.scenario
+        assert sc.batch is not None
+        reqs = [r for r in (next(self._requests, None) for _ in range(sc.batch.size)) if r is not None]
+        if not reqs:
+            return False
+        batch = (f"{sc.name}-batch-{self._units_started:05d}", len(reqs))
+        self._units_started += 1
+        intended = time.perf_counter_ns()
+        if sc.batch.mode == "concurrent":
+            await asyncio.gather(*(self._one(r, stage, intended_ns=intended, batch=batch) for r in reqs))
+        else:
+            await self._batched_call(reqs, stage, batch)
+        return len(reqs) == sc.batch.size
+
+    async def _batched_call(
+        self, reqs: list[GenerationRequest], stage: Stage, batch: tuple[str, int]
+    ) -> None:
+        call = getattr(self.backend, "prefill_batch")  # noqa: B009 - checked in run(); not on the protocol
+        prompts = [r.prompt if r.prompt is not None else _user_text(r) for r in reqs]
+        ident = self._identity(reqs[0], stage, batch=batch)
+        ident = dataclasses.replace(ident, request_id=batch[0], endpoint="prefill_batch")
+
+        async def call_once(m: Measurement) -> None:
+            async with asyncio.timeout(self.scenario.timeout.total_s):
+                result = await call(prompts)
+            usage = Usage(result.prompt_tokens, 0, source="engine")
+            native = NativeTimings(source=self.backend.name, prefill_ms=result.prefill_ms)
+            m.observe(StreamEnd(time.perf_counter_ns(), usage=usage, native=native, finish_reason="length"))
+
+        await self._measure(ident, call_once, intended_ns=None, keep_text=False)
+
+    def _identity(
+        self,
+        request: GenerationRequest,
+        stage: Stage,
+        *,
+        chain: tuple[str, int] | None = None,
+        batch: tuple[str, int] | None = None,
+    ) -> RecordIdentity:
         seq = self._seq
         self._seq += 1
-        sc = self.scenario
-        now = time.perf_counter_ns()
-        keep = sc.keep_output_every > 0 and seq % sc.keep_output_every == 0
-        m = Measurement(self.start_ns, self._start_unix, now, now, keep_text=keep)
-        ident = RecordIdentity(
+        return RecordIdentity(
             run_id=self.run_id,
-            scenario=sc.name,
+            scenario=self.scenario.name,
             request_id=request.request_id,
             seq=seq,
             backend=self.backend.name,
@@ -140,12 +439,52 @@ class Runner:
             stage=stage,
             prompt_id=request.prompt_id,
             requested_output_tokens=request.max_tokens,
+            step=chain[1] if chain else None,
+            chain_id=chain[0] if chain else request.session_id,
+            load_stage=self.load_stage,
+            target_rate=self._target_rate,
+            batch_id=batch[0] if batch else None,
+            batch_size=batch[1] if batch else None,
+            requested_prompt_tokens=request.prompt_tokens_target,
         )
+
+    async def _one(
+        self,
+        request: GenerationRequest,
+        stage: Stage,
+        *,
+        intended_ns: int | None = None,
+        chain: tuple[str, int] | None = None,
+        batch: tuple[str, int] | None = None,
+        keep_text: bool | None = None,
+    ) -> RequestRecord:
+        ident = self._identity(request, stage, chain=chain, batch=batch)
+        every = self.scenario.keep_output_every
+        keep = keep_text if keep_text is not None else every > 0 and ident.seq % every == 0
+
+        async def consume(m: Measurement) -> None:
+            await self._consume(request, m)
+
+        return await self._measure(ident, consume, intended_ns=intended_ns, keep_text=keep)
+
+    async def _measure(
+        self,
+        ident: RecordIdentity,
+        body: Callable[[Measurement], Any],
+        *,
+        intended_ns: int | None,
+        keep_text: bool,
+    ) -> RequestRecord:
+        now = time.perf_counter_ns()
+        cause = self.cold.begin(now)
+        if cause is not None:
+            ident = dataclasses.replace(ident, cold_cause=cause)
+        m = Measurement(self.start_ns, self._start_unix, intended_ns or now, now, keep_text=keep_text)
         failure: tuple[str, str] | None = None
         try:
-            await self._consume(request, m)
+            await body(m)
         except TimeoutError:
-            t = sc.timeout
+            t = self.scenario.timeout
             failure = (
                 ("timeout_total", f"no end of stream within {t.total_s} s")
                 if m.text_ns
@@ -154,14 +493,19 @@ class Runner:
         except RequestFailedError as e:
             failure = (e.reason, e.detail)
         except asyncio.CancelledError:
+            self.cold.end(time.perf_counter_ns())
             self._emit(
                 m.to_record(ident, failure=("interrupted", "run stopped"), now_ns=time.perf_counter_ns())
             )
             raise
         except Exception as e:
-            logger.exception("request raised", request_id=request.request_id)
+            logger.exception("request raised", request_id=ident.request_id)
             failure = ("client_error", f"{e.__class__.__name__}: {e}")
-        self._emit(m.to_record(ident, failure=failure, now_ns=time.perf_counter_ns()))
+        end = time.perf_counter_ns()
+        self.cold.end(end)
+        record = m.to_record(ident, failure=failure, now_ns=end)
+        self._emit(record)
+        return record
 
     async def _consume(self, request: GenerationRequest, m: Measurement) -> None:
         t = self.scenario.timeout
@@ -183,3 +527,22 @@ class Runner:
             self.outcome.by_reason[record.reason] += 1
         if self.on_record is not None:
             self.on_record(record)
+
+
+async def _until(t_ns: int) -> None:
+    """Sleep until ``perf_counter_ns() >= t_ns``, never before.
+
+    Loop timers may fire up to a tick early, so the last millisecond or two is spent yielding to other
+    tasks rather than sending ahead of schedule.
+    """
+    while (delay := t_ns - time.perf_counter_ns()) > 0:  # noqa: ASYNC110 - a deadline, not an event
+        await asyncio.sleep(delay / 1e9 - 0.001 if delay > 2_000_000 else 0)
+
+
+def _sum(values: Iterable[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _user_text(request: GenerationRequest) -> str:
+    return "\n\n".join(m.get("content", "") for m in request.messages or [])

@@ -12,18 +12,28 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from agent.arrivals import geometric_series
 from agent.errors import ConfigError, UnknownNameError
 from agent.record import GenerationRequest
 
 __all__ = [
+    "MAX_IN_FLIGHT",
+    "AgentChain",
+    "Batch",
+    "Load",
     "Prompt",
     "Scenario",
+    "Slo",
+    "Sweep",
     "builtin_dir",
     "list_builtin",
     "load_scenario",
     "parse_duration",
     "resolve_scenario",
 ]
+
+#: Most requests one run keeps in flight (closed-loop clients, or open-loop workers at most).
+MAX_IN_FLIGHT = 4096
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -74,6 +84,99 @@ class Timeouts(_Strict):
     total_s: float = Field(300.0, gt=0)
 
 
+class Load(_Strict):
+    """How requests are issued: a closed loop of ``concurrency`` clients, or open-loop arrivals at a rate."""
+
+    arrival: Literal["closed", "constant", "poisson", "gamma"] = "closed"
+    rate: float | None = Field(None, gt=0, le=100_000, description="open loop: target requests per second")
+    burstiness: float = Field(1.0, gt=0, le=1000, description="gamma: shape; 1 = Poisson, < 1 burstier")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=MAX_IN_FLIGHT, description=f"open loop: in-flight cap (default {MAX_IN_FLIGHT})"
+    )
+    think_time: Duration = Field(0.0, description="closed loop: pause per client between requests")
+    seed: int = 0
+    lag_limit_ms: float = Field(
+        10.0, gt=0, description="open loop: a stage whose schedule-lag p99 exceeds this is not trustworthy"
+    )
+    idle_gap: Duration = Field(
+        None, description="a request sent after this long with nothing in flight counts as a cold start"
+    )
+
+    @model_validator(mode="after")
+    def _rate_for_open_loop(self) -> Load:
+        if self.arrival != "closed" and self.rate is None:
+            raise ValueError(f"arrival '{self.arrival}' needs a rate (requests per second)")
+        if self.think_time is not None and self.think_time < 0:
+            raise ValueError("think_time must not be negative")
+        return self
+
+    @property
+    def open_loop(self) -> bool:
+        """True for rate-driven arrivals."""
+        return self.arrival != "closed"
+
+
+class Slo(_Strict):
+    """Service-level objectives: goodput is the share of requests meeting every one that is set."""
+
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0)
+    percentile: float = Field(95.0, gt=0, lt=100, description="the percentile a sweep holds against the SLO")
+
+
+class Sweep(_Strict):
+    """Stages over rising load: explicit values or a geometric series from ``start`` to ``stop``."""
+
+    over: Literal["rate", "concurrency"] = "concurrency"
+    values: list[float] | None = None
+    start: float | None = Field(None, gt=0)
+    stop: float | None = Field(None, gt=0)
+    factor: float = Field(2.0, gt=1)
+    stage_requests: int | None = Field(None, ge=2)
+    stage_duration: Duration = None
+    min_gain: float = Field(
+        0.05,
+        ge=0,
+        description="saturated once throughput rises by less than this share over the stage before",
+    )
+    stop_at_saturation: bool = True
+
+    @model_validator(mode="after")
+    def _values(self) -> Sweep:
+        if self.values is None and (self.start is None or self.stop is None):
+            raise ValueError("give values, or start and stop (a doubling series by default)")
+        if self.values is not None and (not self.values or any(v <= 0 for v in self.values)):
+            raise ValueError("values must be a non-empty list of positive numbers")
+        if self.start is not None and self.stop is not None and self.stop < self.start:
+            raise ValueError("stop must not be below start")
+        return self
+
+    def stage_values(self) -> list[float]:
+        """The load of every stage, in order."""
+        if self.values is not None:
+            return list(self.values)
+        assert self.start is not None and self.stop is not None  # checked by the validator
+        return geometric_series(self.start, self.stop, self.factor)
+
+
+class AgentChain(_Strict):
+    """Chains of steps: each step's prompt is the conversation so far plus a tool result."""
+
+    steps: int = Field(4, ge=1, le=256)
+    think_time: Duration = Field(0.0, description="pause between one step's answer and the next step")
+    tool_results: list[str] = Field(
+        default_factory=lambda: ["Tool result: ok."], min_length=1, description="cycled, one per step"
+    )
+
+
+class Batch(_Strict):
+    """Prompts sent together: as concurrent requests, or as one batched call where the backend has one."""
+
+    size: int = Field(8, ge=1, le=256)
+    mode: Literal["concurrent", "batched"] = "concurrent"
+
+
 class PromptFile(_Strict):
     """Prompts kept in YAML files beside the scenario: each a list of strings or of {id, text}."""
 
@@ -96,8 +199,14 @@ class Scenario(_Strict):
     output_tokens: int = Field(128, ge=1, le=32768, description="max_tokens sent with each request")
     requests: int | None = Field(32, ge=1)
     duration: Duration = Field(None, description="stop issuing new requests after this long")
-    concurrency: int = Field(1, ge=1, le=4096)
+    concurrency: int = Field(1, ge=1, le=MAX_IN_FLIGHT)
     warmup: int = Field(2, ge=0)
+    cooldown: int = Field(0, ge=0, description="requests issued after steady under the same load, kept apart")
+    load: Load = Load()
+    slo: Slo = Slo()
+    sweep: Sweep | None = None
+    agent: AgentChain | None = None
+    batch: Batch | None = None
     sampling: Sampling = Sampling()
     ignore_eos: bool = True
     cache_prompt: bool = False
@@ -111,7 +220,16 @@ class Scenario(_Strict):
             raise ValueError("set requests, duration or both: a run must be bounded")
         if self.duration is not None and self.duration <= 0:
             raise ValueError("duration must be positive")
+        if self.agent is not None and self.batch is not None:
+            raise ValueError("a scenario is either agent chains or batches, not both")
+        if (self.agent is not None or self.batch is not None) and self.load.open_loop:
+            raise ValueError("agent chains and batches run closed loop; drop load.arrival or the block")
         return self
+
+    @property
+    def shape(self) -> Literal["single", "agent", "batch"]:
+        """How each unit of work is sent: single requests, agent chains or batches."""
+        return "agent" if self.agent is not None else "batch" if self.batch is not None else "single"
 
     def prompt_list(self) -> list[Prompt]:
         """Prompts with ids (inline strings get ``<name>-NNN``); file prompts must be resolved first."""
@@ -134,9 +252,21 @@ class Scenario(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def with_overrides(self, **overrides: Any) -> Scenario:
-        """A validated copy with command-line overrides applied (None values are ignored)."""
+        """A validated copy with command-line overrides applied.
+
+        None values are ignored; a dict value (e.g. ``load={"rate": 20}``) is merged into that block.
+        """
         data = self.normalised()
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if v is not None}
+                if not value:
+                    continue
+                if isinstance(data.get(key), dict):
+                    value = {**data[key], **value}
+            data[key] = value
         try:
             out = Scenario.model_validate(data)
         except ValidationError as e:

@@ -62,6 +62,18 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
         f"output tokens   mean {_f(output_mean)} (target {tok['output_target'] or '—'}), "
         f"early stops {tok['early_stop']}",
     ]
+    if tp.get("prompt_tok_s") and s["tokens"]["output_target"] in (0, 1):
+        lines.append(f"prefill         {_f(tp['prompt_tok_s'])} prompt tok/s")
+    good = s.get("goodput")
+    if good:
+        slo = ", ".join(f"{k.removesuffix('_ms')} ≤ {v:g} ms" for k, v in good["slo"].items())
+        lines.append(
+            f"goodput         {_f(good['share'] * 100)} % of {good['of']} requests meet {slo} "
+            f"({_f(good['requests_per_s'], '{:.2f}')} req/s)"
+        )
+    load = s.get("load")
+    if load:
+        lines.append(_load_line(load))
     cold = s["cold_start"]
     if cold["n"]:
         lines.append(
@@ -74,6 +86,28 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
         reasons = ", ".join(f"{k} × {v}" for k, v in req["degraded_by_reason"].items())
         lines.append(f"degraded        {reasons}")
     return Group(head, table, Text("\n".join(lines)))
+
+
+def _load_line(load: dict[str, Any]) -> str:
+    lag = load["schedule_lag_ms"] or {}
+    target = load["rate_requested"]
+    text = (
+        f"arrivals        {load['arrival']}: requested {_f(target, '{:.2f}')} req/s, scheduled "
+        f"{_f(load['rate_scheduled'], '{:.2f}')}, achieved {_f(load['rate_achieved'], '{:.2f}')} "
+        f"({_f(load['rate_error_vs_schedule_pct'], '{:+.2f}')} % vs schedule)\n"
+        f"                schedule lag p50 {_f(lag.get('p50'), '{:.2f}')} / "
+        f"p99 {_f(lag.get('p99'), '{:.2f}')} ms"
+    )
+    if load["burstiness_measured"] is not None and load["arrival"] != "constant":
+        text += f", burstiness {_f(load['burstiness_measured'], '{:.2f}')}"
+        if load["burstiness_requested"] is not None:
+            text += f" (asked {load['burstiness_requested']:g})"
+    if load["trustworthy"] is False:
+        text += (
+            f"\n                NOT TRUSTWORTHY: lag p99 above {load['lag_limit_ms']:g} ms, "
+            "the client fell behind"
+        )
+    return text
 
 
 def render_summary(summary: dict[str, Any]) -> Group:

@@ -11,10 +11,18 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from agent.arrivals import burstiness_of
 from agent.record import RequestRecord
 from analysis.stats import describe, median
 
-__all__ = ["SUMMARY_SCHEMA_VERSION", "WARMUP_RATIO_LIMIT", "summarize"]
+__all__ = [
+    "SUMMARY_SCHEMA_VERSION",
+    "WARMUP_RATIO_LIMIT",
+    "goodput",
+    "meets_slo",
+    "summarize",
+    "summarize_stages",
+]
 
 SUMMARY_SCHEMA_VERSION = 1
 #: METHOD §2/§8: a warmup median more than ten times the steady median calls for a warm pool.
@@ -33,6 +41,21 @@ def summarize(
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "scenarios": {name: _scenario(recs, targets.get(name, {})) for name, recs in by_scenario.items()},
     }
+
+
+def summarize_stages(
+    records: Iterable[RequestRecord], targets: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """One scenario summary per load stage (sweep stages), keyed by stage label, in first-seen order."""
+    by_stage: dict[str, list[RequestRecord]] = defaultdict(list)
+    for r in records:
+        by_stage[r.load_stage or ""].append(r)
+    targets = targets or {}
+    out: dict[str, dict[str, Any]] = {}
+    for label, recs in by_stage.items():
+        target = targets.get(recs[0].scenario, {})
+        out[label] = _scenario(recs, target)
+    return out
 
 
 def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +95,8 @@ def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, An
             "ttft_ms": describe(r.ttft_ms for r in cold),
             "e2e_ms": describe(r.e2e_ms for r in cold),
         },
+        "goodput": goodput(steady, target.get("slo") or {}),
+        "load": _load(steady, target.get("load") or {}),
         "throughput": _throughput(ok),
         "overhead_pct": describe(r.overhead_pct for r in ok),
         "decode_fraction": describe(r.decode_fraction for r in ok),
@@ -80,8 +105,78 @@ def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, An
     }
 
 
+def meets_slo(r: RequestRecord, slo: dict[str, Any]) -> bool:
+    """An ok record whose TTFT, TPOT and E2E are within every SLO that is set (a missing figure fails)."""
+    if r.status != "ok":
+        return False
+    for key, value in (("ttft_ms", r.ttft_ms), ("tpot_ms", r.tpot_ms), ("e2e_ms", r.e2e_ms)):
+        limit = slo.get(key)
+        if limit is not None and (value is None or value > limit):
+            return False
+    return True
+
+
+def goodput(steady: list[RequestRecord], slo: dict[str, Any]) -> dict[str, Any] | None:
+    """Share of steady requests meeting the SLOs; degraded requests count as misses, never drop out."""
+    limits = {k: slo.get(k) for k in ("ttft_ms", "tpot_ms", "e2e_ms") if slo.get(k) is not None}
+    if not limits or not steady:
+        return None
+    met = sum(1 for r in steady if meets_slo(r, limits))
+    window = _window_s(steady)
+    return {
+        "slo": limits,
+        "met": met,
+        "of": len(steady),
+        "share": met / len(steady),
+        "requests_per_s": met / window if window else None,
+    }
+
+
+def _window_s(recs: list[RequestRecord]) -> float | None:
+    ends = [r.intended_offset_ms + r.e2e_ms for r in recs if r.e2e_ms is not None]
+    if not ends:
+        return None
+    window = (max(ends) - min(r.intended_offset_ms for r in recs)) / 1000
+    return window if window > 0 else None
+
+
+def _rate(offsets_ms: list[float]) -> float | None:
+    if len(offsets_ms) < 2:
+        return None
+    span = (max(offsets_ms) - min(offsets_ms)) / 1000
+    return (len(offsets_ms) - 1) / span if span > 0 else None
+
+
+def _load(steady: list[RequestRecord], load: dict[str, Any]) -> dict[str, Any] | None:
+    """Rate fidelity of an open-loop stage: requested, scheduled and achieved rate, schedule lag."""
+    target = next((r.target_rate for r in steady if r.target_rate is not None), None)
+    if target is None and load.get("arrival") in (None, "closed"):
+        return None
+    intended = [r.intended_offset_ms for r in steady]
+    sent = [r.sent_offset_ms for r in steady]
+    lag = describe(r.schedule_lag_ms for r in steady)
+    achieved = _rate(sent)
+    scheduled = _rate(intended)
+    limit = load.get("lag_limit_ms")
+    trustworthy = None if lag is None or limit is None else lag["p99"] <= limit
+    return {
+        "arrival": load.get("arrival", "trace"),
+        "burstiness_requested": load.get("burstiness") if load.get("arrival") == "gamma" else None,
+        "burstiness_measured": burstiness_of([t / 1000 for t in intended]),
+        "rate_requested": target,
+        "rate_scheduled": scheduled,
+        "rate_achieved": achieved,
+        "rate_error_pct": (achieved / target - 1) * 100 if achieved and target else None,
+        "rate_error_vs_schedule_pct": (achieved / scheduled - 1) * 100 if achieved and scheduled else None,
+        "schedule_lag_ms": lag,
+        "lag_limit_ms": limit,
+        "trustworthy": trustworthy,
+    }
+
+
 def _throughput(ok: list[RequestRecord]) -> dict[str, Any]:
     tokens = sum(r.output_tokens or 0 for r in ok)
+    prompt_tokens = sum(r.prompt_tokens or 0 for r in ok)
     decode_s = sum((r.decode_ms or 0.0) for r in ok if r.decode_ms is not None) / 1000
     native_tokens = sum(r.output_tokens or 0 for r in ok if r.decode_ms is not None)
     out: dict[str, Any] = {
@@ -89,16 +184,20 @@ def _throughput(ok: list[RequestRecord]) -> dict[str, Any]:
         "wall_tok_s_per_request": describe(r.wall_tok_s for r in ok),
         "native_tok_s_aggregate": native_tokens / decode_s if decode_s > 0 else None,
         "output_tokens": tokens,
+        "prompt_tokens": prompt_tokens,
         "window_s": None,
         "output_tok_s": None,
+        "prompt_tok_s": None,
         "requests_per_s": None,
     }
-    if ok:
-        start = min(r.intended_offset_ms for r in ok)
-        end = max(r.intended_offset_ms + (r.e2e_ms or 0.0) for r in ok)
-        window_s = (end - start) / 1000
-        if window_s > 0:
-            out.update(window_s=window_s, output_tok_s=tokens / window_s, requests_per_s=len(ok) / window_s)
+    window_s = _window_s(ok)
+    if window_s:
+        out.update(
+            window_s=window_s,
+            output_tok_s=tokens / window_s,
+            prompt_tok_s=prompt_tokens / window_s,
+            requests_per_s=len(ok) / window_s,
+        )
     return out
 
 

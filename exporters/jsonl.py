@@ -1,4 +1,4 @@
-"""Append-only JSONL record files: one line per request, flushed as each record completes."""
+"""Append-only JSONL record files: one line per record (request or chain), flushed as each completes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from agent.record import RequestRecord
+from pydantic import BaseModel
 
 __all__ = ["JsonlWriter"]
 
@@ -20,7 +20,7 @@ class JsonlWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[str] | None = path.open("a", encoding="utf-8")
 
-    def write(self, record: RequestRecord) -> None:
+    def write(self, record: BaseModel) -> None:
         """Append one record and flush it to the operating system."""
         if self._fh is None:
             raise ValueError(f"{self.path} is closed")

@@ -157,6 +157,18 @@ class EmbeddedBackend:
             "engine_pid": self.engine_pid,
         }
 
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids from the engine's own tokenizer."""
+        if self._client is None:
+            raise RuntimeError("backend not started: call start() first")
+        return await self._client.tokenize(text)
+
+    async def detokenize(self, ids: list[int]) -> str:
+        """Text of token ids from the engine's own tokenizer."""
+        if self._client is None:
+            raise RuntimeError("backend not started: call start() first")
+        return await self._client.detokenize(ids)
+
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Stream through the OpenAI-compatible client bound to the engine."""
         if self._client is None:

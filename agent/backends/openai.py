@@ -186,6 +186,40 @@ class OpenAIBackend:
             "server": self._server_header,
         }
 
+    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self._session is None:
+            raise RuntimeError("backend not started: call start() first")
+        url = self._base + path
+        try:
+            async with self._session.post(url, data=json.dumps(body).encode()) as resp:
+                if resp.status >= 300:
+                    raise BackendError(
+                        f"{url} answered HTTP {resp.status}; the server has no tokenizer endpoint"
+                    )
+                out = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise BackendError(f"{url} failed ({e.__class__.__name__}: {e})") from e
+        if not isinstance(out, dict):
+            raise BackendError(f"{url} did not return a JSON object")
+        return out
+
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids from the server's ``/tokenize`` (llama.cpp and vLLM both have one)."""
+        body = {"content": text, "prompt": text, "model": self.model, "add_special": False}
+        out = await self._post_json("/tokenize", body)
+        tokens = out.get("tokens")
+        if not isinstance(tokens, list):
+            raise BackendError("/tokenize returned no token list")
+        return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
+
+    async def detokenize(self, ids: list[int]) -> str:
+        """Text from the server's ``/detokenize`` (``content`` from llama.cpp, ``prompt`` from vLLM)."""
+        out = await self._post_json("/detokenize", {"tokens": ids, "model": self.model})
+        text = out.get("content", out.get("prompt"))
+        if not isinstance(text, str):
+            raise BackendError("/detokenize returned no text")
+        return text
+
     def _body(self, req: GenerationRequest, endpoint: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, "stream": True}
         body["stream_options"] = {"include_usage": True}

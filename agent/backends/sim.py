@@ -144,6 +144,8 @@ class SimBackend:
         self._child = ChildServer("agent.backends._sim_server", "simulator", log_path=args.log_path)
         self._client: Backend | None = None
         self.base_url = args.base_url
+        self._vocab: dict[str, int] = {}
+        self._pieces: list[str] = []
 
     async def start(self) -> None:
         """Start the simulator child (when no base_url), then the protocol client."""
@@ -189,6 +191,21 @@ class SimBackend:
             "simulator_pid": self._child.pid,
             "sim_model": self.args.sim.model_dump(mode="json"),
         }
+
+    async def tokenize(self, text: str) -> list[int]:
+        """The simulator's tokens: runs of ``chars_per_token`` characters, interned to ids."""
+        step = max(1, round(self.args.sim.chars_per_token))
+        ids: list[int] = []
+        for i in range(0, len(text), step):
+            piece = text[i : i + step]
+            ids.append(self._vocab.setdefault(piece, len(self._vocab)))
+        return ids
+
+    async def detokenize(self, ids: list[int]) -> str:
+        """Text of ids made by ``tokenize``."""
+        if len(self._pieces) != len(self._vocab):
+            self._pieces = sorted(self._vocab, key=self._vocab.__getitem__)
+        return "".join(self._pieces[i] for i in ids)
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Stream through the protocol client bound to the simulator."""

@@ -126,6 +126,18 @@ class TransformersBackend:
         result: BatchPrefill = await loop.run_in_executor(self._pool, self._engine.prefill_batch, prompts)
         return result
 
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids from the model's tokenizer (no special tokens)."""
+        if self._engine is None:
+            raise RuntimeError("backend not started: call start() first")
+        return list(self._engine.tok.encode(text, add_special_tokens=False))
+
+    async def detokenize(self, ids: list[int]) -> str:
+        """Text of token ids."""
+        if self._engine is None:
+            raise RuntimeError("backend not started: call start() first")
+        return str(self._engine.tok.decode(ids))
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Generate on the worker thread; tokens come back through a queue stamped where they were made."""
         if self._engine is None or self._pool is None:

@@ -119,3 +119,33 @@ def test_writer_and_loader_round_trip_and_bad_lines_warn(tmp_path: Path) -> None
 def test_missing_run_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="infermeter run"):
         load_records(tmp_path / "nope")
+
+
+def test_goodput_counts_failures_as_misses_and_latency_keeps_its_n() -> None:
+    records = [
+        rec(1, e2e=100.0, ttft=20.0),
+        rec(2, e2e=100.0, ttft=80.0),
+        rec(3, e2e=900.0, ttft=20.0),
+        rec(4, e2e=100.0, ttft=20.0, status="degraded", reason="http_503"),
+    ]
+    slo = {"ttft_ms": 50.0, "e2e_ms": 500.0, "tpot_ms": None}
+    s = summarize(records, {"chat": {"slo": slo}})["scenarios"]["chat"]
+    good = s["goodput"]
+    assert (good["met"], good["of"], good["share"]) == (1, 4, 0.25)
+    assert good["slo"] == {"ttft_ms": 50.0, "e2e_ms": 500.0}
+    assert s["latency_ms"]["ttft"]["n"] == 3 and s["requests"]["degraded"] == 1
+    assert summarize(records)["scenarios"]["chat"]["goodput"] is None
+
+
+def test_open_loop_fidelity_reports_requested_scheduled_and_achieved_rate() -> None:
+    records = [
+        rec(i, e2e=50.0, ttft=10.0, target_rate=10.0, schedule_lag_ms=lag, sent_offset_ms=i * 100.0 + lag)
+        for i, lag in enumerate([0.1, 0.2, 0.3, 25.0, 0.1])
+    ]
+    load = {"arrival": "constant", "rate": 10.0, "lag_limit_ms": 10.0}
+    s = summarize(records, {"chat": {"load": load}})["scenarios"]["chat"]["load"]
+    assert s["rate_requested"] == 10.0 and s["rate_scheduled"] == pytest.approx(10.0)
+    assert s["rate_achieved"] == pytest.approx(4 / 0.4)
+    assert s["schedule_lag_ms"]["max"] == 25.0 and s["trustworthy"] is False
+    closed = summarize([rec(1, e2e=1.0, ttft=1.0)], {"chat": {"load": {"arrival": "closed"}}})
+    assert closed["scenarios"]["chat"]["load"] is None

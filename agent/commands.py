@@ -1,0 +1,378 @@
+"""The load commands: ``run`` (one scenario or several at once), ``sweep``, ``replay``, ``import-trace``."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from agent.backends import create
+from agent.backends.base import Backend
+from agent.errors import ConfigError
+from agent.launch import Launch, LaunchResult, StagePlan, Tenant, targets_for
+from agent.manifest import build_manifest, write_json_atomic
+from agent.record import RequestRecord
+from agent.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, parse_duration, resolve_scenario
+from agent.settings import Settings
+from agent.trace import PromptSynth, TokenCodec, load_trace, trace_requests, write_trace
+from analysis.console import render_summary
+from analysis.records import load_records
+from analysis.summary import summarize, summarize_stages
+from analysis.sweep import analyse, point, saturation
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "cmd_import_trace", "cmd_replay", "cmd_run", "cmd_sweep", "kv"]
+
+logger = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_FAILED = 0, 1
+#: llama.cpp slots cost KV-cache memory; beyond this the engine queues, which the records will show.
+MAX_ENGINE_SLOTS = 32
+OPEN_LOOP_ENGINE_SLOTS = 8
+
+
+def kv(items: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs with YAML-typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _in_flight(sc: Scenario) -> int:
+    """The most requests this scenario may keep in flight."""
+    if sc.load.open_loop:
+        return sc.load.max_concurrency or MAX_IN_FLIGHT
+    if sc.batch is not None and sc.batch.mode == "concurrent":
+        return sc.concurrency * sc.batch.size
+    return sc.concurrency
+
+
+def backend_args(ns: argparse.Namespace, settings: Settings, out: Path, in_flight: int) -> dict[str, Any]:
+    """Backend arguments from the command line, sized for ``in_flight`` requests.
+
+    An uncapped open loop sizes the connection pool for the most it may ever hold, but the embedded
+    engine only for ``OPEN_LOOP_ENGINE_SLOTS`` (each slot costs KV-cache memory; the engine queues the
+    rest and the records show it).
+    """
+    args: dict[str, Any] = {"max_connections": max(64, in_flight)}
+    if ns.backend == "embedded":
+        slots = OPEN_LOOP_ENGINE_SLOTS if in_flight >= MAX_IN_FLIGHT else min(in_flight, MAX_ENGINE_SLOTS)
+        args.update(
+            cache_dir=settings.cache_dir,
+            n_parallel=slots,
+            log_path=out / "engine.log",
+        )
+        if ns.model_path is not None:
+            args["model_path"] = ns.model_path
+    elif ns.backend == "openai":
+        args.update(
+            base_url=ns.base_url or settings.openai.base_url,
+            model=ns.model or settings.openai.model,
+            api_key=settings.openai.api_key,
+        )
+    elif ns.backend in ("ollama", "sim"):
+        args.update({k: v for k, v in (("base_url", ns.base_url), ("model", ns.model)) if v is not None})
+        if ns.backend == "sim":
+            args.pop("model", None)
+            args["log_path"] = out / "simulator.log"
+    elif ns.backend == "transformers":
+        args.pop("max_connections")
+        if ns.model is not None:
+            args["model"] = ns.model
+        if ns.compile is not None:
+            args["compile"] = ns.compile
+    args.update(kv(ns.backend_arg, "--backend-arg"))
+    return args
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    def get(name: str) -> Any:
+        return getattr(ns, name, None)  # replay has only some of the flags
+
+    load = {
+        "arrival": get("arrival"),
+        "rate": get("rate"),
+        "burstiness": get("burstiness"),
+        "max_concurrency": get("max_concurrency"),
+        "think_time": parse_duration(get("think_time")) if get("think_time") else None,
+        "seed": get("seed"),
+        "lag_limit_ms": get("lag_limit_ms"),
+    }
+    if get("rate") is not None and get("arrival") is None:
+        load["arrival"] = "poisson"  # a rate alone means open loop; Poisson is the usual default
+    return {
+        "requests": get("requests"),
+        "duration": get("duration"),
+        "concurrency": get("concurrency"),
+        "warmup": get("warmup"),
+        "cooldown": get("cooldown"),
+        "output_tokens": get("output_tokens"),
+        "load": load,
+        "slo": {"ttft_ms": get("slo_ttft_ms"), "tpot_ms": get("slo_tpot_ms"), "e2e_ms": get("slo_e2e_ms")},
+    }
+
+
+def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
+    """A scenario by name or path with the command-line overrides applied.
+
+    ``--duration`` alone makes the run time-bound (the scenario's request count no longer applies), and
+    ``--requests`` alone makes it count-bound.
+    """
+    sc = load_scenario(resolve_scenario(name)).with_overrides(**_overrides(ns))
+    requests, duration = getattr(ns, "requests", None), getattr(ns, "duration", None)
+    if (requests is None) != (duration is None):
+        drop = "requests" if requests is None else "duration"
+        data = sc.normalised() | {drop: None}
+        fixed = Scenario.model_validate(data)
+        fixed.source = sc.source
+        return fixed
+    return sc
+
+
+def _out_dir(ns: argparse.Namespace, name: str) -> Path:
+    out: Path = ns.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "records.jsonl").exists():
+        raise ConfigError(f"{out} already holds a run; choose another --out (nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _start(
+    ns: argparse.Namespace, settings: Settings, scenarios: list[Scenario], in_flight: int, err: Console
+) -> Launch:
+    first = scenarios[0]
+    name = "+".join(sc.name for sc in scenarios)
+    out = _out_dir(ns, name)
+    run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    manifest = build_manifest(run_id, first, ["infermeter", *sys.argv[1:]])
+    if len(scenarios) > 1:
+        manifest["tenants"] = [
+            {"name": sc.name, "source": sc.source, "sha256": sc.config_hash(), "normalised": sc.normalised()}
+            for sc in scenarios
+        ]
+    write_json_atomic(out / "manifest.json", manifest)
+    backend = create(ns.backend, backend_args(ns, settings, out, in_flight))
+    return Launch(backend, out, manifest, run_id=run_id, err=err, progress=not ns.no_progress)
+
+
+def _finish(launch: Launch, result: LaunchResult, summary: dict[str, Any], err: Console) -> int:
+    summary["run_id"] = launch.run_id
+    write_json_atomic(launch.out / "summary.json", summary)
+    outcome = result.outcome
+    launch.manifest.update(
+        status="interrupted" if outcome.interrupted else "completed",
+        ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        records={"total": outcome.total, **outcome.by_status},
+        degraded_by_reason=dict(outcome.by_reason),
+        clock={"origin_perf_counter_ns": result.origin_ns, "origin_unix_s": outcome.started_unix},
+    )
+    if outcome.chains:
+        launch.manifest["chains"] = dict(outcome.chains)
+    write_json_atomic(launch.out / "manifest.json", launch.manifest)
+    err.print(f"records, manifest and summary in {launch.out}/")
+    if outcome.interrupted:
+        err.print(f"[yellow]interrupted[/yellow]: {outcome.total} records kept")
+        return 128 + (result.signal or 2)
+    return EXIT_OK
+
+
+def _targets(scenarios: list[Scenario]) -> dict[str, dict[str, Any]]:
+    return {sc.name: targets_for(sc.normalised()) for sc in scenarios}
+
+
+async def cmd_run(ns: argparse.Namespace, settings: Settings, err: Console) -> int:
+    """One stage; several scenarios run at once as labelled tenants of one backend."""
+    scenarios = [scenario_for(name, ns) for name in ns.scenario]
+    names = [sc.name for sc in scenarios]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"each tenant needs its own scenario name; got {', '.join(names)}")
+    launch = _start(ns, settings, scenarios, sum(_in_flight(sc) for sc in scenarios), err)
+    result = await launch.run([StagePlan(None, [Tenant(sc) for sc in scenarios])])
+    summary = summarize(load_records(launch.out).records, _targets(scenarios))
+    Console().print(render_summary(summary))
+    return _finish(launch, result, summary, err)
+
+
+def _sweep_config(ns: argparse.Namespace, sc: Scenario) -> Scenario:
+    values = [float(v) for v in ns.values.split(",")] if ns.values else None
+    sweep = {
+        "over": ns.over,
+        "values": values,
+        "start": ns.start,
+        "stop": ns.stop,
+        "factor": ns.factor,
+        "stage_requests": ns.stage_requests,
+        "stage_duration": ns.stage_duration,
+        "min_gain": ns.min_gain,
+        "stop_at_saturation": False if ns.all_stages else None,
+    }
+    sweep = {k: v for k, v in sweep.items() if v is not None}
+    if sc.sweep is None and not (values or (ns.start and ns.stop)):
+        raise ConfigError("the scenario has no sweep block; give --values or --start and --stop")
+    base = sc.sweep.model_dump() if sc.sweep is not None else {}
+    if values is not None:
+        base.update(start=None, stop=None)
+    return sc.with_overrides(sweep={**base, **sweep})
+
+
+def _stage_scenario(sc: Scenario, value: float) -> Scenario:
+    assert sc.sweep is not None
+    sw = sc.sweep
+    bounds: dict[str, Any] = {}
+    if sw.stage_requests or sw.stage_duration:
+        bounds = {"requests": sw.stage_requests, "duration": sw.stage_duration}
+        if sw.stage_duration and not sw.stage_requests:
+            bounds["requests"] = None
+    data = sc.normalised() | bounds
+    if sw.over == "rate":
+        arrival = data["load"]["arrival"]
+        data["load"] = data["load"] | {
+            "rate": value,
+            "arrival": "poisson" if arrival == "closed" else arrival,
+        }
+    else:
+        if value != int(value):
+            raise ConfigError(f"concurrency must be a whole number, got {value:g}")
+        data["concurrency"] = int(value)
+        data["load"] = data["load"] | {"arrival": "closed"}
+    out = Scenario.model_validate(data)
+    out.source = sc.source
+    return out
+
+
+async def cmd_sweep(ns: argparse.Namespace, settings: Settings, err: Console) -> int:
+    """Stages of rising load; stop at saturation; print the curve and the knee."""
+    sc = _sweep_config(ns, scenario_for(ns.scenario, ns))
+    assert sc.sweep is not None
+    sw = sc.sweep
+    plans: list[StagePlan] = []
+    for i, value in enumerate(sw.stage_values()):
+        stage_sc = _stage_scenario(sc, value)
+        if i:
+            stage_sc = stage_sc.with_overrides(warmup=0) if stage_sc.warmup else stage_sc
+        plans.append(StagePlan(f"{sw.over}={value:g}", [Tenant(stage_sc)], value))
+    in_flight = max(_in_flight(p.tenants[0].scenario) for p in plans)
+    launch = _start(ns, settings, [sc], in_flight, err)
+    launch.manifest["sweep"] = sw.model_dump(mode="json")
+    slo = sc.slo.model_dump()
+    points: list[dict[str, Any]] = []
+    targets = _targets([sc])
+
+    def after(plan: StagePlan, records: list[RequestRecord]) -> str | None:
+        stats = summarize_stages(records, targets).get(plan.label or "")
+        if stats is None:
+            return "the stage wrote no records"
+        points.append(point(plan.label or "", plan.value or 0.0, stats, sc.slo.percentile))
+        why = saturation(points, slo, sw.min_gain)
+        return why if sw.stop_at_saturation else None
+
+    result = await launch.run(plans, after_stage=after)
+    curve = analyse(points, slo, sw.min_gain)
+    summary = {
+        "schema_version": 1,
+        "sweep": curve,
+        "stages": summarize_stages(load_records(launch.out).records, targets),
+    }
+    Console().print(_curve_table(curve, sw.over))
+    return _finish(launch, result, summary, err)
+
+
+def _curve_table(curve: dict[str, Any], over: str) -> Table:
+    def f(v: Any, fmt: str = "{:.1f}") -> str:
+        return "—" if v is None else fmt.format(v)
+
+    table = Table(title="throughput / latency by stage", box=None)
+    for col in (
+        over,
+        "throughput",
+        "req/s",
+        "TTFT p50",
+        "TTFT pSLO",
+        "TPOT p50",
+        "E2E pSLO",
+        "goodput",
+        "lag p99",
+    ):
+        table.add_column(col, justify="right")
+    knee = (curve.get("knee") or {}).get("stage")
+    for p in curve["points"]:
+        mark = " ◀ knee" if p["stage"] == knee else ""
+        table.add_row(
+            f"{p['load']:g}{mark}",
+            f"{f(p['throughput'])} {p['throughput_unit']}",
+            f(p["requests_per_s"], "{:.2f}"),
+            f(p["ttft_ms_p50"]),
+            f(p["ttft_ms_pslo"]),
+            f(p["tpot_ms_p50"]),
+            f(p["e2e_ms_pslo"]),
+            f(p["goodput_share"] * 100 if p["goodput_share"] is not None else None, "{:.0f} %"),
+            f(p["lag_ms_p99"], "{:.2f}"),
+        )
+    sat = curve.get("saturated")
+    caption = (
+        f"knee at {over} {curve['knee']['load']:g}" if curve.get("knee") else "no knee: first stage saturated"
+    )
+    caption += (
+        f"; saturated at {sat['stage']}: {sat['why']}" if sat else "; not saturated within the stages run"
+    )
+    table.caption = caption
+    return table
+
+
+async def cmd_replay(ns: argparse.Namespace, settings: Settings, err: Console) -> int:
+    """Replay a trace's requests at its own pace (times ``--speed``)."""
+    items = load_trace(ns.trace, ns.format, ns.limit)
+    base = scenario_for(ns.scenario, ns)
+    if not ns.speed > 0:
+        raise ConfigError("--speed must be positive")
+    # the trace bounds the run (its length, on its clock), and its prompt lengths are the whole prompt
+    replace = {"name": f"replay-{base.name}", "requests": len(items), "duration": None, "system": None}
+    sc = Scenario.model_validate(base.normalised() | replace)
+    offsets = [it.timestamp / ns.speed for it in items]
+    launch = _start(
+        ns, settings, [sc], _in_flight(sc.with_overrides(load={"arrival": "constant", "rate": 1})), err
+    )
+    launch.manifest["trace"] = {
+        "path": str(ns.trace),
+        "sha256": hashlib.sha256(ns.trace.read_bytes()).hexdigest(),
+        "format": ns.format,
+        "requests": len(items),
+        "span_s": items[-1].timestamp - items[0].timestamp,
+        "speed": ns.speed,
+    }
+    corpus = "\n\n".join(p.text for p in base.prompt_list())
+
+    async def prepare(backend: Backend) -> list[StagePlan]:
+        codec: TokenCodec | None = backend if callable(getattr(backend, "tokenize", None)) else None  # type: ignore[assignment]
+        synth = PromptSynth(corpus, codec)
+        await synth.prepare()
+        launch.manifest["trace"]["prompt_lengths"] = "backend tokenizer" if synth.exact else "estimated"
+        requests = await trace_requests(items, sc, synth)
+        return [StagePlan(None, [Tenant(sc, requests=requests, offsets=offsets)])]
+
+    result = await launch.run([], prepare=prepare)
+    targets = _targets([sc])
+    targets[sc.name]["load"]["arrival"] = "trace"
+    summary = summarize(load_records(launch.out).records, targets)
+    Console().print(render_summary(summary))
+    return _finish(launch, result, summary, err)
+
+
+def cmd_import_trace(ns: argparse.Namespace, err: Console) -> int:
+    """Convert a trace to our JSONL format."""
+    items = load_trace(ns.source, ns.format)
+    write_trace(items, ns.output)
+    err.print(f"{len(items)} requests over {items[-1].timestamp:.1f} s written to {ns.output}")
+    return EXIT_OK

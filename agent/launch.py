@@ -1,0 +1,251 @@
+"""Carry out a run: start the backend, run its stages (each one or more tenants at once), write files.
+
+``run``, ``sweep`` and ``replay`` all come through here: a plain run is one stage with one tenant, a
+multi-tenant run one stage with several, a sweep one stage per load level (stopped early at saturation),
+a replay one stage whose tenant carries the trace's requests and clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agent.backends.base import Backend
+from agent.errors import InfermeterError
+from agent.manifest import write_json_atomic
+from agent.record import ChainRecord, GenerationRequest, RequestRecord
+from agent.runner import ColdTracker, Runner, RunOutcome, expected_records
+from agent.scenario import Scenario
+from exporters.jsonl import JsonlWriter
+
+__all__ = ["Launch", "StagePlan", "Tenant", "targets_for"]
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Tenant:
+    """One scenario inside a stage; a replay tenant brings its own requests and clock."""
+
+    scenario: Scenario
+    requests: list[GenerationRequest] | None = None
+    offsets: list[float] | None = None
+
+    def expected(self) -> int | None:
+        """Records this tenant writes when bounded by count (None when bounded by time)."""
+        if self.requests is not None:
+            return self.scenario.warmup + len(self.requests)
+        return expected_records(self.scenario)
+
+
+@dataclass(slots=True)
+class StagePlan:
+    """A load level: its label (None for a plain run), the value swept over, and its tenants."""
+
+    label: str | None
+    tenants: list[Tenant]
+    value: float | None = None
+
+
+@dataclass(slots=True)
+class LaunchResult:
+    """What the run did, for the summary and the manifest."""
+
+    outcome: RunOutcome
+    stages_run: list[StagePlan] = field(default_factory=list)
+    stopped_early: str | None = None
+    signal: int | None = None
+    origin_ns: int = 0
+
+
+def targets_for(normalised: dict[str, Any]) -> dict[str, Any]:
+    """What a summary reports against, from a scenario's normalised config."""
+    load = normalised.get("load") or {}
+    return {
+        "prompt_tokens": normalised.get("prompt_tokens"),
+        "output_tokens": normalised.get("output_tokens"),
+        "slo": normalised.get("slo") or {},
+        "load": {
+            "arrival": load.get("arrival", "closed"),
+            "rate": load.get("rate"),
+            "burstiness": load.get("burstiness"),
+            "lag_limit_ms": load.get("lag_limit_ms"),
+        },
+    }
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ok {task.fields[ok]}  degraded {task.fields[degraded]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+class Launch:
+    """One run directory, one backend, a list of stages."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        out: Path,
+        manifest: dict[str, Any],
+        *,
+        run_id: str,
+        err: Console,
+        progress: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.out = out
+        self.manifest = manifest
+        self.run_id = run_id
+        self.err = err
+        self.show_progress = progress
+
+    def _save_manifest(self) -> None:
+        write_json_atomic(self.out / "manifest.json", self.manifest)
+
+    async def start_backend(self) -> bool:
+        """Start the backend; on failure record it in the manifest and say why."""
+        try:
+            with self.err.status(f"starting backend '{self.backend.name}'"):
+                await self.backend.start()
+        except InfermeterError as e:
+            await self.backend.close()
+            self.manifest.update(status="failed", error=str(e), ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            self._save_manifest()
+            raise
+        self.manifest["backend"] = self.backend.describe()
+        self._save_manifest()
+        return True
+
+    async def run(
+        self,
+        stages: list[StagePlan],
+        *,
+        after_stage: Callable[[StagePlan, list[RequestRecord]], str | None] | None = None,
+        prepare: Callable[[Backend], Awaitable[list[StagePlan]]] | None = None,
+    ) -> LaunchResult:
+        """Run every stage in order (``after_stage`` returning a reason stops early); close the backend."""
+        stop = asyncio.Event()
+        received: list[int] = []
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await self.start_backend()
+            try:
+                if prepare is not None:
+                    with self.err.status("preparing requests"):
+                        stages = await prepare(self.backend)
+                return await self._stages(stages, stop, received, after_stage)
+            finally:
+                await self.backend.close()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    async def _stages(
+        self,
+        stages: list[StagePlan],
+        stop: asyncio.Event,
+        received: list[int],
+        after_stage: Callable[[StagePlan, list[RequestRecord]], str | None] | None,
+    ) -> LaunchResult:
+        expected = [t.expected() for st in stages for t in st.tenants]
+        total = None if any(e is None for e in expected) else sum(e or 0 for e in expected)
+        counts = {"ok": 0, "degraded": 0}
+        origin = time.perf_counter_ns()
+        cold = ColdTracker(stages[0].tenants[0].scenario.load.idle_gap)
+        result = LaunchResult(RunOutcome(started_unix=time.time()), origin_ns=origin)
+        progress = _progress(self.err, self.show_progress)
+        with (
+            progress,
+            JsonlWriter(self.out / "records.jsonl") as writer,
+            JsonlWriter(self.out / "chains.jsonl") as chains,
+        ):
+            task = progress.add_task(stages[0].tenants[0].scenario.name, total=total, ok=0, degraded=0)
+            for plan in stages:
+                stage_records: list[RequestRecord] = []
+
+                def tick(record: RequestRecord, keep: list[RequestRecord] = stage_records) -> None:
+                    counts[record.status] += 1
+                    if after_stage is not None:
+                        keep.append(record)
+                    progress.update(task, advance=1, ok=counts["ok"], degraded=counts["degraded"])
+
+                if plan.label:
+                    progress.update(task, description=plan.label)
+                runners = [
+                    self._runner(t, plan.label, writer, chains, tick, cold, origin) for t in plan.tenants
+                ]
+                outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
+                result.stages_run.append(plan)
+                _merge(result.outcome, outcomes)
+                if result.outcome.interrupted:
+                    result.signal = received[0] if received else signal.SIGINT
+                    break
+                if after_stage is not None:
+                    why = after_stage(plan, stage_records)
+                    if why is not None:
+                        result.stopped_early = why
+                        break
+        if chains.count == 0:
+            (self.out / "chains.jsonl").unlink(missing_ok=True)
+        self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
+        return result
+
+    def _runner(
+        self,
+        tenant: Tenant,
+        label: str | None,
+        writer: JsonlWriter,
+        chains: JsonlWriter,
+        tick: Callable[[RequestRecord], None],
+        cold: ColdTracker,
+        origin: int,
+    ) -> Runner:
+        def write_chain(record: ChainRecord) -> None:
+            chains.write(record)
+
+        return Runner(
+            tenant.scenario,
+            self.backend,
+            writer,
+            run_id=self.run_id,
+            on_record=tick,
+            requests=iter(tenant.requests) if tenant.requests is not None else None,
+            offsets=tenant.offsets,
+            load_stage=label,
+            chain_sink=write_chain,
+            cold=cold,
+            origin_ns=origin,
+        )
+
+
+def _merge(total: RunOutcome, parts: Iterable[RunOutcome]) -> None:
+    for part in parts:
+        total.by_status.update(part.by_status)
+        total.by_reason.update(part.by_reason)
+        total.chains.update(part.chains)
+        total.interrupted = total.interrupted or part.interrupted
+        total.ended_unix = max(total.ended_unix, part.ended_unix)

@@ -1,0 +1,89 @@
+"""Sweeps: a throughput/latency curve over rising load, where it saturates, and the knee.
+
+A stage *saturates* when its throughput rises by less than ``min_gain`` over the stage before (the server
+is full: more offered load only queues), or when its p-th percentile TTFT or E2E crosses the SLO. The
+*knee* is the last stage before that: the most load that still bought throughput within the SLOs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SweepPoint", "analyse", "point", "saturation"]
+
+SweepPoint = dict[str, Any]
+
+
+def _pct(stats: dict[str, Any] | None, percentile: float) -> float | None:
+    """The summary's percentile nearest the one asked for (summaries hold p50, p95, p99)."""
+    if stats is None:
+        return None
+    key = min(("p50", "p95", "p99"), key=lambda k: abs(float(k[1:]) - percentile))
+    value = stats[key]
+    return float(value) if value is not None else None
+
+
+def point(label: str, value: float, summary: dict[str, Any], percentile: float = 95.0) -> SweepPoint:
+    """One stage of the curve from its scenario summary."""
+    tp = summary["throughput"]
+    lat = summary["latency_ms"]
+    load = summary.get("load") or {}
+    good = summary.get("goodput") or {}
+    return {
+        "stage": label,
+        "load": value,
+        "throughput": tp["output_tok_s"] if tp["output_tok_s"] else tp["requests_per_s"],
+        "throughput_unit": "output tok/s" if tp["output_tok_s"] else "req/s",
+        "requests_per_s": tp["requests_per_s"],
+        "success_rate": summary["requests"]["success_rate"],
+        "goodput_share": good.get("share"),
+        "ttft_ms_p50": _pct(lat["ttft"], 50),
+        "ttft_ms_pslo": _pct(lat["ttft"], percentile),
+        "tpot_ms_p50": _pct(lat["tpot"], 50),
+        "e2e_ms_pslo": _pct(lat["e2e"], percentile),
+        "rate_achieved": load.get("rate_achieved"),
+        "lag_ms_p99": (load.get("schedule_lag_ms") or {}).get("p99"),
+        "trustworthy": load.get("trustworthy"),
+    }
+
+
+def saturation(points: list[SweepPoint], slo: dict[str, Any], min_gain: float) -> str | None:
+    """Why the newest stage counts as saturated, or None while load still buys throughput in the SLOs."""
+    if not points:
+        return None
+    last = points[-1]
+    for key, label in (("ttft_ms", "ttft_ms_pslo"), ("e2e_ms", "e2e_ms_pslo")):
+        limit = slo.get(key)
+        if limit is not None and last[label] is not None and last[label] > limit:
+            name = key.removesuffix("_ms").upper()
+            return f"{name} p{slo.get('percentile', 95):g} {last[label]:.1f} ms > SLO {limit:g} ms"
+    if last["throughput"] is None:
+        return "no successful requests"
+    if len(points) >= 2:
+        prev = points[-2]["throughput"]
+        if prev and last["throughput"] < prev * (1 + min_gain):
+            gain = (last["throughput"] / prev - 1) * 100
+            return f"throughput rose {gain:+.1f} % (< {min_gain * 100:g} %) over the stage before"
+    return None
+
+
+def analyse(points: list[SweepPoint], slo: dict[str, Any], min_gain: float) -> dict[str, Any]:
+    """The curve with the knee and where (and why) it saturated."""
+    saturated_at: int | None = None
+    reason: str | None = None
+    for i in range(len(points)):
+        why = saturation(points[: i + 1], slo, min_gain)
+        if why is not None:
+            saturated_at, reason = i, why
+            break
+    if saturated_at is None:
+        knee = len(points) - 1 if points else None
+    else:
+        knee = saturated_at - 1 if saturated_at > 0 else None
+    return {
+        "points": points,
+        "knee": None if knee is None else points[knee],
+        "saturated": (
+            None if saturated_at is None else {"stage": points[saturated_at]["stage"], "why": reason}
+        ),
+    }

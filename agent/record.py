@@ -99,11 +99,15 @@ class NativeTimings:
 
 @dataclass(slots=True)
 class Chunk:
-    """A text-bearing piece of the stream, stamped when its bytes were read from the socket."""
+    """Text-bearing stream chunks read together, stamped when their bytes were read from the socket.
+
+    ``count`` chunks arrived in one socket read (same timestamp); ``text`` is their text joined.
+    """
 
     t_ns: int
     text: str
     reasoning: bool = False
+    count: int = 1
 
 
 @dataclass(slots=True)
@@ -261,7 +265,10 @@ class Measurement:
     def observe(self, event: StreamEvent) -> None:
         """Fold one stream event into the measurement."""
         if isinstance(event, Chunk):
-            self.text_ns.append(event.t_ns)
+            if event.count == 1:
+                self.text_ns.append(event.t_ns)
+            else:
+                self.text_ns.extend([event.t_ns] * event.count)
             if not event.reasoning and self.first_answer_ns is None:
                 self.first_answer_ns = event.t_ns
             if self.keep_text and not event.reasoning:

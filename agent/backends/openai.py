@@ -7,6 +7,7 @@ One pooled ``aiohttp`` session per backend. Native timings are read from llama.c
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pydantic import Field, SecretStr
 
 from agent.backends.base import HttpBackendArgs, register
 from agent.backends.http import failure_from, open_session, post_once_more_if_stale, read_error_body
-from agent.backends.sse import SSEParser
+from agent.backends.sse import SSEEvent, SSEParser
 from agent.errors import BackendError, RequestFailedError
 from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
 
@@ -128,6 +129,47 @@ def parse_payload(data: str, t_ns: int, state: _StreamState) -> list[Chunk]:
     if text:
         out.append(Chunk(t_ns, text))
     return out
+
+
+_SLOW_KEYS = (b'"usage"', b'"timings"', b'"metrics"', b'"error"')
+_ANSWER_KEYS = (b'"content":"', b'"text":"')
+_REASONING_KEYS = (b'"reasoning_content":"', b'"reasoning":"')
+
+
+def _string_at(payload: bytes, keys: tuple[bytes, ...]) -> str | None:
+    """The value of the first key present if it has no escapes ("" when absent); None when unsure.
+
+    A JSON string value holds no unescaped quote, so without a backslash the next quote ends it.
+    """
+    for key in keys:
+        start = payload.find(key)
+        if start < 0:
+            continue
+        start += len(key)
+        end = payload.find(b'"', start)
+        if end < 0 or b"\\" in payload[start:end]:
+            return None
+        return payload[start:end].decode("utf-8", errors="replace")
+    return ""
+
+
+def fast_payload(payload: bytes) -> tuple[str, str] | None:
+    """(answer text, reasoning text) of an ordinary mid-stream chunk without a JSON parse.
+
+    None whenever the chunk may carry anything else (usage, timings, metrics, an error, a finish
+    reason) or a value with escapes: those go through ``parse_payload``. Key patterns cannot match
+    inside string values, where every quote is escaped.
+    """
+    if payload[:1] != b"{" or b'"finish_reason":null' not in payload:
+        return None
+    for key in _SLOW_KEYS:
+        if key in payload:
+            return None
+    answer = _string_at(payload, _ANSWER_KEYS)
+    reasoning = _string_at(payload, _REASONING_KEYS)
+    if answer is None or reasoning is None:
+        return None
+    return answer, reasoning
 
 
 @register("openai", OpenAIArgs)
@@ -243,7 +285,7 @@ class OpenAIBackend:
         endpoint = self.args.endpoint or request.endpoint
         payload = json.dumps(self._body(request, endpoint)).encode()
         state = _StreamState()
-        parser = SSEParser()
+        reader = ChunkReader(state)
         end_ns = 0
         try:
             url = self._base + _PATHS[endpoint]
@@ -253,10 +295,9 @@ class OpenAIBackend:
                     raise await read_error_body(resp)
                 async for data in resp.content.iter_any():
                     end_ns = time.perf_counter_ns()
-                    for ev in parser.feed(data):
-                        for chunk in parse_payload(ev.data, end_ns, state):
-                            yield chunk
-                for ev in parser.close():
+                    for chunk in reader.feed(data, end_ns):
+                        yield chunk
+                for ev in reader.close():
                     for chunk in parse_payload(ev.data, end_ns, state):
                         yield chunk
         except aiohttp.ClientError as e:
@@ -264,6 +305,98 @@ class OpenAIBackend:
         if not state.done and state.finish_reason is None:
             raise RequestFailedError("invalid_response", "stream ended without [DONE] or finish_reason")
         yield StreamEnd(end_ns, usage=state.usage, native=state.native, finish_reason=state.finish_reason)
+
+
+#: Anything that makes an event more than an ordinary mid-stream text chunk.
+_MARKERS = (b'"usage"', b'"timings"', b'"metrics"', b'"error"', b'"finish_reason":"', b"[DONE]")
+_ANSWER_RE = re.compile(rb'"(?:content|text)":"([^"]*)"')
+_REASONING_RE = re.compile(rb'"(?:reasoning_content|reasoning)":"([^"]*)"')
+
+
+class ChunkReader:
+    """Socket reads → Chunks, with the whole-read fast path the hot loop needs.
+
+    A run of ordinary events (one ``data: {…}`` line each, ``"finish_reason":null``, no escapes, no
+    usage/timings/error) is counted and its text pulled out by a handful of C-level scans over the
+    whole read, never a JSON parse per event. Everything else (the closing events, CRLF streams,
+    comments, escaped text) goes through the full SSE rules and ``parse_payload``.
+    """
+
+    __slots__ = ("_parser", "_pending", "state")
+
+    def __init__(self, state: _StreamState) -> None:
+        self._parser = SSEParser()
+        self._pending = b""
+        self.state = state
+
+    def feed(self, data: bytes, t_ns: int) -> list[Chunk]:
+        """Chunks completed by ``data``, stamped ``t_ns``."""
+        buf = self._pending + data if self._pending else data
+        if b"\r" in buf or self._parser.busy:
+            self._pending = b""
+            return _read_chunks(self._parser.feed_payloads(buf), t_ns, self.state)
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._pending = buf
+            return []
+        block, self._pending = buf[: end + 2], buf[end + 2 :]
+        cut = min((i for i in (block.find(m) for m in _MARKERS) if i >= 0), default=-1)
+        if cut < 0:
+            bulk, rest = block, b""
+        else:
+            start = block.rfind(b"\n\n", 0, cut)
+            bulk, rest = (block[: start + 2], block[start + 2 :]) if start >= 0 else (b"", block)
+        out = self._bulk(bulk, t_ns) if bulk else []
+        if rest:
+            out += _read_chunks(self._parser.feed_payloads(rest), t_ns, self.state)
+        return out
+
+    def close(self) -> list[SSEEvent]:
+        """End of body: whatever the full rules still hold."""
+        pending, self._pending = self._pending, b""
+        events = self._parser.feed(pending) if pending else []
+        return events + self._parser.close()
+
+    def _bulk(self, bulk: bytes, t_ns: int) -> list[Chunk]:
+        n = bulk.count(b"\n\n")
+        ordinary = (
+            bulk.count(b"data: {") == n
+            and bulk.count(b"\n") == 2 * n
+            and bulk.count(b'"finish_reason":null') == n
+            and b"\\" not in bulk
+        )
+        if not ordinary:
+            return _read_chunks(self._parser.feed_payloads(bulk), t_ns, self.state)
+        out: list[Chunk] = []
+        reasoning = _REASONING_RE.findall(bulk) if b'"reasoning' in bulk else []
+        if reasoning and (k := len(reasoning) - reasoning.count(b"")):
+            out.append(Chunk(t_ns, b"".join(reasoning).decode("utf-8", errors="replace"), True, k))
+        answers = _ANSWER_RE.findall(bulk)
+        if answers and (k := len(answers) - answers.count(b"")):
+            out.append(Chunk(t_ns, b"".join(answers).decode("utf-8", errors="replace"), False, k))
+        return out
+
+
+def _read_chunks(payloads: list[bytes], t_ns: int, state: _StreamState) -> list[Chunk]:
+    """One socket read's payloads → at most one reasoning and one answer Chunk (with counts)."""
+    answers: list[str] = []
+    reasonings: list[str] = []
+    for payload in payloads:
+        fast = fast_payload(payload)
+        if fast is None:
+            for c in parse_payload(payload.decode("utf-8", errors="replace"), t_ns, state):
+                (reasonings if c.reasoning else answers).append(c.text)
+            continue
+        if fast[1]:
+            reasonings.append(fast[1])
+        if fast[0]:
+            answers.append(fast[0])
+    out: list[Chunk] = []
+    if reasonings:
+        out.append(Chunk(t_ns, "".join(reasonings), reasoning=True, count=len(reasonings)))
+    if answers:
+        out.append(Chunk(t_ns, "".join(answers), count=len(answers)))
+    return out
 
 
 def _flatten(messages: list[dict[str, str]] | None) -> str:

@@ -40,6 +40,33 @@ class SSEParser:
             self._line(raw[:-1] if raw.endswith(b"\r") else raw, out)
         return out
 
+    @property
+    def busy(self) -> bool:
+        """True while a line or an event is half-read."""
+        return bool(self._buf or self._data or self._event)
+
+    def feed_payloads(self, chunk: bytes) -> list[bytes]:
+        """Like ``feed`` but returns each event's data as bytes, splitting whole events in one pass.
+
+        The common case (LF line ends, one ``data:`` line per event) never decodes or walks lines;
+        anything else (CRLF, comments, ``event:`` or multi-line data) goes through the full rules.
+        """
+        buf = self._buf + chunk if self._buf else chunk
+        if self._data or self._event or b"\r" in buf:
+            self._buf = b""
+            return [e.data.encode() for e in self.feed(buf)]
+        blocks = buf.split(b"\n\n")
+        rest = blocks.pop()
+        self._buf = b""
+        out: list[bytes] = []
+        for block in blocks:
+            if block.startswith(b"data:") and b"\n" not in block:
+                out.append(block[6:] if block[5:6] == b" " else block[5:])
+            elif block:
+                out.extend(e.data.encode() for e in self.feed(block + b"\n\n"))
+        self._buf = rest
+        return out
+
     def close(self) -> list[SSEEvent]:
         """End of body: flush a last line and event that lacked their terminators (lenient)."""
         out: list[SSEEvent] = []

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import itertools
 import json
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.backends.openai import _StreamState, parse_payload
+from agent.backends.sse import SSEParser
 from agent.errors import RequestFailedError
 
 
@@ -109,3 +114,87 @@ def test_openai_backend_asks_for_vllm_metrics_only_when_told() -> None:
         OpenAIBackend(OpenAIArgs(model="m", request_metrics=True))._body(req, "chat")["include_metrics"]
         is True
     )
+
+
+FAST_CASES = [
+    b'{"id":"x","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"reasoning_content":"hmm"},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"say \\"hi\\"\\n"},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"caf\xc3\xa9 \\u20ac"},"finish_reason":null}]}',
+    b'{"choices":[{"text":" world","index":0,"logprobs":null,"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}',
+    b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}',
+    b'{"choices":[{"delta":{"content":"x"},"finish_reason":null}],"timings":{"prompt_ms":1.5}}',
+    b'{"choices": [{"delta": {"content": "spaced"}, "finish_reason": null}]}',
+]
+
+
+@pytest.mark.parametrize("payload", FAST_CASES)
+def test_the_fast_path_agrees_with_the_full_parser_or_steps_aside(payload: bytes) -> None:
+    from agent.backends.openai import _read_chunks, fast_payload
+
+    slow_state, fast_state = _StreamState(), _StreamState()
+    slow = parse_payload(payload.decode(), 7, slow_state)
+    fast = _read_chunks([payload], 7, fast_state)
+    assert [(c.text, c.reasoning) for c in fast] == [(c.text, c.reasoning) for c in slow]
+    assert fast_state == slow_state
+    if b"usage" in payload or b"timings" in payload or b'"length"' in payload or b"\\" in payload:
+        assert fast_payload(payload) is None  # anything beyond plain text takes the full parser
+
+
+def test_one_read_with_many_chunks_becomes_one_counted_event() -> None:
+    from agent.backends.openai import _read_chunks
+
+    reads = [b'{"choices":[{"delta":{"content":"w%d "},"finish_reason":null}]}' % i for i in range(5)]
+    (chunk,) = _read_chunks(reads, 9, _StreamState())
+    assert (chunk.count, chunk.text, chunk.t_ns) == (5, "w0 w1 w2 w3 w4 ", 9)
+
+
+EVENTS = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hmm "},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"q\\"uote"},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"caf\xc3\xa9"},"finish_reason":null}]}\n\n',
+    b": keep-alive\n\n",
+    b'data:{"choices":[{"delta":{"content":"nospace"},"finish_reason":null}]}\n\n',
+]
+CLOSING = (
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def totals(chunks: list[Any]) -> tuple[int, str, int, str]:
+    answer = [c for c in chunks if not c.reasoning]
+    reasoning = [c for c in chunks if c.reasoning]
+    return (
+        sum(c.count for c in answer),
+        "".join(c.text for c in answer),
+        sum(c.count for c in reasoning),
+        "".join(c.text for c in reasoning),
+    )
+
+
+@given(st.lists(st.integers(0, len(EVENTS) - 1), max_size=40), st.lists(st.integers(0, 4000), max_size=8))
+def test_whole_read_fast_path_equals_event_by_event_parsing(picks: list[int], cuts: list[int]) -> None:
+    from agent.backends.openai import ChunkReader, _StreamState
+
+    stream = b"".join(EVENTS[i] for i in picks) + CLOSING
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    fast_state = _StreamState()
+    reader = ChunkReader(fast_state)
+    fast: list[Any] = []
+    for a, b in itertools.pairwise(bounds):
+        fast += reader.feed(stream[a:b], 1)
+    for ev in reader.close():
+        fast += parse_payload(ev.data, 1, fast_state)
+    slow_state = _StreamState()
+    slow: list[Any] = []
+    for ev in SSEParser().feed(stream):
+        slow += parse_payload(ev.data, 1, slow_state)
+    assert totals(fast) == totals(slow)
+    assert fast_state == slow_state and fast_state.done and fast_state.usage is not None

@@ -66,3 +66,38 @@ def test_field_without_space_and_unknown_fields() -> None:
 def test_garbage_never_raises(blob: bytes) -> None:
     events = parse([blob])
     assert all(isinstance(e, SSEEvent) for e in events)
+
+
+LF_STREAM = (
+    b": keep-alive\n\n"
+    b'data: {"a": 1}\n\n\n'
+    b"event: error\ndata: first line\ndata:second line\n\n"
+    b'data:{"text": "caf\xc3\xa9 \xe2\x82\xac"}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def payloads(stream: bytes, cuts: list[int]) -> tuple[list[bytes], list[bytes]]:
+    """(feed_payloads result, feed result as bytes) for the same pieces."""
+    bounds = sorted({0, len(stream), *cuts})
+    pieces = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    fast, full = SSEParser(), SSEParser()
+    got = [p for piece in pieces for p in fast.feed_payloads(piece)]
+    got += [e.data.encode() for e in fast.close()]
+    want = [e.data.encode() for piece in pieces for e in full.feed(piece)]
+    want += [e.data.encode() for e in full.close()]
+    return got, want
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(LF_STREAM)), max_size=12), st.booleans())
+def test_fast_payloads_equal_the_full_rules_for_any_split(cuts: list[int], crlf: bool) -> None:
+    stream = STREAM if crlf else LF_STREAM
+    got, want = payloads(stream, [c % (len(stream) + 1) for c in cuts])
+    assert got == want
+    assert len(got) == 4
+
+
+def test_fast_payloads_at_every_offset() -> None:
+    for i in range(len(LF_STREAM) + 1):
+        got, want = payloads(LF_STREAM, [i])
+        assert got == want, i

@@ -1,0 +1,346 @@
+"""Is the client fast and exact enough to trust? infermeter's runner against a raw reference loop.
+
+Both clients run against the simulator on loopback, in the same invocation, each in its own process
+pinned to one core (``taskset``) while the simulator has another:
+
+- throughput: 256-token streams with no server delay at concurrency 64 and 256 → chunks/s, requests/s,
+  client CPU ms per 1k chunks, and how many streams the simulator really had open at once;
+- timing error against the simulator's emission log (TTFT 100 ms, ITL 10 ms, 64 tokens) at concurrency
+  1, 64 and 512 → TTFT error mean/p99 and ITL error p99, plus the client's peak PSS.
+
+The raw reference is the least a correct streaming client can do: one shared aiohttp session on uvloop,
+one ``perf_counter_ns()`` per socket read, no JSON parsing. ``python benchmarks/client.py`` prints a JSON
+report; ``--quick`` runs fewer requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Benchmark prompt: tell me about measuring latency."
+
+
+def _pss_kb() -> int:
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakPss:
+    """Samples this process's PSS every 50 ms on a thread; ``peak_mb`` after ``stop``."""
+
+    def __init__(self) -> None:
+        self.peak = _pss_kb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, _pss_kb())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _pss_kb()) / 1024
+
+
+# ---- client processes -------------------------------------------------------------------------------
+
+
+async def raw_client(url: str, concurrency: int, requests: int, tokens: int) -> dict[str, Any]:
+    """The reference loop: POST, then one timestamp per socket read; chunks counted by their SSE prefix."""
+    import aiohttp
+
+    body = json.dumps(
+        {
+            "model": "sim",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    counter = itertools.count()
+    times: dict[str, list[int]] = {}
+    chunks = 0
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as s:
+
+        async def worker() -> None:
+            nonlocal chunks
+            while (n := next(counter)) < requests:
+                rid = f"raw-{n:07d}"
+                stamps: list[int] = []
+                headers = {"X-Request-Id": rid}
+                async with s.post(f"{url}/v1/chat/completions", data=body, headers=headers) as r:
+                    async for data in r.content.iter_any():
+                        t = time.perf_counter_ns()
+                        k = data.count(b'"content":"')  # text-bearing chunks in this read
+                        stamps.extend([t] * k)
+                chunks += len(stamps)
+                times[rid] = stamps
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "chunks": chunks, "requests": len(times), "times": times}
+
+
+async def infermeter_client(
+    url: str, concurrency: int, requests: int, tokens: int, out: Path
+) -> dict[str, Any]:
+    """The real thing: scenario → runner → openai backend → records written to JSONL."""
+    sys.path.insert(0, str(ROOT))
+    from agent.backends import create
+    from agent.runner import Runner
+    from agent.scenario import Scenario
+    from exporters.jsonl import JsonlWriter
+
+    sc = Scenario.model_validate(
+        {
+            "name": "bench",
+            "prompts": [PROMPT],
+            "requests": requests,
+            "concurrency": concurrency,
+            "warmup": 0,
+            "output_tokens": tokens,
+            "keep_output_every": 0,
+            "timeout": {"first_token_s": 120, "total_s": 300},
+        }
+    )
+    backend = create("openai", {"base_url": url, "model": "sim", "max_connections": concurrency})
+    await backend.start()
+    with JsonlWriter(out) as writer:
+        runner = Runner(sc, backend, writer, run_id="bench")
+        t0, c0 = time.perf_counter(), time.process_time()
+        await runner.run()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await backend.close()
+    chunks, times = _chunk_times(out, runner.start_ns)
+    return {"wall_s": wall, "cpu_s": cpu, "chunks": chunks, "requests": len(times), "times": times}
+
+
+def _chunk_times(records: Path, start_ns: int) -> tuple[int, dict[str, list[int]]]:
+    """Every chunk's arrival time per request, rebuilt from the records (after the timed run)."""
+    times: dict[str, list[int]] = {}
+    chunks = 0
+    for line in records.read_text().splitlines():
+        r = json.loads(line)
+        chunks += r["chunks"]
+        if r["ttft_ms"] is None:
+            continue
+        t = start_ns + (r["intended_offset_ms"] + r["ttft_ms"]) * 1e6
+        stamps = [int(t)]
+        for gap in r["itl_ms"]:
+            t += gap * 1e6
+            stamps.append(int(t))
+        times[r["request_id"]] = stamps
+    return chunks, times
+
+
+def client_main(ns: argparse.Namespace) -> None:
+    import uvloop
+
+    pss = PeakPss()
+    if ns.client == "raw":
+        result = uvloop.run(raw_client(ns.url, ns.concurrency, ns.requests, ns.tokens))
+    else:
+        result = uvloop.run(infermeter_client(ns.url, ns.concurrency, ns.requests, ns.tokens, Path(ns.out)))
+    result["peak_pss_mb"] = pss.stop()
+    result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(ns.result).write_text(json.dumps(result))
+
+
+# ---- orchestration ---------------------------------------------------------------------------------
+
+
+def _pin(core: int | None) -> list[str]:
+    if core is None or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", str(core)]
+
+
+class Simulator:
+    """``infermeter sim-server`` in its own process (pinned), with an emission log."""
+
+    def __init__(self, core: int | None, log: Path, *, ttft: float, itl: float) -> None:
+        cmd = [*_pin(core), sys.executable, "-m", "agent.cli", "sim-server", "--port", "0"]
+        cmd += ["--ttft-ms", str(ttft), "--itl-ms", str(itl), "--emission-log", str(log)]
+        self.log = log
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the simulator did not start")
+
+    def emissions(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for line in self.log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            out[row["request_id"]] = row
+        return out
+
+    def close(self) -> None:
+        """SIGTERM stops it cleanly, flushing the emission log."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def run_client(
+    kind: str, url: str, core: int | None, c: int, n: int, tokens: int, tmp: Path
+) -> dict[str, Any]:
+    result = tmp / f"{kind}-{c}-{n}.json"
+    cmd = [*_pin(core), sys.executable, __file__, "--client", kind, "--url", url]
+    cmd += ["--concurrency", str(c), "--requests", str(n), "--tokens", str(tokens)]
+    cmd += ["--out", str(tmp / f"records-{kind}-{c}.jsonl"), "--result", str(result)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    data: dict[str, Any] = json.loads(result.read_text())
+    return data
+
+
+def _max_open(rows: list[dict[str, Any]]) -> int:
+    events = []
+    for r in rows:
+        if r["emit_ns"]:
+            events += [(r["arrival_ns"], 1), (r["emit_ns"][-1], -1)]
+    events.sort()
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def throughput(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for c in ns.throughput_concurrency:
+        for kind in ("raw", "infermeter"):
+            sim = Simulator(ns.server_core, tmp / f"tp-{kind}-{c}.log", ttft=0, itl=0)
+            try:
+                r = run_client(kind, sim.url, ns.client_core, c, c * ns.rounds, 256, tmp)
+            finally:
+                sim.close()
+            emitted = list(sim.emissions().values())
+            rows.append(
+                {
+                    "client": kind,
+                    "concurrency": c,
+                    "requests": r["requests"],
+                    "chunks": r["chunks"],
+                    "chunks_per_s": r["chunks"] / r["wall_s"],
+                    "requests_per_s": r["requests"] / r["wall_s"],
+                    "cpu_ms_per_1k_chunks": r["cpu_s"] * 1000 / (r["chunks"] / 1000),
+                    "cpu_share_of_core": r["cpu_s"] / r["wall_s"],
+                    "max_open_streams_at_server": _max_open(emitted),
+                }
+            )
+    return rows
+
+
+def timing(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for c in ns.timing_concurrency:
+        n = max(20, c * 2) if not ns.quick else max(10, c)
+        for kind in ("raw", "infermeter"):
+            sim = Simulator(ns.server_core, tmp / f"tm-{kind}-{c}.log", ttft=100, itl=10)
+            try:
+                r = run_client(kind, sim.url, ns.client_core, c, n, 64, tmp)
+            finally:
+                sim.close()
+            emitted = sim.emissions()
+            ttft_err: list[float] = []
+            itl_err: list[float] = []
+            for rid, stamps in r["times"].items():
+                e = emitted.get(rid)
+                if e is None or not stamps or len(e["emit_ns"]) != len(stamps):
+                    continue
+                ttft_err.append((stamps[0] - e["emit_ns"][0]) / 1e6)
+                pairs = zip(itertools.pairwise(stamps), itertools.pairwise(e["emit_ns"]), strict=True)
+                itl_err += [abs((b - a) - (y - x)) / 1e6 for (a, b), (x, y) in pairs]
+            rows.append(
+                {
+                    "client": kind,
+                    "concurrency": c,
+                    "requests_matched": len(ttft_err),
+                    "ttft_error_ms_mean": statistics.fmean(ttft_err) if ttft_err else None,
+                    "ttft_error_ms_p99": _pct(ttft_err, 99),
+                    "itl_error_ms_p99": _pct(itl_err, 99),
+                    "peak_pss_mb": r["peak_pss_mb"],
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--client", choices=["raw", "infermeter"], help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--requests", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--tokens", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--client-core", type=int, default=0)
+    p.add_argument("--server-core", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=8, help="throughput: requests per stream slot")
+    p.add_argument("--throughput-concurrency", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--timing-concurrency", type=int, nargs="+", default=[1, 64, 512])
+    p.add_argument("--quick", action="store_true")
+    ns = p.parse_args()
+    if ns.client:
+        client_main(ns)
+        return
+    if ns.quick:
+        ns.rounds = 2
+    if (os.cpu_count() or 1) < 2:
+        ns.client_core = ns.server_core = None
+    with tempfile.TemporaryDirectory(prefix="infermeter-bench-") as d:
+        report = {
+            "cores": {"client": ns.client_core, "simulator": ns.server_core},
+            "throughput": throughput(ns, Path(d)),
+            "timing": timing(ns, Path(d)),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

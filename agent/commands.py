@@ -341,9 +341,7 @@ async def cmd_replay(ns: argparse.Namespace, settings: Settings, err: Console) -
     replace = {"name": f"replay-{base.name}", "requests": len(items), "duration": None, "system": None}
     sc = Scenario.model_validate(base.normalised() | replace)
     offsets = [it.timestamp / ns.speed for it in items]
-    launch = _start(
-        ns, settings, [sc], _in_flight(sc.with_overrides(load={"arrival": "constant", "rate": 1})), err
-    )
+    launch = _start(ns, settings, [sc], MAX_IN_FLIGHT, err)  # the trace's clock decides what is in flight
     launch.manifest["trace"] = {
         "path": str(ns.trace),
         "sha256": hashlib.sha256(ns.trace.read_bytes()).hexdigest(),

@@ -119,7 +119,7 @@ class Launch:
     def _save_manifest(self) -> None:
         write_json_atomic(self.out / "manifest.json", self.manifest)
 
-    async def start_backend(self) -> bool:
+    async def start_backend(self) -> None:
         """Start the backend; on failure record it in the manifest and say why."""
         try:
             with self.err.status(f"starting backend '{self.backend.name}'"):
@@ -131,7 +131,6 @@ class Launch:
             raise
         self.manifest["backend"] = self.backend.describe()
         self._save_manifest()
-        return True
 
     async def run(
         self,

@@ -14,16 +14,9 @@ from agent.backends import create
 from agent.record import RequestRecord
 from agent.runner import Runner
 from agent.scenario import Scenario
+from tests.fakes import ListSink
 
 pytestmark = pytest.mark.slow
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[RequestRecord] = []
-
-    def write(self, record: RequestRecord) -> None:
-        self.records.append(record)
 
 
 def scenario(**kw: Any) -> Scenario:

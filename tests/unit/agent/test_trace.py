@@ -9,7 +9,7 @@ from agent.errors import ConfigError
 from agent.scenario import Scenario
 from agent.trace import HASH_BLOCK_TOKENS, PromptSynth, load_trace, trace_requests, write_trace
 
-AZURE = Path(__file__).resolve().parents[4] / "shared" / "traces" / "azure_llm_inference_conv_head100.csv"
+AZURE = Path(__file__).resolve().parents[2] / "data" / "azure_llm_inference_conv_head100.csv"
 
 
 class WordCodec:
@@ -22,9 +22,6 @@ class WordCodec:
         return "".join(map(chr, ids))
 
 
-@pytest.mark.skipif(
-    not AZURE.is_file(), reason="the Azure sample lives in the shared folder beside the project"
-)
 def test_azure_sample_imports_with_offsets_from_zero(tmp_path: Path) -> None:
     items = load_trace(AZURE)
     assert len(items) == 100

@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test lint unit install install-dev clean
+.PHONY: demo test lint unit install install-dev tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Prometheus and promtool for the integration tests: the Debian package unpacked into .tools/ (no service
+# is installed or started; tests run the binaries as plain processes on loopback ports).
+TOOLS := .tools
+$(TOOLS)/.prometheus:
+	mkdir -p $(TOOLS)/debs
+	cd $(TOOLS)/debs && (apt-get download prometheus || (apt-get update -qq && apt-get download prometheus))
+	dpkg-deb -x $$(ls $(TOOLS)/debs/prometheus_*.deb | head -1) $(TOOLS)/prometheus
+	@touch $@
+
+tools: $(TOOLS)/.prometheus
+
 demo: install
 	$(BIN)/infermeter run chat --requests 16 --concurrency 2
 
@@ -32,11 +43,11 @@ lint: install-dev
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint tools
 	$(BIN)/pytest -ra
 
 unit: install-dev
 	$(BIN)/pytest -ra -m "not slow"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -45,6 +45,9 @@ def schedule(kind: ArrivalKind, rate: float, *, burstiness: float = 1.0, seed: i
         raise ValueError(f"rate must be a positive number of requests per second, got {rate!r}")
     if not (burstiness > 0 and math.isfinite(burstiness)):
         raise ValueError(f"burstiness must be positive, got {burstiness!r}")
+    if kind == "constant":  # i / rate exactly: summing 1/rate drifts, and a 12 s run at 10/s is 120 sends
+        yield from (i / rate for i in itertools.count())
+        return
     gaps = _gaps(kind, rate, burstiness, random.Random(seed))
     offset = 0.0
     while True:

@@ -75,6 +75,16 @@ def _backend_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--serve-metrics", action="store_true", help="expose Prometheus /metrics while the run lasts"
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, default=9464, help="port for /metrics (default 9464; 0 = any)")
+    p.add_argument(
+        "--metrics-linger",
+        default="0s",
+        help="keep serving /metrics this long after the run ends, e.g. 30s (one last scrape)",
+    )
 
 
 def _load_flags(p: argparse.ArgumentParser) -> None:

@@ -15,10 +15,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from agent import __version__
 from agent.backends import create
 from agent.backends.base import Backend
 from agent.errors import ConfigError
-from agent.launch import Launch, LaunchResult, StagePlan, Tenant, targets_for
+from agent.launch import Launch, LaunchResult, MetricsEndpoint, StagePlan, Tenant, targets_for
 from agent.manifest import build_manifest, write_json_atomic
 from agent.record import RequestRecord
 from agent.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, parse_duration, resolve_scenario
@@ -28,6 +29,8 @@ from analysis.console import render_summary
 from analysis.records import load_records
 from analysis.summary import summarize, summarize_stages
 from analysis.sweep import analyse, point, saturation
+from exporters.http import MetricsServer
+from exporters.prometheus import RecordMetrics
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "cmd_import_trace", "cmd_replay", "cmd_run", "cmd_sweep", "kv"]
 
@@ -164,7 +167,21 @@ def _start(
         ]
     write_json_atomic(out / "manifest.json", manifest)
     backend = create(ns.backend, backend_args(ns, settings, out, in_flight))
-    return Launch(backend, out, manifest, run_id=run_id, err=err, progress=not ns.no_progress)
+    return Launch(
+        backend, out, manifest, run_id=run_id, err=err, progress=not ns.no_progress, metrics=_metrics(ns)
+    )
+
+
+def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:
+    """The run's /metrics endpoint when ``--serve-metrics`` asks for one."""
+    if not getattr(ns, "serve_metrics", False):
+        return None
+    try:
+        linger = parse_duration(ns.metrics_linger) or 0.0
+    except ValueError as e:
+        raise ConfigError(f"--metrics-linger: {e}") from e
+    server = MetricsServer(RecordMetrics(version=__version__))
+    return MetricsEndpoint(server, ns.metrics_host, ns.metrics_port, linger)
 
 
 def _finish(launch: Launch, result: LaunchResult, summary: dict[str, Any], err: Console) -> int:

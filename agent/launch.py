@@ -8,6 +8,7 @@ a replay one stage whose tenant carries the trace's requests and clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,9 +26,10 @@ from agent.manifest import write_json_atomic
 from agent.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.runner import ColdTracker, Runner, RunOutcome, expected_records
 from agent.scenario import Scenario
+from exporters.http import MetricsServer
 from exporters.jsonl import JsonlWriter
 
-__all__ = ["Launch", "StagePlan", "Tenant", "targets_for"]
+__all__ = ["Launch", "MetricsEndpoint", "StagePlan", "Tenant", "targets_for"]
 
 logger = structlog.get_logger(__name__)
 
@@ -96,6 +98,16 @@ def _progress(console: Console, enabled: bool) -> Progress:
     )
 
 
+@dataclass(slots=True)
+class MetricsEndpoint:
+    """Where and how long a run serves its Prometheus metrics."""
+
+    server: MetricsServer
+    host: str = "127.0.0.1"
+    port: int = 9464
+    linger_s: float = 0.0
+
+
 class Launch:
     """One run directory, one backend, a list of stages."""
 
@@ -108,6 +120,7 @@ class Launch:
         run_id: str,
         err: Console,
         progress: bool = True,
+        metrics: MetricsEndpoint | None = None,
     ) -> None:
         self.backend = backend
         self.out = out
@@ -115,6 +128,7 @@ class Launch:
         self.run_id = run_id
         self.err = err
         self.show_progress = progress
+        self.metrics = metrics
 
     def _save_manifest(self) -> None:
         write_json_atomic(self.out / "manifest.json", self.manifest)
@@ -151,15 +165,26 @@ class Launch:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
+            if self.metrics is not None:
+                url = await self.metrics.server.start(self.metrics.host, self.metrics.port)
+                self.err.print(f"Prometheus metrics on {url}/metrics")
+                self.manifest["metrics_url"] = f"{url}/metrics"
             await self.start_backend()
             try:
                 if prepare is not None:
                     with self.err.status("preparing requests"):
                         stages = await prepare(self.backend)
-                return await self._stages(stages, stop, received, after_stage)
+                result = await self._stages(stages, stop, received, after_stage)
             finally:
                 await self.backend.close()
+            if self.metrics is not None and self.metrics.linger_s and not stop.is_set():
+                self.err.print(f"serving metrics {self.metrics.linger_s:g} s more (Ctrl-C ends)")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.metrics.linger_s)
+            return result
         finally:
+            if self.metrics is not None:
+                await self.metrics.server.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -188,6 +213,8 @@ class Launch:
 
                 def tick(record: RequestRecord, keep: list[RequestRecord] = stage_records) -> None:
                     counts[record.status] += 1
+                    if self.metrics is not None:
+                        self.metrics.server.metrics.observe(record)
                     if after_stage is not None:
                         keep.append(record)
                     progress.update(task, advance=1, ok=counts["ok"], degraded=counts["degraded"])
@@ -197,6 +224,8 @@ class Launch:
                 runners = [
                     self._runner(t, plan.label, writer, chains, tick, cold, origin) for t in plan.tenants
                 ]
+                if self.metrics is not None:
+                    self._watch(runners)
                 outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
                 result.stages_run.append(plan)
                 _merge(result.outcome, outcomes)
@@ -212,6 +241,15 @@ class Launch:
             (self.out / "chains.jsonl").unlink(missing_ok=True)
         self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
         return result
+
+    def _watch(self, runners: list[Runner]) -> None:
+        """Backend up and live in-flight gauges for each tenant of the stage about to run."""
+        assert self.metrics is not None
+        m = self.metrics.server.metrics
+        for r in runners:
+            labels = (self.backend.name, self.backend.model, r.scenario.name)
+            m.set_backend_up(*labels, up=True)
+            m.track_in_flight(*labels, lambda r=r: float(r.in_flight))  # type: ignore[misc]
 
     def _runner(
         self,

@@ -64,6 +64,9 @@ class GenerationRequest:
     #: the prompt length the workload asked for (trace replay), reported against the measured one
     prompt_tokens_target: int | None = None
     session_id: str | None = None
+    #: False when the runner keeps no text of this response: a backend may then count chunks without
+    #: decoding their text (``Chunk.text`` empty)
+    want_text: bool = True
 
 
 @dataclass(slots=True, frozen=True)
@@ -285,7 +288,7 @@ class Measurement:
         e2e = _ms(end_ns - t0) if end_ns is not None else None
         ttft = _ms(self.text_ns[0] - t0) if self.text_ns else None
         ttfo = _ms(self.first_answer_ns - t0) if self.first_answer_ns is not None else None
-        itl = [_ms(b - a) for a, b in itertools.pairwise(self.text_ns)]
+        itl = [(b - a) / 1e6 for a, b in itertools.pairwise(self.text_ns)]
         usage = self.end.usage if self.end else None
         native = self.end.native if self.end else None
         output_tokens, token_source = _output_tokens(usage, len(self.text_ns))
@@ -407,7 +410,7 @@ def check_invariants(record: RequestRecord) -> list[str]:
         native = record.prefill_ms + record.decode_ms
         if native > e2e:
             broken.append(f"prefill_ms + decode_ms {native:.3f} > e2e_ms {e2e:.3f}")
-    if any(gap < 0 for gap in record.itl_ms):
+    if record.itl_ms and min(record.itl_ms) < 0:
         broken.append("negative inter-token gap")
     for name in ("prefill_ms", "decode_ms", "load_ms"):
         value = getattr(record, name)

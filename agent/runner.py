@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -153,7 +153,11 @@ class Runner:
     arrivals (constant, Poisson, gamma, or a trace's own clock) with an in-flight cap, agent chains, or
     batches. Workers pull work from shared iterators, so tasks scale with what is in flight, never with
     the number of requests. ``stop`` (SIGINT/SIGTERM) ends the run at once: in-flight requests are written
-    as degraded ``interrupted`` records; every completed record has already been written.
+    as degraded ``interrupted`` records; every completed record is written before ``run`` returns.
+
+    A finished request's record is built and written off the hot path: the request's task only queues
+    its measurement, and a writer task turns one queued measurement into a record per loop turn, so a
+    burst of requests ending together never holds up the timestamps of streams still reading.
     """
 
     def __init__(
@@ -192,6 +196,10 @@ class Runner:
         self.outcome = RunOutcome(started_unix=time.time())
         load = scenario.load
         self._target_rate = load.rate if load.open_loop and offsets is None else None
+        #: requests sent and not finished (the exporter's in-flight gauge reads it)
+        self.in_flight = 0
+        self._backlog: deque[_Finished] = deque()
+        self._backlog_ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event | None = None) -> RunOutcome:
         """Run to completion or until ``stop`` is set; return the outcome."""
@@ -208,6 +216,7 @@ class Runner:
         self.outcome = RunOutcome(started_unix=self._start_unix)
         main = asyncio.create_task(self._stages())
         stopper = asyncio.create_task(stop.wait())
+        writer = asyncio.create_task(self._write_backlog())
         try:
             done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if main not in done:
@@ -217,8 +226,25 @@ class Runner:
                 await main
         finally:
             stopper.cancel()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer  # re-raises a sink failure
+            self._flush_backlog()
             self.outcome.ended_unix = time.time()
         return self.outcome
+
+    async def _write_backlog(self) -> None:
+        """Build and write queued records, one per loop turn, until cancelled."""
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready.clear()
+            while self._backlog:
+                self._emit(self._backlog.popleft().record())
+                await asyncio.sleep(0)
+
+    def _flush_backlog(self) -> None:
+        while self._backlog:
+            self._emit(self._backlog.popleft().record())
 
     async def _stages(self) -> None:
         sc = self.scenario
@@ -327,6 +353,7 @@ class Runner:
                     base, request_id=f"{chain_id}-s{step}", messages=list(messages) or None, prompt=prompt
                 )
                 rec = await self._one(req, stage, chain=(chain_id, step), keep_text=True)
+                assert rec is not None  # chain steps are never deferred: the next prompt needs the text
                 records.append(rec)
                 if rec.status != "ok":
                     failed = rec
@@ -457,15 +484,18 @@ class Runner:
         chain: tuple[str, int] | None = None,
         batch: tuple[str, int] | None = None,
         keep_text: bool | None = None,
-    ) -> RequestRecord:
+    ) -> RequestRecord | None:
         ident = self._identity(request, stage, chain=chain, batch=batch)
         every = self.scenario.keep_output_every
         keep = keep_text if keep_text is not None else every > 0 and ident.seq % every == 0
+        request.want_text = keep  # the runner made this request; the backend may skip decoding text
 
         async def consume(m: Measurement) -> None:
             await self._consume(request, m)
 
-        return await self._measure(ident, consume, intended_ns=intended_ns, keep_text=keep)
+        return await self._measure(
+            ident, consume, intended_ns=intended_ns, keep_text=keep, defer=chain is None
+        )
 
     async def _measure(
         self,
@@ -474,13 +504,16 @@ class Runner:
         *,
         intended_ns: int | None,
         keep_text: bool,
-    ) -> RequestRecord:
+        defer: bool = False,
+    ) -> RequestRecord | None:
+        """Time ``body``; the record is returned, or only queued for the writer task when ``defer``."""
         now = time.perf_counter_ns()
         cause = self.cold.begin(now)
         if cause is not None:
             ident = dataclasses.replace(ident, cold_cause=cause)
         m = Measurement(self.start_ns, self._start_unix, intended_ns or now, now, keep_text=keep_text)
         failure: tuple[str, str] | None = None
+        self.in_flight += 1
         try:
             await body(m)
         except TimeoutError:
@@ -493,6 +526,7 @@ class Runner:
         except RequestFailedError as e:
             failure = (e.reason, e.detail)
         except asyncio.CancelledError:
+            self.in_flight -= 1
             self.cold.end(time.perf_counter_ns())
             self._emit(
                 m.to_record(ident, failure=("interrupted", "run stopped"), now_ns=time.perf_counter_ns())
@@ -502,7 +536,12 @@ class Runner:
             logger.exception("request raised", request_id=ident.request_id)
             failure = ("client_error", f"{e.__class__.__name__}: {e}")
         end = time.perf_counter_ns()
+        self.in_flight -= 1
         self.cold.end(end)
+        if defer:
+            self._backlog.append(_Finished(m, ident, failure, end))
+            self._backlog_ready.set()
+            return None
         record = m.to_record(ident, failure=failure, now_ns=end)
         self._emit(record)
         return record
@@ -527,6 +566,19 @@ class Runner:
             self.outcome.by_reason[record.reason] += 1
         if self.on_record is not None:
             self.on_record(record)
+
+
+@dataclass(slots=True)
+class _Finished:
+    """A finished request waiting for the writer task."""
+
+    measurement: Measurement
+    ident: RecordIdentity
+    failure: tuple[str, str] | None
+    end_ns: int
+
+    def record(self) -> RequestRecord:
+        return self.measurement.to_record(self.ident, failure=self.failure, now_ns=self.end_ns)
 
 
 async def _until(t_ns: int) -> None:

@@ -10,7 +10,7 @@ pinned to one core (``taskset``) while the simulator has another:
 
 The raw reference is the least a correct streaming client can do: one shared aiohttp session on uvloop,
 one ``perf_counter_ns()`` per socket read, no JSON parsing. ``python benchmarks/client.py`` prints a JSON
-report; ``--quick`` runs fewer requests.
+report (medians of alternating repetitions); ``--quick`` runs fewer requests once.
 """
 
 from __future__ import annotations
@@ -219,9 +219,11 @@ def run_client(
     kind: str, url: str, core: int | None, c: int, n: int, tokens: int, tmp: Path
 ) -> dict[str, Any]:
     result = tmp / f"{kind}-{c}-{n}.json"
+    records = tmp / f"records-{kind}-{c}.jsonl"
+    records.unlink(missing_ok=True)  # the writer appends; each run counts only its own records
     cmd = [*_pin(core), sys.executable, __file__, "--client", kind, "--url", url]
     cmd += ["--concurrency", str(c), "--requests", str(n), "--tokens", str(tokens)]
-    cmd += ["--out", str(tmp / f"records-{kind}-{c}.jsonl"), "--result", str(result)]
+    cmd += ["--out", str(records), "--result", str(result)]
     subprocess.run(cmd, cwd=ROOT, check=True)
     data: dict[str, Any] = json.loads(result.read_text())
     return data
@@ -250,64 +252,118 @@ def _pct(values: list[float], p: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def _median_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Per-key medians over repetitions (None where a repetition had no value)."""
+    out: dict[str, Any] = {k: rows[0][k] for k in ("client", "concurrency")}
+    for key in keys:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    out["repetitions"] = len(rows)
+    return out
+
+
+def _summarise(rows: list[dict[str, Any]], keys: tuple[str, ...], ratio: str) -> list[dict[str, Any]]:
+    """Median row per (client, concurrency) and infermeter's ratio to the raw loop on ``ratio``."""
+    out = []
+    for c in sorted({r["concurrency"] for r in rows}):
+        med = {
+            k: _median_rows([r for r in rows if r["client"] == k and r["concurrency"] == c], keys)
+            for k in ("raw", "infermeter")
+        }
+        raw, ours = med["raw"][ratio], med["infermeter"][ratio]
+        med["infermeter"][f"{ratio}_vs_raw"] = ours / raw if raw else None
+        out += [med["raw"], med["infermeter"]]
+    return out
+
+
+_THROUGHPUT_KEYS = (
+    "requests",
+    "chunks",
+    "chunks_per_s",
+    "requests_per_s",
+    "cpu_ms_per_1k_chunks",
+    "cpu_share_of_core",
+    "max_open_streams_at_server",
+)
+
+
 def throughput(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """Alternating raw/infermeter repetitions per concurrency; medians reported."""
     rows = []
     for c in ns.throughput_concurrency:
-        for kind in ("raw", "infermeter"):
-            sim = Simulator(ns.server_core, tmp / f"tp-{kind}-{c}.log", ttft=0, itl=0)
-            try:
-                r = run_client(kind, sim.url, ns.client_core, c, c * ns.rounds, 256, tmp)
-            finally:
-                sim.close()
-            emitted = list(sim.emissions().values())
-            rows.append(
-                {
-                    "client": kind,
-                    "concurrency": c,
-                    "requests": r["requests"],
-                    "chunks": r["chunks"],
-                    "chunks_per_s": r["chunks"] / r["wall_s"],
-                    "requests_per_s": r["requests"] / r["wall_s"],
-                    "cpu_ms_per_1k_chunks": r["cpu_s"] * 1000 / (r["chunks"] / 1000),
-                    "cpu_share_of_core": r["cpu_s"] / r["wall_s"],
-                    "max_open_streams_at_server": _max_open(emitted),
-                }
-            )
-    return rows
+        for rep in range(ns.repeat):
+            for kind in ("raw", "infermeter"):
+                sim = Simulator(ns.server_core, tmp / f"tp-{kind}-{c}-{rep}.log", ttft=0, itl=0)
+                try:
+                    r = run_client(kind, sim.url, ns.client_core, c, c * ns.rounds, 256, tmp)
+                finally:
+                    sim.close()
+                emitted = list(sim.emissions().values())
+                rows.append(
+                    {
+                        "client": kind,
+                        "concurrency": c,
+                        "requests": r["requests"],
+                        "chunks": r["chunks"],
+                        "chunks_per_s": r["chunks"] / r["wall_s"],
+                        "requests_per_s": r["requests"] / r["wall_s"],
+                        "cpu_ms_per_1k_chunks": r["cpu_s"] * 1000 / (r["chunks"] / 1000),
+                        "cpu_share_of_core": r["cpu_s"] / r["wall_s"],
+                        "max_open_streams_at_server": _max_open(emitted),
+                    }
+                )
+    return _summarise(rows, _THROUGHPUT_KEYS, "chunks_per_s")
+
+
+_TIMING_KEYS = (
+    "requests_matched",
+    "ttft_error_ms_mean",
+    "ttft_error_ms_p99",
+    "itl_error_ms_p99",
+    "peak_pss_mb",
+)
 
 
 def timing(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """Client timestamps against the simulator's emission log; medians over repetitions."""
     rows = []
     for c in ns.timing_concurrency:
         n = max(20, c * 2) if not ns.quick else max(10, c)
-        for kind in ("raw", "infermeter"):
-            sim = Simulator(ns.server_core, tmp / f"tm-{kind}-{c}.log", ttft=100, itl=10)
-            try:
-                r = run_client(kind, sim.url, ns.client_core, c, n, 64, tmp)
-            finally:
-                sim.close()
-            emitted = sim.emissions()
-            ttft_err: list[float] = []
-            itl_err: list[float] = []
-            for rid, stamps in r["times"].items():
-                e = emitted.get(rid)
-                if e is None or not stamps or len(e["emit_ns"]) != len(stamps):
-                    continue
-                ttft_err.append((stamps[0] - e["emit_ns"][0]) / 1e6)
-                pairs = zip(itertools.pairwise(stamps), itertools.pairwise(e["emit_ns"]), strict=True)
-                itl_err += [abs((b - a) - (y - x)) / 1e6 for (a, b), (x, y) in pairs]
-            rows.append(
-                {
-                    "client": kind,
-                    "concurrency": c,
-                    "requests_matched": len(ttft_err),
-                    "ttft_error_ms_mean": statistics.fmean(ttft_err) if ttft_err else None,
-                    "ttft_error_ms_p99": _pct(ttft_err, 99),
-                    "itl_error_ms_p99": _pct(itl_err, 99),
-                    "peak_pss_mb": r["peak_pss_mb"],
-                }
-            )
-    return rows
+        for rep in range(ns.repeat):
+            for kind in ("raw", "infermeter"):
+                sim = Simulator(ns.server_core, tmp / f"tm-{kind}-{c}-{rep}.log", ttft=100, itl=10)
+                try:
+                    r = run_client(kind, sim.url, ns.client_core, c, n, 64, tmp)
+                finally:
+                    sim.close()
+                emitted = sim.emissions()
+                ttft_err: list[float] = []
+                itl_err: list[float] = []
+                for rid, stamps in r["times"].items():
+                    e = emitted.get(rid)
+                    if e is None or not stamps or len(e["emit_ns"]) != len(stamps):
+                        continue
+                    ttft_err.append((stamps[0] - e["emit_ns"][0]) / 1e6)
+                    pairs = zip(itertools.pairwise(stamps), itertools.pairwise(e["emit_ns"]), strict=True)
+                    itl_err += [abs((b - a) - (y - x)) / 1e6 for (a, b), (x, y) in pairs]
+                rows.append(
+                    {
+                        "client": kind,
+                        "concurrency": c,
+                        "requests_matched": len(ttft_err),
+                        "ttft_error_ms_mean": statistics.fmean(ttft_err) if ttft_err else None,
+                        "ttft_error_ms_p99": _pct(ttft_err, 99),
+                        "itl_error_ms_p99": _pct(itl_err, 99),
+                        "peak_pss_mb": r["peak_pss_mb"],
+                    }
+                )
+    out = _summarise(rows, _TIMING_KEYS, "ttft_error_ms_p99")
+    for row in out:
+        if row["client"] == "infermeter":
+            raw = next(r for r in out if r["client"] == "raw" and r["concurrency"] == row["concurrency"])
+            for key in ("ttft_error_ms_mean", "itl_error_ms_p99"):
+                row[f"{key}_vs_raw"] = row[key] / raw[key] if row[key] is not None and raw[key] else None
+    return out
 
 
 def main() -> None:
@@ -321,16 +377,17 @@ def main() -> None:
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--client-core", type=int, default=0)
     p.add_argument("--server-core", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=8, help="throughput: requests per stream slot")
-    p.add_argument("--throughput-concurrency", type=int, nargs="+", default=[64, 256])
-    p.add_argument("--timing-concurrency", type=int, nargs="+", default=[1, 64, 512])
+    p.add_argument("--rounds", type=int, default=32, help="throughput: requests per stream slot")
+    p.add_argument("--repeat", type=int, default=3, help="alternating repetitions; medians are reported")
+    p.add_argument("--throughput-concurrency", type=int, nargs="*", default=[64, 256])
+    p.add_argument("--timing-concurrency", type=int, nargs="*", default=[1, 64, 512])
     p.add_argument("--quick", action="store_true")
     ns = p.parse_args()
     if ns.client:
         client_main(ns)
         return
     if ns.quick:
-        ns.rounds = 2
+        ns.rounds, ns.repeat = 4, 1
     if (os.cpu_count() or 1) < 2:
         ns.client_core = ns.server_core = None
     with tempfile.TemporaryDirectory(prefix="infermeter-bench-") as d:

@@ -285,7 +285,7 @@ class OpenAIBackend:
         endpoint = self.args.endpoint or request.endpoint
         payload = json.dumps(self._body(request, endpoint)).encode()
         state = _StreamState()
-        reader = ChunkReader(state)
+        reader = ChunkReader(state, text=request.want_text, endpoint=endpoint)
         end_ns = 0
         try:
             url = self._base + _PATHS[endpoint]
@@ -307,32 +307,39 @@ class OpenAIBackend:
         yield StreamEnd(end_ns, usage=state.usage, native=state.native, finish_reason=state.finish_reason)
 
 
-#: Anything that makes an event more than an ordinary mid-stream text chunk.
-_MARKERS = (b'"usage"', b'"timings"', b'"metrics"', b'"error"', b'"finish_reason":"', b"[DONE]")
 _ANSWER_RE = re.compile(rb'"(?:content|text)":"([^"]*)"')
 _REASONING_RE = re.compile(rb'"(?:reasoning_content|reasoning)":"([^"]*)"')
+_ORDINARY_END = b'"finish_reason":null'
 
 
 class ChunkReader:
     """Socket reads → Chunks, with the whole-read fast path the hot loop needs.
 
-    A run of ordinary events (one ``data: {…}`` line each, ``"finish_reason":null``, no escapes, no
-    usage/timings/error) is counted and its text pulled out by a handful of C-level scans over the
-    whole read, never a JSON parse per event. Everything else (the closing events, CRLF streams,
-    comments, escaped text) goes through the full SSE rules and ``parse_payload``.
+    A run of ordinary events (one ``data: {…}`` line each, each with ``"finish_reason":null``, no
+    escapes) is counted, and its text pulled out only when ``text`` is asked for, by a handful of
+    C-level scans over the whole read — never a JSON parse per event. Everything from the last ordinary
+    event on (the closing events with finish reason, usage, timings, ``[DONE]``) and any read that is not
+    a clean run (CRLF streams, comments, escaped text, errors) goes through the full SSE rules and
+    ``parse_payload``.
+
+    A usage, timings or metrics object riding on an ordinary mid-stream event (OpenAI's ``"usage":null``,
+    vLLM's continuous usage stats, llama.cpp's per-token timings) is not read: the closing events carry
+    the final figures, which the full rules always read.
     """
 
-    __slots__ = ("_parser", "_pending", "state")
+    __slots__ = ("_key", "_parser", "_pending", "state", "text")
 
-    def __init__(self, state: _StreamState) -> None:
+    def __init__(self, state: _StreamState, *, text: bool = True, endpoint: str = "chat") -> None:
         self._parser = SSEParser()
         self._pending = b""
         self.state = state
+        self.text = text
+        self._key = b'"content":"' if endpoint == "chat" else b'"text":"'
 
     def feed(self, data: bytes, t_ns: int) -> list[Chunk]:
         """Chunks completed by ``data``, stamped ``t_ns``."""
         buf = self._pending + data if self._pending else data
-        if b"\r" in buf or self._parser.busy:
+        if self._parser.busy or b"\r" in buf:
             self._pending = b""
             return _read_chunks(self._parser.feed_payloads(buf), t_ns, self.state)
         end = buf.rfind(b"\n\n")
@@ -340,12 +347,10 @@ class ChunkReader:
             self._pending = buf
             return []
         block, self._pending = buf[: end + 2], buf[end + 2 :]
-        cut = min((i for i in (block.find(m) for m in _MARKERS) if i >= 0), default=-1)
-        if cut < 0:
-            bulk, rest = block, b""
-        else:
-            start = block.rfind(b"\n\n", 0, cut)
-            bulk, rest = (block[: start + 2], block[start + 2 :]) if start >= 0 else (b"", block)
+        # The last event that may be ordinary ends the bulk; whatever follows is for the full rules.
+        last = block.rfind(_ORDINARY_END)
+        cut = block.find(b"\n\n", last) + 2 if last >= 0 else 0
+        bulk, rest = (block, b"") if cut == len(block) else (block[:cut], block[cut:])
         out = self._bulk(bulk, t_ns) if bulk else []
         if rest:
             out += _read_chunks(self._parser.feed_payloads(rest), t_ns, self.state)
@@ -358,22 +363,30 @@ class ChunkReader:
         return events + self._parser.close()
 
     def _bulk(self, bulk: bytes, t_ns: int) -> list[Chunk]:
-        n = bulk.count(b"\n\n")
+        # n events, each exactly one line `data: {…}` (n − 1 separators each followed by `data: {`, and
+        # no other newline), each with a null finish reason. Escapes only matter when text is pulled
+        # out: a key pattern cannot match inside a JSON string, where every quote is escaped.
+        n = bulk.count(b"\n\ndata: {") + 1
         ordinary = (
-            bulk.count(b"data: {") == n
+            bulk.startswith(b"data: {")
             and bulk.count(b"\n") == 2 * n
-            and bulk.count(b'"finish_reason":null') == n
-            and b"\\" not in bulk
+            and bulk.count(_ORDINARY_END) == n
+            and not (self.text and b"\\" in bulk)
         )
         if not ordinary:
             return _read_chunks(self._parser.feed_payloads(bulk), t_ns, self.state)
         out: list[Chunk] = []
-        reasoning = _REASONING_RE.findall(bulk) if b'"reasoning' in bulk else []
-        if reasoning and (k := len(reasoning) - reasoning.count(b"")):
-            out.append(Chunk(t_ns, b"".join(reasoning).decode("utf-8", errors="replace"), True, k))
-        answers = _ANSWER_RE.findall(bulk)
-        if answers and (k := len(answers) - answers.count(b"")):
-            out.append(Chunk(t_ns, b"".join(answers).decode("utf-8", errors="replace"), False, k))
+        if b'"reasoning' in bulk:
+            reasoning = _REASONING_RE.findall(bulk)
+            if k := len(reasoning) - reasoning.count(b""):
+                text = b"".join(reasoning).decode("utf-8", errors="replace") if self.text else ""
+                out.append(Chunk(t_ns, text, True, k))
+        if self.text:
+            answers = _ANSWER_RE.findall(bulk)
+            if k := len(answers) - answers.count(b""):
+                out.append(Chunk(t_ns, b"".join(answers).decode("utf-8", errors="replace"), False, k))
+        elif k := bulk.count(self._key) - bulk.count(self._key + b'"'):
+            out.append(Chunk(t_ns, "", False, k))
         return out
 
 

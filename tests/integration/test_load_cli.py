@@ -107,3 +107,35 @@ def test_agent_chains_batches_and_replay_on_the_embedded_engine(tmp_path: Path, 
     assert all(abs(r["prompt_tokens"] - 64) <= 12 for r in recs), [r["prompt_tokens"] for r in recs]
     manifest = json.loads((replay / "manifest.json").read_text())
     assert manifest["trace"]["prompt_lengths"] == "backend tokenizer"
+
+
+def test_a_hundred_thousand_requests_at_concurrency_512_give_exactly_as_many_records(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "big"
+    sim = ["--backend", "sim", "--backend-arg", "ttft_ms=0", "--backend-arg", "itl_ms=0", "--no-progress"]
+    args = [
+        "run",
+        "chat",
+        "--requests",
+        "100000",
+        "--concurrency",
+        "512",
+        "--warmup",
+        "0",
+        "--max-tokens",
+        "4",
+    ]
+    res = run_cli([*args, "--out", str(out), *sim], cache_dir, timeout=900)
+    assert res.returncode == 0, res.stderr
+    seqs: list[int] = []
+    statuses: dict[str, int] = {}
+    with (out / "records.jsonl").open() as fh:
+        for line in fh:
+            r = json.loads(line)
+            seqs.append(r["seq"])
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    assert len(seqs) == 100_000
+    assert sorted(seqs) == list(range(100_000))  # every request once, none lost, none doubled
+    assert statuses == {"ok": 100_000}
+    assert summary(out)["scenarios"]["chat"]["requests"]["steady"] == 100_000

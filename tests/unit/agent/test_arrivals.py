@@ -67,3 +67,8 @@ def test_geometric_series_includes_the_stop() -> None:
     assert statistics.fmean(geometric_series(5, 5)) == 5
     with pytest.raises(ValueError):
         geometric_series(4, 2)
+
+
+def test_a_constant_schedule_does_not_drift_over_many_sends() -> None:
+    offsets = list(itertools.islice(schedule("constant", 10.0), 121))
+    assert offsets[120] == 12.0 and sum(1 for o in offsets if o < 12.0) == 120

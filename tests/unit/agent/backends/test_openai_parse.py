@@ -198,3 +198,42 @@ def test_whole_read_fast_path_equals_event_by_event_parsing(picks: list[int], cu
         slow += parse_payload(ev.data, 1, slow_state)
     assert totals(fast) == totals(slow)
     assert fast_state == slow_state and fast_state.done and fast_state.usage is not None
+
+
+@given(st.lists(st.integers(0, len(EVENTS) - 1), max_size=40), st.lists(st.integers(0, 4000), max_size=8))
+def test_counting_without_text_gives_the_same_chunks_and_state(picks: list[int], cuts: list[int]) -> None:
+    from agent.backends.openai import ChunkReader, _StreamState
+
+    stream = b"".join(EVENTS[i] for i in picks) + CLOSING
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    state = _StreamState()
+    reader = ChunkReader(state, text=False)
+    counted: list[Any] = []
+    for a, b in itertools.pairwise(bounds):
+        counted += reader.feed(stream[a:b], 1)
+    for ev in reader.close():
+        counted += parse_payload(ev.data, 1, state)
+    slow_state = _StreamState()
+    slow: list[Any] = []
+    for ev in SSEParser().feed(stream):
+        slow += parse_payload(ev.data, 1, slow_state)
+    answer, _, reasoning, _ = totals(slow)
+    assert totals(counted)[0] == answer and totals(counted)[2] == reasoning
+    assert state == slow_state
+
+
+def test_a_null_usage_on_every_event_keeps_the_fast_path_and_the_final_usage() -> None:
+    from agent.backends.openai import ChunkReader, _StreamState
+
+    ordinary = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"w"},"finish_reason":null}],"usage":null}\n\n'
+    )
+    closing = (
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":50}}\n\ndata: [DONE]\n\n'
+    )
+    state = _StreamState()
+    chunks = ChunkReader(state).feed(ordinary * 50 + closing, 5)
+    assert [(c.count, c.text) for c in chunks] == [(50, "w" * 50)]
+    assert state.done and state.finish_reason == "stop" and state.usage is not None
+    assert state.usage.output_tokens == 50

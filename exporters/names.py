@@ -1,0 +1,127 @@
+"""Every Prometheus metric infermeter exports: name, type, help, labels and buckets, in one place.
+
+Dashboards, alert rules and their tests read this catalogue; nothing else spells a metric name. Names
+carry base units (``_seconds``, ``_ratio``, ``_total``); labels are bounded (backend, model, scenario,
+status, reason, target) and never carry prompt text or request ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "CATALOGUE",
+    "GAP_BUCKETS",
+    "LATENCY_BUCKETS",
+    "PREFIX",
+    "SCENARIO_LABELS",
+    "MetricSpec",
+    "by_name",
+    "exposed_names",
+]
+
+PREFIX = "infermeter_"
+
+#: Request-scale latencies: sub-millisecond (a cached prefill on a fast GPU) to five minutes (a long
+#: generation on a CPU); dense where chat TTFT and E2E usually sit.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
+    1.0, 1.5, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+#: Token-scale gaps (ITL, TPOT): 0.5 ms to 2.5 s, dense between 5 and 100 ms.
+GAP_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+SCENARIO_LABELS: tuple[str, ...] = ("backend", "model", "scenario")
+
+Kind = Literal["counter", "gauge", "histogram", "info"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: its name without the ``_total``/``_bucket`` suffixes Prometheus adds."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = SCENARIO_LABELS
+    buckets: tuple[float, ...] | None = None
+
+    def exposed(self) -> tuple[str, ...]:
+        """The series names a scrape shows for this metric."""
+        if self.kind == "counter":
+            return (f"{self.name}_total",)
+        if self.kind == "histogram":
+            return tuple(f"{self.name}{s}" for s in ("_bucket", "_sum", "_count"))
+        if self.kind == "info":
+            return (f"{self.name}_info",)
+        return (self.name,)
+
+
+def _h(name: str, help_: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> MetricSpec:
+    return MetricSpec(PREFIX + name, "histogram", help_, buckets=buckets)
+
+
+def _g(name: str, help_: str, labels: tuple[str, ...] = SCENARIO_LABELS) -> MetricSpec:
+    return MetricSpec(PREFIX + name, "gauge", help_, labels)
+
+
+def _c(name: str, help_: str, labels: tuple[str, ...] = SCENARIO_LABELS) -> MetricSpec:
+    return MetricSpec(PREFIX + name, "counter", help_, labels)
+
+
+TTFT = _h("ttft_seconds", "Time to first output token, from the intended send time (wall clock).")
+ITL = _h("itl_seconds", "Every gap between consecutive output chunks (wall clock), pooled.", GAP_BUCKETS)
+TPOT = _h("tpot_seconds", "Per-request time per output token: (E2E - TTFT) / (tokens - 1).", GAP_BUCKETS)
+E2E = _h("e2e_seconds", "End-to-end request latency, from the intended send time (wall clock).")
+PREFILL = _h("native_prefill_seconds", "Server-reported prefill (prompt processing) time.")
+DECODE = _h("native_decode_seconds", "Server-reported decode (generation) time.")
+REQUESTS = _c(
+    "requests",
+    "Finished requests by status (ok, degraded) and degraded reason ('none' when ok).",
+    (*SCENARIO_LABELS, "status", "reason"),
+)
+PROMPT_TOKENS = _c("prompt_tokens", "Prompt tokens of ok requests, as the server or engine counted them.")
+OUTPUT_TOKENS = _c("output_tokens", "Output tokens of ok requests.")
+COLD_STARTS = _c("cold_starts", "Requests marked cold (model load, first request, or after an idle gap).")
+DECODE_FRACTION = _g("decode_fraction", "Decode share of native prefill + decode over the recent window.")
+NATIVE_TOK_S = _g(
+    "native_tokens_per_second", "Output tokens per second of server-reported decode time, recent window."
+)
+WALL_TOK_S = _g("wall_tokens_per_second", "Mean per-request output tokens per E2E second, recent window.")
+OVERHEAD = _g(
+    "http_overhead_ratio",
+    "Mean (native tok/s / wall tok/s - 1) over the recent window: time outside server decode.",
+)
+IN_FLIGHT = _g("in_flight_requests", "Requests sent and not yet finished.")
+WARMUP_RATIO = _g(
+    "warmup_ratio", "Median warmup E2E / median steady E2E (METHOD §2); 1 means no warmup cost."
+)
+LAST_SUCCESS = _g("last_success_timestamp_seconds", "Unix time of the last ok request.")
+BACKEND_UP = _g(
+    "backend_up", "1 when the last probe or request reached the backend, 0 when it failed to connect."
+)
+WINDOW = _g("window_requests", "Requests in the recent window the window gauges are computed over.")
+BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",))
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    TTFT, ITL, TPOT, E2E, PREFILL, DECODE, REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS, COLD_STARTS,
+    DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD, IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS,
+    BACKEND_UP, WINDOW, BUILD,
+)  # fmt: skip
+
+
+def by_name(name: str) -> MetricSpec:
+    """The spec owning ``name`` (a base name or any exposed series name)."""
+    for spec in CATALOGUE:
+        if name == spec.name or name in spec.exposed():
+            return spec
+    raise KeyError(f"no infermeter metric named {name!r}")
+
+
+def exposed_names() -> frozenset[str]:
+    """Every series name a scrape can show (``_bucket``/``_sum``/``_count``/``_total`` included)."""
+    return frozenset(n for spec in CATALOGUE for n in spec.exposed())

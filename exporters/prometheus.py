@@ -1,0 +1,192 @@
+"""Records → Prometheus metrics in an explicit registry (never the process-global one).
+
+``RecordMetrics.observe(record)`` is the whole interface for request records: histograms and counters
+update at once; the window gauges (decode fraction, tokens/s, overhead) are recomputed at each
+``render()`` (each scrape) over the records of the last ``window_s`` seconds per (backend, model,
+scenario), so their cost follows the scrape rate, not the request rate. Warmup records feed only the
+warmup ratio; they never enter the latency histograms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.exposition import generate_latest
+
+from agent.record import RequestRecord
+from exporters import names
+
+__all__ = ["RecordMetrics"]
+
+Key = tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class _Window:
+    """Recent ok records' figures for one label set, bounded in time and in count."""
+
+    span_s: float
+    cap: int
+    rows: deque[tuple[float, RequestRecord]] = field(default_factory=deque)
+    warmup_e2e: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    steady_e2e: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def add(self, now: float, record: RequestRecord) -> None:
+        self.rows.append((now, record))
+        if len(self.rows) > self.cap:
+            self.rows.popleft()
+
+    def prune(self, now: float) -> list[RequestRecord]:
+        while self.rows and self.rows[0][0] < now - self.span_s:
+            self.rows.popleft()
+        return [r for _, r in self.rows]
+
+
+class RecordMetrics:
+    """The exporter's state: every metric of ``exporters.names`` registered in ``registry``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        window_s: float = 60.0,
+        window_cap: int = 10_000,
+        version: str = "unknown",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # `_created` series double the series count and no dashboard or rule reads them (process-wide)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.window_s = window_s
+        self.window_cap = window_cap
+        self._clock = clock
+        self._windows: dict[Key, _Window] = {}
+        r = self.registry
+
+        def hist(spec: names.MetricSpec) -> Histogram:
+            return Histogram(spec.name, spec.help, spec.labels, registry=r, buckets=spec.buckets or ())
+
+        def gauge(spec: names.MetricSpec) -> Gauge:
+            return Gauge(spec.name, spec.help, spec.labels, registry=r)
+
+        def counter(spec: names.MetricSpec) -> Counter:
+            return Counter(spec.name, spec.help, spec.labels, registry=r)
+
+        self.ttft, self.itl, self.tpot = hist(names.TTFT), hist(names.ITL), hist(names.TPOT)
+        self.e2e, self.prefill, self.decode = hist(names.E2E), hist(names.PREFILL), hist(names.DECODE)
+        self.requests = counter(names.REQUESTS)
+        self.prompt_tokens = counter(names.PROMPT_TOKENS)
+        self.output_tokens = counter(names.OUTPUT_TOKENS)
+        self.cold_starts = counter(names.COLD_STARTS)
+        self.decode_fraction = gauge(names.DECODE_FRACTION)
+        self.native_tok_s = gauge(names.NATIVE_TOK_S)
+        self.wall_tok_s = gauge(names.WALL_TOK_S)
+        self.overhead = gauge(names.OVERHEAD)
+        self.in_flight = gauge(names.IN_FLIGHT)
+        self.warmup_ratio = gauge(names.WARMUP_RATIO)
+        self.last_success = gauge(names.LAST_SUCCESS)
+        self.backend_up = gauge(names.BACKEND_UP)
+        self.window = gauge(names.WINDOW)
+        Info(names.BUILD.name, names.BUILD.help, registry=r).info({"version": version})
+
+    # ---- request records ------------------------------------------------------------------------
+
+    def observe(self, record: RequestRecord) -> None:
+        """Fold one finished request record into every metric it touches."""
+        key: Key = (record.backend, record.model, record.scenario)
+        window = self._window(key)
+        if record.is_warmup:
+            if record.status == "ok" and record.e2e_ms is not None:
+                window.warmup_e2e.append(record.e2e_ms)
+                self._set_warmup_ratio(key, window)
+            return
+        self.requests.labels(*key, record.status, record.reason or "none").inc()
+        if record.cold_start:
+            self.cold_starts.labels(*key).inc()
+        if record.status != "ok":
+            return
+        now = self._clock()
+        self.last_success.labels(*key).set(now)
+        _observe_ms(self.ttft, key, record.ttft_ms)
+        _observe_ms(self.tpot, key, record.tpot_ms)
+        _observe_ms(self.e2e, key, record.e2e_ms)
+        _observe_ms(self.prefill, key, record.prefill_ms)
+        _observe_ms(self.decode, key, record.decode_ms)
+        if record.itl_ms:
+            child = self.itl.labels(*key)
+            for gap in record.itl_ms:
+                child.observe(gap / 1000)
+        if record.prompt_tokens:
+            self.prompt_tokens.labels(*key).inc(record.prompt_tokens)
+        if record.output_tokens:
+            self.output_tokens.labels(*key).inc(record.output_tokens)
+        if record.e2e_ms is not None and not record.cold_start:
+            window.steady_e2e.append(record.e2e_ms)
+            self._set_warmup_ratio(key, window)
+        window.add(now, record)
+
+    def set_backend_up(self, backend: str, model: str, scenario: str, up: bool) -> None:
+        """Whether the backend answered (set by a daemon probe or a run's start)."""
+        self.backend_up.labels(backend, model, scenario).set(1 if up else 0)
+
+    def track_in_flight(self, backend: str, model: str, scenario: str, read: Callable[[], float]) -> None:
+        """Read the in-flight count from ``read`` at every scrape."""
+        self.in_flight.labels(backend, model, scenario).set_function(read)
+
+    def refresh(self) -> None:
+        """Recompute the window gauges (``render`` does this before every exposition)."""
+        now = self._clock()
+        for key, window in self._windows.items():
+            self._set_window_gauges(key, window.prune(now))
+
+    def render(self) -> bytes:
+        """The text exposition of the registry (what ``/metrics`` serves)."""
+        self.refresh()
+        return generate_latest(self.registry)
+
+    # ---- window gauges --------------------------------------------------------------------------
+
+    def _window(self, key: Key) -> _Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(self.window_s, self.window_cap)
+        return window
+
+    def _set_window_gauges(self, key: Key, rows: list[RequestRecord]) -> None:
+        """Set each window gauge, or drop its series when the window has nothing to say."""
+        self.window.labels(*key).set(len(rows))
+        decode_s = sum(r.decode_ms for r in rows if r.decode_ms is not None) / 1000
+        native_tokens = sum(r.output_tokens or 0 for r in rows if r.decode_ms is not None)
+        wall = [r.wall_tok_s for r in rows if r.wall_tok_s is not None]
+        fractions = [r.decode_fraction for r in rows if r.decode_fraction is not None]
+        overheads = [r.overhead_pct / 100 for r in rows if r.overhead_pct is not None]
+        _set_or_drop(self.native_tok_s, key, native_tokens / decode_s if decode_s > 0 else None)
+        _set_or_drop(self.wall_tok_s, key, statistics.fmean(wall) if wall else None)
+        _set_or_drop(self.decode_fraction, key, statistics.fmean(fractions) if fractions else None)
+        _set_or_drop(self.overhead, key, statistics.fmean(overheads) if overheads else None)
+
+    def _set_warmup_ratio(self, key: Key, window: _Window) -> None:
+        if window.warmup_e2e and window.steady_e2e:
+            steady = statistics.median(window.steady_e2e)
+            if steady > 0:
+                self.warmup_ratio.labels(*key).set(statistics.median(window.warmup_e2e) / steady)
+
+
+def _observe_ms(hist: Histogram, key: Key, value_ms: float | None) -> None:
+    if value_ms is not None:
+        hist.labels(*key).observe(value_ms / 1000)
+
+
+def _set_or_drop(gauge: Gauge, key: Key, value: float | None) -> None:
+    """A stale window figure is worse than none: without a value the series goes away."""
+    if value is not None:
+        gauge.labels(*key).set(value)
+    else:
+        with contextlib.suppress(KeyError):
+            gauge.remove(*key)

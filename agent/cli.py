@@ -135,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     _load_flags(sweep)
     _backend_flags(sweep)
 
+    daemon = sub.add_parser("daemon", help="probe targets at a low rate forever; serve /metrics and /status")
+    daemon.add_argument("--config", type=Path, required=True, help="daemon YAML (targets, probe, sampling)")
+    daemon.add_argument("--check", action="store_true", help="validate the config and exit")
+
     replay = sub.add_parser("replay", help="replay a recorded trace on its own clock")
     replay.add_argument("trace", type=Path, help="trace file: our JSONL, Azure CSV or Mooncake JSONL")
     replay.add_argument("--format", choices=["auto", "jsonl", "azure", "mooncake"], default="auto")
@@ -242,6 +246,21 @@ def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coro)
 
 
+def _cmd_daemon(ns: argparse.Namespace, settings: Settings, err: Console) -> int:
+    from agent.daemon import Daemon
+    from agent.daemon_config import load_daemon_config
+
+    config = load_daemon_config(ns.config)
+    if ns.check:  # every target built (backend args, scenario) without contacting any backend
+        targets = Daemon(ns.config).build_targets(config)
+        err.print(f"{ns.config}: config ok; targets {', '.join(targets)}")
+        return 0
+    # a daemon's log goes to a collector: JSON, one event per state change (info unless debug is asked)
+    level = "debug" if settings.log_level.lower() == "debug" else "info"
+    _configure_logging(settings.model_copy(update={"log_json": True, "log_level": level}))
+    return _run_loop(Daemon(ns.config).run())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``infermeter`` console script."""
     ns = _parser().parse_args(argv)
@@ -257,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_loop(_sim_server(ns, err))
         if ns.command == "import-trace":
             return cmd_import_trace(ns, err)
+        if ns.command == "daemon":
+            return _cmd_daemon(ns, settings, err)
         command = {"run": cmd_run, "sweep": cmd_sweep, "replay": cmd_replay}[ns.command]
         return _run_loop(command(ns, settings, err))
     except ConfigError as e:

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.exposition import generate_latest
@@ -27,25 +28,38 @@ __all__ = ["RecordMetrics"]
 Key = tuple[str, str, str]
 
 
+class _Row(NamedTuple):
+    """What the window gauges need of one ok record (the record itself is not kept)."""
+
+    t: float
+    decode_ms: float | None
+    output_tokens: int | None
+    wall_tok_s: float | None
+    decode_fraction: float | None
+    overhead_pct: float | None
+
+
 @dataclass(slots=True)
 class _Window:
     """Recent ok records' figures for one label set, bounded in time and in count."""
 
     span_s: float
     cap: int
-    rows: deque[tuple[float, RequestRecord]] = field(default_factory=deque)
+    rows: deque[_Row] = field(default_factory=deque)
     warmup_e2e: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     steady_e2e: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
-    def add(self, now: float, record: RequestRecord) -> None:
-        self.rows.append((now, record))
+    def add(self, now: float, r: RequestRecord) -> None:
+        self.rows.append(
+            _Row(now, r.decode_ms, r.output_tokens, r.wall_tok_s, r.decode_fraction, r.overhead_pct)
+        )
         if len(self.rows) > self.cap:
             self.rows.popleft()
 
-    def prune(self, now: float) -> list[RequestRecord]:
-        while self.rows and self.rows[0][0] < now - self.span_s:
+    def prune(self, now: float) -> list[_Row]:
+        while self.rows and self.rows[0].t < now - self.span_s:
             self.rows.popleft()
-        return [r for _, r in self.rows]
+        return list(self.rows)
 
 
 class RecordMetrics:
@@ -158,7 +172,7 @@ class RecordMetrics:
             window = self._windows[key] = _Window(self.window_s, self.window_cap)
         return window
 
-    def _set_window_gauges(self, key: Key, rows: list[RequestRecord]) -> None:
+    def _set_window_gauges(self, key: Key, rows: list[_Row]) -> None:
         """Set each window gauge, or drop its series when the window has nothing to say."""
         self.window.labels(*key).set(len(rows))
         decode_s = sum(r.decode_ms for r in rows if r.decode_ms is not None) / 1000

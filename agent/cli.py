@@ -19,7 +19,16 @@ from rich.text import Text
 
 from agent import __version__
 from agent.backends import available
-from agent.commands import EXIT_FAILED, EXIT_OK, cmd_import_trace, cmd_replay, cmd_run, cmd_sweep, kv
+from agent.commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    cmd_calibrate,
+    cmd_import_trace,
+    cmd_replay,
+    cmd_run,
+    cmd_sweep,
+    kv,
+)
 from agent.errors import ConfigError, InfermeterError
 from agent.launch import targets_for
 from agent.scenario import list_builtin, load_scenario
@@ -58,6 +67,18 @@ def _error(err: Console, message: object) -> None:
     err.print(Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True)
 
 
+def _energy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--energy", default="auto", help="power source: auto (NVML if present), nvml, off, replay:TRACE.csv"
+    )
+    p.add_argument("--energy-interval", default="100ms", help="power poll period (default 100ms)")
+    p.add_argument(
+        "--energy-baseline",
+        default="auto",
+        help="idle baseline: auto (stored `calibrate` result, else 10 s before the load), off, or a duration",
+    )
+
+
 def _backend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="embedded", help=f"one of: {', '.join(available())}")
     p.add_argument("--base-url", help="server URL for HTTP backends (openai, ollama, sim)")
@@ -75,6 +96,7 @@ def _backend_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _energy_flags(p)
     p.add_argument(
         "--serve-metrics", action="store_true", help="expose Prometheus /metrics while the run lasts"
     )
@@ -134,6 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--all-stages", action="store_true", help="run every stage, even past saturation")
     _load_flags(sweep)
     _backend_flags(sweep)
+
+    cal = sub.add_parser("calibrate", help="measure idle GPU power and store it as the energy baseline")
+    cal.add_argument("--seconds", default="30", help="how long to sample idle power (default 30)")
+    _energy_flags(cal)
 
     daemon = sub.add_parser("daemon", help="probe targets at a low rate forever; serve /metrics and /status")
     daemon.add_argument("--config", type=Path, required=True, help="daemon YAML (targets, probe, sampling)")
@@ -206,7 +232,7 @@ def _cmd_summarize(ns: argparse.Namespace, err: Console) -> int:
         if "trace" in manifest:
             for t in targets.values():
                 t["load"]["arrival"] = "trace"
-    summary = summarize(loaded.records, targets)
+    summary = summarize(loaded.records, targets, ns.run_dir if ns.run_dir.is_dir() else None)
     if ns.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
@@ -276,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_loop(_sim_server(ns, err))
         if ns.command == "import-trace":
             return cmd_import_trace(ns, err)
+        if ns.command == "calibrate":
+            return cmd_calibrate(ns, settings, err)
         if ns.command == "daemon":
             return _cmd_daemon(ns, settings, err)
         command = {"run": cmd_run, "sweep": cmd_sweep, "replay": cmd_replay}[ns.command]

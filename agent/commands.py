@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
 import uuid
@@ -18,8 +19,11 @@ from rich.table import Table
 from agent import __version__
 from agent.backends import create
 from agent.backends.base import Backend
+from agent.energy.base import Baseline, EnergyError
+from agent.energy.meter import EnergyMeter
+from agent.energy.sources import open_source
 from agent.errors import ConfigError
-from agent.launch import Launch, LaunchResult, MetricsEndpoint, StagePlan, Tenant, targets_for
+from agent.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, StagePlan, Tenant, targets_for
 from agent.manifest import build_manifest, write_json_atomic
 from agent.record import RequestRecord
 from agent.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, parse_duration, resolve_scenario
@@ -32,7 +36,16 @@ from analysis.sweep import analyse, point, saturation
 from exporters.http import MetricsServer
 from exporters.prometheus import RecordMetrics
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "cmd_import_trace", "cmd_replay", "cmd_run", "cmd_sweep", "kv"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "cmd_calibrate",
+    "cmd_import_trace",
+    "cmd_replay",
+    "cmd_run",
+    "cmd_sweep",
+    "kv",
+]
 
 logger = structlog.get_logger(__name__)
 
@@ -168,8 +181,86 @@ def _start(
     write_json_atomic(out / "manifest.json", manifest)
     backend = create(ns.backend, backend_args(ns, settings, out, in_flight))
     return Launch(
-        backend, out, manifest, run_id=run_id, err=err, progress=not ns.no_progress, metrics=_metrics(ns)
+        backend,
+        out,
+        manifest,
+        run_id=run_id,
+        err=err,
+        progress=not ns.no_progress,
+        metrics=_metrics(ns),
+        energy=energy_plan(ns, settings),
     )
+
+
+def _seconds(value: str, flag: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"{flag}: {e}") from e
+    if not seconds or seconds <= 0:
+        raise ConfigError(f"{flag} must be a positive duration, got {value!r}")
+    return seconds
+
+
+def energy_plan(ns: argparse.Namespace, settings: Settings) -> EnergyPlan:
+    """The energy meter from ``--energy``, ``--energy-interval`` and ``--energy-baseline``.
+
+    Baseline ``auto`` takes the stored ``infermeter calibrate`` result for the same source and GPUs, else
+    measures 10 s of idle power before the load; ``off`` measures power but attributes no energy.
+    """
+    interval = _seconds(getattr(ns, "energy_interval", "100ms"), "--energy-interval")
+    try:
+        source = open_source(getattr(ns, "energy", "auto"))
+    except EnergyError as e:
+        raise ConfigError(f"--energy: {e}") from e
+    meter = EnergyMeter(source, interval_s=interval)
+    choice = getattr(ns, "energy_baseline", "auto")
+    if source.unavailable or choice == "off":
+        return EnergyPlan(meter)
+    if choice == "auto":
+        meter.baseline = stored_baseline(settings, source.describe())
+        return EnergyPlan(meter, None if meter.baseline else 10.0)
+    return EnergyPlan(meter, _seconds(choice, "--energy-baseline"))
+
+
+def _baseline_file(settings: Settings) -> Path:
+    return settings.cache_dir / "energy-baseline.json"
+
+
+def stored_baseline(settings: Settings, source: dict[str, Any]) -> Baseline | None:
+    """The calibrated baseline when it was taken on the same source and GPUs."""
+    path = _baseline_file(settings)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("source") != source:
+        return None
+    b = data.get("baseline", {})
+    return Baseline(float(b["mean_w"]), float(b["sd_w"]), int(b["n"]), str(b.get("source", "")))
+
+
+def cmd_calibrate(ns: argparse.Namespace, settings: Settings, err: Console) -> int:
+    """``infermeter calibrate``: measure idle power and store it as the baseline for later runs."""
+    seconds = _seconds(ns.seconds, "--seconds")
+    plan = energy_plan(ns, settings)
+    meter = plan.meter
+    if meter.source.unavailable:
+        err.print(f"energy: unavailable — {meter.source.unavailable}; nothing to calibrate")
+        return EXIT_FAILED
+    try:
+        with err.status(f"measuring idle power for {seconds:g} s — keep the GPUs idle"):
+            baseline = meter.calibrate(seconds)
+    finally:
+        meter.stop()
+    path = _baseline_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"source": meter.source.describe(), "baseline": baseline.to_dict(), "taken_unix_s": time.time()}
+    write_json_atomic(path, record)
+    err.print(
+        f"idle baseline {baseline.mean_w:.1f} W ± {baseline.sd_w:.1f} W over {baseline.n} samples → {path}"
+    )
+    return EXIT_OK
 
 
 def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:
@@ -217,7 +308,7 @@ async def cmd_run(ns: argparse.Namespace, settings: Settings, err: Console) -> i
         raise ConfigError(f"each tenant needs its own scenario name; got {', '.join(names)}")
     launch = _start(ns, settings, scenarios, sum(_in_flight(sc) for sc in scenarios), err)
     result = await launch.run([StagePlan(None, [Tenant(sc) for sc in scenarios])])
-    summary = summarize(load_records(launch.out).records, _targets(scenarios))
+    summary = summarize(load_records(launch.out).records, _targets(scenarios), launch.out)
     Console().print(render_summary(summary))
     return _finish(launch, result, summary, err)
 
@@ -380,7 +471,7 @@ async def cmd_replay(ns: argparse.Namespace, settings: Settings, err: Console) -
     result = await launch.run([], prepare=prepare)
     targets = _targets([sc])
     targets[sc.name]["load"]["arrival"] = "trace"
-    summary = summarize(load_records(launch.out).records, targets)
+    summary = summarize(load_records(launch.out).records, targets, launch.out)
     Console().print(render_summary(summary))
     return _finish(launch, result, summary, err)
 

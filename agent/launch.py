@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.backends.base import Backend
+from agent.energy.meter import EnergyMeter
 from agent.errors import InfermeterError
 from agent.manifest import write_json_atomic
 from agent.record import ChainRecord, GenerationRequest, RequestRecord
@@ -29,7 +30,7 @@ from agent.scenario import Scenario
 from exporters.http import MetricsServer
 from exporters.jsonl import JsonlWriter
 
-__all__ = ["Launch", "MetricsEndpoint", "StagePlan", "Tenant", "targets_for"]
+__all__ = ["EnergyPlan", "Launch", "MetricsEndpoint", "StagePlan", "Tenant", "targets_for"]
 
 logger = structlog.get_logger(__name__)
 
@@ -108,6 +109,14 @@ class MetricsEndpoint:
     linger_s: float = 0.0
 
 
+@dataclass(slots=True)
+class EnergyPlan:
+    """The run's energy meter and, when no stored baseline applies, how long to measure idle first."""
+
+    meter: EnergyMeter
+    baseline_s: float | None = None
+
+
 class Launch:
     """One run directory, one backend, a list of stages."""
 
@@ -121,6 +130,7 @@ class Launch:
         err: Console,
         progress: bool = True,
         metrics: MetricsEndpoint | None = None,
+        energy: EnergyPlan | None = None,
     ) -> None:
         self.backend = backend
         self.out = out
@@ -129,6 +139,7 @@ class Launch:
         self.err = err
         self.show_progress = progress
         self.metrics = metrics
+        self.energy = energy
 
     def _save_manifest(self) -> None:
         write_json_atomic(self.out / "manifest.json", self.manifest)
@@ -174,7 +185,11 @@ class Launch:
                 if prepare is not None:
                     with self.err.status("preparing requests"):
                         stages = await prepare(self.backend)
-                result = await self._stages(stages, stop, received, after_stage)
+                await self._start_energy()
+                try:
+                    result = await self._stages(stages, stop, received, after_stage)
+                finally:
+                    self._finish_energy()
             finally:
                 await self.backend.close()
             if self.metrics is not None and self.metrics.linger_s and not stop.is_set():
@@ -226,7 +241,9 @@ class Launch:
                 ]
                 if self.metrics is not None:
                     self._watch(runners)
+                stage_start = time.perf_counter_ns()
                 outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
+                await self._energy_stage(plan.label or "steady", stage_start, time.perf_counter_ns())
                 result.stages_run.append(plan)
                 _merge(result.outcome, outcomes)
                 if result.outcome.interrupted:
@@ -242,10 +259,51 @@ class Launch:
         self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
         return result
 
+    async def _start_energy(self) -> None:
+        """Idle baseline (stored or measured now, with the model loaded and idle), then the poller."""
+        plan = self.energy
+        if plan is None:
+            return
+        meter = plan.meter
+        if meter.source.unavailable is None and meter.baseline is None and plan.baseline_s:
+            with self.err.status(f"measuring idle power for {plan.baseline_s:g} s (energy baseline)"):
+                await asyncio.to_thread(meter.calibrate, plan.baseline_s)
+        meter.start()
+        if meter.unavailable:
+            self.err.print(f"energy: unavailable — {meter.unavailable}")
+
+    def _finish_energy(self) -> None:
+        plan = self.energy
+        if plan is None:
+            return
+        meter = plan.meter
+        meter.stop()
+        info = meter.describe()
+        if meter.unavailable is None:
+            samples = meter.write_trace(self.out / "power.csv")
+            write_json_atomic(
+                self.out / "energy.json",
+                {"baseline": info.get("baseline"), "poller": info.get("poller"), "stages": meter.stages},
+            )
+            info["samples_file"] = f"power.csv ({samples} samples)"
+        self.manifest["energy"] = info
+        self._save_manifest()
+
+    async def _energy_stage(self, label: str, start_ns: int, end_ns: int) -> None:
+        plan = self.energy
+        if plan is None or plan.meter.unavailable:
+            return
+        deadline = time.monotonic() + plan.meter.max_wait_s
+        while not plan.meter.ready(end_ns) and time.monotonic() < deadline:  # noqa: ASYNC110 - a sample on another thread, no event
+            await asyncio.sleep(0.01)
+        plan.meter.stage(label, start_ns, end_ns)
+
     def _watch(self, runners: list[Runner]) -> None:
         """Backend up and live in-flight gauges for each tenant of the stage about to run."""
         assert self.metrics is not None
         m = self.metrics.server.metrics
+        if self.energy is not None and not self.energy.meter.source.unavailable:
+            m.track_gpus(self.energy.meter.poller.latest)
         for r in runners:
             labels = (self.backend.name, self.backend.model, r.scenario.name)
             m.set_backend_up(*labels, up=True)
@@ -276,6 +334,7 @@ class Launch:
             chain_sink=write_chain,
             cold=cold,
             origin_ns=origin,
+            annotator=self.energy.meter if self.energy and not self.energy.meter.unavailable else None,
         )
 
 

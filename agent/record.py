@@ -212,6 +212,15 @@ class RequestRecord(BaseModel):
     wall_tok_s: float | None = None
     overhead_pct: float | None = None
     decode_fraction: float | None = None
+    # energy (METHOD §5): only where the power samples can see the request; see `energy_quality`
+    energy_j: float | None = None
+    energy_quality: Literal["good", "no_data", "counter"] | None = None
+    energy_samples: int | None = None
+    power_delta_w: float | None = None
+    prefill_energy_j: float | None = None
+    prefill_energy_quality: Literal["good", "no_data", "counter"] | None = None
+    decode_energy_j: float | None = None
+    decode_energy_quality: Literal["good", "no_data", "counter"] | None = None
     output_text: str | None = None
 
 
@@ -280,9 +289,18 @@ class Measurement:
             self.end = event
 
     def to_record(
-        self, ident: RecordIdentity, *, failure: tuple[str, str] | None = None, now_ns: int | None = None
+        self,
+        ident: RecordIdentity,
+        *,
+        failure: tuple[str, str] | None = None,
+        now_ns: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> RequestRecord:
-        """Build the record; ``failure`` is ``(reason, detail)`` for a degraded request."""
+        """Build the record.
+
+        ``failure`` is ``(reason, detail)`` for a degraded request; ``extra`` adds fields measured
+        elsewhere (energy).
+        """
         t0 = self.intended_ns
         end_ns = self.end.t_ns if self.end is not None else now_ns
         e2e = _ms(end_ns - t0) if end_ns is not None else None
@@ -333,6 +351,8 @@ class Measurement:
         elif ident.cold_cause is not None:
             fields.update(cold_start=True, cold_cause=ident.cold_cause)
         fields.update(_derived(fields))
+        if extra:
+            fields.update(extra)
         if failure is not None:
             return RequestRecord(status="degraded", reason=failure[0], detail=failure[1] or None, **fields)
         record = RequestRecord(status="ok", **fields)

@@ -31,9 +31,22 @@ from agent.record import (
 )
 from agent.scenario import MAX_IN_FLIGHT, Scenario
 
-__all__ = ["ColdTracker", "RecordSink", "RunOutcome", "Runner", "expected_records"]
+__all__ = ["Annotator", "ColdTracker", "RecordSink", "RunOutcome", "Runner", "expected_records"]
 
 logger = structlog.get_logger(__name__)
+
+
+class Annotator(Protocol):
+    """Adds fields measured outside the stream to a finished request's record (the energy meter)."""
+
+    #: how long the writer may hold a record waiting for ``ready``
+    max_wait_s: float
+
+    def ready(self, end_ns: int) -> bool:
+        """Whether everything needed to annotate a request that ended at ``end_ns`` has arrived."""
+
+    def request_fields(self, sent_ns: int, first_ns: int | None, end_ns: int) -> dict[str, Any]:
+        """Extra record fields for a request sent at ``sent_ns`` whose first token came at ``first_ns``."""
 
 
 class RecordSink(Protocol):
@@ -174,6 +187,7 @@ class Runner:
         chain_sink: Callable[[ChainRecord], None] | None = None,
         cold: ColdTracker | None = None,
         origin_ns: int | None = None,
+        annotator: Annotator | None = None,
     ) -> None:
         self.scenario = scenario
         self.backend = backend
@@ -182,6 +196,7 @@ class Runner:
         self.on_record = on_record
         self.chain_sink = chain_sink
         self.load_stage = load_stage
+        self.annotator = annotator
         self.cold = cold or ColdTracker(scenario.load.idle_gap)
         self._requests: Iterator[GenerationRequest] = requests or scenario.requests_iter()
         self._offsets = offsets
@@ -239,12 +254,18 @@ class Runner:
             await self._backlog_ready.wait()
             self._backlog_ready.clear()
             while self._backlog:
-                self._emit(self._backlog.popleft().record())
+                first = self._backlog[0]
+                if self.annotator is not None:
+                    waited = 0.0
+                    while not self.annotator.ready(first.end_ns) and waited < self.annotator.max_wait_s:
+                        await asyncio.sleep(0.01)
+                        waited += 0.01
+                self._emit(self._backlog.popleft().record(self.annotator))
                 await asyncio.sleep(0)
 
     def _flush_backlog(self) -> None:
         while self._backlog:
-            self._emit(self._backlog.popleft().record())
+            self._emit(self._backlog.popleft().record(self.annotator))
 
     async def _stages(self) -> None:
         sc = self.scenario
@@ -542,7 +563,7 @@ class Runner:
             self._backlog.append(_Finished(m, ident, failure, end))
             self._backlog_ready.set()
             return None
-        record = m.to_record(ident, failure=failure, now_ns=end)
+        record = _Finished(m, ident, failure, end).record(self.annotator)
         self._emit(record)
         return record
 
@@ -577,8 +598,13 @@ class _Finished:
     failure: tuple[str, str] | None
     end_ns: int
 
-    def record(self) -> RequestRecord:
-        return self.measurement.to_record(self.ident, failure=self.failure, now_ns=self.end_ns)
+    def record(self, annotator: Annotator | None = None) -> RequestRecord:
+        m = self.measurement
+        extra = None
+        if annotator is not None:
+            end = m.end.t_ns if m.end is not None else self.end_ns
+            extra = annotator.request_fields(m.sent_ns, m.text_ns[0] if m.text_ns else None, end)
+        return m.to_record(self.ident, failure=self.failure, now_ns=self.end_ns, extra=extra)
 
 
 async def _until(t_ns: int) -> None:

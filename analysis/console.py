@@ -111,5 +111,26 @@ def _load_line(load: dict[str, Any]) -> str:
 
 
 def render_summary(summary: dict[str, Any]) -> Group:
-    """Every scenario in the summary, in order."""
-    return Group(*(_scenario(name, s) for name, s in summary["scenarios"].items()))
+    """Every scenario in the summary, in order, then the run's energy line."""
+    parts: list[Any] = [_scenario(name, s) for name, s in summary["scenarios"].items()]
+    energy = summary.get("energy")
+    if energy is not None:
+        parts.append(Text(energy_line(energy)))
+    return Group(*parts)
+
+
+def energy_line(energy: dict[str, Any]) -> str:
+    """One line: J/token and kWh per 1M tokens from macro windows, and request-window coverage."""
+    if "stages" not in energy:
+        return f"energy          {energy['status']}"
+    bits = []
+    for st in energy["stages"]:
+        if st["j_per_token"] is None:
+            bits.append(f"{st['stage']}: {st['quality']} (no J/token)")
+        else:
+            bits.append(
+                f"{st['stage']}: {st['j_per_token']:.3f} J/token, {st['kwh_per_1m_tokens']:.3f} kWh/1M tokens"
+            )
+    share = energy["requests"]["no_data_share"]
+    seen = "" if share is None else f"; request windows without data {share * 100:.0f} %"
+    return "energy          " + "; ".join(bits) + seen

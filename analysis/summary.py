@@ -9,10 +9,12 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from agent.arrivals import burstiness_of
 from agent.record import RequestRecord
+from analysis.energy import energy_summary
 from analysis.stats import describe, median
 
 __all__ = [
@@ -30,17 +32,29 @@ WARMUP_RATIO_LIMIT = 10.0
 
 
 def summarize(
-    records: Iterable[RequestRecord], targets: dict[str, dict[str, Any]] | None = None
+    records: Iterable[RequestRecord],
+    targets: dict[str, dict[str, Any]] | None = None,
+    run_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Summaries keyed by scenario; ``targets`` maps scenario → {prompt_tokens, output_tokens}."""
+    """Summaries keyed by scenario; ``targets`` maps scenario → {prompt_tokens, output_tokens}.
+
+    With ``run_dir``, the run's energy block (macro windows, request-window coverage) is added.
+    """
     by_scenario: dict[str, list[RequestRecord]] = defaultdict(list)
+    everything: list[RequestRecord] = []
     for r in records:
         by_scenario[r.scenario].append(r)
+        everything.append(r)
     targets = targets or {}
-    return {
+    out: dict[str, Any] = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "scenarios": {name: _scenario(recs, targets.get(name, {})) for name, recs in by_scenario.items()},
     }
+    if run_dir is not None:
+        energy = energy_summary(run_dir, everything)
+        if energy is not None:
+            out["energy"] = energy
+    return out
 
 
 def summarize_stages(

@@ -2,7 +2,7 @@
 
 Dashboards, alert rules and their tests read this catalogue; nothing else spells a metric name. Names
 carry base units (``_seconds``, ``_ratio``, ``_total``); labels are bounded (backend, model, scenario,
-status, reason, target) and never carry prompt text or request ids.
+status, reason, gpu) and never carry prompt text or request ids.
 """
 
 from __future__ import annotations
@@ -105,12 +105,24 @@ BACKEND_UP = _g(
     "backend_up", "1 when the last probe or request reached the backend, 0 when it failed to connect."
 )
 WINDOW = _g("window_requests", "Requests in the recent window the window gauges are computed over.")
+ENERGY = _c(
+    "energy_joules",
+    "Energy over the idle baseline of ok requests whose window the power samples could see (good or "
+    "counter); per-request windows overlap under concurrency, so J/token comes from the summary's macro "
+    "windows.",
+)
+ENERGY_NO_DATA = _g(
+    "energy_no_data_ratio", "Share of recent request windows too short for the power samples to see."
+)
+GPU_POWER = _g("gpu_power_watts", "Latest GPU board power reading.", ("gpu",))
+GPU_UTIL = _g("gpu_utilization_ratio", "Latest GPU utilisation (0-1).", ("gpu",))
+GPU_MEMORY = _g("gpu_memory_used_ratio", "Latest GPU memory used / total (0-1).", ("gpu",))
 BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",))
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     TTFT, ITL, TPOT, E2E, PREFILL, DECODE, REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS, COLD_STARTS,
     DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD, IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS,
-    BACKEND_UP, WINDOW, BUILD,
+    BACKEND_UP, WINDOW, ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY, BUILD,
 )  # fmt: skip
 
 

@@ -13,9 +13,9 @@ import contextlib
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.exposition import generate_latest
@@ -23,7 +23,7 @@ from prometheus_client.exposition import generate_latest
 from agent.record import RequestRecord
 from exporters import names
 
-__all__ = ["RecordMetrics"]
+__all__ = ["GpuReading", "RecordMetrics"]
 
 Key = tuple[str, str, str]
 
@@ -37,6 +37,7 @@ class _Row(NamedTuple):
     wall_tok_s: float | None
     decode_fraction: float | None
     overhead_pct: float | None
+    energy_quality: str | None
 
 
 @dataclass(slots=True)
@@ -51,7 +52,15 @@ class _Window:
 
     def add(self, now: float, r: RequestRecord) -> None:
         self.rows.append(
-            _Row(now, r.decode_ms, r.output_tokens, r.wall_tok_s, r.decode_fraction, r.overhead_pct)
+            _Row(
+                now,
+                r.decode_ms,
+                r.output_tokens,
+                r.wall_tok_s,
+                r.decode_fraction,
+                r.overhead_pct,
+                r.energy_quality,
+            )
         )
         if len(self.rows) > self.cap:
             self.rows.popleft()
@@ -107,6 +116,12 @@ class RecordMetrics:
         self.last_success = gauge(names.LAST_SUCCESS)
         self.backend_up = gauge(names.BACKEND_UP)
         self.window = gauge(names.WINDOW)
+        self.energy = counter(names.ENERGY)
+        self.energy_no_data = gauge(names.ENERGY_NO_DATA)
+        self.gpu_power = gauge(names.GPU_POWER)
+        self.gpu_util = gauge(names.GPU_UTIL)
+        self.gpu_memory = gauge(names.GPU_MEMORY)
+        self._gpus: Callable[[], Sequence[GpuReading]] | None = None
         Info(names.BUILD.name, names.BUILD.help, registry=r).info({"version": version})
 
     # ---- request records ------------------------------------------------------------------------
@@ -140,6 +155,8 @@ class RecordMetrics:
             self.prompt_tokens.labels(*key).inc(record.prompt_tokens)
         if record.output_tokens:
             self.output_tokens.labels(*key).inc(record.output_tokens)
+        if record.energy_j is not None and record.energy_quality in ("good", "counter"):
+            self.energy.labels(*key).inc(record.energy_j)
         if record.e2e_ms is not None and not record.cold_start:
             window.steady_e2e.append(record.e2e_ms)
             self._set_warmup_ratio(key, window)
@@ -153,11 +170,21 @@ class RecordMetrics:
         """Read the in-flight count from ``read`` at every scrape."""
         self.in_flight.labels(backend, model, scenario).set_function(read)
 
+    def track_gpus(self, read: Callable[[], Sequence[GpuReading]]) -> None:
+        """Read the latest GPU readings from ``read`` at every scrape."""
+        self._gpus = read
+
     def refresh(self) -> None:
-        """Recompute the window gauges (``render`` does this before every exposition)."""
+        """Recompute the window and GPU gauges (``render`` does this before every exposition)."""
         now = self._clock()
         for key, window in self._windows.items():
             self._set_window_gauges(key, window.prune(now))
+        for g in self._gpus() if self._gpus is not None else []:
+            gpu = str(g.gpu)
+            _set_or_drop(self.gpu_power, (gpu,), g.power_w)
+            _set_or_drop(self.gpu_util, (gpu,), g.util_pct / 100 if g.util_pct is not None else None)
+            used, total = g.mem_used_mb, g.mem_total_mb
+            _set_or_drop(self.gpu_memory, (gpu,), used / total if used is not None and total else None)
 
     def render(self) -> bytes:
         """The text exposition of the registry (what ``/metrics`` serves)."""
@@ -184,6 +211,9 @@ class RecordMetrics:
         _set_or_drop(self.wall_tok_s, key, statistics.fmean(wall) if wall else None)
         _set_or_drop(self.decode_fraction, key, statistics.fmean(fractions) if fractions else None)
         _set_or_drop(self.overhead, key, statistics.fmean(overheads) if overheads else None)
+        seen = [r.energy_quality for r in rows if r.energy_quality is not None]
+        no_data = sum(1 for q in seen if q == "no_data") / len(seen) if seen else None
+        _set_or_drop(self.energy_no_data, key, no_data)
 
     def _set_warmup_ratio(self, key: Key, window: _Window) -> None:
         if window.warmup_e2e and window.steady_e2e:
@@ -197,7 +227,31 @@ def _observe_ms(hist: Histogram, key: Key, value_ms: float | None) -> None:
         hist.labels(*key).observe(value_ms / 1000)
 
 
-def _set_or_drop(gauge: Gauge, key: Key, value: float | None) -> None:
+class GpuReading(Protocol):
+    """What the GPU gauges read from a power sample."""
+
+    @property
+    def gpu(self) -> int:
+        """GPU index."""
+
+    @property
+    def power_w(self) -> float | None:
+        """Board power."""
+
+    @property
+    def util_pct(self) -> float | None:
+        """Utilisation, percent."""
+
+    @property
+    def mem_used_mb(self) -> float | None:
+        """Memory used."""
+
+    @property
+    def mem_total_mb(self) -> float | None:
+        """Memory total."""
+
+
+def _set_or_drop(gauge: Gauge, key: tuple[str, ...], value: float | None) -> None:
     """A stale window figure is worse than none: without a value the series goes away."""
     if value is not None:
         gauge.labels(*key).set(value)

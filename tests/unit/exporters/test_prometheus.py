@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.energy.base import PowerSample
 from agent.record import RequestRecord
 from exporters import names
 from exporters.http import MetricsServer
@@ -125,10 +126,11 @@ def test_the_window_is_bounded_in_count() -> None:
 
 def test_every_catalogued_metric_is_exposed_with_its_declared_type_and_labels() -> None:
     m = RecordMetrics(version="9.9")
-    m.observe(record())
+    m.observe(record(energy_j=2.5, energy_quality="good"))
     m.observe(record(is_warmup=True, stage="warmup"))
     m.set_backend_up("sim", "m", "chat", up=True)
     m.track_in_flight("sim", "m", "chat", lambda: 3.0)
+    m.track_gpus(lambda: [PowerSample(0, 0, 150.0, None, 50.0, 900.0, 1000.0)])
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     for spec in names.CATALOGUE:
         info = spec.kind == "info"  # the text format shows an Info as a gauge named <name>_info
@@ -188,3 +190,19 @@ async def test_a_taken_port_is_a_clear_error() -> None:
             await MetricsServer(RecordMetrics()).start("127.0.0.1", first.port)
     finally:
         await first.close()
+
+
+def test_energy_counts_only_windows_the_samples_could_see() -> None:
+    m = RecordMetrics()
+    m.observe(record(energy_j=2.0, energy_quality="good"))
+    m.observe(record(energy_j=1.0, energy_quality="counter"))
+    m.observe(record(energy_j=None, energy_quality="no_data"))
+    m.observe(record(energy_j=None, energy_quality="no_data"))
+    m.track_gpus(lambda: [PowerSample(0, 1, 300.0, None, 25.0, 950.0, 1000.0)])
+    m.refresh()
+    get = m.registry.get_sample_value
+    assert get("infermeter_energy_joules_total", LABELS) == pytest.approx(3.0)
+    assert get("infermeter_energy_no_data_ratio", LABELS) == pytest.approx(0.5)
+    assert get("infermeter_gpu_power_watts", {"gpu": "1"}) == 300.0
+    assert get("infermeter_gpu_utilization_ratio", {"gpu": "1"}) == pytest.approx(0.25)
+    assert get("infermeter_gpu_memory_used_ratio", {"gpu": "1"}) == pytest.approx(0.95)

@@ -1,0 +1,1 @@
+"""Energy: power sources (NVML, replay, null), the poller, idle baselines and gated energy windows."""

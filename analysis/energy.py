@@ -1,0 +1,74 @@
+"""The energy part of a summary: macro windows per stage, and what the samples could see (METHOD §5).
+
+J/token and energy per 1M tokens come only from stage macro windows measured with good coverage;
+request windows are counted by quality so the share the sensor could not see is reported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from agent.record import RequestRecord
+
+__all__ = ["energy_summary"]
+
+_MEASURED = ("good", "counter")
+
+
+def energy_summary(run_dir: Path, records: list[RequestRecord]) -> dict[str, Any] | None:
+    """Energy figures from ``energy.json`` and the records; None when the run has no energy block."""
+    manifest = _json(run_dir / "manifest.json") or {}
+    block = manifest.get("energy")
+    data = _json(run_dir / "energy.json")
+    if block is None and data is None:
+        return None
+    out: dict[str, Any] = {"status": (block or {}).get("status", "measured")}
+    if data is None:
+        return out
+    qualities = Counter(r.energy_quality for r in records if r.energy_quality is not None)
+    windows = sum(qualities.values())
+    out.update(
+        baseline=data.get("baseline"),
+        poller=data.get("poller"),
+        requests={
+            "windows": windows,
+            "by_quality": dict(sorted(qualities.items())),
+            "no_data_share": qualities["no_data"] / windows if windows else None,
+        },
+        stages=[_stage(row, records) for row in data.get("stages", [])],
+    )
+    return out
+
+
+def _stage(row: dict[str, Any], records: list[RequestRecord]) -> dict[str, Any]:
+    """A stage's macro window against the output tokens of every request in it (warmup included)."""
+    label = row.get("stage")
+    recs = [r for r in records if (r.load_stage or "steady") == label] or records
+    tokens = sum(r.output_tokens or 0 for r in recs if r.status == "ok")
+    raw = row.get("energy_j")
+    energy = float(raw) if isinstance(raw, int | float) else None
+    measured = row.get("quality") in _MEASURED and energy is not None and tokens > 0
+    return {
+        "stage": label,
+        "quality": row.get("quality"),
+        "duration_s": row.get("duration_s"),
+        "samples": row.get("samples"),
+        "mean_power_w": row.get("mean_power_w"),
+        "delta_power_w": row.get("delta_power_w"),
+        "energy_j": energy,
+        "output_tokens": tokens,
+        "j_per_token": energy / tokens if measured and energy is not None else None,
+        "kwh_per_1m_tokens": energy / tokens * 1e6 / 3.6e6 if measured and energy is not None else None,
+        "flags": row.get("flags", []),
+    }
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,54 @@
+"""Energy through the CLI: unavailable on a machine without a GPU (said, never zeros), and a replayed
+power trace played live under a real run, gated per request and per phase."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import read_records, run_cli
+
+pytestmark = pytest.mark.slow
+
+SIM = ["--backend", "sim", "--backend-arg", "ttft_ms=30", "--backend-arg", "itl_ms=3", "--no-progress"]
+
+
+def test_no_gpu_completes_with_energy_unavailable_and_the_reason(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "run"
+    res = run_cli(["run", "chat", "--requests", "6", "--out", str(out), *SIM], cache_dir, timeout=120)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["energy"]["status"].startswith("unavailable — NVML not found")
+    assert json.loads((out / "summary.json").read_text())["energy"]["status"] == manifest["energy"]["status"]
+    assert all(r["energy_j"] is None and r["energy_quality"] is None for r in read_records(out))
+    assert not (out / "energy.json").exists() and "energy: unavailable" in res.stderr
+
+
+def test_a_replayed_trace_is_gated_per_request_and_phase(tmp_path: Path, cache_dir: Path) -> None:
+    rows, energy = ["timestamp_s,gpu,power_w,energy_mj"], 0
+    for i in range(1200):  # 1 s idle at 20 W, then 150 W, every 100 ms, with a consistent counter
+        power = 20.0 if i < 10 else 150.0
+        rows.append(f"{i / 10:.1f},0,{power},{energy}")
+        energy += int(power * 100)
+    trace = tmp_path / "power.csv"
+    trace.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    args = ["run", "chat", "--requests", "16", "--concurrency", "2", "--max-tokens", "128"]
+    args += ["--energy", f"replay:{trace}", "--energy-baseline", "1s", "--out", str(out)]
+    res = run_cli([*args, *SIM], cache_dir, timeout=120)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())["energy"]
+    assert summary["baseline"]["mean_w"] == pytest.approx(20.0)
+    (stage,) = summary["stages"]
+    assert stage["quality"] == "good" and stage["delta_power_w"] == pytest.approx(130.0)
+    tokens = sum(r["output_tokens"] for r in read_records(out) if r["status"] == "ok")
+    assert stage["j_per_token"] == pytest.approx(130.0 * stage["duration_s"] / tokens, rel=1e-6)
+    recs = read_records(out)
+    # a ~420 ms request and its ~390 ms decode span three or more 100 ms samples; a 30 ms prefill never does
+    assert all(r["energy_quality"] == "good" and r["power_delta_w"] == pytest.approx(130.0) for r in recs)
+    assert all(r["prefill_energy_quality"] == "no_data" and r["prefill_energy_j"] is None for r in recs)
+    assert all(r["decode_energy_quality"] == "good" and r["decode_energy_j"] > 0 for r in recs)
+    assert (out / "power.csv").read_text().startswith("timestamp_s,gpu,power_w")
+    assert json.loads((out / "manifest.json").read_text())["energy"]["poller"]["gaps_over_2x"] == 0

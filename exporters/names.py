@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ANALYZER",
     "CATALOGUE",
     "GAP_BUCKETS",
     "LATENCY_BUCKETS",
@@ -27,7 +28,7 @@ PREFIX = "infermeter_"
 #: generation on a CPU); dense where chat TTFT and E2E usually sit.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
-    1.0, 1.5, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+    1.0, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 #: Token-scale gaps (ITL, TPOT): 0.5 ms to 2.5 s, dense between 5 and 100 ms.
 GAP_BUCKETS: tuple[float, ...] = (
@@ -117,6 +118,23 @@ ENERGY_NO_DATA = _g(
 GPU_POWER = _g("gpu_power_watts", "Latest GPU board power reading.", ("gpu",))
 GPU_UTIL = _g("gpu_utilization_ratio", "Latest GPU utilisation (0-1).", ("gpu",))
 GPU_MEMORY = _g("gpu_memory_used_ratio", "Latest GPU memory used / total (0-1).", ("gpu",))
+QUALITY_LABELS: tuple[str, ...] = ("model", "task", "scorer")
+QUALITY_SCORE = _g(
+    "quality_score",
+    "Offline analyzer: mean score of the candidate run per model, task and scorer (higher is better).",
+    QUALITY_LABELS,
+)
+QUALITY_DELTA = _g(
+    "quality_delta",
+    "Offline analyzer: candidate minus baseline score per model, task and scorer (drift; 0 = unchanged).",
+    QUALITY_LABELS,
+)
+QUALITY_TIER = _g(
+    "quality_tier",
+    "Offline analyzer: drift tier per model and task: "
+    "0 negligible, 1 acceptable, 2 concerning, 3 unacceptable.",
+    ("model", "task"),
+)
 BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",))
 
 CATALOGUE: tuple[MetricSpec, ...] = (
@@ -124,11 +142,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD, IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS,
     BACKEND_UP, WINDOW, ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY, BUILD,
 )  # fmt: skip
+#: Published by the offline analyzer (Pushgateway or node_exporter textfile), not by the agent.
+ANALYZER: tuple[MetricSpec, ...] = (QUALITY_SCORE, QUALITY_DELTA, QUALITY_TIER)
 
 
 def by_name(name: str) -> MetricSpec:
     """The spec owning ``name`` (a base name or any exposed series name)."""
-    for spec in CATALOGUE:
+    for spec in (*CATALOGUE, *ANALYZER):
         if name == spec.name or name in spec.exposed():
             return spec
     raise KeyError(f"no infermeter metric named {name!r}")
@@ -136,4 +156,4 @@ def by_name(name: str) -> MetricSpec:
 
 def exposed_names() -> frozenset[str]:
     """Every series name a scrape can show (``_bucket``/``_sum``/``_count``/``_total`` included)."""
-    return frozenset(n for spec in CATALOGUE for n in spec.exposed())
+    return frozenset(n for spec in (*CATALOGUE, *ANALYZER) for n in spec.exposed())

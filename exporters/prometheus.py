@@ -4,7 +4,7 @@
 update at once; the window gauges (decode fraction, tokens/s, overhead) are recomputed at each
 ``render()`` (each scrape) over the records of the last ``window_s`` seconds per (backend, model,
 scenario), so their cost follows the scrape rate, not the request rate. Warmup records feed only the
-warmup ratio; they never enter the latency histograms.
+warmup ratio and the cold-start counter; they never enter the latency histograms.
 """
 
 from __future__ import annotations
@@ -130,14 +130,14 @@ class RecordMetrics:
         """Fold one finished request record into every metric it touches."""
         key: Key = (record.backend, record.model, record.scenario)
         window = self._window(key)
+        if record.cold_start:  # cold requests count in every stage: warmup is where they usually are
+            self.cold_starts.labels(*key).inc()
         if record.is_warmup:
             if record.status == "ok" and record.e2e_ms is not None:
                 window.warmup_e2e.append(record.e2e_ms)
                 self._set_warmup_ratio(key, window)
             return
         self.requests.labels(*key, record.status, record.reason or "none").inc()
-        if record.cold_start:
-            self.cold_starts.labels(*key).inc()
         if record.status != "ok":
             return
         now = self._clock()

@@ -1,0 +1,126 @@
+"""The rules pass promtool, and every dashboard panel's PromQL returns series from a real Prometheus
+scraping a real run (with the rules loaded and a replayed power trace for the energy panels)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import start_cli, wait_for
+from tests.integration.test_prometheus import free_port, get, promql
+from tests.promtools import binary
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "grafana" / "prometheus"
+VARIABLES = {"$backend": ".*", "$model": ".*", "$scenario": ".*", "$__rate_interval": "1m", "$__range": "5m"}
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    check = subprocess.run([str(binary("promtool")), "check", "rules", "rules.yml"], cwd=RULES,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+    test = subprocess.run([str(binary("promtool")), "test", "rules", "tests.yml"], cwd=RULES,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+
+
+def substitute(expr: str) -> str:
+    for var, value in VARIABLES.items():
+        expr = expr.replace(var, value)
+    return expr
+
+
+def power_trace(path: Path) -> Path:
+    rows, energy = ["timestamp_s,gpu,power_w,energy_mj,util_pct,mem_used_mb,mem_total_mb,temp_c"], 0
+    for i in range(3000):
+        power = 20.0 if i < 10 else 150.0
+        rows.append(f"{i / 10:.1f},0,{power},{energy},{0 if i < 10 else 85},9000,24000,60")
+        energy += int(power * 100)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def prometheus_on_a_run(tmp_path: Path, cache_dir: Path) -> Any:
+    port = free_port()
+    args = ["run", "chat", "--backend", "sim", "--backend-arg", "ttft_ms=30", "--backend-arg", "itl_ms=5"]
+    args += [
+        "--rate",
+        "4",
+        "--arrival",
+        "constant",
+        "--duration",
+        "30s",
+        "--max-tokens",
+        "64",
+        "--no-progress",
+    ]
+    args += ["--energy", f"replay:{power_trace(tmp_path / 'power.csv')}", "--energy-baseline", "1s"]
+    args += [
+        "--serve-metrics",
+        "--metrics-port",
+        str(port),
+        "--metrics-linger",
+        "60s",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    run = start_cli(args, cache_dir)
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{RULES / 'rules.yml'}']\n"
+        "scrape_configs:\n  - job_name: infermeter\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
+    prom = subprocess.Popen(
+        [str(binary("prometheus")), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{prom_port}"
+    try:
+        yield api
+    finally:
+        prom.terminate()
+        run.terminate()
+        prom.wait(30)
+        run.communicate(timeout=30)
+
+
+def test_every_panel_query_parses_and_returns_series(prometheus_on_a_run: Any) -> None:
+    api = prometheus_on_a_run
+    queries: dict[str, str] = {}
+    for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                queries[f"{path.stem} / {panel['title']} / {target['refId']}"] = substitute(target["expr"])
+
+    def answered(query: str) -> bool:
+        try:
+            return bool(promql(api, query))
+        except OSError:
+            return False
+
+    # the quality panels read what `infermeter analyze` publishes; a load run has none to show
+    live = {k: q for k, q in queries.items() if not k.startswith("quality")}
+    wait_for(lambda: answered("infermeter:ttft_seconds:p95"), 90, "the recording rules to produce series")
+    deadline = time.monotonic() + 90
+    empty = list(live)
+    while empty and time.monotonic() < deadline:
+        empty = [k for k, q in live.items() if not answered(q)]
+        time.sleep(1)
+    assert empty == []  # panels with no series after 90 s of a live run
+    for key, query in queries.items():  # every query parses, the quality ones included
+        body = json.loads(get(f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": query})))
+        assert body["status"] == "success", key

@@ -22,3 +22,36 @@ def binary(name: str) -> Path:
         f"{name} not found: run `make tools` (unpacks the Debian prometheus package into .tools/) "
         "or set INFERMETER_PROMETHEUS_BIN to a folder holding it"
     )
+
+
+class Prometheus:
+    """A real Prometheus as a plain process on a loopback port, scraping ``targets`` every second."""
+
+    def __init__(
+        self, folder: Path, port: int, targets: list[str], *, job: str, rules: Path | None = None
+    ) -> None:
+        import subprocess
+
+        config = folder / "prometheus.yml"
+        rule_files = f"rule_files: ['{rules}']\n" if rules is not None else ""
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            + rule_files
+            + f"scrape_configs:\n  - job_name: {job}\n    static_configs: [{{targets: {targets!r}}}]\n"
+        )
+        self.api = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [
+                str(binary("prometheus")),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        """Terminate and wait."""
+        self.proc.terminate()
+        self.proc.wait(30)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.conftest import ROOT, cli_env, start_cli, wait_for
 from tests.integration.test_prometheus import free_port, promql, scalar
-from tests.promtools import binary
+from tests.promtools import Prometheus
 
 pytestmark = pytest.mark.slow
 
@@ -148,18 +148,8 @@ def test_outage_recovery_reload_and_a_clean_stop(daemon_setup: Any) -> None:
 
 def test_prometheus_scrapes_the_daemon(daemon_setup: Any, tmp_path: Path) -> None:
     _, _, base, _, _ = daemon_setup
-    prom_port = free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(
-        "global: {scrape_interval: 1s}\nscrape_configs:\n"
-        f"  - job_name: daemon\n    static_configs: [{{targets: ['127.0.0.1:{base.rsplit(':', 1)[1]}']}}]\n"
-    )
-    prom = subprocess.Popen(
-        [str(binary("prometheus")), f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{prom_port}"
+    prom = Prometheus(tmp_path, free_port(), [base.removeprefix("http://")], job="daemon")
+    api = prom.api
     try:
 
         def scraped() -> bool:
@@ -176,8 +166,7 @@ def test_prometheus_scrapes_the_daemon(daemon_setup: Any, tmp_path: Path) -> Non
         )
         assert p95 and 0.015 < float(p95[0]["value"][1]) < 1.0  # the simulator's TTFT is 20 ms
     finally:
-        prom.terminate()
-        prom.wait(30)
+        prom.stop()
 
 
 def test_check_validates_a_config_and_names_the_bad_field(tmp_path: Path, cache_dir: Path) -> None:

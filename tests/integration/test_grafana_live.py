@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import start_cli, wait_for
 from tests.integration.test_prometheus import free_port, get, promql
-from tests.promtools import binary
+from tests.promtools import Prometheus, binary
 
 pytestmark = pytest.mark.slow
 
@@ -74,26 +74,14 @@ def prometheus_on_a_run(tmp_path: Path, cache_dir: Path) -> Any:
         str(tmp_path / "r"),
     ]
     run = start_cli(args, cache_dir)
-    prom_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: ['{RULES / 'rules.yml'}']\n"
-        "scrape_configs:\n  - job_name: infermeter\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    prom = Prometheus(
+        tmp_path, free_port(), [f"127.0.0.1:{port}"], job="infermeter", rules=RULES / "rules.yml"
     )
-    prom = subprocess.Popen(
-        [str(binary("prometheus")), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{prom_port}"
     try:
-        yield api
+        yield prom.api
     finally:
-        prom.terminate()
+        prom.stop()
         run.terminate()
-        prom.wait(30)
         run.communicate(timeout=30)
 
 

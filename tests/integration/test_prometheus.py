@@ -17,7 +17,7 @@ import pytest
 
 from exporters import names
 from tests.integration.conftest import read_records, start_cli, wait_for
-from tests.promtools import binary
+from tests.promtools import Prometheus, binary
 
 pytestmark = pytest.mark.slow
 
@@ -103,24 +103,8 @@ def test_promtool_finds_nothing_to_fix_in_a_live_scrape(metrics_run: Any, tmp_pa
 
 def test_a_real_prometheus_sees_what_the_records_say(metrics_run: Any, tmp_path: Path) -> None:
     base, out, _ = metrics_run
-    prom_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: infermeter\n    static_configs: [{{targets: ['{base.removeprefix('http://')}']}}]\n"
-    )
-    prom = subprocess.Popen(
-        [
-            str(binary("prometheus")),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    api = f"http://127.0.0.1:{prom_port}"
+    prom = Prometheus(tmp_path, free_port(), [base.removeprefix("http://")], job="infermeter")
+    api = prom.api
     try:
 
         def up() -> bool:
@@ -165,5 +149,4 @@ def test_a_real_prometheus_sees_what_the_records_say(metrics_run: Any, tmp_path:
         )
         assert scalar(api, "infermeter_backend_up") == 1
     finally:
-        prom.terminate()
-        prom.wait(30)
+        prom.stop()

@@ -179,44 +179,46 @@ def totals(chunks: list[Any]) -> tuple[int, str, int, str]:
     )
 
 
-@given(st.lists(st.integers(0, len(EVENTS) - 1), max_size=40), st.lists(st.integers(0, 4000), max_size=8))
-def test_whole_read_fast_path_equals_event_by_event_parsing(picks: list[int], cuts: list[int]) -> None:
+def through_reader(stream: bytes, cuts: list[int], *, text: bool) -> tuple[list[Any], Any]:
+    """The stream fed to a ChunkReader in reads cut at ``cuts``: its chunks and final state."""
     from agent.backends.openai import ChunkReader, _StreamState
 
-    stream = b"".join(EVENTS[i] for i in picks) + CLOSING
     bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
-    fast_state = _StreamState()
-    reader = ChunkReader(fast_state)
-    fast: list[Any] = []
+    state = _StreamState()
+    reader = ChunkReader(state, text=text)
+    chunks: list[Any] = []
     for a, b in itertools.pairwise(bounds):
-        fast += reader.feed(stream[a:b], 1)
+        chunks += reader.feed(stream[a:b], 1)
     for ev in reader.close():
-        fast += parse_payload(ev.data, 1, fast_state)
-    slow_state = _StreamState()
-    slow: list[Any] = []
+        chunks += parse_payload(ev.data, 1, state)
+    return chunks, state
+
+
+def event_by_event(stream: bytes) -> tuple[list[Any], Any]:
+    """The reference: the full SSE rules and a JSON parse per event."""
+    from agent.backends.openai import _StreamState
+
+    state = _StreamState()
+    chunks: list[Any] = []
     for ev in SSEParser().feed(stream):
-        slow += parse_payload(ev.data, 1, slow_state)
+        chunks += parse_payload(ev.data, 1, state)
+    return chunks, state
+
+
+@given(st.lists(st.integers(0, len(EVENTS) - 1), max_size=40), st.lists(st.integers(0, 4000), max_size=8))
+def test_whole_read_fast_path_equals_event_by_event_parsing(picks: list[int], cuts: list[int]) -> None:
+    stream = b"".join(EVENTS[i] for i in picks) + CLOSING
+    fast, fast_state = through_reader(stream, cuts, text=True)
+    slow, slow_state = event_by_event(stream)
     assert totals(fast) == totals(slow)
     assert fast_state == slow_state and fast_state.done and fast_state.usage is not None
 
 
 @given(st.lists(st.integers(0, len(EVENTS) - 1), max_size=40), st.lists(st.integers(0, 4000), max_size=8))
 def test_counting_without_text_gives_the_same_chunks_and_state(picks: list[int], cuts: list[int]) -> None:
-    from agent.backends.openai import ChunkReader, _StreamState
-
     stream = b"".join(EVENTS[i] for i in picks) + CLOSING
-    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
-    state = _StreamState()
-    reader = ChunkReader(state, text=False)
-    counted: list[Any] = []
-    for a, b in itertools.pairwise(bounds):
-        counted += reader.feed(stream[a:b], 1)
-    for ev in reader.close():
-        counted += parse_payload(ev.data, 1, state)
-    slow_state = _StreamState()
-    slow: list[Any] = []
-    for ev in SSEParser().feed(stream):
-        slow += parse_payload(ev.data, 1, slow_state)
+    counted, state = through_reader(stream, cuts, text=False)
+    slow, slow_state = event_by_event(stream)
     answer, _, reasoning, _ = totals(slow)
     assert totals(counted)[0] == answer and totals(counted)[2] == reasoning
     assert state == slow_state

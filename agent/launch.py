@@ -25,7 +25,7 @@ from agent.energy.meter import EnergyMeter
 from agent.errors import InfermeterError
 from agent.manifest import write_json_atomic
 from agent.record import ChainRecord, GenerationRequest, RequestRecord
-from agent.runner import ColdTracker, Runner, RunOutcome, expected_records
+from agent.runner import ColdTracker, Runner, RunOutcome, expected_records, wait_ready
 from agent.scenario import Scenario
 from exporters.http import MetricsServer
 from exporters.jsonl import JsonlWriter
@@ -293,9 +293,7 @@ class Launch:
         plan = self.energy
         if plan is None or plan.meter.unavailable:
             return
-        deadline = time.monotonic() + plan.meter.max_wait_s
-        while not plan.meter.ready(end_ns) and time.monotonic() < deadline:  # noqa: ASYNC110 - a sample on another thread, no event
-            await asyncio.sleep(0.01)
+        await wait_ready(plan.meter, end_ns)
         plan.meter.stage(label, start_ns, end_ns)
 
     def _watch(self, runners: list[Runner]) -> None:

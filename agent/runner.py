@@ -31,7 +31,7 @@ from agent.record import (
 )
 from agent.scenario import MAX_IN_FLIGHT, Scenario
 
-__all__ = ["Annotator", "ColdTracker", "RecordSink", "RunOutcome", "Runner", "expected_records"]
+__all__ = ["Annotator", "ColdTracker", "RecordSink", "RunOutcome", "Runner", "expected_records", "wait_ready"]
 
 logger = structlog.get_logger(__name__)
 
@@ -47,6 +47,16 @@ class Annotator(Protocol):
 
     def request_fields(self, sent_ns: int, first_ns: int | None, end_ns: int) -> dict[str, Any]:
         """Extra record fields for a request sent at ``sent_ns`` whose first token came at ``first_ns``."""
+
+
+async def wait_ready(annotator: Annotator, end_ns: int) -> None:
+    """Wait until ``annotator`` is ready for ``end_ns``, at most its ``max_wait_s``.
+
+    Readiness is set by another thread (the power poller), so this polls rather than awaits an event.
+    """
+    deadline = time.monotonic() + annotator.max_wait_s
+    while not annotator.ready(end_ns) and time.monotonic() < deadline:  # noqa: ASYNC110 - set on another thread
+        await asyncio.sleep(0.01)
 
 
 class RecordSink(Protocol):
@@ -254,12 +264,8 @@ class Runner:
             await self._backlog_ready.wait()
             self._backlog_ready.clear()
             while self._backlog:
-                first = self._backlog[0]
                 if self.annotator is not None:
-                    waited = 0.0
-                    while not self.annotator.ready(first.end_ns) and waited < self.annotator.max_wait_s:
-                        await asyncio.sleep(0.01)
-                        waited += 0.01
+                    await wait_ready(self.annotator, self._backlog[0].end_ns)
                 self._emit(self._backlog.popleft().record(self.annotator))
                 await asyncio.sleep(0)
 

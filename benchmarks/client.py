@@ -229,6 +229,27 @@ def run_client(
     return data
 
 
+def against_simulator(
+    ns: argparse.Namespace,
+    tmp: Path,
+    kind: str,
+    c: int,
+    n: int,
+    *,
+    tokens: int,
+    ttft: float,
+    itl: float,
+    log: str,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One client run against its own pinned simulator: the client's result and the emission log."""
+    sim = Simulator(ns.server_core, tmp / log, ttft=ttft, itl=itl)
+    try:
+        result = run_client(kind, sim.url, ns.client_core, c, n, tokens, tmp)
+    finally:
+        sim.close()
+    return result, sim.emissions()
+
+
 def _max_open(rows: list[dict[str, Any]]) -> int:
     events = []
     for r in rows:
@@ -293,12 +314,9 @@ def throughput(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     for c in ns.throughput_concurrency:
         for rep in range(ns.repeat):
             for kind in ("raw", "infermeter"):
-                sim = Simulator(ns.server_core, tmp / f"tp-{kind}-{c}-{rep}.log", ttft=0, itl=0)
-                try:
-                    r = run_client(kind, sim.url, ns.client_core, c, c * ns.rounds, 256, tmp)
-                finally:
-                    sim.close()
-                emitted = list(sim.emissions().values())
+                r, emitted = against_simulator(
+                    ns, tmp, kind, c, c * ns.rounds, tokens=256, ttft=0, itl=0, log=f"tp-{kind}-{c}-{rep}.log"
+                )
                 rows.append(
                     {
                         "client": kind,
@@ -309,7 +327,7 @@ def throughput(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                         "requests_per_s": r["requests"] / r["wall_s"],
                         "cpu_ms_per_1k_chunks": r["cpu_s"] * 1000 / (r["chunks"] / 1000),
                         "cpu_share_of_core": r["cpu_s"] / r["wall_s"],
-                        "max_open_streams_at_server": _max_open(emitted),
+                        "max_open_streams_at_server": _max_open(list(emitted.values())),
                     }
                 )
     return _summarise(rows, _THROUGHPUT_KEYS, "chunks_per_s")
@@ -331,12 +349,9 @@ def timing(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         n = max(20, c * 2) if not ns.quick else max(10, c)
         for rep in range(ns.repeat):
             for kind in ("raw", "infermeter"):
-                sim = Simulator(ns.server_core, tmp / f"tm-{kind}-{c}-{rep}.log", ttft=100, itl=10)
-                try:
-                    r = run_client(kind, sim.url, ns.client_core, c, n, 64, tmp)
-                finally:
-                    sim.close()
-                emitted = sim.emissions()
+                r, emitted = against_simulator(
+                    ns, tmp, kind, c, n, tokens=64, ttft=100, itl=10, log=f"tm-{kind}-{c}-{rep}.log"
+                )
                 ttft_err: list[float] = []
                 itl_err: list[float] = []
                 for rid, stamps in r["times"].items():

@@ -6,6 +6,7 @@ import csv
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -212,8 +213,6 @@ def _row(r: dict[str, str]) -> tuple[int, PowerSample]:
 
 
 def _shift(s: PowerSample, origin_ns: int) -> PowerSample:
-    from dataclasses import replace
-
     return replace(s, t_ns=s.t_ns + origin_ns)
 
 

@@ -17,13 +17,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # torch first, pinned to the CPU build, so transformers does not resolve a multi-GB CUDA one.
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[embedded,torch,dev]'
+	$(PIP) -e '.[embedded,torch,semscore,dev]'
 	@touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Prometheus and promtool for the integration tests: the Debian package unpacked into .tools/ (no service
+# Prometheus, promtool and the Pushgateway for the integration tests: the Debian package unpacked into .tools/ (no service
 # is installed or started; tests run the binaries as plain processes on loopback ports).
 TOOLS := .tools
 $(TOOLS)/.prometheus:
@@ -32,7 +32,13 @@ $(TOOLS)/.prometheus:
 	dpkg-deb -x $$(ls $(TOOLS)/debs/prometheus_*.deb | head -1) $(TOOLS)/prometheus
 	@touch $@
 
-tools: $(TOOLS)/.prometheus
+# The Pushgateway the analyzer publishes to, unpacked beside Prometheus.
+$(TOOLS)/.pushgateway: $(TOOLS)/.prometheus
+	cd $(TOOLS)/debs && (apt-get download prometheus-pushgateway || (apt-get update -qq && apt-get download prometheus-pushgateway))
+	dpkg-deb -x $$(ls $(TOOLS)/debs/prometheus-pushgateway_*.deb | head -1) $(TOOLS)/prometheus
+	@touch $@
+
+tools: $(TOOLS)/.prometheus $(TOOLS)/.pushgateway
 
 demo: install
 	$(BIN)/infermeter run chat --requests 16 --concurrency 2

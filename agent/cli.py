@@ -18,6 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from agent import __version__
+from agent.analyze import add_parser as add_analyze_parser
+from agent.analyze import cmd_analyze
 from agent.backends import available
 from agent.commands import (
     EXIT_FAILED,
@@ -193,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any simulator model field"
     )
 
+    add_analyze_parser(sub)
+
     summ = sub.add_parser("summarize", help="summarise a run directory")
     summ.add_argument("run_dir", type=Path)
     summ.add_argument("--json", action="store_true", help="print summary JSON instead of the table")
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_scenarios(Console())
         if ns.command == "summarize":
             return _cmd_summarize(ns, err)
+        if ns.command == "analyze":
+            return cmd_analyze(ns, err)
         if ns.command == "sim-server":
             return _run_loop(_sim_server(ns, err))
         if ns.command == "import-trace":

@@ -18,6 +18,7 @@ from agent.record import GenerationRequest
 
 __all__ = [
     "MAX_IN_FLIGHT",
+    "TASKS",
     "AgentChain",
     "Batch",
     "Load",
@@ -56,11 +57,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Task groups a quality prompt belongs to; each chooses its scorers in ``analysis.quality``.
+TASKS = ("summarization", "qa", "code", "creative", "classification", "multiple_choice")
+
+
 class Prompt(_Strict):
-    """One prompt with a stable id, so runs can be compared prompt by prompt."""
+    """One prompt with a stable id, so runs can be compared prompt by prompt.
+
+    Quality prompts also name their task group and a reference answer; the analyzer reads both back from
+    the run's manifest.
+    """
 
     id: str
     text: str = Field(min_length=1)
+    task: Literal["summarization", "qa", "code", "creative", "classification", "multiple_choice"] | None = (
+        None
+    )
+    reference: str | None = Field(None, min_length=1)
 
 
 class Sampling(_Strict):
@@ -243,7 +256,7 @@ class Scenario(_Strict):
     def normalised(self) -> dict[str, Any]:
         """The fully resolved config (defaults filled, prompts inlined) that the hash covers."""
         data = self.model_dump(mode="json")
-        data["prompts"] = [p.model_dump() for p in self.prompt_list()]
+        data["prompts"] = [p.model_dump(exclude_none=True) for p in self.prompt_list()]
         return data
 
     def config_hash(self) -> str:

@@ -135,6 +135,17 @@ QUALITY_TIER = _g(
     "0 negligible, 1 acceptable, 2 concerning, 3 unacceptable.",
     ("model", "task"),
 )
+REGRESSION = _g(
+    "regression_verdict",
+    "Offline analyzer: candidate vs baseline per scenario and metric: "
+    "1 worse, 0 no detectable change, -1 better (Mann-Whitney U, Holm-adjusted).",
+    ("model", "scenario", "metric"),
+)
+ANALYSIS_TIME = _g(
+    "analysis_timestamp_seconds",
+    "Offline analyzer: when the published analysis was made (Unix time).",
+    ("model",),
+)
 BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",))
 
 CATALOGUE: tuple[MetricSpec, ...] = (
@@ -143,7 +154,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     BACKEND_UP, WINDOW, ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY, BUILD,
 )  # fmt: skip
 #: Published by the offline analyzer (Pushgateway or node_exporter textfile), not by the agent.
-ANALYZER: tuple[MetricSpec, ...] = (QUALITY_SCORE, QUALITY_DELTA, QUALITY_TIER)
+ANALYZER: tuple[MetricSpec, ...] = (QUALITY_SCORE, QUALITY_DELTA, QUALITY_TIER, REGRESSION, ANALYSIS_TIME)
 
 
 def by_name(name: str) -> MetricSpec:

@@ -215,7 +215,10 @@ def quality() -> dict[str, Any]:
         ], pos=(12, 0, 12, 8), description=names.QUALITY_DELTA.help),
         _panel(3, "Quality tier (0 negligible … 3 unacceptable)", [
             (f"{names.QUALITY_TIER.name}{{{qsel}}}", "{{model}} {{task}}"),
-        ], pos=(0, 8, 24, 8), kind="stat", slo=2, description=names.QUALITY_TIER.help),
+        ], pos=(0, 8, 12, 8), kind="stat", slo=2, description=names.QUALITY_TIER.help),
+        _panel(4, "Analyzed regressions (1 worse, 0 unchanged, -1 better)", [
+            (f"{names.REGRESSION.name}{{{qsel}}}", "{{model}} {{scenario}} {{metric}}"),
+        ], pos=(12, 8, 12, 8), kind="stat", slo=1, description=names.REGRESSION.help),
     ]  # fmt: skip
     d = _dashboard("infermeter-quality", "infermeter — quality", p, ["quality"])
     d["templating"]["list"] = [d["templating"]["list"][0], _var("model", "Model", names.QUALITY_TIER.name)]

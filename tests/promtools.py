@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def binary(name: str) -> Path:
-    """``prometheus`` or ``promtool``: $INFERMETER_PROMETHEUS_BIN, then .tools/, then PATH."""
+    """A Prometheus binary (or the Pushgateway) from $INFERMETER_PROMETHEUS_BIN, then .tools/, then PATH."""
     places = [os.environ.get("INFERMETER_PROMETHEUS_BIN"), str(ROOT / ".tools/prometheus/usr/bin")]
     for place in places:
         if place and (Path(place) / name).is_file():
@@ -28,7 +28,14 @@ class Prometheus:
     """A real Prometheus as a plain process on a loopback port, scraping ``targets`` every second."""
 
     def __init__(
-        self, folder: Path, port: int, targets: list[str], *, job: str, rules: Path | None = None
+        self,
+        folder: Path,
+        port: int,
+        targets: list[str],
+        *,
+        job: str,
+        rules: Path | None = None,
+        honor_labels: bool = False,
     ) -> None:
         import subprocess
 
@@ -37,7 +44,8 @@ class Prometheus:
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             + rule_files
-            + f"scrape_configs:\n  - job_name: {job}\n    static_configs: [{{targets: {targets!r}}}]\n"
+            + f"scrape_configs:\n  - job_name: {job}\n    honor_labels: {str(honor_labels).lower()}\n"
+            + f"    static_configs: [{{targets: {targets!r}}}]\n"
         )
         self.api = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(

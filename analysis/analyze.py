@@ -1,0 +1,346 @@
+"""``infermeter analyze``: runs in, decisions out — performance verdicts with CIs, quality and drift, cost.
+
+The result is one JSON-ready dict (``summary.json`` of the analysis, schema-versioned); ``analysis.report``
+renders it for people and ``analysis.publish`` sends its quality and regression figures to Prometheus.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.record import RequestRecord
+from analysis.cost import cost_block
+from analysis.inference import (
+    RESAMPLES,
+    SEED,
+    Comparison,
+    anova,
+    bootstrap_ci,
+    compare,
+    compare_many,
+    geometric_mean,
+    scaling_fit,
+)
+from analysis.quality import (
+    SIMILARITY_FLOOR,
+    Sample,
+    drift,
+    samples_of,
+    score_samples,
+    score_units,
+    task_scores,
+)
+from analysis.runs import Run
+from analysis.scorers import SemScorer
+from analysis.stats import describe
+from analysis.summary import summarize
+
+__all__ = ["ANALYSIS_SCHEMA_VERSION", "METRICS", "Options", "analyze", "metric_values"]
+
+ANALYSIS_SCHEMA_VERSION = 1
+
+#: Per-request metrics compared between runs: (record field or derived name, lower is better, unit).
+METRICS: tuple[tuple[str, bool, str], ...] = (
+    ("ttft_ms", True, "ms"),
+    ("tpot_ms", True, "ms"),
+    ("itl_ms_median", True, "ms"),
+    ("e2e_ms", True, "ms"),
+    ("prefill_ms", True, "ms"),
+    ("decode_ms", True, "ms"),
+    ("wall_tok_s", False, "tok/s"),
+    ("native_tok_s", False, "tok/s"),
+    ("overhead_pct", True, "%"),
+)
+
+
+@dataclass(slots=True)
+class Options:
+    """How to analyze: statistics, quality scoring and cost inputs."""
+
+    alpha: float = 0.05
+    resamples: int = RESAMPLES
+    seed: int = SEED
+    usd_per_hour: float | None = None
+    tokens_per_month: float | None = None
+    burst_factor: float = 1.0
+    semscore: bool = True
+    semscore_model: str | None = None
+    similarity_floor: float = SIMILARITY_FLOOR
+
+
+def _steady_ok(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in records if r.status == "ok" and r.stage == "steady" and not r.cold_start]
+
+
+def metric_values(records: Sequence[RequestRecord], metric: str) -> list[float]:
+    """One value per ok steady warm request (``itl_ms_median``: the median gap within each request)."""
+    out: list[float] = []
+    for r in _steady_ok(records):
+        if metric == "itl_ms_median":
+            if r.itl_ms:
+                out.append(float(np.median(r.itl_ms)))
+            continue
+        value = getattr(r, metric)
+        if value is not None:
+            out.append(float(value))
+    return out
+
+
+def _scenario_summary(run: Run, name: str, records: list[RequestRecord]) -> dict[str, Any]:
+    """The run's own summary block for the scenario (SLOs and targets applied), else computed here."""
+    scenarios = (run.summary or {}).get("scenarios") or {}
+    if name in scenarios:
+        return dict(scenarios[name])
+    return dict(summarize(records)["scenarios"][name])
+
+
+def _fits(records: list[RequestRecord]) -> dict[str, Any]:
+    ok = _steady_ok(records)
+    pairs = {
+        "e2e_ms_per_output_token": ([r.output_tokens for r in ok], [r.e2e_ms for r in ok]),
+        "ttft_ms_per_prompt_token": ([r.prompt_tokens for r in ok], [r.ttft_ms for r in ok]),
+    }
+    out: dict[str, Any] = {}
+    for name, (xs, ys) in pairs.items():
+        keep = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+        fit = scaling_fit([x for x, _ in keep], [y for _, y in keep]) if keep else None
+        if fit is not None:
+            out[name] = fit
+    return out
+
+
+def _performance(run: Run, name: str, records: list[RequestRecord], opts: Options) -> dict[str, Any]:
+    summary = _scenario_summary(run, name, records)
+    metrics: dict[str, Any] = {}
+    for metric, lower, unit in METRICS:
+        values = metric_values(records, metric)
+        if not values:
+            continue
+        ci = bootstrap_ci(values, "median", resamples=opts.resamples, seed=opts.seed)
+        metrics[metric] = {
+            "unit": unit,
+            "lower_is_better": lower,
+            "distribution": describe(values),
+            "median_ci": ci.as_dict() if ci else None,
+        }
+    cold = summary.get("cold_start") or {}
+    steady_ttft = (summary.get("latency_ms", {}).get("ttft") or {}).get("p50")
+    cold_ttft = (cold.get("ttft_ms") or {}).get("p50")
+    return {
+        "requests": summary.get("requests"),
+        "metrics": metrics,
+        "throughput": summary.get("throughput"),
+        "goodput": summary.get("goodput"),
+        "warmup": summary.get("warmup"),
+        "cold_start": {
+            "n": cold.get("n", 0),
+            "ttft_p50_ms": cold_ttft,
+            "ttft_p50_delta_ms": cold_ttft - steady_ttft if cold_ttft is not None and steady_ttft else None,
+            "load_p50_ms": (cold.get("load_ms") or {}).get("p50"),
+        },
+        "overhead_pct": summary.get("overhead_pct"),
+        "decode_fraction": summary.get("decode_fraction"),
+        "tokens": summary.get("tokens"),
+        "scaling": _fits(records),
+    }
+
+
+def _joules_per_token(run: Run) -> float | None:
+    stages = ((run.summary or {}).get("energy") or {}).get("stages") or []
+    measured = [s for s in stages if s.get("j_per_token") is not None and s.get("output_tokens")]
+    tokens = sum(s["output_tokens"] for s in measured)
+    if not tokens:
+        return None
+    return float(sum(s["j_per_token"] * s["output_tokens"] for s in measured) / tokens)
+
+
+def _cost(run: Run, perf: dict[str, Any], opts: Options) -> dict[str, Any] | None:
+    tp = perf.get("throughput") or {}
+    tokens = perf.get("tokens") or {}
+    out_tok_s = tp.get("output_tok_s")
+    total = (out_tok_s or 0) + (tp.get("prompt_tok_s") or 0)
+    return cost_block(
+        output_tok_s=out_tok_s,
+        total_tok_s=total or None,
+        prompt_tokens_mean=(tokens.get("prompt") or {}).get("mean"),
+        output_tokens_mean=(tokens.get("output") or {}).get("mean"),
+        usd_per_hour=opts.usd_per_hour,
+        tokens_per_month=opts.tokens_per_month,
+        burst_factor=opts.burst_factor,
+        joules_per_token=_joules_per_token(run),
+    )
+
+
+def _run_info(run: Run) -> dict[str, Any]:
+    manifest = run.manifest or {}
+    return {
+        "label": run.label,
+        "path": str(run.path),
+        "run_id": run.run_id,
+        "backends": run.backends,
+        "models": run.models,
+        "scenarios": list(run.scenario_records()),
+        "records": len(run.records),
+        "ok": sum(1 for r in run.records if r.status == "ok"),
+        "config_sha256": (manifest.get("scenario") or {}).get("sha256"),
+        "started_at": manifest.get("started_at"),
+        "warnings": run.warnings,
+    }
+
+
+def _comparisons(
+    baseline: Run, candidate: Run, opts: Options
+) -> tuple[dict[str, list[Comparison]], dict[str, Any]]:
+    base_sc, cand_sc = baseline.scenario_records(), candidate.scenario_records()
+    shared = [s for s in cand_sc if s in base_sc]
+    by_scenario: dict[str, list[Comparison]] = {}
+    flat: list[Comparison] = []
+    for sc in shared:
+        rows = [
+            compare(
+                metric,
+                metric_values(base_sc[sc], metric),
+                metric_values(cand_sc[sc], metric),
+                lower_is_better=lower,
+                alpha=opts.alpha,
+                resamples=opts.resamples,
+                seed=opts.seed,
+            )
+            for metric, lower, _ in METRICS
+        ]
+        rows = [c for c in rows if c.n_baseline or c.n_candidate]
+        by_scenario[sc] = rows
+        flat += rows
+    compare_many(flat, opts.alpha)
+    ratios: dict[str, Any] = {}
+    for metric, _, _ in METRICS:
+        values = [
+            c.median_candidate / c.median_baseline
+            for rows in by_scenario.values()
+            for c in rows
+            if c.metric == metric and c.median_baseline and c.median_candidate is not None
+        ]
+        gm = geometric_mean(values)
+        if gm is not None:
+            ratios[metric] = {"scenarios": len(values), "geomean_ratio": gm}
+    return by_scenario, ratios
+
+
+def _quality(
+    runs: list[Run], baseline: Run | None, opts: Options, progress: Callable[[int, int], None] | None
+) -> dict[str, Any] | None:
+    """Score every run's kept outputs, then drift of each run against the baseline."""
+    per_run: dict[str, list[Sample]] = {}
+    everyone = ([baseline] if baseline is not None else []) + runs
+    for run in everyone:
+        per_run[run.label] = samples_of(run.records, run.references)
+    if not any(per_run.values()):
+        return None
+    semscorer = None
+    sem_error = None
+    if opts.semscore:
+        try:
+            semscorer = SemScorer(opts.semscore_model)
+        except (ImportError, OSError, ValueError) as e:
+            sem_error = str(e)
+    total = sum(score_units(s, semscorer) for s in per_run.values())
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    for samples in per_run.values():
+        score_samples(samples, semscorer, advance=advance)
+    out: dict[str, Any] = {
+        "semscore_model": semscorer.model_name if semscorer else None,
+        "semscore_unavailable": sem_error if opts.semscore else "disabled (--no-semscore)",
+        "runs": {
+            label: task_scores(s, resamples=opts.resamples, seed=opts.seed) for label, s in per_run.items()
+        },
+        "drift": {},
+    }
+    if baseline is not None:
+        for run in runs:
+            out["drift"][run.label] = drift(
+                per_run[baseline.label],
+                per_run[run.label],
+                semscorer,
+                resamples=opts.resamples,
+                seed=opts.seed,
+                similarity_floor=opts.similarity_floor,
+            )
+    return out
+
+
+def analyze(
+    runs: list[Run],
+    baseline: Run | None = None,
+    opts: Options | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Analyze ``runs`` (candidates), each against ``baseline`` when given; ``progress(done, total)``."""
+    opts = opts or Options()
+    if not runs:
+        raise ValueError("nothing to analyze: give at least one run directory")
+    labels = [r.label for r in ([baseline] if baseline else []) + runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"runs need distinct folder names to be told apart; got {', '.join(labels)}")
+    result: dict[str, Any] = {
+        "schema_version": ANALYSIS_SCHEMA_VERSION,
+        "kind": "infermeter-analysis",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "options": {
+            "alpha": opts.alpha,
+            "resamples": opts.resamples,
+            "seed": opts.seed,
+            "usd_per_hour": opts.usd_per_hour,
+            "tokens_per_month": opts.tokens_per_month,
+            "burst_factor": opts.burst_factor,
+        },
+        "baseline": baseline.label if baseline else None,
+        "runs": [_run_info(r) for r in ([baseline] if baseline else []) + runs],
+        "performance": {},
+        "comparisons": {},
+        "verdicts": {},
+        "anova": {},
+        "cost": {},
+    }
+    for run in ([baseline] if baseline else []) + runs:
+        perf = {sc: _performance(run, sc, recs, opts) for sc, recs in run.scenario_records().items()}
+        result["performance"][run.label] = perf
+        costs = {sc: c for sc, p in perf.items() if (c := _cost(run, p, opts)) is not None}
+        if costs:
+            result["cost"][run.label] = costs
+    if baseline is not None:
+        for run in runs:
+            by_scenario, ratios = _comparisons(baseline, run, opts)
+            result["comparisons"][run.label] = {
+                "scenarios": {sc: [c.as_dict() for c in rows] for sc, rows in by_scenario.items()},
+                "geomean_ratio": ratios,
+            }
+            counts = {"better": 0, "worse": 0, "no detectable change": 0, "too few samples": 0}
+            for row in itertools.chain.from_iterable(by_scenario.values()):
+                counts[row.verdict] += 1
+            result["verdicts"][run.label] = counts
+    everyone = ([baseline] if baseline else []) + runs
+    if len(everyone) >= 3:
+        scenarios = set.intersection(*(set(r.scenario_records()) for r in everyone))
+        for sc in sorted(scenarios):
+            rows = {}
+            for metric, _, _ in METRICS:
+                test = anova([metric_values(r.scenario_records()[sc], metric) for r in everyone])
+                if test is not None:
+                    rows[metric] = test
+            result["anova"][sc] = rows
+    result["quality"] = _quality(runs, baseline, opts, progress)
+    return result

@@ -1,0 +1,301 @@
+"""Quality scoring and drift (METHOD §6, TR124/TR125).
+
+A run's kept outputs are scored against the references its scenario carries, with the scorers its task
+group chooses. Drift compares a candidate run with a baseline run prompt by prompt: how similar the two
+outputs are (ROUGE-L and SemScore of candidate vs baseline output, the identical-output rate) and how each
+reference metric moved. The tier of a task is the worse of its benchmark delta (accuracy scorers, in
+percentage points) and its generation delta (the key metric average, in per cent).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from agent.record import RequestRecord
+from analysis.inference import bootstrap_ci
+from analysis.scorers import REGISTRY, SemScorer, rouge_l
+
+__all__ = [
+    "KEY_FAMILIES",
+    "SIMILARITY_FLOOR",
+    "TASK_SCORERS",
+    "TIERS",
+    "Reference",
+    "Sample",
+    "drift",
+    "samples_of",
+    "score_samples",
+    "score_units",
+    "task_scores",
+    "tier_of",
+]
+
+#: METHOD §6: which scorers each task group is judged by. "open" is an output without a reference.
+TASK_SCORERS: dict[str, tuple[str, ...]] = {
+    "summarization": ("rouge_l", "semscore", "length_ratio"),
+    "qa": ("rouge_l", "semscore", "length_ratio"),
+    "code": ("bleu", "rouge_l", "semscore"),
+    "creative": ("semscore", "length_ratio", "repetition"),
+    "classification": ("exact_match", "length_ratio"),
+    "multiple_choice": ("mc_accuracy", "exact_match"),
+    "open": ("repetition",),
+}
+#: Below this mean ROUGE-L of candidate vs baseline output, the outputs count as drifted.
+SIMILARITY_FLOOR = 0.9
+#: The key metric average is the mean of the semantic and overlap scorers a task has.
+KEY_FAMILIES = ("overlap", "semantic")
+
+Tier = Literal["negligible", "acceptable", "concerning", "unacceptable"]
+TIERS: tuple[Tier, ...] = ("negligible", "acceptable", "concerning", "unacceptable")
+#: Lower bounds of each tier: benchmark delta in points, generation delta in per cent (METHOD §6).
+_POINTS = (-3.0, -5.0, -10.0)
+_PERCENT = (-3.0, -8.0, -15.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What a prompt should produce and how it is judged."""
+
+    task: str
+    reference: str | None
+
+
+@dataclass(slots=True)
+class Sample:
+    """One kept output with its scores."""
+
+    prompt_id: str
+    task: str
+    request_id: str
+    output: str
+    reference: str | None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def tier_of(points: float | None = None, percent: float | None = None) -> Tier:
+    """The worse tier of a benchmark delta (points) and a generation delta (%); no delta is negligible."""
+    worst = 0
+    for value, bounds in ((points, _POINTS), (percent, _PERCENT)):
+        if value is None:
+            continue
+        level = next((i for i, bound in enumerate(bounds) if value >= bound), len(bounds))
+        worst = max(worst, level)
+    return TIERS[worst]
+
+
+def samples_of(records: Iterable[RequestRecord], references: dict[str, Reference]) -> list[Sample]:
+    """One sample per ok, non-warmup record that kept its output text, in record order.
+
+    A prompt without a reference entry is an "open" output: only reference-free scorers apply.
+    """
+    out: list[Sample] = []
+    for r in records:
+        if r.status != "ok" or r.is_warmup or r.output_text is None or r.prompt_id is None:
+            continue
+        ref = references.get(r.prompt_id)
+        task = ref.task if ref is not None and ref.reference is not None else "open"
+        out.append(Sample(r.prompt_id, task, r.request_id, r.output_text, ref.reference if ref else None))
+    return out
+
+
+def _needs_sem(s: Sample) -> bool:
+    return s.reference is not None and "semscore" in TASK_SCORERS.get(s.task, ())
+
+
+def score_units(samples: Sequence[Sample], semscorer: SemScorer | None) -> int:
+    """How many progress steps :func:`score_samples` reports: one per sample, one per SemScore pair."""
+    return len(samples) + (sum(1 for s in samples if _needs_sem(s)) if semscorer is not None else 0)
+
+
+def score_samples(
+    samples: Sequence[Sample],
+    semscorer: SemScorer | None,
+    *,
+    advance: Callable[[int], None] | None = None,
+    chunk: int = 256,
+) -> list[Sample]:
+    """Fill each sample's scores with its task's scorers; SemScore in batches, skipped without a model."""
+    for s in samples:
+        for name in TASK_SCORERS.get(s.task, TASK_SCORERS["open"]):
+            sc = REGISTRY[name]
+            if sc.batched or (sc.needs == "reference" and s.reference is None):
+                continue
+            assert sc.fn is not None
+            s.scores[name] = sc.fn(s.output, s.reference or "")
+        if advance is not None:
+            advance(1)
+    if semscorer is not None:
+        sem_rows = [s for s in samples if _needs_sem(s)]
+        for start in range(0, len(sem_rows), chunk):
+            part = sem_rows[start : start + chunk]
+            values = semscorer.score_pairs([s.output for s in part], [s.reference or "" for s in part])
+            for s, v in zip(part, values, strict=True):
+                s.scores["semscore"] = v
+            if advance is not None:
+                advance(len(part))
+    return list(samples)
+
+
+def _key(scores: dict[str, float]) -> float | None:
+    keys = [v for k, v in scores.items() if REGISTRY[k].family in KEY_FAMILIES]
+    return float(np.mean(keys)) if keys else None
+
+
+def task_scores(samples: Sequence[Sample], *, resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per task: every scorer's mean with a bootstrap CI, the key metric average, sample count."""
+    by_task: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_task[s.task].append(s)
+    out: dict[str, dict[str, Any]] = {}
+    for task, rows in sorted(by_task.items()):
+        scorers: dict[str, Any] = {}
+        names = sorted({k for s in rows for k in s.scores})
+        for name in names:
+            ci = bootstrap_ci(
+                [s.scores[name] for s in rows if name in s.scores], "mean", resamples=resamples, seed=seed
+            )
+            scorers[name] = ci.as_dict() if ci else None
+        keys = [k for s in rows if (k := _key(s.scores)) is not None]
+        key_ci = bootstrap_ci(keys, "mean", resamples=resamples, seed=seed) if keys else None
+        out[task] = {
+            "n": len(rows),
+            "prompts": len({s.prompt_id for s in rows}),
+            "scorers": scorers,
+            "key_average": key_ci.as_dict() if key_ci else None,
+        }
+    return out
+
+
+def _first_per_prompt(samples: Sequence[Sample]) -> dict[str, Sample]:
+    out: dict[str, Sample] = {}
+    for s in samples:
+        out.setdefault(s.prompt_id, s)
+    return out
+
+
+def drift(
+    baseline: Sequence[Sample],
+    candidate: Sequence[Sample],
+    semscorer: SemScorer | None,
+    *,
+    resamples: int,
+    seed: int,
+    worst: int = 5,
+    similarity_floor: float = SIMILARITY_FLOOR,
+) -> dict[str, Any]:
+    """Candidate vs baseline on the prompts both answered (the first output of each prompt in each run).
+
+    Per task: output-vs-output ROUGE-L and SemScore, identical-output rate, each scorer's mean in both runs
+    with the paired delta and its bootstrap CI, the benchmark and generation deltas, and the tier.
+
+    ``drifted`` says the outputs themselves moved (mean output-vs-baseline ROUGE-L under
+    ``similarity_floor``), whichever way quality went; the tier says how far quality fell.
+    """
+    base, cand = _first_per_prompt(baseline), _first_per_prompt(candidate)
+    shared = [pid for pid in base if pid in cand]
+    pairs = [(base[p], cand[p]) for p in shared]
+    sims_rouge = [rouge_l(c.output, b.output) for b, c in pairs]
+    sims_sem = (
+        semscorer.score_pairs([c.output for _, c in pairs], [b.output for b, _ in pairs])
+        if (semscorer is not None and pairs)
+        else None
+    )
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, (b, _) in enumerate(pairs):
+        by_task[b.task].append(i)
+    tasks: dict[str, Any] = {}
+    for task, idx in sorted(by_task.items()):
+        tasks[task] = _task_drift(
+            similarity_floor,
+            task,
+            [pairs[i] for i in idx],
+            [sims_rouge[i] for i in idx],
+            None if sims_sem is None else [sims_sem[i] for i in idx],
+            resamples=resamples,
+            seed=seed,
+        )
+    graded = [t for t in tasks.values() if t["tier"] is not None]
+    overall = max((TIERS.index(t["tier"]) for t in graded), default=None)
+    order = sorted(range(len(pairs)), key=lambda i: sims_rouge[i])[:worst]
+    similarity = _mean(sims_rouge)
+    return {
+        "similarity_floor": similarity_floor,
+        "drifted": similarity is not None and similarity < similarity_floor,
+        "prompts_baseline": len(base),
+        "prompts_candidate": len(cand),
+        "prompts_shared": len(shared),
+        "only_in_baseline": sorted(set(base) - set(cand)),
+        "only_in_candidate": sorted(set(cand) - set(base)),
+        "identical_rate": _mean([float(b.output == c.output) for b, c in pairs]),
+        "output_rouge_l": similarity,
+        "output_semscore": _mean(sims_sem) if sims_sem is not None else None,
+        "tasks": tasks,
+        "tier": None if overall is None else TIERS[overall],
+        "tier_level": overall,
+        "least_similar": [
+            {
+                "prompt_id": pairs[i][0].prompt_id,
+                "task": pairs[i][0].task,
+                "output_rouge_l": sims_rouge[i],
+                "baseline": pairs[i][0].output[:300],
+                "candidate": pairs[i][1].output[:300],
+            }
+            for i in order
+            if pairs[i][0].output != pairs[i][1].output
+        ],
+    }
+
+
+def _mean(values: Sequence[float] | None) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _task_drift(
+    similarity_floor: float,
+    task: str,
+    pairs: list[tuple[Sample, Sample]],
+    sims_rouge: list[float],
+    sims_sem: list[float] | None,
+    *,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    scorers: dict[str, Any] = {}
+    names = sorted({k for b, c in pairs for k in b.scores if k in c.scores})
+    points: float | None = None
+    for name in names:
+        bv = [b.scores[name] for b, c in pairs if name in b.scores and name in c.scores]
+        cv = [c.scores[name] for b, c in pairs if name in b.scores and name in c.scores]
+        diff = bootstrap_ci(np.subtract(cv, bv), "mean", resamples=resamples, seed=seed)
+        scorers[name] = {
+            "baseline": float(np.mean(bv)),
+            "candidate": float(np.mean(cv)),
+            "delta": diff.as_dict() if diff else None,
+        }
+        if REGISTRY[name].family == "accuracy":
+            delta_points = (float(np.mean(cv)) - float(np.mean(bv))) * 100
+            points = delta_points if points is None else min(points, delta_points)
+    key_b = [k for b, c in pairs if (k := _key({n: b.scores[n] for n in names if n in b.scores})) is not None]
+    key_c = [k for b, c in pairs if (k := _key({n: c.scores[n] for n in names if n in c.scores})) is not None]
+    percent: float | None = None
+    if key_b and key_c and np.mean(key_b) > 0:
+        percent = (float(np.mean(key_c)) / float(np.mean(key_b)) - 1) * 100
+    has_reference = any(b.reference is not None for b, _ in pairs)
+    similarity = _mean(sims_rouge)
+    return {
+        "n": len(pairs),
+        "drifted": similarity is not None and similarity < similarity_floor,
+        "identical_rate": _mean([float(b.output == c.output) for b, c in pairs]),
+        "output_rouge_l": similarity,
+        "output_semscore": _mean(sims_sem),
+        "scorers": scorers,
+        "benchmark_delta_points": points,
+        "generation_delta_pct": percent,
+        "key_average": {"baseline": _mean(key_b), "candidate": _mean(key_c)},
+        "tier": tier_of(points, percent) if has_reference and task != "open" else None,
+    }

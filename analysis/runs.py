@@ -1,0 +1,144 @@
+"""A run as the analyzer sees it: records, manifest, summary and the quality references, read from disk.
+
+A run directory is what ``infermeter run``/``sweep``/``replay`` wrote (``records.jsonl``,
+``manifest.json``, ``summary.json``); the daemon's sample folder (``samples*.jsonl``, rotated) reads the
+same way without a manifest. References come from the prompts in the manifest's normalised scenario, or
+from a scenario or prompt file given with ``--references``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.record import RequestRecord
+from analysis.quality import Reference
+from analysis.records import load_records
+
+__all__ = ["Run", "load_run", "read_references"]
+
+
+@dataclass(slots=True)
+class Run:
+    """Everything the analyzer reads from one run directory."""
+
+    path: Path
+    label: str
+    records: list[RequestRecord]
+    manifest: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    references: dict[str, Reference] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        """The run id the records carry (the folder name when there are none)."""
+        return self.records[0].run_id if self.records else self.path.name
+
+    @property
+    def models(self) -> list[str]:
+        """Models the records name, in first-seen order."""
+        return list(dict.fromkeys(r.model for r in self.records))
+
+    @property
+    def backends(self) -> list[str]:
+        """Backends the records name, in first-seen order."""
+        return list(dict.fromkeys(r.backend for r in self.records))
+
+    def scenario_records(self) -> dict[str, list[RequestRecord]]:
+        """Records grouped by scenario, in first-seen order."""
+        out: dict[str, list[RequestRecord]] = {}
+        for r in self.records:
+            out.setdefault(r.scenario, []).append(r)
+        return out
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    return data if isinstance(data, dict) else None
+
+
+def _prompts_to_references(prompts: list[Any]) -> dict[str, Reference]:
+    out: dict[str, Reference] = {}
+    for p in prompts:
+        if isinstance(p, dict) and p.get("id") and (p.get("reference") is not None or p.get("task")):
+            out[str(p["id"])] = Reference(task=str(p.get("task") or "qa"), reference=p.get("reference"))
+    return out
+
+
+def _manifest_references(manifest: dict[str, Any] | None) -> dict[str, Reference]:
+    if not manifest:
+        return {}
+    scenarios = [manifest.get("scenario") or {}, *(manifest.get("tenants") or [])]
+    out: dict[str, Reference] = {}
+    for sc in scenarios:
+        normalised = sc.get("normalised") if isinstance(sc, dict) else None
+        if isinstance(normalised, dict):
+            out.update(_prompts_to_references(normalised.get("prompts") or []))
+    return out
+
+
+def read_references(path: Path) -> dict[str, Reference]:
+    """References from a scenario file (its prompts, files resolved) or a prompt file (a YAML list)."""
+    from agent.scenario import load_scenario  # the scenario loader resolves prompt files beside it
+
+    if not path.is_file():
+        raise FileNotFoundError(f"references file {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        scenario = load_scenario(path)
+        return _prompts_to_references([p.model_dump() for p in scenario.prompt_list()])
+    if isinstance(data, list):
+        return _prompts_to_references(data)
+    raise ValueError(f"{path}: expected a scenario (mapping) or a prompt list")
+
+
+def _sample_files(folder: Path) -> list[Path]:
+    """The daemon's rotated samples, oldest first (``samples.K.jsonl`` … ``samples.1.jsonl``, then live)."""
+
+    def age(p: Path) -> int:
+        parts = p.name.split(".")
+        return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
+
+    return sorted(folder.glob("samples*.jsonl"), key=age, reverse=True)
+
+
+def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
+    """Read a run directory (or a records/samples JSONL file); unreadable lines become warnings."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; pass a run directory written by `infermeter run`")
+    folder = path if path.is_dir() else path.parent
+    warnings: list[str] = []
+    records: list[RequestRecord] = []
+    if path.is_dir() and not (path / "records.jsonl").is_file():
+        files = _sample_files(path)
+        if not files:
+            raise FileNotFoundError(f"{path} holds neither records.jsonl nor the daemon's samples*.jsonl")
+        for f in files:
+            loaded = load_records(f)
+            records += loaded.records
+            warnings += loaded.warnings
+    else:
+        loaded = load_records(path)
+        records, warnings = loaded.records, loaded.warnings
+    try:
+        manifest = _json(folder / "manifest.json")
+        summary = _json(folder / "summary.json")
+    except ValueError as e:
+        warnings.append(str(e))
+        manifest = summary = None
+    refs = _manifest_references(manifest)
+    if references:
+        refs.update(references)
+    label = folder.name if path.is_dir() else path.stem
+    return Run(folder, label, records, manifest, summary, refs, warnings)

@@ -230,9 +230,19 @@ class SemScorer:
 
     ``model`` is a local path or a sentence-transformers id; by default the packaged all-MiniLM-L6-v2,
     which loads offline. Negative cosines are clipped to 0 so the score stays in [0, 1].
+
+    ``precision="auto"`` encodes under bfloat16 autocast on CPUs with native bf16 (AVX512-BF16/AMX):
+    about twice the throughput, cosines within about 1e-3 of float32; elsewhere, or with ``"fp32"``, float32.
     """
 
-    def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+        precision: Literal["auto", "fp32", "bf16"] = "auto",
+    ) -> None:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
@@ -258,18 +268,23 @@ class SemScorer:
         except ImportError:
             pass
         self._model: Any = SentenceTransformer(model, device=device)
+        self.precision = _precision(precision, device)
         #: embeddings by text: references and baseline outputs recur across runs and comparisons
         self._cache: dict[str, Any] = {}
 
     def embed(self, texts: Sequence[str]) -> Any:
-        """Unit-length embeddings, one row per text."""
-        return self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        """Unit-length float32 embeddings, one row per text."""
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return out.float().cpu().numpy()
 
     def score_pairs(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:
         """SemScore of each (candidate, reference) pair; an empty text scores 0."""
@@ -289,6 +304,18 @@ class SemScorer:
             cos = float(self._cache[c] @ self._cache[r])
             out.append(min(max(cos, 0.0), 1.0))
         return out
+
+
+def _precision(asked: str, device: str) -> str:
+    if asked != "auto":
+        return asked
+    if device != "cpu":
+        return "fp32"
+    import torch
+
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return "bf16" if (native is not None and native()) or (amx is not None and amx()) else "fp32"
 
 
 _register(Scorer("rouge_l", rouge_l, "ROUGE-L F1 (longest common subsequence) against the reference"))

@@ -59,6 +59,13 @@ def _cdf(ax: Any, values: Sequence[float], label: str) -> None:
     ax.step(xs, ys, where="post", label=f"{label} (n={xs.size})")
 
 
+def _save(fig: Any, out: Path, name: str, written: list[str]) -> None:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    written.append(name)
+    _plt().close(fig)
+
+
 def write_figures(runs: list[Run], result: dict[str, Any], out: Path) -> list[str]:
     """Write every figure the data supports into ``out``; return the file names in report order."""
     plt = _plt()
@@ -78,12 +85,10 @@ def write_figures(runs: list[Run], result: dict[str, Any], out: Path) -> list[st
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(f"{sc}: latency CDF (ok steady requests)")
-        fig.tight_layout()
         if drawn:
-            name = f"latency_cdf_{sc}.png"
-            fig.savefig(out / name, dpi=110)
-            written.append(name)
-        plt.close(fig)
+            _save(fig, out, f"latency_cdf_{sc}.png", written)
+        else:
+            plt.close(fig)
 
         gaps = {
             run.label: np.concatenate(
@@ -107,11 +112,7 @@ def write_figures(runs: list[Run], result: dict[str, Any], out: Path) -> list[st
             ax.set_ylabel("density")
             ax.set_title(f"{sc}: ITL distribution")
             ax.legend(fontsize=7)
-            fig.tight_layout()
-            name = f"itl_{sc}.png"
-            fig.savefig(out / name, dpi=110)
-            written.append(name)
-            plt.close(fig)
+            _save(fig, out, f"itl_{sc}.png", written)
 
     for run in runs:
         sweep = (run.summary or {}).get("sweep")
@@ -129,11 +130,7 @@ def write_figures(runs: list[Run], result: dict[str, Any], out: Path) -> list[st
         ax.set_ylabel(points[0].get("throughput_unit", "throughput"))
         ax.set_title(f"{run.label}: throughput vs load")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        name = f"sweep_{run.label}.png"
-        fig.savefig(out / name, dpi=110)
-        written.append(name)
-        plt.close(fig)
+        _save(fig, out, f"sweep_{run.label}.png", written)
 
     quality = result.get("quality") or {}
     for label, d in (quality.get("drift") or {}).items():
@@ -156,11 +153,7 @@ def write_figures(runs: list[Run], result: dict[str, Any], out: Path) -> list[st
         ax.set_yticks(ys, [r[0] for r in rows], fontsize=7)
         ax.set_xlabel("candidate − baseline (score, 95 % CI)")
         ax.set_title(f"{label}: quality deltas against {result.get('baseline')}")
-        fig.tight_layout()
-        name = f"quality_deltas_{label}.png"
-        fig.savefig(out / name, dpi=110)
-        written.append(name)
-        plt.close(fig)
+        _save(fig, out, f"quality_deltas_{label}.png", written)
     return written
 
 

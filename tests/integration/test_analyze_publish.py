@@ -47,6 +47,11 @@ def pushgateway(tmp_path: Path) -> Any:
         proc.wait(30)
 
 
+def analyze_and_push(candidate: Path, base: Path, url: str) -> None:
+    args = ["analyze", str(candidate), "--baseline", str(base), "--pushgateway", url]
+    assert main([*args, "--no-semscore", "--no-progress", "--no-plots", "--resamples", "500"]) == 0
+
+
 def alerts(api: str) -> list[dict[str, Any]]:
     body = json.loads(get(f"{api}/api/v1/alerts"))
     return list(body["data"]["alerts"])
@@ -56,20 +61,7 @@ def test_pushed_drift_and_regression_raise_alerts(tmp_path: Path, pushgateway: t
     url, port = pushgateway
     base = write_run(tmp_path / "base", seed=1)
     worse = write_run(tmp_path / "worse", slow=1.5, answers={**ANSWERS, "q1": "Kyoto", "m1": "B"}, seed=3)
-    args = [
-        "analyze",
-        str(worse),
-        "--baseline",
-        str(base),
-        "--no-semscore",
-        "--no-progress",
-        "--no-plots",
-        "--resamples",
-        "500",
-        "--pushgateway",
-        url,
-    ]
-    assert main(args) == 0
+    analyze_and_push(worse, base, url)
     pushed = get(f"{url}/metrics")
     assert 'infermeter_quality_tier{instance="",job="infermeter_analyze",model="m",task="all"} 3' in pushed
 
@@ -106,20 +98,7 @@ def test_pushed_drift_and_regression_raise_alerts(tmp_path: Path, pushgateway: t
 
         # a fixed model: the next analysis of the same model replaces its group, and the alert clears
         fixed = write_run(tmp_path / "fixed", seed=2)
-        args = [
-            "analyze",
-            str(fixed),
-            "--baseline",
-            str(base),
-            "--no-semscore",
-            "--no-progress",
-            "--no-plots",
-            "--resamples",
-            "500",
-            "--pushgateway",
-            url,
-        ]
-        assert main(args) == 0
+        analyze_and_push(fixed, base, url)
 
         def cleared() -> bool:
             rows = promql(prom.api, 'infermeter_quality_tier{task="all"}')

@@ -77,9 +77,12 @@ async def test_ttft_and_itl_medians_match_the_emission_log(tmp_path: Path, concu
     # milliseconds unless the simulator spins, see `precise`) …
     assert 100 <= statistics.median(served) < 101.5
     assert 9.5 < statistics.median(itl_true) < 10.5
-    # … the client saw each first token and each gap within 1 ms of when it left the simulator …
-    assert statistics.median(ttft_err) < 1.0
-    assert statistics.median(itl_err) < 1.0
+    # … the client saw each first token and each gap close to when it left the simulator (here both share
+    # one event loop on a machine running the rest of the suite; a client that stamped late — after
+    # parsing, or once per batch of reads — would be off by a whole 10 ms gap; the sub-millisecond
+    # figure is measured in benchmarks/client.py with client and simulator pinned apart) …
+    assert statistics.median(ttft_err) < 5.0
+    assert statistics.median(itl_err) < 5.0
     # … and never before it left: one monotonic clock on both sides
     assert min(ttft_err) >= 0
     # native fields are the simulator's own measurements

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "LOGPROB_POSITIONS",
     "REASONS",
     "SCHEMA_VERSION",
     "ChainRecord",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: Output positions whose top-k logprobs a record keeps when they are asked for (drift's KL signal).
+LOGPROB_POSITIONS = 10
 
 #: Degraded-record reasons and what each means; ``http_<code>`` stands for every HTTP status.
 REASONS: dict[str, str] = {
@@ -67,6 +70,8 @@ class GenerationRequest:
     #: False when the runner keeps no text of this response: a backend may then count chunks without
     #: decoding their text (``Chunk.text`` empty)
     want_text: bool = True
+    #: top-k alternatives to record per position for the first LOGPROB_POSITIONS output tokens (0 = none)
+    top_logprobs: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -121,6 +126,8 @@ class StreamEnd:
     usage: Usage | None = None
     native: NativeTimings | None = None
     finish_reason: str | None = None
+    #: {token: logprob} of the top-k alternatives at each of the first output positions, when asked for
+    logprobs: list[dict[str, float]] | None = None
 
 
 StreamEvent = Chunk | StreamEnd
@@ -222,6 +229,8 @@ class RequestRecord(BaseModel):
     decode_energy_j: float | None = None
     decode_energy_quality: Literal["good", "no_data", "counter"] | None = None
     output_text: str | None = None
+    #: top-k {token: logprob} for the first output positions (scenario ``logprobs``), for drift's KL
+    top_logprobs: list[dict[str, float]] | None = None
 
 
 class ChainRecord(BaseModel):
@@ -344,6 +353,7 @@ class Measurement:
             "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
             "finish_reason": self.end.finish_reason if self.end else None,
             "output_text": "".join(self.parts) if self.keep_text else None,
+            "top_logprobs": self.end.logprobs if self.end else None,
         }
         fields.update(_native_fields(native))
         if fields.get("cold_start"):

@@ -225,6 +225,13 @@ class Scenario(_Strict):
     cache_prompt: bool = False
     timeout: Timeouts = Timeouts()
     keep_output_every: int = Field(1, ge=0, description="keep the text of every Nth response; 0 = none")
+    logprobs: int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="record the top-k logprobs of the first 10 output tokens (OpenAI-compatible servers); "
+        "0 = none. Streams that ask for them are parsed in full, so keep it off in load tests",
+    )
     source: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -257,6 +264,8 @@ class Scenario(_Strict):
         """The fully resolved config (defaults filled, prompts inlined) that the hash covers."""
         data = self.model_dump(mode="json")
         data["prompts"] = [p.model_dump(exclude_none=True) for p in self.prompt_list()]
+        if not data.get("logprobs"):  # off: the hash stays what it was before the field existed
+            data.pop("logprobs", None)
         return data
 
     def config_hash(self) -> str:
@@ -309,6 +318,7 @@ class Scenario(_Strict):
                 cache_prompt=self.cache_prompt,
                 endpoint=self.endpoint,
                 prompt_id=p.id,
+                top_logprobs=self.logprobs,
             )
             seq += 1
 

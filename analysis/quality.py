@@ -28,6 +28,7 @@ __all__ = [
     "Reference",
     "Sample",
     "drift",
+    "kl_first_tokens",
     "samples_of",
     "score_samples",
     "score_units",
@@ -75,6 +76,7 @@ class Sample:
     output: str
     reference: str | None
     scores: dict[str, float] = field(default_factory=dict)
+    logprobs: list[dict[str, float]] | None = None
 
 
 def tier_of(points: float | None = None, percent: float | None = None) -> Tier:
@@ -99,7 +101,8 @@ def samples_of(records: Iterable[RequestRecord], references: dict[str, Reference
             continue
         ref = references.get(r.prompt_id)
         task = ref.task if ref is not None and ref.reference is not None else "open"
-        out.append(Sample(r.prompt_id, task, r.request_id, r.output_text, ref.reference if ref else None))
+        reference = ref.reference if ref else None
+        out.append(Sample(r.prompt_id, task, r.request_id, r.output_text, reference, logprobs=r.top_logprobs))
     return out
 
 
@@ -224,6 +227,7 @@ def drift(
     order = sorted(range(len(pairs)), key=lambda i: sims_rouge[i])[:worst]
     similarity = _mean(sims_rouge)
     return {
+        "kl_first_tokens": _kl(pairs),
         "similarity_floor": similarity_floor,
         "drifted": similarity is not None and similarity < similarity_floor,
         "prompts_baseline": len(base),
@@ -249,6 +253,18 @@ def drift(
             if pairs[i][0].output != pairs[i][1].output
         ],
     }
+
+
+def _kl(pairs: Sequence[tuple[Sample, Sample]]) -> dict[str, Any] | None:
+    """Mean and max over prompts of KL(baseline ‖ candidate) on the first tokens, where both kept logprobs."""
+    values = [
+        v
+        for b, c in pairs
+        if b.logprobs and c.logprobs and (v := kl_first_tokens(b.logprobs, c.logprobs)) is not None
+    ]
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "max": float(np.max(values)), "prompts": len(values)}
 
 
 def _mean(values: Sequence[float] | None) -> float | None:
@@ -289,6 +305,7 @@ def _task_drift(
     similarity = _mean(sims_rouge)
     return {
         "n": len(pairs),
+        "kl_first_tokens": _kl(pairs),
         "drifted": similarity is not None and similarity < similarity_floor,
         "identical_rate": _mean([float(b.output == c.output) for b, c in pairs]),
         "output_rouge_l": similarity,
@@ -299,3 +316,42 @@ def _task_drift(
         "key_average": {"baseline": _mean(key_b), "candidate": _mean(key_c)},
         "tier": tier_of(points, percent) if has_reference and task != "open" else None,
     }
+
+
+def kl_first_tokens(
+    baseline: Sequence[dict[str, float]], candidate: Sequence[dict[str, float]]
+) -> float | None:
+    """Mean KL(P_baseline ‖ P_candidate) over the first token positions, from top-k logprobs.
+
+    Each position is a ``{token: logprob}`` map of the top-k alternatives. Positions count up to and
+    including the first where the two runs' greedy choices (each map's most likely token) differ: after
+    it, the runs continue from different prefixes and their distributions are not comparable. Both
+    distributions live on the
+    union of their top-k tokens plus one "other" bucket; a token missing from one side's top-k gets an
+    even share of that side's tail mass (1 − Σ top-k), floored at 1e-10. Identical top-k maps give 0.
+    None when no position can be compared.
+    """
+    n = min(len(baseline), len(candidate))
+    total, count = 0.0, 0
+    for i in range(n):
+        p_top, q_top = baseline[i], candidate[i]
+        if not p_top or not q_top:
+            break
+        support = sorted(set(p_top) | set(q_top))
+        p = _spread(p_top, support)
+        q = _spread(q_top, support)
+        total += float(np.sum(p * np.log(p / q)))
+        count += 1
+        if max(q_top, key=q_top.__getitem__) != max(p_top, key=p_top.__getitem__):
+            break  # the runs took different tokens here: later positions have other contexts
+    return total / count if count else None
+
+
+def _spread(top: dict[str, float], support: list[str]) -> np.ndarray:
+    probs = {t: float(np.exp(lp)) for t, lp in top.items()}
+    tail = max(1.0 - sum(probs.values()), 0.0)
+    missing = [t for t in support if t not in probs]
+    share = tail / (len(missing) + 1)
+    out = np.array([probs.get(t, share) for t in support] + [share])
+    out = np.maximum(out, 1e-10)
+    return np.asarray(out / out.sum())

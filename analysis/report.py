@@ -374,7 +374,13 @@ def _quality_md(quality: dict[str, Any] | None) -> list[str]:
         out.append(
             f"{d['prompts_shared']} shared prompts; identical outputs {_share(d['identical_rate'])};"
             f" output-vs-baseline ROUGE-L {_f(d['output_rouge_l'], '{:.3f}')}, SemScore "
-            f"{_f(d['output_semscore'], '{:.3f}')}."
+            f"{_f(d['output_semscore'], '{:.3f}')}; KL(baseline ‖ candidate) over the first tokens "
+            + (
+                f"mean {d['kl_first_tokens']['mean']:.4f}, max {d['kl_first_tokens']['max']:.4f} nats "
+                f"({d['kl_first_tokens']['prompts']} prompts)."
+                if d.get("kl_first_tokens")
+                else "not available (no logprobs recorded)."
+            )
         )
         out.append("")
         rows = [

@@ -21,7 +21,15 @@ from agent.backends.base import HttpBackendArgs, register
 from agent.backends.http import failure_from, open_session, post_once_more_if_stale, read_error_body
 from agent.backends.sse import SSEEvent, SSEParser
 from agent.errors import BackendError, RequestFailedError
-from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
+from agent.record import (
+    LOGPROB_POSITIONS,
+    Chunk,
+    GenerationRequest,
+    NativeTimings,
+    StreamEnd,
+    StreamEvent,
+    Usage,
+)
 
 __all__ = ["OpenAIArgs", "OpenAIBackend", "parse_payload"]
 
@@ -57,6 +65,24 @@ class _StreamState:
     finish_reason: str | None = None
     usage: Usage | None = None
     native: NativeTimings | None = None
+    logprobs: list[dict[str, float]] | None = None
+
+
+def _logprobs(obj: Any, state: _StreamState) -> None:
+    """Keep the top-k alternatives of the first output positions (chat and completions formats)."""
+    if state.logprobs is None or not isinstance(obj, dict):
+        return
+    entries = obj.get("content")
+    if isinstance(entries, list):  # OpenAI chat format, also llama.cpp's completions
+        tops = [e.get("top_logprobs") for e in entries if isinstance(e, dict)]
+        maps = [{a["token"]: float(a["logprob"]) for a in top if isinstance(a, dict) and "token" in a}
+                for top in tops if isinstance(top, list)]  # fmt: skip
+    elif isinstance(obj.get("top_logprobs"), list):  # legacy completions: one {token: logprob} per token
+        maps = [{str(k): float(v) for k, v in m.items()} for m in obj["top_logprobs"] if isinstance(m, dict)]
+    else:
+        return
+    room = LOGPROB_POSITIONS - len(state.logprobs)
+    state.logprobs.extend(maps[: max(room, 0)])
 
 
 def _usage(obj: dict[str, Any]) -> Usage:
@@ -117,6 +143,8 @@ def parse_payload(data: str, t_ns: int, state: _StreamState) -> list[Chunk]:
     choice = choices[0]
     if choice.get("finish_reason"):
         state.finish_reason = choice["finish_reason"]
+    if state.logprobs is not None and choice.get("logprobs"):
+        _logprobs(choice["logprobs"], state)
     delta = choice.get("delta")
     out: list[Chunk] = []
     if isinstance(delta, dict):
@@ -272,6 +300,11 @@ class OpenAIBackend:
         body.update(req.sampling)
         if self.args.request_metrics:
             body["include_metrics"] = True
+        if req.top_logprobs:
+            if endpoint == "chat":
+                body.update(logprobs=True, top_logprobs=req.top_logprobs)
+            else:
+                body["logprobs"] = req.top_logprobs
         if self.args.engine_fields:
             body["cache_prompt"] = req.cache_prompt
             if req.ignore_eos:
@@ -284,8 +317,11 @@ class OpenAIBackend:
             raise RuntimeError("backend not started: call start() first")
         endpoint = self.args.endpoint or request.endpoint
         payload = json.dumps(self._body(request, endpoint)).encode()
-        state = _StreamState()
-        reader = ChunkReader(state, text=request.want_text, endpoint=endpoint)
+        state = _StreamState(logprobs=[] if request.top_logprobs else None)
+        # logprobs ride on ordinary events, so those streams take the full parser for every event
+        reader = ChunkReader(
+            state, text=request.want_text, endpoint=endpoint, full=bool(request.top_logprobs)
+        )
         end_ns = 0
         try:
             url = self._base + _PATHS[endpoint]
@@ -304,7 +340,13 @@ class OpenAIBackend:
             raise failure_from(e) from e
         if not state.done and state.finish_reason is None:
             raise RequestFailedError("invalid_response", "stream ended without [DONE] or finish_reason")
-        yield StreamEnd(end_ns, usage=state.usage, native=state.native, finish_reason=state.finish_reason)
+        yield StreamEnd(
+            end_ns,
+            usage=state.usage,
+            native=state.native,
+            finish_reason=state.finish_reason,
+            logprobs=state.logprobs or None,
+        )
 
 
 _ANSWER_RE = re.compile(rb'"(?:content|text)":"([^"]*)"')
@@ -327,17 +369,22 @@ class ChunkReader:
     the final figures, which the full rules always read.
     """
 
-    __slots__ = ("_key", "_parser", "_pending", "state", "text")
+    __slots__ = ("_key", "_parser", "_pending", "full", "state", "text")
 
-    def __init__(self, state: _StreamState, *, text: bool = True, endpoint: str = "chat") -> None:
+    def __init__(
+        self, state: _StreamState, *, text: bool = True, endpoint: str = "chat", full: bool = False
+    ) -> None:
         self._parser = SSEParser()
         self._pending = b""
         self.state = state
         self.text = text
+        self.full = full
         self._key = b'"content":"' if endpoint == "chat" else b'"text":"'
 
     def feed(self, data: bytes, t_ns: int) -> list[Chunk]:
         """Chunks completed by ``data``, stamped ``t_ns``."""
+        if self.full:  # every event through the full rules (logprobs asked for)
+            return _read_chunks(self._parser.feed_payloads(data), t_ns, self.state, full=True)
         buf = self._pending + data if self._pending else data
         if self._parser.busy or b"\r" in buf:
             self._pending = b""
@@ -390,12 +437,12 @@ class ChunkReader:
         return out
 
 
-def _read_chunks(payloads: list[bytes], t_ns: int, state: _StreamState) -> list[Chunk]:
+def _read_chunks(payloads: list[bytes], t_ns: int, state: _StreamState, full: bool = False) -> list[Chunk]:
     """One socket read's payloads → at most one reasoning and one answer Chunk (with counts)."""
     answers: list[str] = []
     reasonings: list[str] = []
     for payload in payloads:
-        fast = fast_payload(payload)
+        fast = None if full else fast_payload(payload)
         if fast is None:
             for c in parse_payload(payload.decode("utf-8", errors="replace"), t_ns, state):
                 (reasonings if c.reasoning else answers).append(c.text)

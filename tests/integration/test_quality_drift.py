@@ -57,12 +57,18 @@ def test_identical_rerun_is_not_drift_and_truncation_is(tmp_path: Path, cache_di
     assert rerun["prompts_shared"] == 12
     assert rerun["identical_rate"] == 1.0 and rerun["output_semscore"] == pytest.approx(1.0, abs=1e-4)
     assert rerun["drifted"] is False and rerun["tier"] == "negligible"
+    # the engine's top-5 logprobs of the first tokens were recorded: the same model gives KL 0
+    first = read_records(tmp_path / "base")[0]["top_logprobs"]
+    assert 1 <= len(first) <= 10 and all(1 <= len(position) <= 5 for position in first)
+    assert rerun["kl_first_tokens"] == {"mean": 0.0, "max": 0.0, "prompts": 12}
     for task in rerun["tasks"].values():
         assert task["generation_delta_pct"] in (None, 0.0) and task["benchmark_delta_points"] in (None, 0.0)
 
     cut = quality["drift"]["truncated"]
     assert cut["identical_rate"] < 0.5 and cut["drifted"] is True
     assert cut["tier"] in ("concerning", "unacceptable")
+    # truncation changes how much is decoded, not the model: its first-token distributions are the same
+    assert cut["kl_first_tokens"]["max"] == pytest.approx(0.0, abs=1e-9)
     for task in cut["tasks"].values():  # each task's tier is the worse of its two deltas
         assert task["tier"] == tier_of(task["benchmark_delta_points"], task["generation_delta_pct"])
     assert all(r["output_tokens"] <= 6 for r in read_records(tmp_path / "truncated"))  # degraded as made

@@ -111,3 +111,51 @@ def test_prompts_only_in_one_run_are_listed() -> None:
     assert d["prompts_shared"] == 1
     assert d["only_in_baseline"] == ["free", "m1", "m2", "q2"]
     assert d["only_in_candidate"] == ["new"]
+
+
+def test_kl_first_tokens_by_hand() -> None:
+    import math
+
+    from analysis.quality import kl_first_tokens
+
+    p = [{"a": math.log(0.7), "b": math.log(0.2)}]
+    q = [{"a": math.log(0.2), "b": math.log(0.7)}]
+    assert kl_first_tokens(p, p) == 0.0
+    # support {a, b, other}: P = (0.7, 0.2, 0.1), Q = (0.2, 0.7, 0.1) → 0.7 ln 3.5 + 0.2 ln(2/7)
+    assert kl_first_tokens(p, q) == pytest.approx(0.7 * math.log(3.5) + 0.2 * math.log(0.2 / 0.7))
+    # positions after the first differing greedy choice are not compared
+    later = [{"z": math.log(0.9)}]
+    assert kl_first_tokens(p + later, [*q, {"y": math.log(0.9)}]) == kl_first_tokens(p, q)
+    # a token one side lacks gets an even share of that side's tail
+    r = [{"a": math.log(0.7), "c": math.log(0.2)}]
+    pp = [0.7, 0.2, 0.05, 0.05]  # a, b, c, other: P lacks c, its 0.1 tail split over c and other
+    rr = [0.7, 0.05, 0.2, 0.05]
+    assert kl_first_tokens(p, r) == pytest.approx(
+        sum(x * math.log(x / y) for x, y in zip(pp, rr, strict=True))
+    )
+    assert kl_first_tokens([], q) is None
+
+
+def test_drift_reports_kl_where_logprobs_were_kept() -> None:
+    import math
+
+    recs_b = outputs(GOOD)
+    recs_c = outputs(GOOD)
+    for r in recs_b:
+        r.top_logprobs = [{"x": math.log(0.6), "y": math.log(0.3)}]
+    for r in recs_c:
+        r.top_logprobs = [{"x": math.log(0.5), "y": math.log(0.4)}]
+    d = drift(
+        score_samples(samples_of(recs_b, REFS), None),
+        score_samples(samples_of(recs_c, REFS), None),
+        None,
+        resamples=200,
+        seed=1,
+    )
+    expected = 0.6 * math.log(0.6 / 0.5) + 0.3 * math.log(0.3 / 0.4)
+    assert d["kl_first_tokens"] == {
+        "mean": pytest.approx(expected),
+        "max": pytest.approx(expected),
+        "prompts": 5,
+    }
+    assert drift(_scored(GOOD), _scored(GOOD), None, resamples=200, seed=1)["kl_first_tokens"] is None

@@ -239,3 +239,55 @@ def test_a_null_usage_on_every_event_keeps_the_fast_path_and_the_final_usage() -
     assert [(c.count, c.text) for c in chunks] == [(50, "w" * 50)]
     assert state.done and state.finish_reason == "stop" and state.usage is not None
     assert state.usage.output_tokens == 50
+
+
+def lp_event(token: str, alts: dict[str, float], *, chat: bool = True) -> bytes:
+    """An event as llama.cpp's server streams it with logprobs on (chat delta or completions text)."""
+    tops = [
+        {"id": i, "token": t, "bytes": list(t.encode()), "logprob": lp}
+        for i, (t, lp) in enumerate(alts.items())
+    ]
+    entry = {"id": 0, "token": token, "logprob": alts[token], "top_logprobs": tops}
+    choice: dict[str, Any] = {"finish_reason": None, "index": 0, "logprobs": {"content": [entry]}}
+    choice.update({"delta": {"content": token}} if chat else {"text": token})
+    return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_logprobs_of_the_first_positions_are_kept(chat: bool) -> None:
+    from agent.backends.openai import ChunkReader
+    from agent.record import LOGPROB_POSITIONS
+
+    events = [lp_event(f"t{i}", {f"t{i}": -0.1, "x": -2.5}, chat=chat) for i in range(LOGPROB_POSITIONS + 3)]
+    stream = b"".join(events) + b"data: [DONE]\n\n"
+    state = _StreamState(logprobs=[])
+    reader = ChunkReader(state, text=True, endpoint="chat" if chat else "completions", full=True)
+    chunks = reader.feed(stream[:37], 1) + reader.feed(stream[37:], 2)
+    assert "".join(c.text for c in chunks) == "".join(f"t{i}" for i in range(LOGPROB_POSITIONS + 3))
+    assert sum(c.count for c in chunks) == LOGPROB_POSITIONS + 3
+    assert state.logprobs == [{f"t{i}": -0.1, "x": -2.5} for i in range(LOGPROB_POSITIONS)]
+    # without asking, the same stream keeps none (and the fast path may skip the events entirely)
+    plain = _StreamState()
+    through = ChunkReader(plain, text=True, endpoint="chat" if chat else "completions")
+    assert sum(c.count for c in through.feed(stream, 1)) == LOGPROB_POSITIONS + 3
+    assert plain.logprobs is None
+
+
+def test_legacy_completions_logprobs_format() -> None:
+    state = _StreamState(logprobs=[])
+    payload = {
+        "choices": [{"text": "a", "logprobs": {"tokens": ["a"], "top_logprobs": [{"a": -0.2, "b": -1.9}]}}]
+    }
+    parse_payload(json.dumps(payload), 1, state)
+    assert state.logprobs == [{"a": -0.2, "b": -1.9}]
+
+
+def test_request_body_asks_for_logprobs_per_endpoint() -> None:
+    from agent.backends.openai import OpenAIArgs, OpenAIBackend
+    from agent.record import GenerationRequest
+
+    backend = OpenAIBackend(OpenAIArgs(base_url="http://127.0.0.1:1", model="m"))
+    req = GenerationRequest("r", prompt="p", top_logprobs=5)
+    assert backend._body(req, "chat")["top_logprobs"] == 5 and backend._body(req, "chat")["logprobs"] is True
+    assert backend._body(req, "completions")["logprobs"] == 5
+    assert "logprobs" not in backend._body(GenerationRequest("r", prompt="p"), "chat")

@@ -112,7 +112,8 @@ def cmd_analyze(ns: argparse.Namespace, err: Console) -> int:
         raise ConfigError(str(e), location=str(ns.references)) from e
     runs = [load_run(p, refs) for p in ns.runs]
     baseline = load_run(ns.baseline, refs) if ns.baseline else None
-    for run in ([baseline] if baseline else []) + runs:
+    everyone = ([baseline] if baseline else []) + runs
+    for run in everyone:
         for w in run.warnings:
             err.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
         if not run.records:
@@ -144,7 +145,6 @@ def cmd_analyze(ns: argparse.Namespace, err: Console) -> int:
             raise ConfigError(str(e)) from e
     out: Path = ns.out or runs[0].path / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    everyone = ([baseline] if baseline else []) + runs
     figures = [] if ns.no_plots else write_figures(everyone, result, out)
     result["figures"] = figures
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")

@@ -29,7 +29,7 @@ from agent.record import RequestRecord
 from agent.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, parse_duration, resolve_scenario
 from agent.settings import Settings
 from agent.trace import PromptSynth, TokenCodec, load_trace, trace_requests, write_trace
-from analysis.console import render_summary
+from analysis.console import fmt, render_summary
 from analysis.records import load_records
 from analysis.summary import summarize, summarize_stages
 from analysis.sweep import analyse, point, saturation
@@ -398,9 +398,6 @@ async def cmd_sweep(ns: argparse.Namespace, settings: Settings, err: Console) ->
 
 
 def _curve_table(curve: dict[str, Any], over: str) -> Table:
-    def f(v: Any, fmt: str = "{:.1f}") -> str:
-        return "—" if v is None else fmt.format(v)
-
     table = Table(title="throughput / latency by stage", box=None)
     for col in (
         over,
@@ -419,14 +416,14 @@ def _curve_table(curve: dict[str, Any], over: str) -> Table:
         mark = " ◀ knee" if p["stage"] == knee else ""
         table.add_row(
             f"{p['load']:g}{mark}",
-            f"{f(p['throughput'])} {p['throughput_unit']}",
-            f(p["requests_per_s"], "{:.2f}"),
-            f(p["ttft_ms_p50"]),
-            f(p["ttft_ms_pslo"]),
-            f(p["tpot_ms_p50"]),
-            f(p["e2e_ms_pslo"]),
-            f(p["goodput_share"] * 100 if p["goodput_share"] is not None else None, "{:.0f} %"),
-            f(p["lag_ms_p99"], "{:.2f}"),
+            f"{fmt(p['throughput'])} {p['throughput_unit']}",
+            fmt(p["requests_per_s"], "{:.2f}"),
+            fmt(p["ttft_ms_p50"]),
+            fmt(p["ttft_ms_pslo"]),
+            fmt(p["tpot_ms_p50"]),
+            fmt(p["e2e_ms_pslo"]),
+            fmt(p["goodput_share"] * 100 if p["goodput_share"] is not None else None, "{:.0f} %"),
+            fmt(p["lag_ms_p99"], "{:.2f}"),
         )
     sat = curve.get("saturated")
     caption = (

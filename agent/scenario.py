@@ -18,7 +18,6 @@ from agent.record import GenerationRequest
 
 __all__ = [
     "MAX_IN_FLIGHT",
-    "TASKS",
     "AgentChain",
     "Batch",
     "Load",
@@ -26,6 +25,7 @@ __all__ = [
     "Scenario",
     "Slo",
     "Sweep",
+    "Task",
     "builtin_dir",
     "list_builtin",
     "load_scenario",
@@ -58,7 +58,7 @@ class _Strict(BaseModel):
 
 
 #: Task groups a quality prompt belongs to; each chooses its scorers in ``analysis.quality``.
-TASKS = ("summarization", "qa", "code", "creative", "classification", "multiple_choice")
+Task = Literal["summarization", "qa", "code", "creative", "classification", "multiple_choice"]
 
 
 class Prompt(_Strict):
@@ -70,9 +70,7 @@ class Prompt(_Strict):
 
     id: str
     text: str = Field(min_length=1)
-    task: Literal["summarization", "qa", "code", "creative", "classification", "multiple_choice"] | None = (
-        None
-    )
+    task: Task | None = None
     reference: str | None = Field(None, min_length=1)
 
 

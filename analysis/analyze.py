@@ -185,7 +185,7 @@ def _run_info(run: Run) -> dict[str, Any]:
         "run_id": run.run_id,
         "backends": run.backends,
         "models": run.models,
-        "scenarios": list(run.scenario_records()),
+        "scenarios": list(run.by_scenario),
         "records": len(run.records),
         "ok": sum(1 for r in run.records if r.status == "ok"),
         "config_sha256": (manifest.get("scenario") or {}).get("sha256"),
@@ -197,7 +197,7 @@ def _run_info(run: Run) -> dict[str, Any]:
 def _comparisons(
     baseline: Run, candidate: Run, opts: Options
 ) -> tuple[dict[str, list[Comparison]], dict[str, Any]]:
-    base_sc, cand_sc = baseline.scenario_records(), candidate.scenario_records()
+    base_sc, cand_sc = baseline.by_scenario, candidate.by_scenario
     shared = [s for s in cand_sc if s in base_sc]
     by_scenario: dict[str, list[Comparison]] = {}
     flat: list[Comparison] = []
@@ -237,8 +237,7 @@ def _quality(
 ) -> dict[str, Any] | None:
     """Score every run's kept outputs, then drift of each run against the baseline."""
     per_run: dict[str, list[Sample]] = {}
-    everyone = ([baseline] if baseline is not None else []) + runs
-    for run in everyone:
+    for run in ([baseline] if baseline is not None else []) + runs:
         per_run[run.label] = samples_of(run.records, run.references)
     if not any(per_run.values()):
         return None
@@ -292,7 +291,8 @@ def analyze(
     opts = opts or Options()
     if not runs:
         raise ValueError("nothing to analyze: give at least one run directory")
-    labels = [r.label for r in ([baseline] if baseline else []) + runs]
+    everyone = ([baseline] if baseline else []) + runs
+    labels = [r.label for r in everyone]
     if len(set(labels)) != len(labels):
         raise ValueError(f"runs need distinct folder names to be told apart; got {', '.join(labels)}")
     result: dict[str, Any] = {
@@ -308,15 +308,15 @@ def analyze(
             "burst_factor": opts.burst_factor,
         },
         "baseline": baseline.label if baseline else None,
-        "runs": [_run_info(r) for r in ([baseline] if baseline else []) + runs],
+        "runs": [_run_info(r) for r in everyone],
         "performance": {},
         "comparisons": {},
         "verdicts": {},
         "anova": {},
         "cost": {},
     }
-    for run in ([baseline] if baseline else []) + runs:
-        perf = {sc: _performance(run, sc, recs, opts) for sc, recs in run.scenario_records().items()}
+    for run in everyone:
+        perf = {sc: _performance(run, sc, recs, opts) for sc, recs in run.by_scenario.items()}
         result["performance"][run.label] = perf
         costs = {sc: c for sc, p in perf.items() if (c := _cost(run, p, opts)) is not None}
         if costs:
@@ -332,13 +332,12 @@ def analyze(
             for row in itertools.chain.from_iterable(by_scenario.values()):
                 counts[row.verdict] += 1
             result["verdicts"][run.label] = counts
-    everyone = ([baseline] if baseline else []) + runs
     if len(everyone) >= 3:
-        scenarios = set.intersection(*(set(r.scenario_records()) for r in everyone))
+        scenarios = set.intersection(*(set(r.by_scenario) for r in everyone))
         for sc in sorted(scenarios):
             rows = {}
             for metric, _, _ in METRICS:
-                test = anova([metric_values(r.scenario_records()[sc], metric) for r in everyone])
+                test = anova([metric_values(r.by_scenario[sc], metric) for r in everyone])
                 if test is not None:
                     rows[metric] = test
             result["anova"][sc] = rows

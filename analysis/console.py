@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["render_summary"]
+__all__ = ["fmt", "p50", "render_summary"]
 
 _LATENCY_ROWS = (
     ("TTFT", "latency_ms", "ttft"),
@@ -20,11 +20,13 @@ _LATENCY_ROWS = (
 )
 
 
-def _f(value: float | None, fmt: str = "{:.1f}") -> str:
-    return "—" if value is None else fmt.format(value)
+def fmt(value: float | None, spec: str = "{:.1f}") -> str:
+    """``value`` formatted with ``spec``, or an em dash for a missing figure."""
+    return "—" if value is None else spec.format(value)
 
 
-def _p50(stats: dict[str, Any] | None) -> float | None:
+def p50(stats: dict[str, Any] | None) -> float | None:
+    """The p50 of a ``describe`` block, or None."""
     return None if stats is None else stats["p50"]
 
 
@@ -34,7 +36,7 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
     head = Text.assemble(
         (name, "bold"),
         f" — {req['ok']} ok / {req['steady']} steady",
-        f" ({_f(rate * 100 if rate is not None else None)} % success), {req['warmup']} warmup",
+        f" ({fmt(rate * 100 if rate is not None else None)} % success), {req['warmup']} warmup",
     )
     table = Table(box=None, pad_edge=False)
     table.add_column("ms")
@@ -45,31 +47,31 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
         if st is None:
             table.add_row(label, "0", *["—"] * 5)
             continue
-        table.add_row(label, str(st["n"]), *(_f(st[k]) for k in ("p50", "p95", "p99", "max", "mean")))
+        table.add_row(label, str(st["n"]), *(fmt(st[k]) for k in ("p50", "p95", "p99", "max", "mean")))
     tp, tok, warm = s["throughput"], s["tokens"], s["warmup"]
     prompt_mean = (tok["prompt"] or {}).get("mean")
     output_mean = (tok["output"] or {}).get("mean")
     lines = [
-        f"throughput      {_f(tp['output_tok_s'])} output tok/s, {_f(tp['requests_per_s'], '{:.2f}')} req/s "
-        f"over {_f(tp['window_s'])} s",
-        f"tok/s per req   native p50 {_f(_p50(tp['native_tok_s_per_request']))}, "
-        f"wall p50 {_f(_p50(tp['wall_tok_s_per_request']))}",
-        f"HTTP overhead   p50 {_f(_p50(s['overhead_pct']))} %   decode fraction p50 "
-        f"{_f(_p50(s['decode_fraction']), '{:.3f}')}",
-        f"warmup ratio    {_f(warm['ratio'], '{:.2f}')}"
+        f"throughput      {fmt(tp['output_tok_s'])} output tok/s, "
+        f"{fmt(tp['requests_per_s'], '{:.2f}')} req/s over {fmt(tp['window_s'])} s",
+        f"tok/s per req   native p50 {fmt(p50(tp['native_tok_s_per_request']))}, "
+        f"wall p50 {fmt(p50(tp['wall_tok_s_per_request']))}",
+        f"HTTP overhead   p50 {fmt(p50(s['overhead_pct']))} %   decode fraction p50 "
+        f"{fmt(p50(s['decode_fraction']), '{:.3f}')}",
+        f"warmup ratio    {fmt(warm['ratio'], '{:.2f}')}"
         + ("  (> 10: use a warm pool)" if warm["needs_warm_pool"] else ""),
-        f"prompt tokens   mean {_f(prompt_mean)} (target {tok['prompt_target'] or '—'})",
-        f"output tokens   mean {_f(output_mean)} (target {tok['output_target'] or '—'}), "
+        f"prompt tokens   mean {fmt(prompt_mean)} (target {tok['prompt_target'] or '—'})",
+        f"output tokens   mean {fmt(output_mean)} (target {tok['output_target'] or '—'}), "
         f"early stops {tok['early_stop']}",
     ]
     if tp.get("prompt_tok_s") and s["tokens"]["output_target"] in (0, 1):
-        lines.append(f"prefill         {_f(tp['prompt_tok_s'])} prompt tok/s")
+        lines.append(f"prefill         {fmt(tp['prompt_tok_s'])} prompt tok/s")
     good = s.get("goodput")
     if good:
         slo = ", ".join(f"{k.removesuffix('_ms')} ≤ {v:g} ms" for k, v in good["slo"].items())
         lines.append(
-            f"goodput         {_f(good['share'] * 100)} % of {good['of']} requests meet {slo} "
-            f"({_f(good['requests_per_s'], '{:.2f}')} req/s)"
+            f"goodput         {fmt(good['share'] * 100)} % of {good['of']} requests meet {slo} "
+            f"({fmt(good['requests_per_s'], '{:.2f}')} req/s)"
         )
     load = s.get("load")
     if load:
@@ -77,8 +79,8 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
     cold = s["cold_start"]
     if cold["n"]:
         lines.append(
-            f"cold starts     {cold['n']} (kept out of the table), load p50 {_f(_p50(cold['load_ms']))} ms, "
-            f"E2E p50 {_f(_p50(cold['e2e_ms']))} ms"
+            f"cold starts     {cold['n']} (kept out of the table), load p50 {fmt(p50(cold['load_ms']))} ms, "
+            f"E2E p50 {fmt(p50(cold['e2e_ms']))} ms"
         )
     if tok["server_vs_chunk_mismatch"]:
         lines.append(f"token counts    {tok['server_vs_chunk_mismatch']} records where server count ≠ chunks")
@@ -92,14 +94,14 @@ def _load_line(load: dict[str, Any]) -> str:
     lag = load["schedule_lag_ms"] or {}
     target = load["rate_requested"]
     text = (
-        f"arrivals        {load['arrival']}: requested {_f(target, '{:.2f}')} req/s, scheduled "
-        f"{_f(load['rate_scheduled'], '{:.2f}')}, achieved {_f(load['rate_achieved'], '{:.2f}')} "
-        f"({_f(load['rate_error_vs_schedule_pct'], '{:+.2f}')} % vs schedule)\n"
-        f"                schedule lag p50 {_f(lag.get('p50'), '{:.2f}')} / "
-        f"p99 {_f(lag.get('p99'), '{:.2f}')} ms"
+        f"arrivals        {load['arrival']}: requested {fmt(target, '{:.2f}')} req/s, scheduled "
+        f"{fmt(load['rate_scheduled'], '{:.2f}')}, achieved {fmt(load['rate_achieved'], '{:.2f}')} "
+        f"({fmt(load['rate_error_vs_schedule_pct'], '{:+.2f}')} % vs schedule)\n"
+        f"                schedule lag p50 {fmt(lag.get('p50'), '{:.2f}')} / "
+        f"p99 {fmt(lag.get('p99'), '{:.2f}')} ms"
     )
     if load["burstiness_measured"] is not None and load["arrival"] != "constant":
-        text += f", burstiness {_f(load['burstiness_measured'], '{:.2f}')}"
+        text += f", burstiness {fmt(load['burstiness_measured'], '{:.2f}')}"
         if load["burstiness_requested"] is not None:
             text += f" (asked {load['burstiness_requested']:g})"
     if load["trustworthy"] is False:

@@ -123,14 +123,19 @@ def bootstrap_diff_ci(
     return Interval(estimate, float(low), float(high), level, int(min(a.size, b.size)))
 
 
-def cohens_d(baseline: Sequence[float] | np.ndarray, candidate: Sequence[float] | np.ndarray) -> float | None:
-    """(mean candidate − mean baseline) / pooled sd; None when the pooled sd is 0 or undefined."""
-    a, b = _array(baseline), _array(candidate)
+def _pooled_sd(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The two samples' pooled standard deviation; None under two values each."""
     n1, n2 = a.size, b.size
     if n1 < 2 or n2 < 2:
         return None
-    pooled = math.sqrt(((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / (n1 + n2 - 2))
-    if pooled == 0:
+    return math.sqrt(((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / (n1 + n2 - 2))
+
+
+def cohens_d(baseline: Sequence[float] | np.ndarray, candidate: Sequence[float] | np.ndarray) -> float | None:
+    """(mean candidate − mean baseline) / pooled sd; None when the pooled sd is 0 or undefined."""
+    a, b = _array(baseline), _array(candidate)
+    pooled = _pooled_sd(a, b)
+    if not pooled:
         return None
     return float((b.mean() - a.mean()) / pooled)
 
@@ -225,9 +230,8 @@ def compare(
     c.cohens_d = cohens_d(a, b)
     c.effect = effect_label(c.cohens_d)
     c.mde_d = min_detectable_d(a.size, b.size, alpha)
-    n1, n2 = a.size, b.size
-    pooled = math.sqrt(((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / (n1 + n2 - 2))
-    c.mde_abs = c.mde_d * pooled if c.mde_d is not None else None
+    pooled = _pooled_sd(a, b)
+    c.mde_abs = c.mde_d * pooled if c.mde_d is not None and pooled is not None else None
     return c
 
 

@@ -36,19 +36,25 @@ def _model_of(result: dict[str, Any], label: str) -> str:
     return models[0] if len(models) == 1 else ",".join(models) or label
 
 
-def build_registries(result: dict[str, Any], now: float | None = None) -> dict[str, CollectorRegistry]:
-    """One registry per model holding its analyzer series: the last candidate run of that model."""
+def build_registries(
+    result: dict[str, Any], now: float | None = None, *, per_model: bool = True
+) -> dict[str, CollectorRegistry]:
+    """The analyzer series of the last candidate run of each model.
+
+    One registry per model (keyed by model), or with ``per_model=False`` all of them in one keyed ``""``.
+    """
     now = time.time() if now is None else now
     regs: dict[str, CollectorRegistry] = {}
     gauges: dict[str, dict[str, Gauge]] = {}
 
     def reg(model: str) -> dict[str, Gauge]:
-        if model not in regs:
+        group = model if per_model else ""
+        if group not in regs:
             r = CollectorRegistry(auto_describe=True)
-            regs[model] = r
-            gauges[model] = {spec.name: _gauge(spec, r) for spec in names.ANALYZER}
-            gauges[model][names.ANALYSIS_TIME.name].labels(model=model).set(now)
-        return gauges[model]
+            regs[group] = r
+            gauges[group] = {spec.name: _gauge(spec, r) for spec in names.ANALYZER}
+        gauges[group][names.ANALYSIS_TIME.name].labels(model=model).set(now)
+        return gauges[group]
 
     # one set of series per model: of several candidates of a model, the last given is published
     labels = [r["label"] for r in result["runs"] if r["label"] != result.get("baseline")]
@@ -92,21 +98,16 @@ def publish(
     timeout: float = 10.0,
 ) -> list[str]:
     """Push and/or write the analyzer series; return one line per destination for the console."""
-    regs = build_registries(result)
     done: list[str] = []
     if pushgateway:
+        regs = build_registries(result)
         for model, registry in regs.items():
             push_to_gateway(
                 pushgateway, job=job, registry=registry, grouping_key={"model": model}, timeout=timeout
             )
         done.append(f"pushed {len(regs)} model group(s) to {pushgateway} (job {job})")
     if textfile is not None:
-        combined = CollectorRegistry(auto_describe=True)
-        merged = {spec.name: _gauge(spec, combined) for spec in names.ANALYZER}
-        for registry in regs.values():
-            for family in registry.collect():
-                for sample in family.samples:
-                    merged[family.name].labels(**sample.labels).set(sample.value)
+        combined = build_registries(result, per_model=False).get("") or CollectorRegistry()
         textfile.parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(textfile), combined)
         done.append(f"wrote {textfile} for node_exporter's textfile collector")

@@ -225,19 +225,14 @@ def drift(
     graded = [t for t in tasks.values() if t["tier"] is not None]
     overall = max((TIERS.index(t["tier"]) for t in graded), default=None)
     order = sorted(range(len(pairs)), key=lambda i: sims_rouge[i])[:worst]
-    similarity = _mean(sims_rouge)
     return {
-        "kl_first_tokens": _kl(pairs),
         "similarity_floor": similarity_floor,
-        "drifted": similarity is not None and similarity < similarity_floor,
+        **_similarity(pairs, sims_rouge, sims_sem, similarity_floor),
         "prompts_baseline": len(base),
         "prompts_candidate": len(cand),
         "prompts_shared": len(shared),
         "only_in_baseline": sorted(set(base) - set(cand)),
         "only_in_candidate": sorted(set(cand) - set(base)),
-        "identical_rate": _mean([float(b.output == c.output) for b, c in pairs]),
-        "output_rouge_l": similarity,
-        "output_semscore": _mean(sims_sem) if sims_sem is not None else None,
         "tasks": tasks,
         "tier": None if overall is None else TIERS[overall],
         "tier_level": overall,
@@ -252,6 +247,23 @@ def drift(
             for i in order
             if pairs[i][0].output != pairs[i][1].output
         ],
+    }
+
+
+def _similarity(
+    pairs: Sequence[tuple[Sample, Sample]],
+    sims_rouge: list[float],
+    sims_sem: list[float] | None,
+    floor: float,
+) -> dict[str, Any]:
+    """How far the candidate's outputs moved from the baseline's (for a whole run or one task)."""
+    similarity = _mean(sims_rouge)
+    return {
+        "kl_first_tokens": _kl(pairs),
+        "drifted": similarity is not None and similarity < floor,
+        "identical_rate": _mean([float(b.output == c.output) for b, c in pairs]),
+        "output_rouge_l": similarity,
+        "output_semscore": _mean(sims_sem),
     }
 
 
@@ -302,14 +314,9 @@ def _task_drift(
     if key_b and key_c and np.mean(key_b) > 0:
         percent = (float(np.mean(key_c)) / float(np.mean(key_b)) - 1) * 100
     has_reference = any(b.reference is not None for b, _ in pairs)
-    similarity = _mean(sims_rouge)
     return {
         "n": len(pairs),
-        "kl_first_tokens": _kl(pairs),
-        "drifted": similarity is not None and similarity < similarity_floor,
-        "identical_rate": _mean([float(b.output == c.output) for b, c in pairs]),
-        "output_rouge_l": similarity,
-        "output_semscore": _mean(sims_sem),
+        **_similarity(pairs, sims_rouge, sims_sem, similarity_floor),
         "scorers": scorers,
         "benchmark_delta_points": points,
         "generation_delta_pct": percent,

@@ -16,21 +16,14 @@ from rich.table import Table
 from rich.text import Text
 
 from analysis.analyze import metric_values
+from analysis.console import fmt, p50
 from analysis.runs import Run
 
 __all__ = ["console_view", "render_markdown", "write_figures"]
 
 
-def _f(value: Any, fmt: str = "{:.2f}") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int | float):
-        return fmt.format(value)
-    return str(value)
-
-
-def _p50(stats: dict[str, Any] | None) -> float | None:
-    return None if not stats else stats.get("p50")
+def _f(value: float | None, spec: str = "{:.2f}") -> str:
+    return fmt(value, spec)  # the report's figures carry two decimals unless told otherwise
 
 
 def _share(value: float | None) -> str:
@@ -70,13 +63,13 @@ def write_figures(runs: list[Run], result: dict[str, Any], out: Path) -> list[st
     """Write every figure the data supports into ``out``; return the file names in report order."""
     plt = _plt()
     written: list[str] = []
-    scenarios = list(dict.fromkeys(sc for run in runs for sc in run.scenario_records()))
+    scenarios = list(dict.fromkeys(sc for run in runs for sc in run.by_scenario))
     for sc in scenarios:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         drawn = False
         for ax, metric, title in ((axes[0], "ttft_ms", "TTFT"), (axes[1], "e2e_ms", "E2E")):
             for run in runs:
-                values = metric_values(run.scenario_records().get(sc, []), metric)
+                values = metric_values(run.by_scenario.get(sc, []), metric)
                 if values:
                     _cdf(ax, values, run.label)
                     drawn = True
@@ -94,7 +87,7 @@ def write_figures(runs: list[Run], result: dict[str, Any], out: Path) -> list[st
             run.label: np.concatenate(
                 [
                     r.itl_ms
-                    for r in run.scenario_records().get(sc, [])
+                    for r in run.by_scenario.get(sc, [])
                     if r.status == "ok" and r.stage == "steady" and r.itl_ms
                 ]
                 or [[]]
@@ -278,8 +271,8 @@ def render_markdown(result: dict[str, Any], figures: Sequence[str]) -> str:
                 + (" — above 10, use a warm pool" if warm.get("needs_warm_pool") else ""),
                 f"- cold starts: {cold['n']} (TTFT p50 {_f(cold['ttft_p50_ms'], '{:.1f}')} ms, "
                 f"{_f(cold['ttft_p50_delta_ms'], '{:+.1f}')} ms over steady)",
-                f"- decode fraction p50: {_f(_p50(p['decode_fraction']), '{:.3f}')}; "
-                f"HTTP overhead p50: {_f(_p50(p['overhead_pct']), '{:.1f}')} %",
+                f"- decode fraction p50: {_f(p50(p['decode_fraction']), '{:.3f}')}; "
+                f"HTTP overhead p50: {_f(p50(p['overhead_pct']), '{:.1f}')} %",
             ]
             good = p.get("goodput")
             if good:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from analysis.records import load_records
 __all__ = ["Run", "load_run", "read_references"]
 
 
-@dataclass(slots=True)
+@dataclass
 class Run:
     """Everything the analyzer reads from one run directory."""
 
@@ -49,8 +50,9 @@ class Run:
         """Backends the records name, in first-seen order."""
         return list(dict.fromkeys(r.backend for r in self.records))
 
-    def scenario_records(self) -> dict[str, list[RequestRecord]]:
-        """Records grouped by scenario, in first-seen order."""
+    @cached_property
+    def by_scenario(self) -> dict[str, list[RequestRecord]]:
+        """Records grouped by scenario, in first-seen order (grouped once; records are read-only here)."""
         out: dict[str, list[RequestRecord]] = {}
         for r in self.records:
             out.setdefault(r.scenario, []).append(r)

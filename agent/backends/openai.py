@@ -70,7 +70,8 @@ class _StreamState:
 
 def _logprobs(obj: Any, state: _StreamState) -> None:
     """Keep the top-k alternatives of the first output positions (chat and completions formats)."""
-    if state.logprobs is None or not isinstance(obj, dict):
+    room = LOGPROB_POSITIONS - len(state.logprobs) if state.logprobs is not None else 0
+    if room <= 0 or not isinstance(obj, dict):
         return
     entries = obj.get("content")
     if isinstance(entries, list):  # OpenAI chat format, also llama.cpp's completions
@@ -81,8 +82,8 @@ def _logprobs(obj: Any, state: _StreamState) -> None:
         maps = [{str(k): float(v) for k, v in m.items()} for m in obj["top_logprobs"] if isinstance(m, dict)]
     else:
         return
-    room = LOGPROB_POSITIONS - len(state.logprobs)
-    state.logprobs.extend(maps[: max(room, 0)])
+    assert state.logprobs is not None  # room > 0
+    state.logprobs.extend(maps[:room])
 
 
 def _usage(obj: dict[str, Any]) -> Usage:

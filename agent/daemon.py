@@ -242,7 +242,7 @@ class Daemon:
                 self._result(t, status="degraded", reason="backend_start", detail=str(e))
                 return
         runner = Runner(t.scenario, t.backend, _Sink(self, t), run_id=f"daemon-{t.cfg.name}",
-                        requests=t.requests, cold=t.cold)  # fmt: skip
+                        requests=t.requests, cold=t.cold, freeze_gc=False)  # fmt: skip
         await runner.run()
 
     def record_probe(self, t: _Target, record: RequestRecord) -> None:

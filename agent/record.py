@@ -8,6 +8,7 @@ here once so every consumer reads the same numbers.
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -315,7 +316,8 @@ class Measurement:
         e2e = _ms(end_ns - t0) if end_ns is not None else None
         ttft = _ms(self.text_ns[0] - t0) if self.text_ns else None
         ttfo = _ms(self.first_answer_ns - t0) if self.first_answer_ns is not None else None
-        itl = [(b - a) / 1e6 for a, b in itertools.pairwise(self.text_ns)]
+        ns = self.text_ns
+        itl = list(map(operator.truediv, map(operator.sub, ns[1:], ns), itertools.repeat(1e6)))
         usage = self.end.usage if self.end else None
         native = self.end.native if self.end else None
         output_tokens, token_source = _output_tokens(usage, len(self.text_ns))

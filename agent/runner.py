@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import math
 import time
 from collections import Counter, deque
@@ -35,6 +36,9 @@ __all__ = ["Annotator", "ColdTracker", "RecordSink", "RunOutcome", "Runner", "ex
 
 logger = structlog.get_logger(__name__)
 
+#: Longest stretch the record writer holds the event loop before letting streams read again.
+WRITE_SLICE_NS = 500_000
+
 
 class Annotator(Protocol):
     """Adds fields measured outside the stream to a finished request's record (the energy meter)."""
@@ -60,7 +64,10 @@ async def wait_ready(annotator: Annotator, end_ns: int) -> None:
 
 
 class RecordSink(Protocol):
-    """Where finished records go (the JSONL writer, an exporter, a test list)."""
+    """Where finished records go (the JSONL writer, an exporter, a test list).
+
+    A sink that buffers also has ``flush()``; the runner calls it after each batch of records it writes.
+    """
 
     def write(self, record: RequestRecord) -> None:
         """Take one finished record; must not block the event loop for long."""
@@ -178,6 +185,10 @@ class Runner:
     the number of requests. ``stop`` (SIGINT/SIGTERM) ends the run at once: in-flight requests are written
     as degraded ``interrupted`` records; every completed record is written before ``run`` returns.
 
+    ``freeze_gc`` (the default) collects once and freezes the heap before the load, so the garbage
+    collector's pauses during the run stay short; the daemon, which runs one small runner per probe,
+    turns it off.
+
     A finished request's record is built and written off the hot path: the request's task only queues
     its measurement, and a writer task turns one queued measurement into a record per loop turn, so a
     burst of requests ending together never holds up the timestamps of streams still reading.
@@ -198,8 +209,10 @@ class Runner:
         cold: ColdTracker | None = None,
         origin_ns: int | None = None,
         annotator: Annotator | None = None,
+        freeze_gc: bool = True,
     ) -> None:
         self.scenario = scenario
+        self.freeze_gc = freeze_gc
         self.backend = backend
         self.sink = sink
         self.run_id = run_id
@@ -235,6 +248,12 @@ class Runner:
                 f"backend '{self.backend.name}' has no batched call; use batch.mode: concurrent"
             )
         stop = stop or asyncio.Event()
+        if self.freeze_gc:
+            # Everything built before the load (modules, schemas, prompts) is set aside for the garbage
+            # collector, so its collections during the run scan only what the run allocates: a full
+            # collection over the whole heap would stall every stream for tens of milliseconds.
+            gc.collect()
+            gc.freeze()
         if not self._fixed_origin:
             self.start_ns = time.perf_counter_ns()
         self._start_unix = time.time() - (time.perf_counter_ns() - self.start_ns) / 1e9
@@ -256,22 +275,43 @@ class Runner:
                 await writer  # re-raises a sink failure
             self._flush_backlog()
             self.outcome.ended_unix = time.time()
+            if self.freeze_gc:
+                gc.unfreeze()
         return self.outcome
 
     async def _write_backlog(self) -> None:
-        """Build and write queued records, one per loop turn, until cancelled."""
+        """Build and write queued records in short slices, flushing the sink after each, until cancelled.
+
+        A slice ends after ``WRITE_SLICE_NS`` so records built together never hold up the loop for
+        long (streams still reading keep being read on time); the rest waits for the next loop turn.
+        """
+        flush = getattr(self.sink, "flush", None)
         while True:
             await self._backlog_ready.wait()
             self._backlog_ready.clear()
-            while self._backlog:
-                if self.annotator is not None:
-                    await wait_ready(self.annotator, self._backlog[0].end_ns)
-                self._emit(self._backlog.popleft().record(self.annotator))
-                await asyncio.sleep(0)
+            while True:
+                until = time.perf_counter_ns() + WRITE_SLICE_NS
+                while self._backlog and time.perf_counter_ns() < until:
+                    if self.annotator is not None and not self.annotator.ready(self._backlog[0].end_ns):
+                        break
+                    self._emit(self._backlog.popleft().record(self.annotator))
+                if flush is not None:
+                    flush()
+                if not self._backlog:
+                    break
+                head = self._backlog[0].end_ns
+                if self.annotator is not None and not self.annotator.ready(head):
+                    await wait_ready(self.annotator, head)  # then written, ready or not
+                    self._emit(self._backlog.popleft().record(self.annotator))
+                else:
+                    await asyncio.sleep(0)
 
     def _flush_backlog(self) -> None:
         while self._backlog:
             self._emit(self._backlog.popleft().record(self.annotator))
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
 
     async def _stages(self) -> None:
         sc = self.scenario
@@ -571,6 +611,7 @@ class Runner:
             return None
         record = _Finished(m, ident, failure, end).record(self.annotator)
         self._emit(record)
+        self._backlog_ready.set()  # the writer task flushes the sink
         return record
 
     async def _consume(self, request: GenerationRequest, m: Measurement) -> None:

@@ -1,4 +1,4 @@
-"""Append-only JSONL record files: one line per record (request or chain), flushed as each completes."""
+"""Append-only JSONL record files: one line per record (request or chain)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ __all__ = ["JsonlWriter", "RotatingJsonl"]
 
 
 class JsonlWriter:
-    """Appends records to ``path``; each line is flushed so a killed run loses no completed record."""
+    """Appends records to ``path``, one line each.
+
+    ``write`` buffers; ``flush`` hands the buffered lines to the operating system. The runner flushes
+    after every batch it writes (within a millisecond or so of a request's end), so a killed run loses
+    no record it had written; ``close`` flushes the rest.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -21,12 +26,16 @@ class JsonlWriter:
         self._fh: IO[str] | None = path.open("a", encoding="utf-8")
 
     def write(self, record: BaseModel) -> None:
-        """Append one record and flush it to the operating system."""
+        """Append one record (buffered until ``flush`` or ``close``)."""
         if self._fh is None:
             raise ValueError(f"{self.path} is closed")
         self._fh.write(record.model_dump_json() + "\n")
-        self._fh.flush()
         self.count += 1
+
+    def flush(self) -> None:
+        """Hand every buffered line to the operating system."""
+        if self._fh is not None:
+            self._fh.flush()
 
     def close(self) -> None:
         """Close the file; safe to call twice."""

@@ -40,6 +40,8 @@ class ScriptedServer:
         self.mode = "ok"
         self.bodies: list[dict[str, Any]] = []
         self.close_after_stream = False
+        #: mode "paced": seconds between events
+        self.gap_s = 0.04
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -78,6 +80,12 @@ class ScriptedServer:
             body = b'data: {"choices": [{"delta": {"content": "x"}}]}\n\ndata: {broken\n\n'
         elif mode == "no_done":
             body = sse_body(["a", "b"], final=None, done=False)
+        elif mode == "paced":  # one event per write, ``gap_s`` apart
+            for event in sse_body(["Hello", " there", " friend"]).split(b"\n\n")[:-1]:
+                await resp.write(event + b"\n\n")
+                await asyncio.sleep(self.gap_s)
+            await resp.write_eof()
+            return resp
         elif mode == "drop":
             await resp.write(sse_body(["a"], final=None, done=False))
             await asyncio.sleep(0.01)

@@ -1,29 +1,249 @@
-"""What every HTTP backend shares: one pooled session, the stale-connection retry, one error mapping."""
+"""What every HTTP backend shares: the pooled session, the stale-connection retry, the error mapping.
+
+And the clock: connections stamp every socket read before aiohttp parses it and push the body to its
+parser from there (``StampingHandler``, ``PushedBody``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Generic, Protocol, TypeVar
 
 import aiohttp
 import structlog
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.streams import StreamReader
 
 from agent.backends.base import HttpBackendArgs
 from agent.errors import RequestFailedError
 
-__all__ = ["failure_from", "open_session", "post_once_more_if_stale", "read_error_body"]
+__all__ = [
+    "STAMPING",
+    "BodyFeed",
+    "PushedBody",
+    "StampingHandler",
+    "failure_from",
+    "open_session",
+    "post_once_more_if_stale",
+    "read_error_body",
+]
 
 logger = structlog.get_logger(__name__)
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
+class BodyFeed(Protocol):
+    """What a connection pushes one response body into, read by read."""
+
+    def feed(self, data: bytes, t_ns: int) -> None:
+        """The body's next bytes and when their socket read came; must not raise."""
+
+    def finish(self, error: BaseException | None) -> None:
+        """The body ended (``error`` None) or broke."""
+
+
+class StampingHandler(ResponseHandler):
+    """aiohttp's connection protocol, stamping every socket read the moment the loop hands it over.
+
+    The stamp is taken in ``data_received``, before the bytes are parsed and before any task runs. A
+    response with a ``BodyFeed`` attached (``attach``) gets its body pushed there from the same
+    callback, stamp and all, so the reading task need not wake for every read: a busy event loop
+    (hundreds of streams, records being written) no longer shows up as arrival time, and each read
+    costs less than waking a task for it. Until a feed is attached, the reads of the response are
+    remembered as ``(body bytes so far, stamp)`` so the bytes that came with the head keep their time.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.stamped: StreamReader | None = None
+        self.stamps: list[tuple[int, int]] = []
+        self.body: BodyFeed | None = None
+
+    def data_received(self, data: bytes) -> None:
+        """Stamp, let aiohttp parse, then push the new body bytes or note how far the body came."""
+        t_ns = time.perf_counter_ns()
+        super().data_received(data)
+        payload = self._payload
+        if payload is None or not data:
+            return
+        if payload is not self.stamped:
+            self.stamped, self.stamps, self.body = payload, [], None
+        if self.body is not None:
+            self._push(payload, t_ns)
+        else:
+            self.stamps.append((payload.total_bytes, t_ns))
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """Nothing to resume unless reading was paused.
+
+        The body buffer calls this for every HTTP chunk it hands out; unpaused, aiohttp would re-enter
+        ``data_received`` with no bytes and poke the transport each time, for nothing.
+        """
+        if self._reading_paused or self._buffer_paused:
+            super().resume_reading(resume_parser)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """A body read to the close of the connection ends here; one cut short fails its feed."""
+        payload = self.stamped
+        super().connection_lost(exc)
+        if self.body is not None and payload is not None:
+            self._push(payload, time.perf_counter_ns())
+            if self.body is not None:
+                self.body.finish(payload.exception() or aiohttp.ClientPayloadError("connection lost"))
+                self.body = None
+
+    def attach(self, payload: StreamReader, body: BodyFeed) -> None:
+        """Push ``payload`` into ``body`` from now on, starting with what is already buffered."""
+        stamps, self.stamps = self.stamps if payload is self.stamped else [], []
+        self.stamped, self.body = payload, body
+        try:
+            data = payload.read_nowait() if not payload.exception() else b""
+        except aiohttp.ClientError as e:
+            self.body = None
+            body.finish(e)
+            return
+        at = 0
+        for upto, t_ns in stamps:
+            if upto > at:
+                body.feed(data[at:upto], t_ns)
+                at = upto
+        if at < len(data):
+            body.feed(data[at:], time.perf_counter_ns())
+        self._ended(payload)
+
+    def detach(self, body: BodyFeed) -> None:
+        """Stop pushing into ``body`` (the request ended or was abandoned)."""
+        if self.body is body:
+            self.body = None
+
+    def _push(self, payload: StreamReader, t_ns: int) -> None:
+        assert self.body is not None
+        if payload.exception() is None:
+            data = payload.read_nowait()
+            if data:
+                self.body.feed(data, t_ns)
+        self._ended(payload)
+
+    def _ended(self, payload: StreamReader) -> None:
+        body = self.body
+        if body is None:
+            return
+        error = payload.exception()
+        if error is not None or payload.is_eof():
+            self.body = None
+            body.finish(error)
+
+
+def _stamping_supported() -> bool:
+    """Whether this aiohttp's connection protocol still has the shape the stamping handler relies on."""
+    paused = ("_reading_paused", "_buffer_paused")
+    return (
+        "_payload" in ResponseHandler.__init__.__code__.co_names
+        and all(name in getattr(BaseProtocol, "__slots__", ()) for name in paused)
+        and all(
+            callable(getattr(ResponseHandler, name, None))
+            for name in ("data_received", "connection_lost", "resume_reading")
+        )
+    )
+
+
+#: False on an aiohttp whose connection protocol changed shape: tasks then stamp what they read.
+STAMPING = _stamping_supported()
+
+
 def open_session(
     args: HttpBackendArgs, headers: Mapping[str, str], *, keep_alive: bool = True
 ) -> aiohttp.ClientSession:
-    """One session and connector sized by ``max_connections``; no total timeout (the runner owns it)."""
+    """One session and connector sized by ``max_connections``; no total timeout (the runner owns it).
+
+    Its connections stamp every socket read (``StampingHandler``) where this aiohttp allows it.
+    """
     connector = aiohttp.TCPConnector(limit=args.max_connections, limit_per_host=0, force_close=not keep_alive)
+    if STAMPING and isinstance(getattr(connector, "_factory", None), functools.partial):
+        connector._factory = functools.partial(StampingHandler, loop=asyncio.get_running_loop())  # type: ignore[assignment]
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=args.connect_timeout_s)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=dict(headers))
+
+
+T = TypeVar("T")
+
+
+class PushedBody(Generic[T]):
+    """One response body turned into events by ``parse`` as its connection receives it.
+
+    ``parse(data, t_ns)`` runs inside the connection's read callback and returns the events made from
+    those bytes, stamped ``t_ns``. The reading task wakes twice: at the first event and at the end of the
+    body (``events``). ``last_ns`` is the stamp of the read that brought the body's last bytes. Where
+    the connection cannot push (``STAMPING`` False), the task reads and stamps the body itself.
+    """
+
+    __slots__ = ("_done", "_error", "_events", "_first", "_waiter", "last_ns", "parse")
+
+    def __init__(self, parse: Callable[[bytes, int], list[T]]) -> None:
+        self.parse = parse
+        self.last_ns = 0
+        self._events: list[T] = []
+        self._first = True
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed(self, data: bytes, t_ns: int) -> None:
+        """Parse the next bytes (in the connection's read callback); a parse error ends the body."""
+        if self._done:
+            return
+        self.last_ns = t_ns
+        try:
+            events = self.parse(data, t_ns)
+        except Exception as e:  # noqa: BLE001 - handed to the reading task, never into aiohttp
+            self.finish(e)
+            return
+        if events:
+            self._events += events
+            if self._first:
+                self._first = False
+                self._wake()
+
+    def finish(self, error: BaseException | None) -> None:
+        """The body ended, or broke with ``error``."""
+        if not self._done:
+            self._done, self._error = True, error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[T]:
+        """The body's events: those up to the first, then the rest at the end; raises what broke it."""
+        conn = resp.connection
+        proto = conn.protocol if conn is not None else None
+        if not isinstance(proto, StampingHandler):
+            async for data in resp.content.iter_any():
+                self.last_ns = time.perf_counter_ns()
+                for event in self.parse(data, self.last_ns):
+                    yield event
+            return
+        proto.attach(resp.content, self)
+        try:
+            while True:
+                if not self._events and not self._done:
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    await self._waiter
+                events, self._events = self._events, []
+                for event in events:
+                    yield event
+                if self._done and not self._events:
+                    break
+        finally:
+            proto.detach(self)
+        if self._error is not None:
+            raise self._error
 
 
 async def post_once_more_if_stale(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +19,13 @@ import structlog
 from pydantic import Field
 
 from agent.backends.base import HttpBackendArgs, register
-from agent.backends.http import failure_from, open_session, post_once_more_if_stale, read_error_body
+from agent.backends.http import (
+    PushedBody,
+    failure_from,
+    open_session,
+    post_once_more_if_stale,
+    read_error_body,
+)
 from agent.backends.ndjson import LineSplitter
 from agent.errors import BackendError, RequestFailedError
 from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
@@ -258,11 +263,18 @@ class OllamaBackend:
             async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
                 if resp.status >= 300:
                     raise await read_error_body(resp)
-                async for data in resp.content.iter_any():
-                    end_ns = time.perf_counter_ns()
-                    for line in lines.feed(data):
-                        for chunk in parse_line(line, end_ns, state, cold_start_load_ms=cold):
-                            yield chunk
+
+                def parse(data: bytes, t_ns: int) -> list[Chunk]:
+                    return [
+                        chunk
+                        for line in lines.feed(data)
+                        for chunk in parse_line(line, t_ns, state, cold_start_load_ms=cold)
+                    ]
+
+                body = PushedBody(parse)
+                async for chunk in body.events(resp):
+                    yield chunk
+                end_ns = body.last_ns
                 for line in lines.close():
                     for chunk in parse_line(line, end_ns, state, cold_start_load_ms=cold):
                         yield chunk

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,7 +17,13 @@ import structlog
 from pydantic import Field, SecretStr
 
 from agent.backends.base import HttpBackendArgs, register
-from agent.backends.http import failure_from, open_session, post_once_more_if_stale, read_error_body
+from agent.backends.http import (
+    PushedBody,
+    failure_from,
+    open_session,
+    post_once_more_if_stale,
+    read_error_body,
+)
 from agent.backends.sse import SSEEvent, SSEParser
 from agent.errors import BackendError, RequestFailedError
 from agent.record import (
@@ -330,10 +335,10 @@ class OpenAIBackend:
             async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
                 if resp.status >= 300:
                     raise await read_error_body(resp)
-                async for data in resp.content.iter_any():
-                    end_ns = time.perf_counter_ns()
-                    for chunk in reader.feed(data, end_ns):
-                        yield chunk
+                body = PushedBody(reader.feed)
+                async for chunk in body.events(resp):
+                    yield chunk
+                end_ns = body.last_ns
                 for ev in reader.close():
                     for chunk in parse_payload(ev.data, end_ns, state):
                         yield chunk
@@ -358,36 +363,44 @@ _ORDINARY_END = b'"finish_reason":null'
 class ChunkReader:
     """Socket reads → Chunks, with the whole-read fast path the hot loop needs.
 
-    A run of ordinary events (one ``data: {…}`` line each, each with ``"finish_reason":null``, no
-    escapes) is counted, and its text pulled out only when ``text`` is asked for, by a handful of
-    C-level scans over the whole read — never a JSON parse per event. Everything from the last ordinary
-    event on (the closing events with finish reason, usage, timings, ``[DONE]``) and any read that is not
-    a clean run (CRLF streams, comments, escaped text, errors) goes through the full SSE rules and
-    ``parse_payload``.
+    The text-bearing events of a read are counted, and their text pulled out only when ``text`` is
+    asked for, by two or three C-level scans over the whole read — never a JSON parse, nor a Python
+    step, per event. A key pattern such as ``"content":"`` cannot match inside a JSON string (every
+    quote there is escaped), so counting it counts events with text, whatever else the stream
+    interleaves (comments, ``id:`` lines). Everything from the last ordinary event on (one with
+    ``"finish_reason":null``) — the closing events with finish reason, usage, timings, ``[DONE]`` — goes
+    through the full SSE rules and ``parse_payload``, and so does a whole stream with CRLF line ends
+    (decided at its first line), and any read whose text has escapes when text is kept.
 
     A usage, timings or metrics object riding on an ordinary mid-stream event (OpenAI's ``"usage":null``,
     vLLM's continuous usage stats, llama.cpp's per-token timings) is not read: the closing events carry
     the final figures, which the full rules always read.
     """
 
-    __slots__ = ("_key", "_parser", "_pending", "full", "state", "text")
+    __slots__ = ("_crlf", "_empty", "_key", "_parser", "_pending", "full", "state", "text")
 
     def __init__(
         self, state: _StreamState, *, text: bool = True, endpoint: str = "chat", full: bool = False
     ) -> None:
         self._parser = SSEParser()
         self._pending = b""
+        self._crlf: bool | None = None
         self.state = state
         self.text = text
         self.full = full
         self._key = b'"content":"' if endpoint == "chat" else b'"text":"'
+        self._empty = self._key + b'"'
 
     def feed(self, data: bytes, t_ns: int) -> list[Chunk]:
         """Chunks completed by ``data``, stamped ``t_ns``."""
         if self.full:  # every event through the full rules (logprobs asked for)
             return _read_chunks(self._parser.feed_payloads(data), t_ns, self.state, full=True)
         buf = self._pending + data if self._pending else data
-        if self._parser.busy or b"\r" in buf:
+        if self._crlf is None:  # a server's line ends are the same throughout: look at its first line
+            first = buf.find(b"\n")
+            if first >= 0:
+                self._crlf = buf[first - 1 : first] == b"\r"
+        if self._crlf is not False or self._parser.busy:
             self._pending = b""
             return _read_chunks(self._parser.feed_payloads(buf), t_ns, self.state)
         end = buf.rfind(b"\n\n")
@@ -411,17 +424,7 @@ class ChunkReader:
         return events + self._parser.close()
 
     def _bulk(self, bulk: bytes, t_ns: int) -> list[Chunk]:
-        # n events, each exactly one line `data: {…}` (n − 1 separators each followed by `data: {`, and
-        # no other newline), each with a null finish reason. Escapes only matter when text is pulled
-        # out: a key pattern cannot match inside a JSON string, where every quote is escaped.
-        n = bulk.count(b"\n\ndata: {") + 1
-        ordinary = (
-            bulk.startswith(b"data: {")
-            and bulk.count(b"\n") == 2 * n
-            and bulk.count(_ORDINARY_END) == n
-            and not (self.text and b"\\" in bulk)
-        )
-        if not ordinary:
+        if self.text and b"\\" in bulk:  # escaped text: only the JSON parser unescapes it right
             return _read_chunks(self._parser.feed_payloads(bulk), t_ns, self.state)
         out: list[Chunk] = []
         if b'"reasoning' in bulk:
@@ -433,7 +436,7 @@ class ChunkReader:
             answers = _ANSWER_RE.findall(bulk)
             if k := len(answers) - answers.count(b""):
                 out.append(Chunk(t_ns, b"".join(answers).decode("utf-8", errors="replace"), False, k))
-        elif k := bulk.count(self._key) - bulk.count(self._key + b'"'):
+        elif k := bulk.count(self._key) - bulk.count(self._empty):
             out.append(Chunk(t_ns, "", False, k))
         return out
 

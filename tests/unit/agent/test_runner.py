@@ -85,3 +85,26 @@ async def test_output_text_kept_every_nth(every: int) -> None:
     )
     kept = [r.output_text is not None for r in sorted(sink.records, key=lambda r: r.seq)]
     assert kept == [every > 0 and i % every == 0 for i in range(4)]
+
+
+class FlushCountingSink(ListSink):
+    """A buffering sink: records what was written before each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed_at: list[int] = []
+
+    def flush(self) -> None:
+        self.flushed_at.append(len(self.records))
+
+
+async def test_a_buffering_sink_is_flushed_after_each_batch_and_at_the_end() -> None:
+    import gc
+
+    sink = FlushCountingSink()
+    runner = Runner(scenario(requests=40, concurrency=8, warmup=0), ScriptedBackend(), sink, run_id="r")
+    await runner.run()
+    assert len(sink.records) == 40
+    assert sink.flushed_at and sink.flushed_at[-1] == 40  # nothing written stays unflushed
+    assert sink.flushed_at == sorted(sink.flushed_at)
+    assert not gc.get_freeze_count()  # the heap frozen for the run is handed back

@@ -6,7 +6,10 @@ pinned to one core (``taskset``) while the simulator has another:
 - throughput: 256-token streams with no server delay at concurrency 64 and 256 → chunks/s, requests/s,
   client CPU ms per 1k chunks, and how many streams the simulator really had open at once;
 - timing error against the simulator's emission log (TTFT 100 ms, ITL 10 ms, 64 tokens) at concurrency
-  1, 64 and 512 → TTFT error mean/p99 and ITL error p99, plus the client's peak PSS.
+  1, 64 and 512 → TTFT error mean/p99 and ITL error p99;
+- memory: the client's peak PSS on the same workload at concurrency 512, in runs of their own — reading
+  ``/proc/self/smaps_rollup`` stalls the process for a millisecond or two each time, which would show up
+  as timing error.
 
 The raw reference is the least a correct streaming client can do: one shared aiohttp session on uvloop,
 one ``perf_counter_ns()`` per socket read, no JSON parsing. ``python benchmarks/client.py`` prints a JSON
@@ -46,7 +49,7 @@ def _pss_kb() -> int:
 
 
 class PeakPss:
-    """Samples this process's PSS every 50 ms on a thread; ``peak_mb`` after ``stop``."""
+    """Samples this process's PSS every 50 ms on a thread; the peak in MB from ``stop``."""
 
     def __init__(self) -> None:
         self.peak = _pss_kb()
@@ -161,12 +164,12 @@ def _chunk_times(records: Path, start_ns: int) -> tuple[int, dict[str, list[int]
 def client_main(ns: argparse.Namespace) -> None:
     import uvloop
 
-    pss = PeakPss()
+    pss = PeakPss() if ns.pss else None
     if ns.client == "raw":
         result = uvloop.run(raw_client(ns.url, ns.concurrency, ns.requests, ns.tokens))
     else:
         result = uvloop.run(infermeter_client(ns.url, ns.concurrency, ns.requests, ns.tokens, Path(ns.out)))
-    result["peak_pss_mb"] = pss.stop()
+    result["peak_pss_mb"] = pss.stop() if pss is not None else None
     result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(ns.result).write_text(json.dumps(result))
 
@@ -216,14 +219,14 @@ class Simulator:
 
 
 def run_client(
-    kind: str, url: str, core: int | None, c: int, n: int, tokens: int, tmp: Path
+    kind: str, url: str, core: int | None, c: int, n: int, tokens: int, tmp: Path, *, pss: bool = False
 ) -> dict[str, Any]:
     result = tmp / f"{kind}-{c}-{n}.json"
     records = tmp / f"records-{kind}-{c}.jsonl"
     records.unlink(missing_ok=True)  # the writer appends; each run counts only its own records
     cmd = [*_pin(core), sys.executable, __file__, "--client", kind, "--url", url]
     cmd += ["--concurrency", str(c), "--requests", str(n), "--tokens", str(tokens)]
-    cmd += ["--out", str(records), "--result", str(result)]
+    cmd += ["--out", str(records), "--result", str(result)] + (["--pss"] if pss else [])
     subprocess.run(cmd, cwd=ROOT, check=True)
     data: dict[str, Any] = json.loads(result.read_text())
     return data
@@ -240,11 +243,12 @@ def against_simulator(
     ttft: float,
     itl: float,
     log: str,
+    pss: bool = False,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """One client run against its own pinned simulator: the client's result and the emission log."""
     sim = Simulator(ns.server_core, tmp / log, ttft=ttft, itl=itl)
     try:
-        result = run_client(kind, sim.url, ns.client_core, c, n, tokens, tmp)
+        result = run_client(kind, sim.url, ns.client_core, c, n, tokens, tmp, pss=pss)
     finally:
         sim.close()
     return result, sim.emissions()
@@ -338,7 +342,6 @@ _TIMING_KEYS = (
     "ttft_error_ms_mean",
     "ttft_error_ms_p99",
     "itl_error_ms_p99",
-    "peak_pss_mb",
 )
 
 
@@ -369,7 +372,6 @@ def timing(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                         "ttft_error_ms_mean": statistics.fmean(ttft_err) if ttft_err else None,
                         "ttft_error_ms_p99": _pct(ttft_err, 99),
                         "itl_error_ms_p99": _pct(itl_err, 99),
-                        "peak_pss_mb": r["peak_pss_mb"],
                     }
                 )
     out = _summarise(rows, _TIMING_KEYS, "ttft_error_ms_p99")
@@ -381,6 +383,19 @@ def timing(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     return out
 
 
+def memory(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """Peak PSS of each client on the timing workload, in runs of their own."""
+    rows = []
+    for c in ns.memory_concurrency:
+        n = max(20, c * 2) if not ns.quick else max(10, c)
+        for kind in ("raw", "infermeter"):
+            r, _ = against_simulator(
+                ns, tmp, kind, c, n, tokens=64, ttft=100, itl=10, log=f"mem-{kind}-{c}.log", pss=True
+            )
+            rows.append({"client": kind, "concurrency": c, "peak_pss_mb": r["peak_pss_mb"]})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--client", choices=["raw", "infermeter"], help=argparse.SUPPRESS)
@@ -390,12 +405,14 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--pss", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client-core", type=int, default=0)
     p.add_argument("--server-core", type=int, default=1)
     p.add_argument("--rounds", type=int, default=32, help="throughput: requests per stream slot")
     p.add_argument("--repeat", type=int, default=3, help="alternating repetitions; medians are reported")
     p.add_argument("--throughput-concurrency", type=int, nargs="*", default=[64, 256])
     p.add_argument("--timing-concurrency", type=int, nargs="*", default=[1, 64, 512])
+    p.add_argument("--memory-concurrency", type=int, nargs="*", default=[512])
     p.add_argument("--quick", action="store_true")
     ns = p.parse_args()
     if ns.client:
@@ -410,6 +427,7 @@ def main() -> None:
             "cores": {"client": ns.client_core, "simulator": ns.server_core},
             "throughput": throughput(ns, Path(d)),
             "timing": timing(ns, Path(d)),
+            "memory": memory(ns, Path(d)),
         }
     print(json.dumps(report, indent=2))
 

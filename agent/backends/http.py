@@ -98,9 +98,10 @@ class StampingHandler(ResponseHandler):
                 self.body = None
 
     def attach(self, payload: StreamReader, body: BodyFeed) -> None:
-        """Push ``payload`` into ``body`` from now on, starting with what is already buffered."""
-        stamps, self.stamps = self.stamps if payload is self.stamped else [], []
-        self.stamped, self.body = payload, body
+        """Push ``payload`` (the body being received) into ``body``, starting with what is buffered."""
+        assert payload is self.stamped, "attach to the body this connection is receiving"
+        stamps, self.stamps = self.stamps, []
+        self.body = body
         try:
             data = payload.read_nowait() if not payload.exception() else b""
         except aiohttp.ClientError as e:
@@ -145,6 +146,7 @@ def _stamping_supported() -> bool:
     return (
         "_payload" in ResponseHandler.__init__.__code__.co_names
         and all(name in getattr(BaseProtocol, "__slots__", ()) for name in paused)
+        and "_protocol" in getattr(StreamReader, "__slots__", ())
         and all(
             callable(getattr(ResponseHandler, name, None))
             for name in ("data_received", "connection_lost", "resume_reading")
@@ -221,9 +223,11 @@ class PushedBody(Generic[T]):
 
     async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[T]:
         """The body's events: those up to the first, then the rest at the end; raises what broke it."""
-        conn = resp.connection
-        proto = conn.protocol if conn is not None else None
-        if not isinstance(proto, StampingHandler):
+        # The connection that received this body; a body complete before the task got its response has
+        # already been handed back to the pool, and one the pool already gave to another request is
+        # stamping that request's body instead: then the task reads and stamps what is left.
+        proto = getattr(resp.content, "_protocol", None)
+        if not isinstance(proto, StampingHandler) or proto.stamped is not resp.content:
             async for data in resp.content.iter_any():
                 self.last_ns = time.perf_counter_ns()
                 for event in self.parse(data, self.last_ns):

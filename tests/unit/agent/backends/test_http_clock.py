@@ -108,3 +108,23 @@ async def test_a_failing_parser_fails_the_request_not_the_connection() -> None:
 
 def test_session_connections_are_stamping_handlers() -> None:
     assert issubclass(http.StampingHandler, aiohttp.client_proto.ResponseHandler)
+
+
+async def test_a_body_complete_before_the_task_looks_keeps_its_read_times() -> None:
+    """The whole response arrived (and its connection went back to the pool) before anyone read it."""
+    import asyncio
+    import time
+
+    async with ScriptedServer() as srv:
+        session = http.open_session(HttpBackendArgs(), {})
+        try:
+            async with session.post(f"{srv.url}/v1/chat/completions", json={"model": "m"}) as resp:
+                await asyncio.sleep(0.2)
+                assert resp.connection is None  # released: the body is complete
+                looked = time.perf_counter_ns()
+                body: http.PushedBody[int] = http.PushedBody(lambda data, t_ns: [t_ns])
+                stamps = [t async for t in body.events(resp)]
+        finally:
+            await session.close()
+    assert stamps and all(t < looked - 100_000_000 for t in stamps)
+    assert body.last_ns == stamps[-1]

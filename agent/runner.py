@@ -285,7 +285,6 @@ class Runner:
         A slice ends after ``WRITE_SLICE_NS`` so records built together never hold up the loop for
         long (streams still reading keep being read on time); the rest waits for the next loop turn.
         """
-        flush = getattr(self.sink, "flush", None)
         while True:
             await self._backlog_ready.wait()
             self._backlog_ready.clear()
@@ -295,8 +294,7 @@ class Runner:
                     if self.annotator is not None and not self.annotator.ready(self._backlog[0].end_ns):
                         break
                     self._emit(self._backlog.popleft().record(self.annotator))
-                if flush is not None:
-                    flush()
+                self._flush_sink()
                 if not self._backlog:
                     break
                 head = self._backlog[0].end_ns
@@ -309,6 +307,9 @@ class Runner:
     def _flush_backlog(self) -> None:
         while self._backlog:
             self._emit(self._backlog.popleft().record(self.annotator))
+        self._flush_sink()
+
+    def _flush_sink(self) -> None:
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
             flush()

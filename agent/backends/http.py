@@ -142,15 +142,10 @@ class StampingHandler(ResponseHandler):
 
 def _stamping_supported() -> bool:
     """Whether this aiohttp's connection protocol still has the shape the stamping handler relies on."""
-    paused = ("_reading_paused", "_buffer_paused")
     return (
         "_payload" in ResponseHandler.__init__.__code__.co_names
-        and all(name in getattr(BaseProtocol, "__slots__", ()) for name in paused)
+        and {"_reading_paused", "_buffer_paused"} <= set(getattr(BaseProtocol, "__slots__", ()))
         and "_protocol" in getattr(StreamReader, "__slots__", ())
-        and all(
-            callable(getattr(ResponseHandler, name, None))
-            for name in ("data_received", "connection_lost", "resume_reading")
-        )
     )
 
 

@@ -157,5 +157,27 @@ def test_semscore_batches_equal_singles(sem: SemScorer, precision: str, tol: flo
     batch = batched.score_pairs(cands, refs)
     fresh = SemScorer(batch_size=1, precision="fp32")
     singles = [fresh.score_pairs([c], [r])[0] for c, r in zip(cands, refs, strict=True)]
-    # bf16 autocast (where the CPU has it) moves cosines by about 1e-3 at most; float32 batches equal singles
+    # bf16 weights (where the CPU has them) move cosines by about 1e-3 at most; float32 batches equal singles
     assert batch == pytest.approx(singles, abs=tol)
+
+
+def test_semscore_workers_and_batches_keep_the_input_order() -> None:
+    # lengths from 1 to 60 words, given longest first, so length sorting and batch cutting both reorder
+    texts = [" ".join(f"w{j}" for j in range(n)) + f" item {n}" for n in range(60, 0, -1)]
+    one = SemScorer(precision="fp32", workers=1, batch_size=64, batch_tokens=100_000)
+    many = SemScorer(precision="fp32", workers=2, batch_size=4, batch_tokens=64)
+    assert len(many._batches(texts)) > 10
+    a, b = one.embed(texts), many.embed(texts)
+    many.close()
+    assert a.shape == (60, 384) and b.shape == (60, 384)
+    assert abs(a - b).max() < 1e-4  # row i is text i on both paths (float32: padding changes nothing)
+    neighbours = abs(a[1:] - a[:-1]).max(axis=1)
+    assert neighbours.min() > 1e-3  # and every row differs from the next, so a swap would show
+    assert one.embed([]).shape == (0, 384)
+
+
+def test_semscore_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="batch_size and batch_tokens"):
+        SemScorer(batch_tokens=0)
+    with pytest.raises(ValueError, match="workers"):
+        SemScorer(workers=0)

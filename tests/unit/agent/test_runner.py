@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from agent.runner import Runner
+from agent.record import GenerationRequest, StreamEvent
+from agent.runner import GC_YOUNG_THRESHOLD, Runner
 from agent.scenario import Scenario
 from tests.fakes import ListSink, ScriptedBackend
 
@@ -108,3 +110,33 @@ async def test_a_buffering_sink_is_flushed_after_each_batch_and_at_the_end() -> 
     assert sink.flushed_at and sink.flushed_at[-1] == 40  # nothing written stays unflushed
     assert sink.flushed_at == sorted(sink.flushed_at)
     assert not gc.get_freeze_count()  # the heap frozen for the run is handed back
+
+
+class ThresholdSeeingBackend(ScriptedBackend):
+    """Notes the garbage collector's thresholds while it streams."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thresholds: set[tuple[int, int, int]] = set()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        import gc
+
+        self.thresholds.add(gc.get_threshold())
+        async for event in super().stream(request):
+            yield event
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_the_young_gc_threshold_is_raised_for_the_load_only(freeze: bool) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    backend = ThresholdSeeingBackend()
+    runner = Runner(
+        scenario(requests=6, concurrency=2, warmup=0), backend, ListSink(), run_id="r", freeze_gc=freeze
+    )
+    await runner.run()
+    during = (max(GC_YOUNG_THRESHOLD, before[0]), *before[1:]) if freeze else before
+    assert backend.thresholds == {during}
+    assert gc.get_threshold() == before

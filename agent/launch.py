@@ -333,6 +333,7 @@ class Launch:
     ) -> Runner:
         def write_chain(record: ChainRecord) -> None:
             chains.write(record)
+            chains.flush()  # one per chain: a killed run keeps every chain it finished
 
         return Runner(
             tenant.scenario,

@@ -102,12 +102,7 @@ class StampingHandler(ResponseHandler):
         assert payload is self.stamped, "attach to the body this connection is receiving"
         stamps, self.stamps = self.stamps, []
         self.body = body
-        try:
-            data = payload.read_nowait() if not payload.exception() else b""
-        except aiohttp.ClientError as e:
-            self.body = None
-            body.finish(e)
-            return
+        data = _buffered(payload)
         at = 0
         for upto, t_ns in stamps:
             if upto > at:
@@ -124,10 +119,8 @@ class StampingHandler(ResponseHandler):
 
     def _push(self, payload: StreamReader, t_ns: int) -> None:
         assert self.body is not None
-        if payload.exception() is None:
-            data = payload.read_nowait()
-            if data:
-                self.body.feed(data, t_ns)
+        if data := _buffered(payload):
+            self.body.feed(data, t_ns)
         self._ended(payload)
 
     def _ended(self, payload: StreamReader) -> None:
@@ -138,6 +131,11 @@ class StampingHandler(ResponseHandler):
         if error is not None or payload.is_eof():
             self.body = None
             body.finish(error)
+
+
+def _buffered(payload: StreamReader) -> bytes:
+    """Everything the body holds unread; nothing once it broke (``_ended`` hands on the error)."""
+    return payload.read_nowait() if payload.exception() is None else b""
 
 
 def _stamping_supported() -> bool:

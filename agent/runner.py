@@ -17,6 +17,7 @@ import structlog
 
 from agent.arrivals import schedule
 from agent.backends.base import Backend
+from agent.backends.probe import probe_arrivals
 from agent.errors import ConfigError, RequestFailedError
 from agent.record import (
     ChainRecord,
@@ -306,6 +307,7 @@ class Runner:
                     if self.annotator is not None and not self.annotator.ready(self._backlog[0].end_ns):
                         break
                     self._emit(self._backlog.popleft().record(self.annotator))
+                    probe_arrivals()
                 self._flush_sink()
                 if not self._backlog:
                     break
@@ -586,7 +588,12 @@ class Runner:
         keep_text: bool,
         defer: bool = False,
     ) -> RequestRecord | None:
-        """Time ``body``; the record is returned, or only queued for the writer task when ``defer``."""
+        """Time ``body``; the record is returned, or only queued for the writer task when ``defer``.
+
+        Request starts and ends, and records being written, are where a long loop turn spends its
+        time; each lets the arrival probe note bytes that came meanwhile (``agent.backends.probe``).
+        """
+        probe_arrivals()
         now = time.perf_counter_ns()
         cause = self.cold.begin(now)
         if cause is not None:
@@ -616,6 +623,7 @@ class Runner:
             logger.exception("request raised", request_id=ident.request_id)
             failure = ("client_error", f"{e.__class__.__name__}: {e}")
         end = time.perf_counter_ns()
+        probe_arrivals()
         self.in_flight -= 1
         self.cold.end(end)
         if defer:

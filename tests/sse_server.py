@@ -16,13 +16,16 @@ FINAL = {
 }
 
 
-def sse_body(words: list[str], final: dict[str, Any] | None = FINAL, done: bool = True) -> bytes:
+def sse_body(
+    words: list[str], final: dict[str, Any] | None = FINAL, done: bool = True, keep_alive: bool = True
+) -> bytes:
     parts = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}\n\n']
     for w in words:
         parts.append(
             b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": w}}]}).encode() + b"\n\n"
         )
-        parts.append(b": keep-alive\n\n")
+        if keep_alive:
+            parts.append(b": keep-alive\n\n")
     if final is not None:
         parts.append(b"data: " + json.dumps(final).encode() + b"\n\n")
     if done:
@@ -40,8 +43,9 @@ class ScriptedServer:
         self.mode = "ok"
         self.bodies: list[dict[str, Any]] = []
         self.close_after_stream = False
-        #: mode "paced": seconds between events
+        #: mode "paced": seconds between events, and whether comment lines come between words
         self.gap_s = 0.04
+        self.keep_alive = True
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -81,7 +85,8 @@ class ScriptedServer:
         elif mode == "no_done":
             body = sse_body(["a", "b"], final=None, done=False)
         elif mode == "paced":  # one event per write, ``gap_s`` apart
-            for event in sse_body(["Hello", " there", " friend"]).split(b"\n\n")[:-1]:
+            events = sse_body(["Hello", " there", " friend"], keep_alive=self.keep_alive).split(b"\n\n")
+            for event in events[:-1]:
                 await resp.write(event + b"\n\n")
                 await asyncio.sleep(self.gap_s)
             await resp.write_eof()

@@ -1,7 +1,8 @@
 """What every HTTP backend shares: the pooled session, the stale-connection retry, the error mapping.
 
-And the clock: connections stamp every socket read before aiohttp parses it and push the body to its
-parser from there (``StampingHandler``, ``PushedBody``).
+And the clock: connections stamp every socket read before aiohttp parses it, take earlier times from
+the arrival probe for bytes that waited out a long loop turn, and push the body to its parser from
+there (``StampingHandler``, ``PushedBody``).
 """
 
 from __future__ import annotations
@@ -9,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 import aiohttp
 import structlog
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.payload import BytesPayload
 from aiohttp.streams import StreamReader
 
 from agent.backends.base import HttpBackendArgs
+from agent.backends.probe import ARRIVALS
 from agent.errors import RequestFailedError
 
 __all__ = [
@@ -50,12 +55,19 @@ class BodyFeed(Protocol):
 class StampingHandler(ResponseHandler):
     """aiohttp's connection protocol, stamping every socket read the moment the loop hands it over.
 
-    The stamp is taken in ``data_received``, before the bytes are parsed and before any task runs. A
-    response with a ``BodyFeed`` attached (``attach``) gets its body pushed there from the same
-    callback, stamp and all, so the reading task need not wake for every read: a busy event loop
-    (hundreds of streams, records being written) no longer shows up as arrival time, and each read
-    costs less than waking a task for it. Until a feed is attached, the reads of the response are
-    remembered as ``(body bytes so far, stamp)`` so the bytes that came with the head keep their time.
+    The stamp is taken in ``data_received``, before anything else happens to the bytes: the reads of
+    one loop turn are all stamped first and parsed a moment later (``_release``), so parsing the
+    first connection's bytes does not delay the stamp of the next. A response with a ``BodyFeed``
+    attached (``attach``) gets its body pushed there, stamp and all, so the reading task need not wake
+    for every read: a busy event loop (hundreds of streams, records being written) no longer shows up
+    as arrival time, and each read costs less than waking a task for it. Until a feed is attached, the
+    reads of the response are remembered as ``(body bytes so far, stamp)`` so the bytes that came with
+    the head keep their time.
+
+    A loop turn that runs long (a wave of requests ending and starting) reads no socket while it runs.
+    The arrival probe (``agent.backends.probe``) looks at the watched sockets meanwhile and reports
+    here (``arrived``) how far the unread bytes reach and when it saw them; the read that later brings
+    those bytes stamps them with the probe's time instead of its own.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -63,10 +75,77 @@ class StampingHandler(ResponseHandler):
         self.stamped: StreamReader | None = None
         self.stamps: list[tuple[int, int]] = []
         self.body: BodyFeed | None = None
+        self._held: list[tuple[bytes, int]] = []
+        self._releasing = False
+        self._raw = 0  # bytes the transport has handed over
+        self._marks: deque[tuple[int, int]] = deque()  # (raw offset, perf ns) from arrival probes
+        self._fd = -1
+        #: when the newest probe mark still waiting for its read was made (the probe reads this)
+        self.marked_ns = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Also let the arrival probe watch the socket."""
+        super().connection_made(transport)
+        self._fd = ARRIVALS.watch(transport, self)
+        ARRIVALS()  # a wave of new connections is a long loop turn
+
+    def arrived(self, unread: int, t_ns: int) -> None:
+        """An arrival probe saw ``unread`` bytes waiting at ``t_ns``."""
+        upto = self._raw + unread
+        if not self._marks or upto > self._marks[-1][0]:
+            self._marks.append((upto, t_ns))
+            self.marked_ns = t_ns
 
     def data_received(self, data: bytes) -> None:
-        """Stamp, let aiohttp parse, then push the new body bytes or note how far the body came."""
+        """Stamp the read and hold it; aiohttp parses it a moment later (``_release``).
+
+        Bytes an arrival probe saw waiting keep the probe's earlier time.
+        """
         t_ns = time.perf_counter_ns()
+        ARRIVALS.last_read_ns = t_ns
+        if self._releasing or not data:  # aiohttp feeding itself, not a socket read
+            self._receive(data, t_ns)
+            return
+        held = self._held
+        if not held:
+            self._loop.call_soon(self._release)
+        start = self._raw
+        self._raw = end = start + len(data)
+        marks = self._marks
+        if not marks:
+            held.append((data, t_ns))
+            return
+        at = 0
+        while marks and marks[0][0] <= end:
+            upto, t_mark = marks.popleft()
+            if upto - start > at:
+                held.append((data[at : upto - start], t_mark))
+                at = upto - start
+        if at < len(data):
+            held.append((data[at:], marks[0][1] if marks else t_ns))
+        if not marks:
+            self.marked_ns = 0
+
+    def _release(self) -> None:
+        """Parse what the reads since the last release brought, each piece with its own stamp."""
+        held, self._held = self._held, []
+        if self.transport is None:  # aiohttp closed the connection meanwhile: nobody wants the bytes
+            return
+        self._releasing = True
+        try:
+            for data, t_ns in held:
+                self._receive(data, t_ns)
+                ARRIVALS()
+        finally:
+            self._releasing = False
+
+    def eof_received(self) -> None:
+        """Parse what is held before the end of the stream."""
+        self._release()
+        super().eof_received()
+
+    def _receive(self, data: bytes, t_ns: int) -> None:
+        """Let aiohttp parse, then push the new body bytes or note how far the body came."""
         super().data_received(data)
         payload = self._payload
         if payload is None or not data:
@@ -89,6 +168,9 @@ class StampingHandler(ResponseHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """A body read to the close of the connection ends here; one cut short fails its feed."""
+        if self._held:
+            self._release()
+        ARRIVALS.unwatch(self._fd, self)
         payload = self.stamped
         super().connection_lost(exc)
         if self.body is not None and payload is not None:
@@ -232,6 +314,7 @@ class PushedBody(Generic[T]):
                 if not self._events and not self._done:
                     self._waiter = asyncio.get_running_loop().create_future()
                     await self._waiter
+                    ARRIVALS()
                 events, self._events = self._events, []
                 for event in events:
                     yield event
@@ -253,12 +336,26 @@ async def post_once_more_if_stale(
     the record's TTFT and E2E.
     """
     try:
-        return await session.post(url, data=payload, headers=headers)
+        resp = await session.post(url, data=_ProbedBody(payload), headers=headers)
+        ARRIVALS()
+        return resp
     except aiohttp.ClientError as e:
         if not isinstance(e, _STALE) or isinstance(e, aiohttp.ClientConnectorError):
             raise
         logger.debug("retrying on a fresh connection", error=repr(e))
-    return await session.post(url, data=payload, headers=headers)
+    return await session.post(url, data=_ProbedBody(payload), headers=headers)
+
+
+class _ProbedBody(BytesPayload):
+    """A request body that lets the arrival probe look before it is written.
+
+    aiohttp writes each body in a task of its own; a wave of new requests runs hundreds of those in
+    one loop turn, and this is the one step of theirs that is ours.
+    """
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        ARRIVALS()
+        await super().write_with_length(writer, content_length)
 
 
 async def read_error_body(resp: aiohttp.ClientResponse) -> RequestFailedError:

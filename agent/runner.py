@@ -17,7 +17,7 @@ import structlog
 
 from agent.arrivals import schedule
 from agent.backends.base import Backend
-from agent.backends.probe import probe_arrivals
+from agent.backends.probe import ARRIVALS
 from agent.errors import ConfigError, RequestFailedError
 from agent.record import (
     ChainRecord,
@@ -307,7 +307,7 @@ class Runner:
                     if self.annotator is not None and not self.annotator.ready(self._backlog[0].end_ns):
                         break
                     self._emit(self._backlog.popleft().record(self.annotator))
-                    probe_arrivals()
+                    ARRIVALS()
                 self._flush_sink()
                 if not self._backlog:
                     break
@@ -593,7 +593,7 @@ class Runner:
         Request starts and ends, and records being written, are where a long loop turn spends its
         time; each lets the arrival probe note bytes that came meanwhile (``agent.backends.probe``).
         """
-        probe_arrivals()
+        ARRIVALS()
         now = time.perf_counter_ns()
         cause = self.cold.begin(now)
         if cause is not None:
@@ -623,7 +623,7 @@ class Runner:
             logger.exception("request raised", request_id=ident.request_id)
             failure = ("client_error", f"{e.__class__.__name__}: {e}")
         end = time.perf_counter_ns()
-        probe_arrivals()
+        ARRIVALS()
         self.in_flight -= 1
         self.cold.end(end)
         if defer:

@@ -80,8 +80,6 @@ class StampingHandler(ResponseHandler):
         self._raw = 0  # bytes the transport has handed over
         self._marks: deque[tuple[int, int]] = deque()  # (raw offset, perf ns) from arrival probes
         self._fd = -1
-        #: when the newest probe mark still waiting for its read was made (the probe reads this)
-        self.marked_ns = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Also let the arrival probe watch the socket."""
@@ -94,7 +92,11 @@ class StampingHandler(ResponseHandler):
         upto = self._raw + unread
         if not self._marks or upto > self._marks[-1][0]:
             self._marks.append((upto, t_ns))
-            self.marked_ns = t_ns
+
+    @property
+    def marked_ns(self) -> int:
+        """When the newest probe mark still waiting for its read was made; 0 when none waits."""
+        return self._marks[-1][1] if self._marks else 0
 
     def data_received(self, data: bytes) -> None:
         """Stamp the read and hold it; aiohttp parses it a moment later (``_release``).
@@ -123,8 +125,6 @@ class StampingHandler(ResponseHandler):
                 at = upto - start
         if at < len(data):
             held.append((data[at:], marks[0][1] if marks else t_ns))
-        if not marks:
-            self.marked_ns = 0
 
     def _release(self) -> None:
         """Parse what the reads since the last release brought, each piece with its own stamp."""

@@ -2,9 +2,9 @@
 
 An event loop reads its sockets only between turns. A turn that runs hundreds of request ends and starts
 (a closed loop's whole wave changing over) can last tens of milliseconds, and bytes that arrive meanwhile
-would be stamped when the turn ends. ``probe_arrivals()``, called by the runner between steps of work,
-asks an edge-triggered epoll set which watched connections received bytes since the last probe, asks
-each of those how many bytes it holds unread (``FIONREAD``), and tells the connection: everything up to
+would be stamped when the turn ends. The probe (``ARRIVALS()``), called between steps of work, asks
+an edge-triggered epoll set which watched connections received bytes since the last probe, asks each
+of those how many bytes it holds unread (``FIONREAD``), and tells the connection: everything up to
 that offset had arrived by now. The connection stamps those bytes with that time when it reads them.
 
 Probes are called where a long turn spends its time: by the runner at each request start and end and
@@ -38,7 +38,6 @@ __all__ = [
     "SUPPORTED",
     "ArrivalProbe",
     "Watched",
-    "probe_arrivals",
 ]
 
 try:  # Linux
@@ -63,8 +62,9 @@ MARK_AGAIN_NS = 1_000_000
 class Watched(Protocol):
     """A connection the probe reports to."""
 
-    #: when the report still waiting for its read was made (``perf_counter_ns``); 0 when none waits
-    marked_ns: int
+    @property
+    def marked_ns(self) -> int:
+        """When the report still waiting for its read was made (``perf_counter_ns``); 0 when none waits."""
 
     def arrived(self, unread: int, t_ns: int) -> None:
         """``unread`` bytes beyond those already read had arrived by ``t_ns`` (``perf_counter_ns``)."""
@@ -138,10 +138,5 @@ class ArrivalProbe:
             conn.arrived(unread, t_ns)
 
 
-#: The process's probe: connections register with it, the runner calls it.
+#: The process's probe: connections register with it; the runner and the connections call it.
 ARRIVALS = ArrivalProbe()
-
-
-def probe_arrivals() -> None:
-    """Note arrivals on busy connections (cheap when the loop is not busy); see the module text."""
-    ARRIVALS()

@@ -7,8 +7,6 @@ here once so every consumer reads the same numbers.
 
 from __future__ import annotations
 
-import itertools
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -280,17 +278,26 @@ class Measurement:
     sent_ns: int
     keep_text: bool = False
     text_ns: list[int] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)
     first_answer_ns: int | None = None
     end: StreamEnd | None = None
     parts: list[str] = field(default_factory=list)
 
     def observe(self, event: StreamEvent) -> None:
-        """Fold one stream event into the measurement."""
+        """Fold one stream event into the measurement.
+
+        The gaps are taken here, one per event: the chunks one read brought share its stamp, so all but
+        the first of them follow a gap of zero.
+        """
         if isinstance(event, Chunk):
-            if event.count == 1:
-                self.text_ns.append(event.t_ns)
-            else:
-                self.text_ns.extend([event.t_ns] * event.count)
+            ns, k = self.text_ns, event.count
+            if ns and k:
+                self.itl_ms.append((event.t_ns - ns[-1]) / 1e6)
+            if k == 1:
+                ns.append(event.t_ns)
+            elif k > 1:
+                ns.extend([event.t_ns] * k)
+                self.itl_ms.extend([0.0] * (k - 1))
             if not event.reasoning and self.first_answer_ns is None:
                 self.first_answer_ns = event.t_ns
             if self.keep_text and not event.reasoning:
@@ -316,8 +323,6 @@ class Measurement:
         e2e = _ms(end_ns - t0) if end_ns is not None else None
         ttft = _ms(self.text_ns[0] - t0) if self.text_ns else None
         ttfo = _ms(self.first_answer_ns - t0) if self.first_answer_ns is not None else None
-        ns = self.text_ns
-        itl = list(map(operator.truediv, map(operator.sub, ns[1:], ns), itertools.repeat(1e6)))
         usage = self.end.usage if self.end else None
         native = self.end.native if self.end else None
         output_tokens, token_source = _output_tokens(usage, len(self.text_ns))
@@ -346,7 +351,7 @@ class Measurement:
             "sent_unix_s": self.run_start_unix + (self.sent_ns - self.run_start_ns) / 1e9,
             "ttft_ms": ttft,
             "ttfo_ms": ttfo,
-            "itl_ms": itl,
+            "itl_ms": self.itl_ms,
             "e2e_ms": e2e,
             "chunks": len(self.text_ns),
             "output_tokens": output_tokens,

@@ -216,8 +216,30 @@ class StampingHandler(ResponseHandler):
 
 
 def _buffered(payload: StreamReader) -> bytes:
-    """Everything the body holds unread; nothing once it broke (``_ended`` hands on the error)."""
-    return payload.read_nowait() if payload.exception() is None else b""
+    """Everything the body holds unread; nothing once it broke (``_ended`` hands on the error).
+
+    What ``read_nowait()`` returns, taken in one join: aiohttp's own drain handles every HTTP chunk
+    in the buffer by itself (a streamed body has one per event), which cost as much as the parsing.
+    """
+    if payload.exception() is not None:
+        return b""
+    buffer = payload._buffer
+    if not buffer:
+        return b""
+    if payload._buffer_offset:  # someone read part of the first piece: let aiohttp finish it
+        return payload.read_nowait()
+    data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+    buffer.clear()
+    payload._size -= len(data)
+    payload._cursor += len(data)
+    splits = payload._http_chunk_splits
+    if splits:  # the chunk ends now behind the cursor are of no more use (as aiohttp drops them)
+        last = splits[-1]
+        splits.clear()
+        if last >= payload._cursor:
+            splits.append(last)
+    payload._protocol.resume_reading()
+    return data
 
 
 def _stamping_supported() -> bool:
@@ -225,7 +247,8 @@ def _stamping_supported() -> bool:
     return (
         "_payload" in ResponseHandler.__init__.__code__.co_names
         and {"_reading_paused", "_buffer_paused"} <= set(getattr(BaseProtocol, "__slots__", ()))
-        and "_protocol" in getattr(StreamReader, "__slots__", ())
+        and {"_protocol", "_buffer", "_buffer_offset", "_size", "_cursor", "_http_chunk_splits"}
+        <= set(getattr(StreamReader, "__slots__", ()))
     )
 
 

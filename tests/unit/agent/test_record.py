@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from agent.record import (
@@ -134,3 +136,16 @@ def test_server_side_native_fields_reach_the_record() -> None:
     r2 = vllm.to_record(IDENT)
     assert (r2.queue_ms, r2.native_ttft_ms, r2.compile_backend) == (0.5, 4.0, "x")
     assert r2.decode_fraction is None and r2.native_tok_s is None
+
+
+def test_gaps_of_chunks_sharing_a_read_are_zero_and_match_their_stamps() -> None:
+    m = Measurement(run_start_ns=0, run_start_unix=0.0, intended_ns=0, sent_ns=0)
+    reads = [(5 * MS, 3), (7 * MS, 1), (7 * MS, 2), (12 * MS, 1), (20 * MS, 4)]
+    for t_ns, count in reads:
+        m.observe(Chunk(t_ns, "x" * count, count=count))
+    m.observe(StreamEnd(21 * MS))
+    r = m.to_record(IDENT)
+    stamps = [t for t, count in reads for _ in range(count)]
+    assert r.chunks == len(stamps) == 11
+    assert r.itl_ms == [(b - a) / 1e6 for a, b in itertools.pairwise(stamps)]
+    assert r.itl_ms == [0.0, 0.0, 2.0, 0.0, 0.0, 5.0, 8.0, 0.0, 0.0, 0.0]

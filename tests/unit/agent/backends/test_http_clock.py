@@ -128,3 +128,54 @@ async def test_a_body_complete_before_the_task_looks_keeps_its_read_times() -> N
             await session.close()
     assert stamps and all(t < looked - 100_000_000 for t in stamps)
     assert body.last_ns == stamps[-1]
+
+
+class _Flow:
+    """The flow-control half of a connection, counting how often reading was resumed."""
+
+    def __init__(self) -> None:
+        self.resumed = 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        self.resumed += 1
+
+
+def _state(payload: aiohttp.StreamReader) -> tuple[object, ...]:
+    return (payload._size, payload._cursor, payload.total_bytes, list(payload._http_chunk_splits or ()))
+
+
+async def test_draining_a_body_leaves_it_as_aiohttp_own_drain_does() -> None:
+    """``_buffered`` takes the whole buffer in one join; the reader's state must match ``read_nowait``."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    ours, theirs = _Flow(), _Flow()
+    mine = aiohttp.StreamReader(ours, 2**16, loop=loop)  # type: ignore[arg-type]
+    ref = aiohttp.StreamReader(theirs, 2**16, loop=loop)  # type: ignore[arg-type]
+    for payload in (mine, ref):
+        payload.begin_http_chunk_receiving()
+
+    def feed(*pieces: bytes) -> None:
+        for piece in pieces:
+            for payload in (mine, ref):
+                payload.feed_data(piece)
+                payload.end_http_chunk_receiving()
+
+    feed(b"data: one\n\n", b"data: two\n\n", b"data: three\n\n")
+    assert http._buffered(mine) == ref.read_nowait() == b"data: one\n\ndata: two\n\ndata: three\n\n"
+    assert _state(mine) == _state(ref)
+    assert http._buffered(mine) == ref.read_nowait() == b""  # nothing new: nothing read
+    feed(b"data: four\n\n")
+    assert http._buffered(mine) == ref.read_nowait() == b"data: four\n\n"
+    assert _state(mine) == _state(ref)
+    assert ours.resumed == 2 and theirs.resumed  # reading resumed after each drain (aiohttp: each piece)
+    # a reader that took part of the first piece itself: the rest comes through aiohttp's own drain
+    feed(b"data: five\n\n", b"data: six\n\n")
+    assert mine.read_nowait(6) == ref.read_nowait(6) == b"data: "
+    assert http._buffered(mine) == ref.read_nowait() == b"five\n\ndata: six\n\n"
+    assert _state(mine) == _state(ref)
+    mine.set_exception(ValueError("broken"))
+    assert http._buffered(mine) == b""

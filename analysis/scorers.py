@@ -333,7 +333,10 @@ class SemScorer:
         import numpy as np
 
         if not texts:
-            return np.zeros((0, self._model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+            width = getattr(self._model, "get_embedding_dimension", None)  # the newer name
+            if width is None:
+                width = self._model.get_sentence_embedding_dimension
+            return np.zeros((0, width() or 0), dtype=np.float32)
         batches = self._batches(texts)
         work = ([texts[i] for i in b] for b in batches)
         if self.workers > 1 and len(batches) > 1:

@@ -7,14 +7,16 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.arrivals import geometric_series
 from agent.errors import ConfigError, UnknownNameError
 from agent.record import GenerationRequest
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -355,6 +357,8 @@ def _describe(err: Any) -> str:
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    import yaml
+
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
@@ -371,6 +375,8 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 
 def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    import yaml  # only scenario files need it; a run built in code never does
+
     text = path.read_text(encoding="utf-8")
     try:
         return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)

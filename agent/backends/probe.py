@@ -52,9 +52,9 @@ except (ImportError, AttributeError):  # pragma: no cover - other systems
     SUPPORTED = False
 
 #: A probe looks only when no socket has been read for this long (the loop is in a long turn)...
-PROBE_AFTER_NS = 300_000
+PROBE_AFTER_NS = 50_000
 #: ...and at most this often.
-PROBE_EVERY_NS = 100_000
+PROBE_EVERY_NS = 30_000
 #: A connection already reported is counted again only this long after, if its read has not come.
 MARK_AGAIN_NS = 1_000_000
 

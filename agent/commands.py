@@ -15,6 +15,7 @@ import structlog
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent import __version__
 from agent.backends import create
@@ -157,19 +158,51 @@ def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
     return sc
 
 
+#: What a run directory that never got to its first record may hold; such a directory can be reused.
+_UNSTARTED = frozenset({"manifest.json", "engine.log", "simulator.log"})
+
+
 def _out_dir(ns: argparse.Namespace, name: str) -> Path:
+    """A fresh run directory: new, empty, or one of ours that never wrote a record; anything else refused."""
     out: Path = ns.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "records.jsonl").exists():
-        raise ConfigError(f"{out} already holds a run; choose another --out (nothing was overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {out} is not a directory; name a new or empty directory")
+    if out.is_dir():
+        entries = list(out.iterdir())
+        if entries and not _unstarted_run(out, entries):
+            held = "already holds a run" if (out / "records.jsonl").exists() else "is not empty"
+            raise ConfigError(f"--out {out} {held}; choose another --out (nothing was overwritten)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: {e.strerror or e}") from e
     return out
 
 
-def _start(
+def _unstarted_run(out: Path, entries: list[Path]) -> bool:
+    """Whether ``out`` holds only what one of our runs leaves when it fails before its first record."""
+    if any(p.name not in _UNSTARTED or p.is_symlink() or not p.is_file() for p in entries):
+        return False
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "run_id" in manifest and manifest.get("status") != "completed"
+
+
+async def _start(
     ns: argparse.Namespace, settings: Settings, scenarios: list[Scenario], in_flight: int, err: Console
 ) -> Launch:
+    """Everything the user gave checked (the metrics address bound), then the run directory made."""
     first = scenarios[0]
     name = "+".join(sc.name for sc in scenarios)
+    energy = energy_plan(ns, settings)
+    metrics = _metrics(ns)
+    if metrics is not None:
+        try:
+            await metrics.server.start(metrics.host, metrics.port)
+        except OSError as e:
+            raise ConfigError(f"--metrics-host/--metrics-port: {e}") from e
     out = _out_dir(ns, name)
     run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     manifest = build_manifest(run_id, first, ["infermeter", *sys.argv[1:]])
@@ -187,8 +220,8 @@ def _start(
         run_id=run_id,
         err=err,
         progress=not ns.no_progress,
-        metrics=_metrics(ns),
-        energy=energy_plan(ns, settings),
+        metrics=metrics,
+        energy=energy,
     )
 
 
@@ -275,23 +308,46 @@ def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:
     return MetricsEndpoint(server, ns.metrics_host, ns.metrics_port, linger)
 
 
-def _finish(launch: Launch, result: LaunchResult, summary: dict[str, Any], err: Console) -> int:
-    summary["run_id"] = launch.run_id
-    write_json_atomic(launch.out / "summary.json", summary)
+def _finish(launch: Launch, result: LaunchResult, summary: dict[str, Any] | None, err: Console) -> int:
+    """Summary and manifest written, the outcome said in one line; the exit code.
+
+    0 completed; 1 failed (records could not be written); 128 + n stopped by signal n.
+    """
     outcome = result.outcome
+    status = "interrupted" if outcome.interrupted else "completed"
+    if result.write_error is not None:
+        status = "failed"
+        launch.manifest["error"] = str(result.write_error)
     launch.manifest.update(
-        status="interrupted" if outcome.interrupted else "completed",
+        status=status,
         ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        records={"total": outcome.total, **outcome.by_status},
+        records={"total": result.written, **outcome.by_status}
+        if result.write_error is None
+        else {"total": result.written, "lost_in_failed_write": max(0, outcome.total - result.written)},
         degraded_by_reason=dict(outcome.by_reason),
         clock={"origin_perf_counter_ns": result.origin_ns, "origin_unix_s": outcome.started_unix},
+        durability={
+            "backlog_max_records": outcome.backlog_max,
+            "write_delay_ms_max": round(outcome.write_delay_ms_max, 3),
+        },
     )
     if outcome.chains:
         launch.manifest["chains"] = dict(outcome.chains)
-    write_json_atomic(launch.out / "manifest.json", launch.manifest)
+    try:
+        if summary is not None:
+            summary["run_id"] = launch.run_id
+            write_json_atomic(launch.out / "summary.json", summary)
+        write_json_atomic(launch.out / "manifest.json", launch.manifest)
+    except OSError as e:
+        err.print(Text.assemble(("error: ", "bold red"), f"cannot write the run's manifest or summary: {e}"))
+        return EXIT_FAILED
+    if result.write_error is not None:
+        err.print(Text.assemble(("error: ", "bold red"), str(result.write_error)), soft_wrap=True)
+        err.print(f"run stopped: {result.written} whole records on disk in {launch.out}/ (manifest: failed)")
+        return EXIT_FAILED
     err.print(f"records, manifest and summary in {launch.out}/")
     if outcome.interrupted:
-        err.print(f"[yellow]interrupted[/yellow]: {outcome.total} records kept")
+        err.print(f"[yellow]interrupted[/yellow]: {result.written} records kept")
         return 128 + (result.signal or 2)
     return EXIT_OK
 
@@ -306,7 +362,7 @@ async def cmd_run(ns: argparse.Namespace, settings: Settings, err: Console) -> i
     names = [sc.name for sc in scenarios]
     if len(set(names)) != len(names):
         raise ConfigError(f"each tenant needs its own scenario name; got {', '.join(names)}")
-    launch = _start(ns, settings, scenarios, sum(_in_flight(sc) for sc in scenarios), err)
+    launch = await _start(ns, settings, scenarios, sum(_in_flight(sc) for sc in scenarios), err)
     result = await launch.run([StagePlan(None, [Tenant(sc) for sc in scenarios])])
     summary = summarize(load_records(launch.out).records, _targets(scenarios), launch.out)
     Console().print(render_summary(summary))
@@ -372,7 +428,7 @@ async def cmd_sweep(ns: argparse.Namespace, settings: Settings, err: Console) ->
             stage_sc = stage_sc.with_overrides(warmup=0) if stage_sc.warmup else stage_sc
         plans.append(StagePlan(f"{sw.over}={value:g}", [Tenant(stage_sc)], value))
     in_flight = max(_in_flight(p.tenants[0].scenario) for p in plans)
-    launch = _start(ns, settings, [sc], in_flight, err)
+    launch = await _start(ns, settings, [sc], in_flight, err)
     launch.manifest["sweep"] = sw.model_dump(mode="json")
     slo = sc.slo.model_dump()
     points: list[dict[str, Any]] = []
@@ -446,7 +502,9 @@ async def cmd_replay(ns: argparse.Namespace, settings: Settings, err: Console) -
     replace = {"name": f"replay-{base.name}", "requests": len(items), "duration": None, "system": None}
     sc = Scenario.model_validate(base.normalised() | replace)
     offsets = [it.timestamp / ns.speed for it in items]
-    launch = _start(ns, settings, [sc], MAX_IN_FLIGHT, err)  # the trace's clock decides what is in flight
+    launch = await _start(
+        ns, settings, [sc], MAX_IN_FLIGHT, err
+    )  # the trace's clock decides what is in flight
     launch.manifest["trace"] = {
         "path": str(ns.trace),
         "sha256": hashlib.sha256(ns.trace.read_bytes()).hexdigest(),

@@ -7,6 +7,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "InfermeterError",
+    "RecordWriteError",
     "RequestFailedError",
     "UnknownNameError",
 ]
@@ -54,3 +55,16 @@ class RequestFailedError(InfermeterError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class RecordWriteError(InfermeterError):
+    """A file of records could not be written (disk full, file too large, not writable).
+
+    Only whole lines are ever left in the file: a line cut short by the failure is taken back.
+    """
+
+    def __init__(self, path: object, error: OSError) -> None:
+        self.path = path
+        self.errno = error.errno
+        self.strerror = error.strerror or str(error)
+        super().__init__(f"cannot write {path}: {self.strerror} (errno {error.errno})")

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agent.backends.base import Backend
 from agent.energy.meter import EnergyMeter
-from agent.errors import InfermeterError
+from agent.errors import InfermeterError, RecordWriteError
 from agent.manifest import write_json_atomic
 from agent.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.runner import ColdTracker, Runner, RunOutcome, expected_records, wait_ready
@@ -68,6 +68,10 @@ class LaunchResult:
     stopped_early: str | None = None
     signal: int | None = None
     origin_ns: int = 0
+    #: records stopped reaching the disk, which ended the run
+    write_error: RecordWriteError | None = None
+    #: request records that reached the operating system
+    written: int = 0
 
 
 def targets_for(normalised: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +89,10 @@ def targets_for(normalised: dict[str, Any]) -> dict[str, Any]:
         },
     }
 
+
+#: Signals that end a run the same way: in-flight requests recorded as interrupted, exit 128 + signal.
+#: SIGHUP is among them (a closed terminal or ssh session ends the run cleanly).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 #: how often the progress bar is told the record counts (it redraws ten times a second)
 PROGRESS_EVERY_S = 0.1
@@ -155,8 +163,7 @@ class Launch:
                 await self.backend.start()
         except InfermeterError as e:
             await self.backend.close()
-            self.manifest.update(status="failed", error=str(e), ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            self._save_manifest()
+            self.fail(str(e))
             raise
         self.manifest["backend"] = self.backend.describe()
         self._save_manifest()
@@ -177,11 +184,13 @@ class Launch:
             received.append(signum)
             stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             if self.metrics is not None:
-                url = await self.metrics.server.start(self.metrics.host, self.metrics.port)
+                if not self.metrics.server.running:
+                    await self.metrics.server.start(self.metrics.host, self.metrics.port)
+                url = self.metrics.server.url
                 self.err.print(f"Prometheus metrics on {url}/metrics")
                 self.manifest["metrics_url"] = f"{url}/metrics"
             await self.start_backend()
@@ -201,11 +210,24 @@ class Launch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.metrics.linger_s)
             return result
+        except (InfermeterError, OSError) as e:
+            self.fail(str(e))
+            raise
         finally:
             if self.metrics is not None:
                 await self.metrics.server.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+    def fail(self, why: str) -> None:
+        """Mark the run failed in its manifest (once), as far as the disk still lets us."""
+        if self.manifest.get("status") != "running":
+            return
+        self.manifest.update(status="failed", error=why, ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        try:
+            self._save_manifest()
+        except OSError as e:
+            logger.error("manifest could not be updated", error=str(e))
 
     async def _stages(
         self,
@@ -260,6 +282,9 @@ class Launch:
                 await self._energy_stage(plan.label or "steady", stage_start, time.perf_counter_ns())
                 result.stages_run.append(plan)
                 _merge(result.outcome, outcomes)
+                result.write_error = next((o.write_error for o in outcomes if o.write_error), None)
+                if result.write_error is not None:
+                    break
                 if result.outcome.interrupted:
                     result.signal = received[0] if received else signal.SIGINT
                     break
@@ -270,6 +295,7 @@ class Launch:
                         break
         if chains.count == 0:
             (self.out / "chains.jsonl").unlink(missing_ok=True)
+        result.written = writer.count
         self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
         return result
 
@@ -357,4 +383,6 @@ def _merge(total: RunOutcome, parts: Iterable[RunOutcome]) -> None:
         total.by_reason.update(part.by_reason)
         total.chains.update(part.chains)
         total.interrupted = total.interrupted or part.interrupted
+        total.backlog_max = max(total.backlog_max, part.backlog_max)
+        total.write_delay_ms_max = max(total.write_delay_ms_max, part.write_delay_ms_max)
         total.ended_unix = max(total.ended_unix, part.ended_unix)

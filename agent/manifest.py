@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -118,7 +119,25 @@ def build_manifest(run_id: str, scenario: Scenario, argv: list[str]) -> dict[str
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary file and rename it over ``path``, so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write JSON to a temporary file and rename it over ``path``, so readers never see half a file.
+
+    The temporary file is created new (a file or symbolic link already there is removed, never
+    followed or written through) and removed again when the write fails, so no ``*.tmp`` is left.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    body = (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -18,7 +18,7 @@ import structlog
 from agent.arrivals import schedule
 from agent.backends.base import Backend
 from agent.backends.probe import ARRIVALS
-from agent.errors import ConfigError, RequestFailedError
+from agent.errors import ConfigError, RecordWriteError, RequestFailedError
 from agent.record import (
     ChainRecord,
     Chunk,
@@ -37,8 +37,18 @@ __all__ = ["Annotator", "ColdTracker", "RecordSink", "RunOutcome", "Runner", "ex
 
 logger = structlog.get_logger(__name__)
 
-#: Longest stretch the record writer holds the event loop before letting streams read again.
+#: Longest stretch the record writer holds the event loop before letting streams read again, while
+#: it is keeping up (see ``BACKLOG_KEEP`` and ``BACKLOG_AGE_NS``).
 WRITE_SLICE_NS = 500_000
+#: A writer turn goes past its slice until at most this many finished records wait...
+BACKLOG_KEEP = 256
+#: ...and none of them ended longer ago than this: under any load, what a killed run can lose is the
+#: last moments' completions, never a growing backlog.
+BACKLOG_AGE_NS = 50_000_000
+#: Hard bound on records waiting for the writer: a request that ends with this many waiting writes the
+#: oldest itself before its worker goes on (back-pressure), so the bound holds even when the writer
+#: task is starved by a saturated loop.
+BACKLOG_LIMIT = 1000
 
 #: The garbage collector's young-generation threshold during a load (``freeze_gc``); Python's is 700.
 #: CPython counts allocations minus deallocations of any age, so when one wave of requests dies as the
@@ -92,6 +102,12 @@ class RunOutcome:
     by_status: Counter[str] = field(default_factory=Counter)
     by_reason: Counter[str] = field(default_factory=Counter)
     chains: Counter[str] = field(default_factory=Counter)
+    #: most finished records that ever waited for the writer at once
+    backlog_max: int = 0
+    #: longest time from a request's end to its record being handed to the operating system
+    write_delay_ms_max: float = 0.0
+    #: why records could no longer be written, when that stopped the run
+    write_error: RecordWriteError | None = None
 
     @property
     def total(self) -> int:
@@ -248,6 +264,9 @@ class Runner:
         self.in_flight = 0
         self._backlog: deque[_Finished] = deque()
         self._backlog_ready = asyncio.Event()
+        #: end of the oldest request whose record was written but not yet flushed
+        self._unflushed_end_ns: int | None = None
+        self._write_failed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event | None = None) -> RunOutcome:
         """Run to completion or until ``stop`` is set; return the outcome."""
@@ -272,16 +291,20 @@ class Runner:
         self.outcome = RunOutcome(started_unix=self._start_unix)
         main = asyncio.create_task(self._stages())
         stopper = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(self._write_failed.wait())
         writer = asyncio.create_task(self._write_backlog())
         try:
-            done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({main, stopper, failed}, return_when=asyncio.FIRST_COMPLETED)
             if main not in done:
                 self.outcome.interrupted = True
+                if failed in done:
+                    stop.set()  # other tenants writing to the same files stop too
                 main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await main
         finally:
             stopper.cancel()
+            failed.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer  # re-raises a sink failure
@@ -293,40 +316,57 @@ class Runner:
         return self.outcome
 
     async def _write_backlog(self) -> None:
-        """Build and write queued records in short slices, flushing the sink after each, until cancelled.
+        """Build and write queued records, flushing the sink after each turn, until cancelled.
 
-        A slice ends after ``WRITE_SLICE_NS`` so records built together never hold up the loop for
-        long (streams still reading keep being read on time); the rest waits for the next loop turn.
+        A turn ends after ``WRITE_SLICE_NS`` so records built together never hold up the loop for
+        long (streams still reading keep being read on time), but only once the writer has caught up:
+        at most ``BACKLOG_KEEP`` records wait, none older than ``BACKLOG_AGE_NS``. A saturated loop
+        runs few turns, so each must write what came since the last one.
         """
+        backlog = self._backlog
         while True:
             await self._backlog_ready.wait()
             self._backlog_ready.clear()
             while True:
                 until = time.perf_counter_ns() + WRITE_SLICE_NS
-                while self._backlog and time.perf_counter_ns() < until:
-                    if self.annotator is not None and not self.annotator.ready(self._backlog[0].end_ns):
+                waiting = False
+                while backlog:
+                    now = time.perf_counter_ns()
+                    head = backlog[0].end_ns
+                    behind = len(backlog) > BACKLOG_KEEP or now - head > BACKLOG_AGE_NS
+                    if now >= until and not behind:
                         break
-                    self._emit(self._backlog.popleft().record(self.annotator))
+                    if self.annotator is not None and not behind and not self.annotator.ready(head):
+                        waiting = True
+                        break
+                    self._write(backlog.popleft())
                     ARRIVALS()
                 self._flush_sink()
-                if not self._backlog:
+                if not backlog:
                     break
-                head = self._backlog[0].end_ns
-                if self.annotator is not None and not self.annotator.ready(head):
-                    await wait_ready(self.annotator, head)  # then written, ready or not
-                    self._emit(self._backlog.popleft().record(self.annotator))
+                if waiting:
+                    assert self.annotator is not None
+                    await wait_ready(self.annotator, backlog[0].end_ns)  # then written, ready or not
+                    self._write(backlog.popleft())
                 else:
                     await asyncio.sleep(0)
 
     def _flush_backlog(self) -> None:
         while self._backlog:
-            self._emit(self._backlog.popleft().record(self.annotator))
+            self._write(self._backlog.popleft())
         self._flush_sink()
 
     def _flush_sink(self) -> None:
         flush = getattr(self.sink, "flush", None)
-        if flush is not None:
-            flush()
+        if flush is not None and self.outcome.write_error is None:
+            try:
+                flush()
+            except RecordWriteError as e:
+                self._cannot_write(e)
+        if self._unflushed_end_ns is not None:
+            delay = (time.perf_counter_ns() - self._unflushed_end_ns) / 1e6
+            self.outcome.write_delay_ms_max = max(self.outcome.write_delay_ms_max, delay)
+            self._unflushed_end_ns = None
 
     async def _stages(self) -> None:
         sc = self.scenario
@@ -473,26 +513,28 @@ class Runner:
         assert self.scenario.agent is not None
         ok = failure is None
         self.outcome.chains["ok" if ok else "degraded"] += 1
-        if self.chain_sink is None:
+        if self.chain_sink is None or self.outcome.write_error is not None:
             return
-        self.chain_sink(
-            ChainRecord(
-                run_id=self.run_id,
-                scenario=self.scenario.name,
-                chain_id=chain_id,
-                stage=stage,
-                status="ok" if ok else "degraded",
-                reason=failure[0] if failure else None,
-                failed_step=failure[1] if failure else None,
-                steps_planned=self.scenario.agent.steps,
-                steps_done=done,
-                started_offset_ms=(t0 - self.start_ns) / 1e6,
-                chain_e2e_ms=(time.perf_counter_ns() - t0) / 1e6,
-                think_ms=think_ns / 1e6,
-                prompt_tokens=_sum(r.prompt_tokens for r in records),
-                output_tokens=_sum(r.output_tokens for r in records),
-            )
+        chain = ChainRecord(
+            run_id=self.run_id,
+            scenario=self.scenario.name,
+            chain_id=chain_id,
+            stage=stage,
+            status="ok" if ok else "degraded",
+            reason=failure[0] if failure else None,
+            failed_step=failure[1] if failure else None,
+            steps_planned=self.scenario.agent.steps,
+            steps_done=done,
+            started_offset_ms=(t0 - self.start_ns) / 1e6,
+            chain_e2e_ms=(time.perf_counter_ns() - t0) / 1e6,
+            think_ms=think_ns / 1e6,
+            prompt_tokens=_sum(r.prompt_tokens for r in records),
+            output_tokens=_sum(r.output_tokens for r in records),
         )
+        try:
+            self.chain_sink(chain)
+        except RecordWriteError as e:
+            self._cannot_write(e)
 
     async def _batch(self, stage: Stage) -> bool:
         """One batch: N prompts sent together as concurrent requests, or as one batched call."""
@@ -627,10 +669,19 @@ class Runner:
         self.in_flight -= 1
         self.cold.end(end)
         if defer:
-            self._backlog.append(_Finished(m, ident, failure, end))
+            backlog = self._backlog
+            if len(backlog) >= BACKLOG_LIMIT:  # the writer is starved: this worker pays before going on
+                while len(backlog) >= BACKLOG_LIMIT // 2:
+                    self._write(backlog.popleft())
+                    ARRIVALS()
+                self._flush_sink()
+            backlog.append(_Finished(m, ident, failure, end))
+            self.outcome.backlog_max = max(self.outcome.backlog_max, len(backlog))
             self._backlog_ready.set()
             return None
         record = _Finished(m, ident, failure, end).record(self.annotator)
+        if self._unflushed_end_ns is None:
+            self._unflushed_end_ns = end
         self._emit(record)
         self._backlog_ready.set()  # the writer task flushes the sink
         return record
@@ -648,8 +699,27 @@ class Runner:
                     waiting_first = False
                     cm.reschedule(total_at)
 
+    def _write(self, finished: _Finished) -> None:
+        """Build a queued record and hand it to the sink; the flush after it is timed from its end."""
+        if self._unflushed_end_ns is None:
+            self._unflushed_end_ns = finished.end_ns
+        self._emit(finished.record(self.annotator))
+
+    def _cannot_write(self, error: RecordWriteError) -> None:
+        """Records can no longer be written: stop issuing requests (``run`` ends the stage)."""
+        if self.outcome.write_error is None:
+            logger.info("records cannot be written; stopping the run", error=str(error))
+            self.outcome.write_error = error
+        self._write_failed.set()
+
     def _emit(self, record: RequestRecord) -> None:
-        self.sink.write(record)
+        if self.outcome.write_error is not None:
+            return  # nothing more reaches the file; the run is stopping
+        try:
+            self.sink.write(record)
+        except RecordWriteError as e:
+            self._cannot_write(e)
+            return
         self.outcome.by_status[record.status] += 1
         if record.reason:
             self.outcome.by_reason[record.reason] += 1

@@ -65,6 +65,11 @@ class MetricsServer:
         return self.url
 
     @property
+    def running(self) -> bool:
+        """Whether ``start`` has bound the address and the server is serving."""
+        return self._runner is not None
+
+    @property
     def url(self) -> str:
         """Base URL of the running server."""
         return f"http://{self.host}:{self.port}"

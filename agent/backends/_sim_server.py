@@ -283,6 +283,8 @@ class SimServer:
         self.log = emission_log
         self.errors = 0
         self.requests = 0
+        #: streams sent to their end (what a client could have recorded as ok)
+        self.served = 0
         self._loaded = model.load_ms <= 0
         self._frames = {r: _Frames(r, model.model_name, model.tokens_per_chunk) for r in _ROUTES.values()}
 
@@ -306,6 +308,8 @@ class SimServer:
             return
         plan = self._plan(route, req, headers.get("x-sim-fault"))
         result = await self._serve(conn, plan, arrival_ns)
+        if result.outcome == "ok":
+            self.served += 1
         if self.log is not None:
             self._log(headers.get("x-request-id"), path, arrival_ns, plan, result)
 
@@ -328,7 +332,7 @@ class SimServer:
                 ]
             },
             "/api/version": {"version": "infermeter-sim"},
-            "/health": {"status": "ok"},
+            "/health": {"status": "ok", "served": self.served},
         }
         if path not in answers:
             conn.reply_json(404, {"error": f"no route {method} {path}"})

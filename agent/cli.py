@@ -8,9 +8,9 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from rich.console import Console
@@ -33,6 +33,7 @@ from agent.commands import (
 )
 from agent.errors import ConfigError, InfermeterError
 from agent.launch import targets_for
+from agent.redact import redact, redact_obj, remember
 from agent.scenario import list_builtin, load_scenario
 from agent.settings import Settings
 from analysis.console import render_summary
@@ -46,6 +47,11 @@ logger = structlog.get_logger(__name__)
 EXIT_CONFIG = 2
 
 
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Mask secrets in every log event before it is rendered."""
+    return {k: redact_obj(v) if isinstance(v, str | dict | list | tuple) else v for k, v in event.items()}
+
+
 def _configure_logging(settings: Settings) -> None:
     level = getattr(logging, settings.log_level.upper(), logging.WARNING)
     renderer: Any = (
@@ -55,6 +61,7 @@ def _configure_logging(settings: Settings) -> None:
     )
     structlog.configure(
         processors=[
+            _redact_event,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             renderer,
@@ -64,9 +71,28 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: …`` and exit 2, the way every other bad input ends."""
+
+    def error(self, message: str) -> NoReturn:
+        """Say what is wrong in one line (``--help`` shows the usage) and exit 2."""
+        self.exit(EXIT_CONFIG, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _port(value: str) -> int:
+    """A TCP port, 0 to 65535 (0 lets the system pick)."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
 def _error(err: Console, message: object) -> None:
     """One unwrapped line, no markup interpretation: paths and brackets print as they are."""
-    err.print(Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True)
+    err.print(Text.assemble(("error: ", "bold red"), redact(str(message))), soft_wrap=True)
 
 
 def _energy_flags(p: argparse.ArgumentParser) -> None:
@@ -103,7 +129,9 @@ def _backend_flags(p: argparse.ArgumentParser) -> None:
         "--serve-metrics", action="store_true", help="expose Prometheus /metrics while the run lasts"
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
-    p.add_argument("--metrics-port", type=int, default=9464, help="port for /metrics (default 9464; 0 = any)")
+    p.add_argument(
+        "--metrics-port", type=_port, default=9464, help="port for /metrics (default 9464; 0 = any)"
+    )
     p.add_argument(
         "--metrics-linger",
         default="0s",
@@ -132,9 +160,9 @@ def _load_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infermeter", description="Load-test and measure LLM inference.")
+    p = _Parser(prog="infermeter", description="Load-test and measure LLM inference.")
     p.add_argument("--version", action="version", version=f"infermeter {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("scenarios", help="list the built-in scenarios")
 
@@ -230,12 +258,22 @@ def _cmd_summarize(ns: argparse.Namespace, err: Console) -> int:
     targets: dict[str, dict[str, Any]] = {}
     manifest_path = ns.run_dir / "manifest.json"
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        for sc in manifest.get("tenants") or [manifest["scenario"]]:
-            targets[sc["name"]] = targets_for(sc.get("normalised", {}))
-        if "trace" in manifest:
-            for t in targets.values():
-                t["load"]["arrival"] = "trace"
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            for sc in manifest.get("tenants") or [manifest["scenario"]]:
+                targets[sc["name"]] = targets_for(sc.get("normalised") or {})
+            if "trace" in manifest:
+                for t in targets.values():
+                    t["load"]["arrival"] = "trace"
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            why = f"{e.__class__.__name__}: {e}"
+            err.print(
+                Text.assemble(
+                    ("warning: ", "yellow"), f"{manifest_path} unreadable ({why}); summarised without targets"
+                ),
+                soft_wrap=True,
+            )
+            targets = {}
     summary = summarize(loaded.records, targets, ns.run_dir if ns.run_dir.is_dir() else None)
     if ns.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -293,8 +331,12 @@ def _cmd_daemon(ns: argparse.Namespace, settings: Settings, err: Console) -> int
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``infermeter`` console script."""
-    ns = _parser().parse_args(argv)
+    try:
+        ns = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a one-line usage error
+        return e.code if isinstance(e.code, int) else EXIT_CONFIG
     settings = Settings()
+    remember(settings.openai.api_key)
     _configure_logging(settings)
     err = Console(stderr=True)
     try:
@@ -317,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         _error(err, e)
         return EXIT_CONFIG
-    except (InfermeterError, FileNotFoundError) as e:
+    except (InfermeterError, OSError) as e:
         _error(err, e)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

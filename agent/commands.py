@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 import uuid
@@ -27,6 +28,7 @@ from agent.errors import ConfigError
 from agent.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, StagePlan, Tenant, targets_for
 from agent.manifest import build_manifest, write_json_atomic
 from agent.record import RequestRecord
+from agent.redact import is_secret_key, remember
 from agent.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, parse_duration, resolve_scenario
 from agent.settings import Settings
 from agent.trace import PromptSynth, TokenCodec, load_trace, trace_requests, write_trace
@@ -61,9 +63,13 @@ def kv(items: list[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "not a YAML value"
+            raise ConfigError(f"{flag} {item!r}: {problem} (quote the value if it is text)") from e
     return out
 
 
@@ -111,6 +117,9 @@ def backend_args(ns: argparse.Namespace, settings: Settings, out: Path, in_fligh
         if ns.compile is not None:
             args["compile"] = ns.compile
     args.update(kv(ns.backend_arg, "--backend-arg"))
+    for key, value in args.items():
+        if is_secret_key(key):
+            remember(value)
     return args
 
 
@@ -123,7 +132,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "rate": get("rate"),
         "burstiness": get("burstiness"),
         "max_concurrency": get("max_concurrency"),
-        "think_time": parse_duration(get("think_time")) if get("think_time") else None,
+        "think_time": _duration(get("think_time"), "--think-time"),
         "seed": get("seed"),
         "lag_limit_ms": get("lag_limit_ms"),
     }
@@ -139,6 +148,16 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "load": load,
         "slo": {"ttft_ms": get("slo_ttft_ms"), "tpot_ms": get("slo_tpot_ms"), "e2e_ms": get("slo_e2e_ms")},
     }
+
+
+def _duration(value: str | None, flag: str) -> float | None:
+    """A duration flag in seconds (None when not given); a bad one is a one-line ConfigError."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"{flag}: {e}") from e
 
 
 def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
@@ -162,9 +181,12 @@ def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
 _UNSTARTED = frozenset({"manifest.json", "engine.log", "simulator.log"})
 
 
-def _out_dir(ns: argparse.Namespace, name: str) -> Path:
-    """A fresh run directory: new, empty, or one of ours that never wrote a record; anything else refused."""
-    out: Path = ns.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _out_dir(ns: argparse.Namespace, name: str, *, make: bool, path: Path | None = None) -> Path:
+    """A fresh run directory: new, empty, or one of ours that never wrote a record; anything else refused.
+
+    ``make`` False only checks (and names the default); True checks ``path`` again and creates it.
+    """
+    out: Path = path or ns.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ConfigError(f"--out {out} is not a directory; name a new or empty directory")
     if out.is_dir():
@@ -172,6 +194,8 @@ def _out_dir(ns: argparse.Namespace, name: str) -> Path:
         if entries and not _unstarted_run(out, entries):
             held = "already holds a run" if (out / "records.jsonl").exists() else "is not empty"
             raise ConfigError(f"--out {out} {held}; choose another --out (nothing was overwritten)")
+    if not make:
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -198,21 +222,32 @@ async def _start(
     name = "+".join(sc.name for sc in scenarios)
     energy = energy_plan(ns, settings)
     metrics = _metrics(ns)
+    out = _out_dir(ns, name, make=False)
+    backend = create(ns.backend, backend_args(ns, settings, out, in_flight))  # its arguments checked
     if metrics is not None:
         try:
             await metrics.server.start(metrics.host, metrics.port)
         except OSError as e:
             raise ConfigError(f"--metrics-host/--metrics-port: {e}") from e
-    out = _out_dir(ns, name)
-    run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    manifest = build_manifest(run_id, first, ["infermeter", *sys.argv[1:]])
-    if len(scenarios) > 1:
-        manifest["tenants"] = [
-            {"name": sc.name, "source": sc.source, "sha256": sc.config_hash(), "normalised": sc.normalised()}
-            for sc in scenarios
-        ]
-    write_json_atomic(out / "manifest.json", manifest)
-    backend = create(ns.backend, backend_args(ns, settings, out, in_flight))
+    try:
+        _out_dir(ns, name, make=True, path=out)
+        run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        manifest = build_manifest(run_id, first, ["infermeter", *sys.argv[1:]])
+        if len(scenarios) > 1:
+            manifest["tenants"] = [
+                {
+                    "name": sc.name,
+                    "source": sc.source,
+                    "sha256": sc.config_hash(),
+                    "normalised": sc.normalised(),
+                }
+                for sc in scenarios
+            ]
+        write_json_atomic(out / "manifest.json", manifest)
+    except BaseException:
+        if metrics is not None:
+            await metrics.server.close()
+        raise
     return Launch(
         backend,
         out,
@@ -300,10 +335,7 @@ def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:
     """The run's /metrics endpoint when ``--serve-metrics`` asks for one."""
     if not getattr(ns, "serve_metrics", False):
         return None
-    try:
-        linger = parse_duration(ns.metrics_linger) or 0.0
-    except ValueError as e:
-        raise ConfigError(f"--metrics-linger: {e}") from e
+    linger = _duration(ns.metrics_linger, "--metrics-linger") or 0.0
     server = MetricsServer(RecordMetrics(version=__version__))
     return MetricsEndpoint(server, ns.metrics_host, ns.metrics_port, linger)
 
@@ -333,6 +365,11 @@ def _finish(launch: Launch, result: LaunchResult, summary: dict[str, Any] | None
     )
     if outcome.chains:
         launch.manifest["chains"] = dict(outcome.chains)
+    if outcome.not_sent:
+        launch.manifest["not_sent_at_end"] = outcome.not_sent
+        err.print(
+            f"[yellow]{outcome.not_sent} requests due before the end were not sent[/yellow] (no free worker)"
+        )
     try:
         if summary is not None:
             summary["run_id"] = launch.run_id
@@ -370,7 +407,12 @@ async def cmd_run(ns: argparse.Namespace, settings: Settings, err: Console) -> i
 
 
 def _sweep_config(ns: argparse.Namespace, sc: Scenario) -> Scenario:
-    values = [float(v) for v in ns.values.split(",")] if ns.values else None
+    try:
+        values = [float(v) for v in ns.values.split(",")] if ns.values else None
+    except ValueError as e:
+        raise ConfigError(f"--values expects numbers separated by commas, got {ns.values!r}") from e
+    if values is not None and not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"--values must be positive numbers, got {ns.values!r}")
     sweep = {
         "over": ns.over,
         "values": values,

@@ -27,8 +27,9 @@ from agent import __version__
 from agent.backends import create
 from agent.backends.base import Backend
 from agent.daemon_config import DaemonConfig, TargetConfig, load_daemon_config
-from agent.errors import ConfigError, InfermeterError
+from agent.errors import ConfigError, InfermeterError, RecordWriteError
 from agent.record import RequestRecord
+from agent.redact import is_secret_key, redact_obj, remember
 from agent.runner import ColdTracker, Runner
 from agent.scenario import Scenario, load_scenario, resolve_scenario
 from exporters.http import MetricsServer
@@ -63,6 +64,9 @@ class _Target:
     last: dict[str, Any] | None = None
     next_at: float = 0.0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the probe loop's last unexpected error while it waits to be restarted (readiness is red)
+    loop_error: dict[str, Any] | None = None
+    loop_failures: int = 0
 
 
 class Daemon:
@@ -81,20 +85,28 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._started_unix = time.time()
+        #: the last sample write's failure while samples cannot be written (readiness is red)
+        self.sample_error: dict[str, Any] | None = None
+        self.sample_failures = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Load the config (a bad one is a ConfigError), serve, probe until a stop signal; exit code 0."""
         config = load_daemon_config(self.config_path)
+        built = self.build_targets(config)
+        samples = _samples_writer(config)
         self.server = MetricsServer(self.metrics, ready=self._ready, status=self.status)
-        await self.server.start(config.metrics.host, config.metrics.port)
+        try:
+            await self.server.start(config.metrics.host, config.metrics.port)
+        except OSError as e:
+            raise ConfigError(f"daemon config {self.config_path}: metrics: {e}") from e
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         try:
-            self._apply(config, self.build_targets(config))
+            self._apply(config, built, samples)
             logger.info("daemon started", targets=list(self.targets), url=self.server.url)
             while not self._stop.is_set():
                 await _first(self._stop.wait(), self._reload.wait())
@@ -120,14 +132,18 @@ class Daemon:
         try:
             config = load_daemon_config(self.config_path)
             built = self.build_targets(config)
-        except ConfigError as e:
+            samples = _samples_writer(config)
+        except InfermeterError as e:
             logger.error("config rejected; the old one keeps running", error=str(e))
+            return False
+        except Exception as e:  # noqa: BLE001 - whatever a new config does, the daemon keeps running
+            logger.error("config rejected; the old one keeps running", error=f"{e.__class__.__name__}: {e}")
             return False
         old = self.config
         if old is not None and old.metrics != config.metrics:
             logger.warning("metrics listen address changes need a restart", kept=old.metrics.model_dump())
         await self._stop_targets(list(self.targets))
-        self._apply(config, built)
+        self._apply(config, built, samples)
         self.reloads += 1
         logger.info("config reloaded", targets=list(self.targets))
         return True
@@ -136,19 +152,18 @@ class Daemon:
         """Every target built before the running state is touched, so a bad one changes nothing."""
         return {t.name: self._build(t, config) for t in config.targets}
 
-    def _apply(self, config: DaemonConfig, built: dict[str, _Target]) -> None:
+    def _apply(self, config: DaemonConfig, built: dict[str, _Target], samples: RotatingJsonl | None) -> None:
         self.config = config
         self._sem = asyncio.Semaphore(config.probe.max_concurrency)
-        s = config.sampling
         if self.samples is not None:
-            self.samples.close()
-        self.samples = (
-            RotatingJsonl(s.dir, "samples", max_bytes=s.max_bytes, keep=s.keep) if s.every else None
-        )
+            with contextlib.suppress(OSError, InfermeterError):
+                self.samples.close()
+        self.samples = samples
+        self.sample_error = None
         self.targets = built
         for name, target in built.items():
             target.next_at = time.time()
-            self._tasks[name] = asyncio.create_task(self._loop(target), name=f"probe-{name}")
+            self._tasks[name] = asyncio.create_task(self._supervise(target), name=f"probe-{name}")
 
     def _build(self, cfg: TargetConfig, config: DaemonConfig) -> _Target:
         probe = config.probe
@@ -174,6 +189,9 @@ class Daemon:
             sc = Scenario.model_validate(data)
         except ValueError as e:
             raise ConfigError(f"target {cfg.name}: scenario {cfg.scenario} cannot be probed: {e}") from e
+        for key, value in cfg.args.items():
+            if is_secret_key(key):
+                remember(value)
         try:
             backend = create(cfg.backend, dict(cfg.args))
         except InfermeterError as e:
@@ -208,6 +226,26 @@ class Daemon:
 
     # ---- probing --------------------------------------------------------------------------------
 
+    async def _supervise(self, t: _Target) -> None:
+        """Run the target's probe loop and start it again when it fails.
+
+        An unexpected error is logged, counted, shown in ``/status`` and turns readiness red; the loop
+        starts again after a growing pause (1 s to 1 min) and readiness is green after its next probe.
+        """
+        pause = 1.0
+        while not (t.stop.is_set() or self._stop.is_set()):
+            try:
+                await self._loop(t)
+                return
+            except Exception as e:  # a probe loop must never die silently (logged with its traceback)
+                t.loop_failures += 1
+                t.loop_error = {"at_unix": time.time(), "error": f"{e.__class__.__name__}: {e}"}
+                self.metrics.daemon_errors.labels("probe_loop", t.cfg.name).inc()
+                logger.exception("probe loop failed; restarting", target=t.cfg.name, pause_s=pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(t.stop.wait(), self._stop.wait()), pause)
+            pause = min(pause * 2, 60.0)
+
     async def _loop(self, t: _Target) -> None:
         while not (t.stop.is_set() or self._stop.is_set()):
             delay = max(0.0, t.next_at - time.time())
@@ -218,6 +256,7 @@ class Daemon:
                     return
             async with self._sem:
                 await self._probe(t)
+            t.loop_error = None
             t.next_at = time.time() + self._next_delay(t)
 
     def _next_delay(self, t: _Target) -> float:
@@ -263,7 +302,23 @@ class Daemon:
             t.ok += 1
             every = self.config.sampling.every if self.config else 0
             if self.samples is not None and every and t.ok % every == 0:
-                self.samples.write(labelled)
+                self._sample(t, labelled)
+
+    def _sample(self, t: _Target, record: RequestRecord) -> None:
+        """Write one sample; a failure is logged when it starts, counted, shown, and retried next time."""
+        assert self.samples is not None
+        try:
+            self.samples.write(record)
+        except RecordWriteError as e:
+            self.sample_failures += 1
+            self.metrics.daemon_errors.labels("samples", t.cfg.name).inc()
+            if self.sample_error is None:
+                logger.error("samples cannot be written; probes go on, readiness is red", error=str(e))
+            self.sample_error = {"at_unix": time.time(), "error": str(e)}
+            return
+        if self.sample_error is not None:
+            logger.info("samples are written again", file=str(self.samples.path))
+            self.sample_error = None
 
     def _result(self, t: _Target, *, status: str, reason: str | None, **facts: Any) -> None:
         up = reason not in DOWN_REASONS
@@ -282,16 +337,32 @@ class Daemon:
     # ---- endpoints ------------------------------------------------------------------------------
 
     def _ready(self) -> bool:
-        return self.config is not None and bool(self.targets)
+        """Ready while configured, every probe loop running and samples (if any) being written."""
+        return (
+            self.config is not None
+            and bool(self.targets)
+            and self.sample_error is None
+            and all(t.loop_error is None for t in self.targets.values())
+        )
 
     def status(self) -> dict[str, Any]:
-        """The ``/status`` document: the last result per target and the daemon's own facts."""
+        """The ``/status`` document: the last result per target and the daemon's own facts, secrets masked."""
         now = time.time()
+        return redact_obj(self._status(now))  # type: ignore[no-any-return]
+
+    def _status(self, now: float) -> dict[str, Any]:
         return {
             "version": __version__,
             "config": str(self.config_path),
             "uptime_s": round(now - self._started_unix, 1),
             "reloads": self.reloads,
+            "ready": self._ready(),
+            "samples": {
+                "file": str(self.samples.path) if self.samples is not None else None,
+                "written": self.samples.count if self.samples is not None else 0,
+                "failures": self.sample_failures,
+                "error": self.sample_error,
+            },
             "targets": {
                 name: {
                     "backend": t.cfg.backend,
@@ -301,10 +372,23 @@ class Daemon:
                     "probes": t.probes,
                     "next_probe_in_s": round(max(0.0, t.next_at - now), 3),
                     "last": t.last,
+                    "loop_failures": t.loop_failures,
+                    "loop_error": t.loop_error,
                 }
                 for name, t in self.targets.items()
             },
         }
+
+
+def _samples_writer(config: DaemonConfig) -> RotatingJsonl | None:
+    """The sample files, opened (directory made) before the config is applied; None when sampling is off."""
+    s = config.sampling
+    if not s.every:
+        return None
+    try:
+        return RotatingJsonl(s.dir, "samples", max_bytes=s.max_bytes, keep=s.keep)
+    except RecordWriteError as e:
+        raise ConfigError(f"sampling.dir: {e}") from e
 
 
 class _Sink:

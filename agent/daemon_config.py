@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import ConfigError
-from agent.scenario import Duration
+from agent.scenario import Duration, PositiveDuration
 
 __all__ = ["DaemonConfig", "TargetConfig", "load_daemon_config"]
 
@@ -41,10 +41,10 @@ class MetricsConfig(_Strict):
 class ProbeConfig(_Strict):
     """How hard the daemon leans on production: one request per interval per target, jittered."""
 
-    interval: Duration = Field(10.0, description="seconds between probes of one target")
+    interval: PositiveDuration = Field(10.0, description="seconds between probes of one target")
     jitter: float = Field(0.2, ge=0, lt=1, description="each interval is scaled by 1 ± jitter at random")
     max_concurrency: int = Field(2, ge=1, description="probes in flight across all targets")
-    timeout: Duration = Field(60.0, description="a probe's whole-request timeout")
+    timeout: PositiveDuration = Field(60.0, description="a probe's whole-request timeout")
     max_tokens: int = Field(32, ge=1, description="output tokens per probe (a target may override)")
     grace: Duration = Field(10.0, description="on SIGTERM, how long in-flight probes may finish")
 
@@ -59,8 +59,8 @@ class ProbeConfig(_Strict):
 class BackoffConfig(_Strict):
     """After a failed probe: wait initial × factor^(failures − 1), capped, until the target answers."""
 
-    initial: Duration = 5.0
-    max: Duration = 300.0
+    initial: PositiveDuration = 5.0
+    max: PositiveDuration = 300.0
     factor: float = Field(2.0, ge=1)
 
 
@@ -80,7 +80,7 @@ class TargetConfig(_Strict):
     backend: str
     args: dict[str, Any] = Field(default_factory=dict)
     scenario: str = "micro"
-    interval: Duration = None
+    interval: PositiveDuration = None
     max_tokens: int | None = Field(None, ge=1)
 
 
@@ -108,6 +108,8 @@ def load_daemon_config(path: Path) -> DaemonConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read daemon config {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"daemon config {path} is not UTF-8 text (byte {e.start})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"daemon config {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

@@ -384,5 +384,6 @@ def _merge(total: RunOutcome, parts: Iterable[RunOutcome]) -> None:
         total.chains.update(part.chains)
         total.interrupted = total.interrupted or part.interrupted
         total.backlog_max = max(total.backlog_max, part.backlog_max)
+        total.not_sent += part.not_sent
         total.write_delay_ms_max = max(total.write_delay_ms_max, part.write_delay_ms_max)
         total.ended_unix = max(total.ended_unix, part.ended_unix)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.redact import redact_obj
 from agent.scenario import Scenario
 
 __all__ = ["build_manifest", "gpu_info", "write_json_atomic"]
@@ -121,11 +122,14 @@ def build_manifest(run_id: str, scenario: Scenario, argv: list[str]) -> dict[str
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to a temporary file and rename it over ``path``, so readers never see half a file.
 
+    Secrets are masked on the way (``agent.redact``): a manifest records the command line and the
+    backend's facts, which may carry an API key or a URL with a password.
+
     The temporary file is created new (a file or symbolic link already there is removed, never
     followed or written through) and removed again when the write fails, so no ``*.tmp`` is left.
     """
     tmp = path.with_name(path.name + ".tmp")
-    body = (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8")
+    body = (json.dumps(redact_obj(data), indent=2, default=str) + "\n").encode("utf-8")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     try:

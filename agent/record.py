@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "DEFAULT_TEXT_CAP",
     "LOGPROB_POSITIONS",
     "REASONS",
     "SCHEMA_VERSION",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: Characters of output text a record keeps by default (scenario ``max_output_chars``).
+DEFAULT_TEXT_CAP = 262_144
 #: Output positions whose top-k logprobs a record keeps when they are asked for (drift's KL signal).
 LOGPROB_POSITIONS = 10
 
@@ -229,6 +232,8 @@ class RequestRecord(BaseModel):
     decode_energy_j: float | None = None
     decode_energy_quality: Literal["good", "no_data", "counter"] | None = None
     output_text: str | None = None
+    #: True when ``output_text`` was cut at the scenario's ``max_output_chars`` (a runaway answer)
+    output_truncated: bool | None = None
     #: top-k {token: logprob} for the first output positions (scenario ``logprobs``), for drift's KL
     top_logprobs: list[dict[str, float]] | None = None
 
@@ -284,6 +289,10 @@ class Measurement:
     first_answer_ns: int | None = None
     end: StreamEnd | None = None
     parts: list[str] = field(default_factory=list)
+    #: most characters of output text kept (``keep_text``); the rest is dropped and the record says so
+    text_cap: int = DEFAULT_TEXT_CAP
+    text_kept: int = 0
+    truncated: bool = False
 
     def observe(self, event: StreamEvent) -> None:
         """Fold one stream event into the measurement.
@@ -303,9 +312,18 @@ class Measurement:
             if not event.reasoning and self.first_answer_ns is None:
                 self.first_answer_ns = event.t_ns
             if self.keep_text and not event.reasoning:
-                self.parts.append(event.text)
+                self._keep(event.text)
         else:
             self.end = event
+
+    def _keep(self, text: str) -> None:
+        room = self.text_cap - self.text_kept
+        if len(text) > room:
+            self.truncated = True
+            text = text[: max(room, 0)]
+        if text:
+            self.parts.append(text)
+            self.text_kept += len(text)
 
     def to_record(
         self,
@@ -362,6 +380,7 @@ class Measurement:
             "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
             "finish_reason": self.end.finish_reason if self.end else None,
             "output_text": "".join(self.parts) if self.keep_text else None,
+            "output_truncated": True if self.truncated else None,
             "top_logprobs": self.end.logprobs if self.end else None,
         }
         fields.update(_native_fields(native))

@@ -31,6 +31,7 @@ from agent.record import (
     StreamEnd,
     Usage,
 )
+from agent.redact import redact
 from agent.scenario import MAX_IN_FLIGHT, Scenario
 
 __all__ = ["Annotator", "ColdTracker", "RecordSink", "RunOutcome", "Runner", "expected_records", "wait_ready"]
@@ -108,6 +109,9 @@ class RunOutcome:
     write_delay_ms_max: float = 0.0
     #: why records could no longer be written, when that stopped the run
     write_error: RecordWriteError | None = None
+    #: open loop bound by time: requests due before the end that were still waiting for a free worker
+    #: when it came, so never sent (an overloaded client or a tight in-flight cap)
+    not_sent: int = 0
 
     @property
     def total(self) -> int:
@@ -434,12 +438,16 @@ class Runner:
                 idle -= 1
                 if item is None:
                     return
+                if plan.deadline_ns is not None and time.perf_counter_ns() >= plan.deadline_ns:
+                    self.outcome.not_sent += 1  # the run's time is up: never sent, so never recorded
+                    continue
                 await self._one(item[0], item[1], intended_ns=item[2])
 
         async with asyncio.TaskGroup() as tg:
             for offset in offsets:
                 intended = origin_ns + int(offset * 1e9)
-                stage = plan.take(intended)
+                # a dispatcher behind its schedule stops at the run's end all the same
+                stage = plan.take(max(intended, time.perf_counter_ns()))
                 if stage is None:
                     break
                 request = next(self._requests, None)
@@ -640,7 +648,14 @@ class Runner:
         cause = self.cold.begin(now)
         if cause is not None:
             ident = dataclasses.replace(ident, cold_cause=cause)
-        m = Measurement(self.start_ns, self._start_unix, intended_ns or now, now, keep_text=keep_text)
+        m = Measurement(
+            self.start_ns,
+            self._start_unix,
+            intended_ns or now,
+            now,
+            keep_text=keep_text,
+            text_cap=self.scenario.max_output_chars,
+        )
         failure: tuple[str, str] | None = None
         self.in_flight += 1
         try:
@@ -653,7 +668,7 @@ class Runner:
                 else ("timeout_first_token", f"no output token within {min(t.first_token_s, t.total_s)} s")
             )
         except RequestFailedError as e:
-            failure = (e.reason, e.detail)
+            failure = (e.reason, redact(e.detail))
         except asyncio.CancelledError:
             self.in_flight -= 1
             self.cold.end(time.perf_counter_ns())
@@ -663,7 +678,7 @@ class Runner:
             raise
         except Exception as e:
             logger.exception("request raised", request_id=ident.request_id)
-            failure = ("client_error", f"{e.__class__.__name__}: {e}")
+            failure = ("client_error", redact(f"{e.__class__.__name__}: {e}"))
         end = time.perf_counter_ns()
         ARRIVALS()
         self.in_flight -= 1

@@ -9,20 +9,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from agent.arrivals import geometric_series
 from agent.errors import ConfigError, UnknownNameError
-from agent.record import GenerationRequest
+from agent.record import DEFAULT_TEXT_CAP, GenerationRequest
 
 if TYPE_CHECKING:
     import yaml
 
 __all__ = [
     "MAX_IN_FLIGHT",
+    "MAX_REQUESTS",
     "AgentChain",
     "Batch",
     "Load",
+    "PositiveDuration",
     "Prompt",
     "Scenario",
     "Slo",
@@ -37,22 +47,45 @@ __all__ = [
 
 #: Most requests one run keeps in flight (closed-loop clients, or open-loop workers at most).
 MAX_IN_FLIGHT = 4096
+#: Most requests one run may ask for (a billion: days of load at any rate a client reaches).
+MAX_REQUESTS = 1_000_000_000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+#: Longest duration accepted anywhere (a year): beyond it a value is a typo, not a plan.
+MAX_DURATION_S = 366 * 86400.0
+
+
 def parse_duration(value: Any) -> float | None:
-    """Seconds from ``30``, ``"30s"``, ``"500ms"``, ``"2m"`` or ``"1h"``; None stays None."""
-    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-        return None if value is None else float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use seconds or a number with ms, s, m or h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """Seconds from ``30``, ``"30s"``, ``"500ms"``, ``"2m"`` or ``"1h"``; None stays None.
+
+    Negative, infinite, NaN and absurdly long (over a year) values are refused.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use seconds or a number with ms, s, m or h)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 <= seconds <= MAX_DURATION_S:  # NaN fails this too
+        raise ValueError(f"not a usable duration: {value!r} (from 0 to a year)")
+    return seconds
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError("must be a positive duration")
+    return value
 
 
 Duration = Annotated[float | None, BeforeValidator(parse_duration)]
+#: A duration that must be more than zero when given (intervals, timeouts, back-off).
+PositiveDuration = Annotated[float | None, BeforeValidator(parse_duration), AfterValidator(_positive)]
 
 
 class _Strict(BaseModel):
@@ -70,8 +103,8 @@ class Prompt(_Strict):
     the run's manifest.
     """
 
-    id: str
-    text: str = Field(min_length=1)
+    id: str = Field(min_length=1)
+    text: str = Field(min_length=1, pattern=r"\S", description="the prompt; not blank")
     task: Task | None = None
     reference: str | None = Field(None, min_length=1)
 
@@ -207,14 +240,16 @@ class Scenario(_Strict):
     description: str = ""
     endpoint: Literal["chat", "completions"] = "chat"
     system: str | None = None
-    prompts: list[Prompt | str] | PromptFile
+    prompts: Annotated[list[Prompt | Annotated[str, Field(pattern=r"\S")]], Field(min_length=1)] | PromptFile
     prompt_tokens: int | None = Field(None, ge=1, description="target prompt length, reported against")
     output_tokens: int = Field(128, ge=1, le=32768, description="max_tokens sent with each request")
-    requests: int | None = Field(32, ge=1)
+    requests: int | None = Field(32, ge=1, le=MAX_REQUESTS)
     duration: Duration = Field(None, description="stop issuing new requests after this long")
     concurrency: int = Field(1, ge=1, le=MAX_IN_FLIGHT)
-    warmup: int = Field(2, ge=0)
-    cooldown: int = Field(0, ge=0, description="requests issued after steady under the same load, kept apart")
+    warmup: int = Field(2, ge=0, le=MAX_REQUESTS)
+    cooldown: int = Field(
+        0, ge=0, le=MAX_REQUESTS, description="requests issued after steady under the same load, kept apart"
+    )
     load: Load = Load()
     slo: Slo = Slo()
     sweep: Sweep | None = None
@@ -225,6 +260,9 @@ class Scenario(_Strict):
     cache_prompt: bool = False
     timeout: Timeouts = Timeouts()
     keep_output_every: int = Field(1, ge=0, description="keep the text of every Nth response; 0 = none")
+    max_output_chars: int = Field(
+        DEFAULT_TEXT_CAP, ge=1, description="characters of a response's text a record keeps; the rest is cut"
+    )
     logprobs: int = Field(
         0,
         ge=0,
@@ -266,6 +304,8 @@ class Scenario(_Strict):
         data["prompts"] = [p.model_dump(exclude_none=True) for p in self.prompt_list()]
         if not data.get("logprobs"):  # off: the hash stays what it was before the field existed
             data.pop("logprobs", None)
+        if data.get("max_output_chars") == DEFAULT_TEXT_CAP:  # likewise at its default
+            data.pop("max_output_chars", None)
         return data
 
     def config_hash(self) -> str:
@@ -377,7 +417,14 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     import yaml  # only scenario files need it; a run built in code never does
 
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"not UTF-8 text (byte {e.start}): save the file as UTF-8", location=str(path)
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", location=str(path)) from e
     try:
         return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:

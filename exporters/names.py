@@ -146,12 +146,18 @@ ANALYSIS_TIME = _g(
     "Offline analyzer: when the published analysis was made (Unix time).",
     ("model",),
 )
+DAEMON_ERRORS = _c(
+    "daemon_errors",
+    "Daemon: failures of its own work (a sample that could not be written, a probe loop that raised), "
+    "by component and target; each is logged and shown in /status.",
+    ("component", "target"),
+)
 BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",))
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     TTFT, ITL, TPOT, E2E, PREFILL, DECODE, REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS, COLD_STARTS,
     DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD, IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS,
-    BACKEND_UP, WINDOW, ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY, BUILD,
+    BACKEND_UP, WINDOW, ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY, DAEMON_ERRORS, BUILD,
 )  # fmt: skip
 #: Published by the offline analyzer (Pushgateway or node_exporter textfile), not by the agent.
 ANALYZER: tuple[MetricSpec, ...] = (QUALITY_SCORE, QUALITY_DELTA, QUALITY_TIER, REGRESSION, ANALYSIS_TIME)

@@ -121,6 +121,7 @@ class RecordMetrics:
         self.gpu_power = gauge(names.GPU_POWER)
         self.gpu_util = gauge(names.GPU_UTIL)
         self.gpu_memory = gauge(names.GPU_MEMORY)
+        self.daemon_errors = counter(names.DAEMON_ERRORS)
         self._gpus: Callable[[], Sequence[GpuReading]] | None = None
         Info(names.BUILD.name, names.BUILD.help, registry=r).info({"version": version})
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.backends.framing import MAX_EVENT_BYTES
 from agent.errors import ConfigError, UnknownNameError
 from agent.record import GenerationRequest, StreamEvent
 
@@ -57,6 +58,12 @@ class HttpBackendArgs(BackendArgs):
 
     connect_timeout_s: float = Field(10.0, gt=0)
     max_connections: int = Field(64, ge=1, description="connection pool size; at least the concurrency")
+    max_event_bytes: int = Field(
+        MAX_EVENT_BYTES,
+        ge=1024,
+        description="largest stream event (SSE) or line (NDJSON) a response may send; a larger one "
+        "ends the request as invalid_response",
+    )
 
 
 A = TypeVar("A", bound=BackendArgs)

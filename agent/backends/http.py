@@ -18,6 +18,7 @@ import structlog
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.payload import BytesPayload
 from aiohttp.streams import StreamReader
 
@@ -389,11 +390,35 @@ async def read_error_body(resp: aiohttp.ClientResponse) -> RequestFailedError:
 
 
 def failure_from(e: aiohttp.ClientError) -> RequestFailedError:
-    """Translate an aiohttp error, once, into the degraded-record taxonomy."""
+    """Translate an aiohttp error, once, into the degraded-record taxonomy.
+
+    A server that sent bytes aiohttp could not parse as HTTP (a garbage status line, a bad chunk size,
+    an oversized header) answered: that is ``invalid_response``, never "unreachable".
+    """
+    detail = " ".join(f"{e.__class__.__name__}: {e}".split())[:300]
     if isinstance(e, aiohttp.ConnectionTimeoutError):
         return RequestFailedError("timeout_connect", str(e))
     if isinstance(e, aiohttp.ClientConnectorError):
         return RequestFailedError("connection", str(e))
+    if isinstance(e, aiohttp.ClientResponseError) or _unparseable(e):
+        return RequestFailedError("invalid_response", detail)
     if isinstance(e, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return RequestFailedError("connection_reset", f"{e.__class__.__name__}: {e}")
-    return RequestFailedError("connection", f"{e.__class__.__name__}: {e}")
+        return RequestFailedError("connection_reset", detail)
+    return RequestFailedError("connection", detail)
+
+
+def _unparseable(e: BaseException) -> bool:
+    """Whether aiohttp's HTTP parser refused the bytes (rather than the connection ending early)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, HttpProcessingError) and not _cut_short(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _cut_short(e: HttpProcessingError) -> bool:
+    """A body that ended before its declared length: the connection dropped, not garbage."""
+    return "Not enough data" in str(e.message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from agent.backends.framing import MAX_EVENT_BYTES, Held
+
 __all__ = ["LineSplitter"]
 
 
@@ -12,19 +14,24 @@ class LineSplitter:
     character, because a line is handed out only once its LF has arrived.
     """
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_held",)
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_line_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._held = Held(max_line_bytes)
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """Consume ``chunk`` and return every line it completed, in order, without terminators."""
-        buf = self._buf + chunk if self._buf else chunk
+        """Consume ``chunk`` and return every line it completed, in order, without terminators.
+
+        A line longer than ``max_line_bytes`` is a ``RequestFailedError`` (``invalid_response``).
+        """
+        buf = self._held.add(chunk)
+        if buf is None:
+            return []
         lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        self._held.keep(lines.pop())
         return [s for raw in lines if (s := raw.rstrip(b"\r").strip())]
 
     def close(self) -> list[bytes]:
         """End of body: a last line without its LF still counts (servers may omit the final newline)."""
-        raw, self._buf = self._buf.strip(), b""
+        raw = self._held.take().strip()
         return [raw] if raw else []

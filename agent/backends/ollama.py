@@ -254,7 +254,7 @@ class OllamaBackend:
         api = self.args.api or ("chat" if request.endpoint == "chat" else "generate")
         payload = json.dumps(self._body(request, api)).encode()
         state = OllamaStreamState()
-        lines = LineSplitter()
+        lines = LineSplitter(self.args.max_event_bytes)
         cold = self.args.cold_start_load_ms
         end_ns = 0
         try:

@@ -17,6 +17,7 @@ import structlog
 from pydantic import Field, SecretStr
 
 from agent.backends.base import HttpBackendArgs, register
+from agent.backends.framing import MAX_EVENT_BYTES, Held
 from agent.backends.http import (
     PushedBody,
     failure_from,
@@ -326,7 +327,11 @@ class OpenAIBackend:
         state = _StreamState(logprobs=[] if request.top_logprobs else None)
         # logprobs ride on ordinary events, so those streams take the full parser for every event
         reader = ChunkReader(
-            state, text=request.want_text, endpoint=endpoint, full=bool(request.top_logprobs)
+            state,
+            text=request.want_text,
+            endpoint=endpoint,
+            full=bool(request.top_logprobs),
+            max_event_bytes=self.args.max_event_bytes,
         )
         end_ns = 0
         try:
@@ -380,10 +385,16 @@ class ChunkReader:
     __slots__ = ("_crlf", "_empty", "_key", "_parser", "_pending", "full", "state", "text")
 
     def __init__(
-        self, state: _StreamState, *, text: bool = True, endpoint: str = "chat", full: bool = False
+        self,
+        state: _StreamState,
+        *,
+        text: bool = True,
+        endpoint: str = "chat",
+        full: bool = False,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
-        self._parser = SSEParser()
-        self._pending = b""
+        self._parser = SSEParser(max_event_bytes)
+        self._pending = Held(max_event_bytes)
         self._crlf: bool | None = None
         self.state = state
         self.text = text
@@ -395,19 +406,21 @@ class ChunkReader:
         """Chunks completed by ``data``, stamped ``t_ns``."""
         if self.full:  # every event through the full rules (logprobs asked for)
             return _read_chunks(self._parser.feed_payloads(data), t_ns, self.state, full=True)
-        buf = self._pending + data if self._pending else data
+        buf = self._pending.add(data)
+        if buf is None:  # an event still unfinished: held until a read brings a line end
+            return []
         if self._crlf is None:  # a server's line ends are the same throughout: look at its first line
             first = buf.find(b"\n")
             if first >= 0:
                 self._crlf = buf[first - 1 : first] == b"\r"
         if self._crlf is not False or self._parser.busy:
-            self._pending = b""
             return _read_chunks(self._parser.feed_payloads(buf), t_ns, self.state)
         end = buf.rfind(b"\n\n")
         if end < 0:
-            self._pending = buf
+            self._pending.keep(buf)
             return []
-        block, self._pending = buf[: end + 2], buf[end + 2 :]
+        block = buf[: end + 2]
+        self._pending.keep(buf[end + 2 :])
         # The last event that may be ordinary ends the bulk; whatever follows is for the full rules.
         last = block.rfind(_ORDINARY_END)
         cut = block.find(b"\n\n", last) + 2 if last >= 0 else 0
@@ -419,7 +432,7 @@ class ChunkReader:
 
     def close(self) -> list[SSEEvent]:
         """End of body: whatever the full rules still hold."""
-        pending, self._pending = self._pending, b""
+        pending = self._pending.take()
         events = self._parser.feed(pending) if pending else []
         return events + self._parser.close()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from agent.backends.framing import MAX_EVENT_BYTES, Held
+
 __all__ = ["SSEEvent", "SSEParser"]
 
 
@@ -23,18 +25,25 @@ class SSEParser:
     multi-byte UTF-8 character, because lines are decoded only once complete.
     """
 
-    __slots__ = ("_buf", "_data", "_event")
+    __slots__ = ("_data", "_data_bytes", "_event", "_held")
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._held = Held(max_event_bytes)
         self._data: list[str] = []
+        self._data_bytes = 0
         self._event = ""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Consume ``chunk`` and return every event it completed, in order."""
-        buf = self._buf + chunk if self._buf else chunk
+        """Consume ``chunk`` and return every event it completed, in order.
+
+        An event larger than ``max_event_bytes`` is a ``RequestFailedError`` (``invalid_response``).
+        """
+        buf = self._held.add(chunk)
+        return [] if buf is None else self._lines(buf)
+
+    def _lines(self, buf: bytes) -> list[SSEEvent]:
         lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        self._held.keep(lines.pop())
         out: list[SSEEvent] = []
         for raw in lines:
             self._line(raw[:-1] if raw.endswith(b"\r") else raw, out)
@@ -43,7 +52,7 @@ class SSEParser:
     @property
     def busy(self) -> bool:
         """True while a line or an event is half-read."""
-        return bool(self._buf or self._data or self._event)
+        return bool(self._held or self._data or self._event)
 
     def feed_payloads(self, chunk: bytes) -> list[bytes]:
         """Like ``feed`` but returns each event's data as bytes, splitting whole events in one pass.
@@ -51,27 +60,27 @@ class SSEParser:
         The common case (LF line ends, one ``data:`` line per event) never decodes or walks lines;
         anything else (CRLF, comments, ``event:`` or multi-line data) goes through the full rules.
         """
-        buf = self._buf + chunk if self._buf else chunk
+        buf = self._held.add(chunk)
+        if buf is None:
+            return []
         if self._data or self._event or b"\r" in buf:
-            self._buf = b""
-            return [e.data.encode() for e in self.feed(buf)]
+            return [e.data.encode() for e in self._lines(buf)]
         blocks = buf.split(b"\n\n")
         rest = blocks.pop()
-        self._buf = b""
         out: list[bytes] = []
         for block in blocks:
             if block.startswith(b"data:") and b"\n" not in block:
                 out.append(block[6:] if block[5:6] == b" " else block[5:])
             elif block:
-                out.extend(e.data.encode() for e in self.feed(block + b"\n\n"))
-        self._buf = rest
+                out.extend(e.data.encode() for e in self._lines(block + b"\n\n"))
+        self._held.keep(rest)
         return out
 
     def close(self) -> list[SSEEvent]:
         """End of body: flush a last line and event that lacked their terminators (lenient)."""
         out: list[SSEEvent] = []
-        if self._buf:
-            raw, self._buf = self._buf, b""
+        raw = self._held.take()
+        if raw:
             self._line(raw[:-1] if raw.endswith(b"\r") else raw, out)
         self._line(b"", out)
         return out
@@ -81,6 +90,7 @@ class SSEParser:
             if self._data:
                 out.append(SSEEvent(self._event or "message", "\n".join(self._data)))
             self._data = []
+            self._data_bytes = 0
             self._event = ""
             return
         if raw[0] == 0x3A:  # ':' comment or keep-alive
@@ -89,6 +99,8 @@ class SSEParser:
         if sep and value[:1] == b" ":
             value = value[1:]
         if name == b"data":
+            self._data_bytes += len(value)
+            self._held.check(self._data_bytes)
             self._data.append(value.decode("utf-8", errors="replace"))
         elif name == b"event":
             self._event = value.decode("utf-8", errors="replace")

@@ -40,6 +40,12 @@ def test_durations_read_like_the_scenarios(tmp_path: Path) -> None:
         ("targets: [{name: a, backend: sim, colour: red}]\n", "targets.0.colour"),
         ("- just\n- a list\n", "must be a YAML mapping"),
         ("targets: [\n", "not valid YAML"),
+        ("probe: {interval: -1}\ntargets: [{name: a, backend: sim}]\n", "probe.interval"),
+        ("probe: {interval: 0}\ntargets: [{name: a, backend: sim}]\n", "probe.interval"),
+        ("probe: {timeout: .nan}\ntargets: [{name: a, backend: sim}]\n", "probe.timeout"),
+        ("backoff: {initial: -1}\ntargets: [{name: a, backend: sim}]\n", "backoff.initial"),
+        ("backoff: {max: .inf}\ntargets: [{name: a, backend: sim}]\n", "backoff.max"),
+        ("targets: [{name: a, backend: sim, interval: -2s}]\n", "targets.0.interval"),
     ],
 )
 def test_bad_configs_name_the_file_and_the_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -52,3 +58,10 @@ def test_bad_configs_name_the_file_and_the_field(tmp_path: Path, text: str, expe
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read daemon config"):
         load_daemon_config(tmp_path / "nope.yaml")
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.yaml"
+    path.write_bytes(b"targets: [{name: \xff, backend: sim}]\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_daemon_config(path)

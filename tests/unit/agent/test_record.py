@@ -149,3 +149,14 @@ def test_gaps_of_chunks_sharing_a_read_are_zero_and_match_their_stamps() -> None
     assert r.chunks == len(stamps) == 11
     assert r.itl_ms == [(b - a) / 1e6 for a, b in itertools.pairwise(stamps)]
     assert r.itl_ms == [0.0, 0.0, 2.0, 0.0, 0.0, 5.0, 8.0, 0.0, 0.0, 0.0]
+
+
+def test_kept_output_text_stops_at_the_cap_and_says_so() -> None:
+    m = Measurement(0, 0.0, 0, 0, keep_text=True, text_cap=10)
+    for i, text in enumerate(["abcd", "efgh", "ijkl", "mnop"]):
+        m.observe(Chunk(1_000_000 * (i + 1), text))
+    m.observe(StreamEnd(5_000_000, usage=None, native=None, finish_reason="length"))
+    rec = m.to_record(RecordIdentity(run_id="r", scenario="s", request_id="q", seq=0, backend="b", model="m",
+                                     endpoint="chat", stage="steady"))  # fmt: skip
+    assert rec.output_text == "abcdefghij" and rec.output_truncated is True
+    assert rec.chunks == 4  # the timing still counts every chunk

@@ -81,12 +81,14 @@ def test_a_write_cut_short_leaves_only_whole_lines(tmp_path: Path, monkeypatch: 
 def test_a_symbolic_link_is_refused_not_followed(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     (tmp_path / "records.jsonl").symlink_to(target)
-    with pytest.raises(RecordWriteError, match="records.jsonl"):
+    with pytest.raises(RecordWriteError, match=r"records\.jsonl"):
         JsonlWriter(tmp_path / "records.jsonl")
     assert not target.exists()
 
 
-def test_a_failed_sample_write_is_retried_on_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_sample_write_is_retried_on_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = RotatingJsonl(tmp_path, "s", max_bytes=10_000, keep=1)
     real_write = os.write
 

@@ -1,10 +1,12 @@
-"""Writes that fail: a run whose record file hits a size limit (as on a full disk) stops sending,
-says so in one line, leaves only whole lines and no temporary files, and marks its manifest failed."""
+"""A run on a bad day: a record file that hits a size limit (as on a full disk) stops the load with
+one line, only whole lines and no temporary files, and a failed manifest; a hang-up ends it like
+SIGTERM; planted links are never followed."""
 
 from __future__ import annotations
 
 import json
 import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, cli_env
-from tests.integration.test_durability import served, whole_lines
+from tests.integration.conftest import ROOT, cli_env, start_cli, wait_for
+from tests.integration.test_durability import count_lines, served, whole_lines
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +96,69 @@ def test_a_planted_link_in_the_run_directory_is_never_followed(tmp_path: Path, c
     assert done.returncode == 2, done.stderr
     assert "is not empty" in done.stderr and "Traceback" not in done.stderr
     assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_run_with_its_records_and_summary(
+    tmp_path: Path, cache_dir: Path, sim_url: str, sig: signal.Signals
+) -> None:
+    out = tmp_path / "run"
+    args = ["run", "chat", "--requests", "100000", "--concurrency", "4", "--warmup", "0", "--max-tokens", "4"]
+    proc = start_cli(
+        [*args, "--backend", "sim", "--base-url", sim_url, "--out", str(out), "--no-progress"], cache_dir
+    )
+    try:
+        wait_for(lambda: count_lines(out / "records.jsonl") > 50, 60, "records")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, stderr
+    assert "Traceback" not in stderr
+    records = whole_lines(out / "records.jsonl")
+    assert all(r["status"] == "ok" or r["reason"] == "interrupted" for r in records)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["records"]["total"] == len(records)
+    assert (out / "summary.json").exists()
+
+
+def test_an_overloaded_open_loop_stops_sending_at_its_duration(
+    tmp_path: Path, cache_dir: Path, sim_url: str
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "chat",
+        "--rate",
+        "2000",
+        "--arrival",
+        "constant",
+        "--duration",
+        "2s",
+        "--max-concurrency",
+        "4",
+    ]
+    args += [
+        "--warmup",
+        "0",
+        "--max-tokens",
+        "4",
+        "--backend",
+        "sim",
+        "--base-url",
+        sim_url,
+        "--out",
+        str(out),
+    ]
+    args += ["--backend-arg", "ttft_ms=50", "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=cli_env(cache_dir), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = whole_lines(out / "records.jsonl")
+    stage_start = min(float(r["intended_offset_ms"]) for r in records)  # the schedule's first send
+    assert max(float(r["sent_offset_ms"]) for r in records) - stage_start <= 2000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["not_sent_at_end"] > 1000  # ~4,000 were due; at most a few hundred could go out
+    assert "were not sent" in done.stderr

@@ -46,10 +46,11 @@ BACKLOG_KEEP = 256
 #: ...and none of them ended longer ago than this: under any load, what a killed run can lose is the
 #: last moments' completions, never a growing backlog.
 BACKLOG_AGE_NS = 50_000_000
-#: Hard bound on records waiting for the writer: a request that ends with this many waiting writes the
-#: oldest itself before its worker goes on (back-pressure), so the bound holds even when the writer
-#: task is starved by a saturated loop.
+#: Hard bounds on records waiting for the writer: a request that ends with this many waiting, or with
+#: the oldest waiting longer than ``BACKLOG_LATE_NS``, writes them itself before its worker goes on
+#: (back-pressure), so the bounds hold even when one loop turn lasts longer than they do.
 BACKLOG_LIMIT = 1000
+BACKLOG_LATE_NS = 80_000_000
 
 #: The garbage collector's young-generation threshold during a load (``freeze_gc``); Python's is 700.
 #: CPython counts allocations minus deallocations of any age, so when one wave of requests dies as the
@@ -354,6 +355,14 @@ class Runner:
                     self._write(backlog.popleft())
                 else:
                     await asyncio.sleep(0)
+
+    def _catch_up(self, now_ns: int) -> None:
+        """Write queued records until the writer's own turn would stop (few and recent), then flush."""
+        backlog = self._backlog
+        while backlog and (len(backlog) > BACKLOG_KEEP or now_ns - backlog[0].end_ns > BACKLOG_AGE_NS):
+            self._write(backlog.popleft())
+            ARRIVALS()
+        self._flush_sink()
 
     def _flush_backlog(self) -> None:
         while self._backlog:
@@ -685,11 +694,8 @@ class Runner:
         self.cold.end(end)
         if defer:
             backlog = self._backlog
-            if len(backlog) >= BACKLOG_LIMIT:  # the writer is starved: this worker pays before going on
-                while len(backlog) >= BACKLOG_LIMIT // 2:
-                    self._write(backlog.popleft())
-                    ARRIVALS()
-                self._flush_sink()
+            if backlog and (len(backlog) >= BACKLOG_LIMIT or end - backlog[0].end_ns > BACKLOG_LATE_NS):
+                self._catch_up(end)  # the writer task is starved: this worker pays before going on
             backlog.append(_Finished(m, ident, failure, end))
             self.outcome.backlog_max = max(self.outcome.backlog_max, len(backlog))
             self._backlog_ready.set()

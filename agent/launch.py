@@ -210,8 +210,8 @@ class Launch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.metrics.linger_s)
             return result
-        except (InfermeterError, OSError) as e:
-            self.fail(str(e))
+        except BaseException as e:  # whatever ends the run here, the manifest says so before it goes on
+            self.fail(str(e) or e.__class__.__name__)
             raise
         finally:
             if self.metrics is not None:

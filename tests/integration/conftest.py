@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +39,42 @@ def start_cli(args: list[str], cache_dir: Path) -> subprocess.Popen[str]:
     )
 
 
-def run_cli(args: list[str], cache_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str],
+    cache_dir: Path,
+    timeout: float = 600,
+    *,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", *args],
         cwd=ROOT,
-        env=cli_env(cache_dir),
+        env=env or cli_env(cache_dir),
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=preexec_fn,
     )
+
+
+@contextlib.contextmanager
+def sim_server(*args: str) -> Iterator[str]:
+    """``infermeter sim-server`` on a free loopback port with ``args``; yields its base URL."""
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert sim.stdout is not None
+    try:
+        yield sim.stdout.readline().strip()
+    finally:
+        sim.terminate()
+        sim.wait(10)
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.runner import BACKLOG_LIMIT
-from tests.integration.conftest import ROOT, start_cli
+from tests.integration.conftest import sim_server, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -42,43 +40,31 @@ def count_lines(path: Path) -> int:
 
 
 def test_a_run_killed_at_c512_loses_only_the_last_moments(tmp_path: Path, cache_dir: Path) -> None:
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "5", "--itl-ms", "2"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    run = None
-    try:
-        assert sim.stdout is not None
-        base = sim.stdout.readline().strip()
-        out = tmp_path / "run"
+    out = tmp_path / "run"
+    records = out / "records.jsonl"
+    with sim_server("--ttft-ms", "5", "--itl-ms", "2") as base:
         args = ["run", "chat", "--requests", "100000", "--concurrency", str(CONCURRENCY), "--warmup", "0"]
         args += ["--max-tokens", "4", "--backend", "sim", "--base-url", base, "--out", str(out)]
         run = start_cli([*args, "--no-progress"], cache_dir)
-        records = out / "records.jsonl"
-        deadline = time.monotonic() + 60
-        while count_lines(records) < 2000 and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.1)
-        # mid-run: what is on disk trails what the simulator finished by at most the writer's bound
-        # plus the streams the client had not yet read to their end (at most one per connection)
-        gaps = []
-        for _ in range(10):
-            on_disk = count_lines(records)
-            gaps.append(served(base) - on_disk)
-            time.sleep(0.3)
-        assert run.poll() is None, "the run ended before it was killed; nothing was shown"
-        run.send_signal(signal.SIGKILL)
-        run.wait(10)
-        kept = whole_lines(records)
-        finished = served(base)
-    finally:
-        if run is not None and run.poll() is None:
-            run.kill()
-        sim.terminate()
-        sim.wait(10)
+        try:
+            deadline = time.monotonic() + 60
+            while count_lines(records) < 2000 and time.monotonic() < deadline and run.poll() is None:
+                time.sleep(0.1)
+            # mid-run: what is on disk trails what the simulator finished by at most the writer's bound
+            # plus the streams the client had not yet read to their end (at most one per connection)
+            gaps = []
+            for _ in range(10):
+                on_disk = count_lines(records)
+                gaps.append(served(base) - on_disk)
+                time.sleep(0.3)
+            assert run.poll() is None, "the run ended before it was killed; nothing was shown"
+            run.send_signal(signal.SIGKILL)
+            run.wait(10)
+            kept = whole_lines(records)
+            finished = served(base)
+        finally:
+            if run.poll() is None:
+                run.kill()
     assert len(kept) >= 5000, f"too little load to show anything: {len(kept)} records"
     assert len({r["seq"] for r in kept}) == len(kept)
     bound = BACKLOG_LIMIT + CONCURRENCY

@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import resource
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, cli_env, start_cli, wait_for
+from tests.integration.conftest import run_cli, sim_server, start_cli, wait_for
 from tests.integration.test_durability import count_lines, served, whole_lines
 
 pytestmark = pytest.mark.slow
@@ -24,20 +22,8 @@ LIMIT_BYTES = 300_000
 
 @pytest.fixture
 def sim_url() -> Iterator[str]:
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "2", "--itl-ms", "1"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert sim.stdout is not None
-    try:
-        yield sim.stdout.readline().strip()
-    finally:
-        sim.terminate()
-        sim.wait(10)
+    with sim_server("--ttft-ms", "2", "--itl-ms", "1") as url:
+        yield url
 
 
 def _limit_file_size() -> None:
@@ -50,15 +36,7 @@ def test_a_record_file_that_cannot_grow_ends_the_run_cleanly(
     out = tmp_path / "run"
     args = ["run", "chat", "--requests", "5000", "--concurrency", "8", "--warmup", "0", "--max-tokens", "4"]
     args += ["--backend", "sim", "--base-url", sim_url, "--out", str(out), "--no-progress"]
-    done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
-        cwd=ROOT,
-        env=cli_env(cache_dir),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=_limit_file_size,
-    )
+    done = run_cli(args, cache_dir, 300, preexec_fn=_limit_file_size)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -85,14 +63,7 @@ def test_a_planted_link_in_the_run_directory_is_never_followed(tmp_path: Path, c
     out.mkdir()
     (out / "manifest.json.tmp").symlink_to(target)
     args = ["run", "chat", "--requests", "3", "--backend", "sim", "--out", str(out), "--no-progress"]
-    done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
-        cwd=ROOT,
-        env=cli_env(cache_dir),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli(args, cache_dir, 120)
     assert done.returncode == 2, done.stderr
     assert "is not empty" in done.stderr and "Traceback" not in done.stderr
     assert target.read_text() == "keep me\n"
@@ -151,10 +122,7 @@ def test_an_overloaded_open_loop_stops_sending_at_its_duration(
         str(out),
     ]
     args += ["--backend-arg", "ttft_ms=50", "--no-progress"]
-    done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=cli_env(cache_dir), capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+    done = run_cli(args, cache_dir, 120)
     assert done.returncode == 0, done.stderr
     records = whole_lines(out / "records.jsonl")
     stage_start = min(float(r["intended_offset_ms"]) for r in records)  # the schedule's first send

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, cli_env, wait_for
+from tests.integration.conftest import ROOT, cli_env, sim_server, wait_for
 from tests.integration.test_prometheus import free_port
 
 pytestmark = pytest.mark.slow
@@ -23,20 +23,8 @@ SECRETS = ("sk-ARGSECRET2", "sk-ENVSECRET3", "PASSWORD1", "sk-DAEMONKEY4", "PASS
 
 @pytest.fixture
 def sim_host() -> Iterator[str]:
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "2", "--itl-ms", "1"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert sim.stdout is not None
-    try:
-        yield sim.stdout.readline().strip().removeprefix("http://")
-    finally:
-        sim.terminate()
-        sim.wait(10)
+    with sim_server("--ttft-ms", "2", "--itl-ms", "1") as url:
+        yield url.removeprefix("http://")
 
 
 def leaks(texts: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Prometheus, promtool and the Pushgateway for the integration tests: the Debian package unpacked into .tools/ (no service
+# Prometheus, promtool, the Pushgateway and Alertmanager for the integration tests: the Debian package unpacked into .tools/ (no service
 # is installed or started; tests run the binaries as plain processes on loopback ports).
 TOOLS := .tools
 $(TOOLS)/.prometheus:
@@ -38,7 +38,17 @@ $(TOOLS)/.pushgateway: $(TOOLS)/.prometheus
 	dpkg-deb -x $$(ls $(TOOLS)/debs/prometheus-pushgateway_*.deb | head -1) $(TOOLS)/prometheus
 	@touch $@
 
-tools: $(TOOLS)/.prometheus $(TOOLS)/.pushgateway
+# Alertmanager, for the test that follows an alert from a rule to a webhook receiver. Debian's build reads
+# its notification templates from /usr/share/prometheus/alertmanager (a fixed path), so those files, and
+# only those, are copied there too (as root, as CI runs; nothing is installed or started as a service).
+$(TOOLS)/.alertmanager: $(TOOLS)/.prometheus
+	cd $(TOOLS)/debs && (apt-get download prometheus-alertmanager || (apt-get update -qq && apt-get download prometheus-alertmanager))
+	dpkg-deb -x $$(ls $(TOOLS)/debs/prometheus-alertmanager_*.deb | head -1) $(TOOLS)/prometheus
+	mkdir -p /usr/share/prometheus/alertmanager
+	cp $(TOOLS)/prometheus/usr/share/prometheus/alertmanager/*.tmpl /usr/share/prometheus/alertmanager/
+	@touch $@
+
+tools: $(TOOLS)/.prometheus $(TOOLS)/.pushgateway $(TOOLS)/.alertmanager
 
 demo: install
 	$(BIN)/infermeter run chat --requests 16 --concurrency 2

@@ -5,8 +5,10 @@ per model, task and scorer, the drift tier per model and task (``task="all"`` is
 regression verdict per scenario and metric, and when the analysis was made. Alert rules in
 ``grafana/prometheus/rules.yml`` fire on the tier and the verdicts.
 
-Each model is its own Pushgateway group (``job`` + ``model``), so a new analysis of a model replaces the
-previous one and leaves other models' series alone.
+Each candidate run is its own Pushgateway group (``job`` + ``model`` + ``candidate``, the run's label):
+analysing the same candidate again replaces its series, and a second candidate of the same model never
+overwrites the first, so a drifted candidate's alert stands until its group is deleted (retired) on
+purpose: ``DELETE /metrics/job/<job>/model/<model>/candidate/<label>``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,27 @@ DEFAULT_JOB = "infermeter_analyze"
 _VERDICT = {"worse": 1, "no detectable change": 0, "better": -1}
 
 
-def _gauge(spec: names.MetricSpec, registry: CollectorRegistry) -> Gauge:
-    return Gauge(spec.name, spec.help, spec.labels, registry=registry)
+def _gauge(spec: names.MetricSpec, registry: CollectorRegistry, extra: tuple[str, ...] = ()) -> Gauge:
+    return Gauge(spec.name, spec.help, (*spec.labels, *extra), registry=registry)
+
+
+class _Labelled:
+    """The gauges of one group, adding the group's own labels (a textfile's ``candidate``) to each."""
+
+    def __init__(self, gauges: dict[str, Gauge], extra: dict[str, str], now: float, model: str) -> None:
+        self._gauges = gauges
+        self._extra = extra
+        self[names.ANALYSIS_TIME.name].labels(model=model).set(now)
+
+    def __getitem__(self, name: str) -> _Labelled._Family:
+        return _Labelled._Family(self._gauges[name], self._extra)
+
+    class _Family:
+        def __init__(self, gauge: Gauge, extra: dict[str, str]) -> None:
+            self.gauge, self.extra = gauge, extra
+
+        def labels(self, **labels: str) -> Gauge:
+            return self.gauge.labels(**labels, **self.extra)
 
 
 def _model_of(result: dict[str, Any], label: str) -> str:
@@ -37,31 +58,31 @@ def _model_of(result: dict[str, Any], label: str) -> str:
 
 
 def build_registries(
-    result: dict[str, Any], now: float | None = None, *, per_model: bool = True
-) -> dict[str, CollectorRegistry]:
-    """The analyzer series of the last candidate run of each model.
+    result: dict[str, Any], now: float | None = None, *, per_group: bool = True
+) -> dict[tuple[str, str], CollectorRegistry]:
+    """The analyzer series of each candidate run, one registry per (model, candidate label).
 
-    One registry per model (keyed by model), or with ``per_model=False`` all of them in one keyed ``""``.
+    With ``per_group=False`` all of them go into one registry keyed ``("", "")`` (a textfile), where
+    the candidate is a label of its own.
     """
     now = time.time() if now is None else now
-    regs: dict[str, CollectorRegistry] = {}
-    gauges: dict[str, dict[str, Gauge]] = {}
+    regs: dict[tuple[str, str], CollectorRegistry] = {}
+    gauges: dict[tuple[str, str], dict[str, Gauge]] = {}
 
-    def reg(model: str) -> dict[str, Gauge]:
-        group = model if per_model else ""
+    def reg(model: str, label: str) -> _Labelled:
+        group = (model, label) if per_group else ("", "")
         if group not in regs:
             r = CollectorRegistry(auto_describe=True)
             regs[group] = r
-            gauges[group] = {spec.name: _gauge(spec, r) for spec in names.ANALYZER}
-        gauges[group][names.ANALYSIS_TIME.name].labels(model=model).set(now)
-        return gauges[group]
+            extra = () if per_group else ("candidate",)
+            gauges[group] = {spec.name: _gauge(spec, r, extra) for spec in names.ANALYZER}
+        return _Labelled(gauges[group], {} if per_group else {"candidate": label}, now, model)
 
-    # one set of series per model: of several candidates of a model, the last given is published
     labels = [r["label"] for r in result["runs"] if r["label"] != result.get("baseline")]
-    candidates = {_model_of(result, label): label for label in labels}
+    candidates = [(_model_of(result, label), label) for label in labels]
     quality = result.get("quality") or {}
-    for model, label in candidates.items():
-        g = reg(model)
+    for model, label in candidates:
+        g = reg(model, label)
         for task, t in (quality.get("runs") or {}).get(label, {}).items():
             for scorer, ci in t["scorers"].items():
                 if ci is not None:
@@ -101,13 +122,12 @@ def publish(
     done: list[str] = []
     if pushgateway:
         regs = build_registries(result)
-        for model, registry in regs.items():
-            push_to_gateway(
-                pushgateway, job=job, registry=registry, grouping_key={"model": model}, timeout=timeout
-            )
-        done.append(f"pushed {len(regs)} model group(s) to {pushgateway} (job {job})")
+        for (model, label), registry in regs.items():
+            key = {"model": model, "candidate": label}
+            push_to_gateway(pushgateway, job=job, registry=registry, grouping_key=key, timeout=timeout)
+        done.append(f"pushed {len(regs)} candidate group(s) to {pushgateway} (job {job})")
     if textfile is not None:
-        combined = build_registries(result, per_model=False).get("") or CollectorRegistry()
+        combined = build_registries(result, per_group=False).get(("", "")) or CollectorRegistry()
         textfile.parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(textfile), combined)
         done.append(f"wrote {textfile} for node_exporter's textfile collector")

@@ -12,10 +12,12 @@ from typing import Literal
 
 __all__ = [
     "ANALYZER",
+    "BUCKET_GROWTH",
     "CATALOGUE",
     "GAP_BUCKETS",
     "LATENCY_BUCKETS",
     "PREFIX",
+    "QUANTILE_ERROR_BOUND",
     "SCENARIO_LABELS",
     "MetricSpec",
     "by_name",
@@ -24,17 +26,26 @@ __all__ = [
 
 PREFIX = "infermeter_"
 
-#: Request-scale latencies: sub-millisecond (a cached prefill on a fast GPU) to five minutes (a long
-#: generation on a CPU); dense where chat TTFT and E2E usually sit.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
-    1.0, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
-#: Token-scale gaps (ITL, TPOT): 0.5 ms to 2.5 s, dense between 5 and 100 ms.
-GAP_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
-    0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+#: Relative width of every latency bucket from 1 ms to 60 s: Prometheus' ``histogram_quantile`` puts a
+#: quantile inside the bucket that holds it, so its error is at most the bucket's width relative to its
+#: lower bound, 10 % (``QUANTILE_ERROR_BOUND``); a test holds real distributions to it.
+BUCKET_GROWTH = 1.1
+QUANTILE_ERROR_BOUND = BUCKET_GROWTH - 1
+
+
+def _geometric(low: float, high: float, growth: float) -> tuple[float, ...]:
+    """Bounds from ``low`` past ``high``, each at most ``growth`` times the last, in 4 significant digits."""
+    bounds = [low]
+    while bounds[-1] < high:
+        step = float(f"{bounds[-1] * growth:.4g}")
+        bounds.append(step if step / bounds[-1] <= growth else float(f"{bounds[-1] * growth * 0.9995:.4g}"))
+    return tuple(bounds)
+
+
+#: TTFT, ITL, TPOT and E2E share one set: 1 ms to 60 s in 10 % steps (116 buckets), then two coarse ones
+#: so minutes-long generations do not vanish into +Inf.
+LATENCY_BUCKETS: tuple[float, ...] = (*_geometric(0.001, 60.0, BUCKET_GROWTH), 120.0, 300.0)
+GAP_BUCKETS: tuple[float, ...] = LATENCY_BUCKETS
 
 SCENARIO_LABELS: tuple[str, ...] = ("backend", "model", "scenario")
 

@@ -15,7 +15,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from exporters import names  # noqa: E402 - after the path set-up a script needs
+sys.path.insert(0, str(ROOT / "grafana"))
+
+import rules  # noqa: E402 - after the path set-up a script needs
+
+from exporters import names  # noqa: E402
+
+RULES = ROOT / "grafana" / "prometheus" / "rules.yml"
 
 OUT = ROOT / "grafana" / "dashboards"
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -24,7 +30,7 @@ BY = "sum by (backend, scenario)"
 TOKENS_RATE = f"{BY} (rate({names.OUTPUT_TOKENS.name}_total{{{SEL}}}[$__rate_interval]))"
 ENERGY_RATE = f"{BY} (rate({names.ENERGY.name}_total{{{SEL}}}[$__rate_interval]))"
 #: SLO lines drawn on latency panels (METHOD §8 defaults; the alert rules use the same numbers)
-SLO_S = {"ttft": 2.0, "e2e": 30.0, "tpot": 0.1, "itl": 0.1}
+SLO_S = {"ttft": rules.TTFT_P95_PAGE_S, "e2e": rules.E2E_P95_WARN_S, "tpot": 0.1, "itl": 0.1}
 
 
 def _var(name: str, label: str, metric: str) -> dict[str, Any]:
@@ -254,11 +260,13 @@ def render() -> dict[str, str]:
 
 
 def main() -> None:
-    """Rewrite every dashboard file."""
+    """Rewrite every dashboard file and the shipped (production) rule file."""
     OUT.mkdir(parents=True, exist_ok=True)
     for name, text in render().items():
         (OUT / name).write_text(text)
         sys.stdout.write(f"{OUT / name}\n")
+    RULES.write_text(rules.render(rules.PRODUCTION))
+    sys.stdout.write(f"{RULES}\n")
 
 
 if __name__ == "__main__":

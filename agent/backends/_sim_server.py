@@ -6,6 +6,8 @@ declared :class:`~agent.backends.sim.SimModel`: tokens are scheduled at absolute
 then + ITL each), so a late wake-up never shifts the tokens after it, and chunks due together leave in
 one write. Native timing fields report what the simulator actually did: prefill = arrival → first
 chunk, decode = first → last chunk. The header ``X-Sim-Fault: http_500 | drop | stall`` forces a fault.
+``GET /sim/model`` shows the model and ``PUT /sim/model`` with a JSON object of model fields changes it
+for the requests that arrive from then on (a regression on demand: ``{"ttft_ms": 80, "itl_ms": 8}``).
 
 Run as ``python -m agent.backends._sim_server '<json config>'`` (what the ``sim`` backend does) or
 through ``infermeter sim-server``.
@@ -293,6 +295,9 @@ class SimServer:
         arrival_ns = time.perf_counter_ns()
         self.requests += 1
         route = _ROUTES.get(path)
+        if path == "/sim/model":
+            self._model(conn, method, body)
+            return
         if route is None:
             self._info(conn, method, path)
             return
@@ -312,6 +317,30 @@ class SimServer:
             self.served += 1
         if self.log is not None:
             self._log(headers.get("x-request-id"), path, arrival_ns, plan, result)
+
+    def _model(self, conn: _Conn, method: str, body: bytes) -> None:
+        """Show the model, or change its fields for the requests that come next."""
+        if method in ("PUT", "POST"):
+            try:
+                update = json.loads(body or b"{}")
+                if not isinstance(update, dict):
+                    raise ValueError("body is not a JSON object")
+                model = SimModel.model_validate(self.model.model_dump() | update)
+            except ValueError as e:
+                conn.reply_json(400, {"error": f"invalid model: {e}"})
+                return
+            if (model.model_name, model.tokens_per_chunk) != (
+                self.model.model_name,
+                self.model.tokens_per_chunk,
+            ):
+                self._frames = {
+                    r: _Frames(r, model.model_name, model.tokens_per_chunk) for r in _ROUTES.values()
+                }
+            self.model = model
+        elif method != "GET":
+            conn.reply_json(405, {"error": "/sim/model takes GET or PUT"})
+            return
+        conn.reply_json(200, self.model.model_dump(mode="json"))
 
     def _info(self, conn: _Conn, method: str, path: str) -> None:
         name = self.model.model_name

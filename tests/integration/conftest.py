@@ -3,14 +3,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.promtools import binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,3 +95,31 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Any:
+    """A real Pushgateway on a free loopback port: ``(url, port)``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        [str(binary("prometheus-pushgateway")), f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=5):  # 200 once it serves
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, 30, "the Pushgateway to listen")
+        yield url, port
+    finally:
+        proc.terminate()
+        proc.wait(30)

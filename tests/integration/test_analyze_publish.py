@@ -4,7 +4,6 @@ and the alert rules shipped in grafana/prometheus/rules.yml evaluate on them."""
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,37 +13,12 @@ import pytest
 from agent.cli import main
 from tests.integration.conftest import wait_for
 from tests.integration.test_prometheus import free_port, get, promql
-from tests.promtools import Prometheus, binary
+from tests.promtools import Prometheus
 from tests.unit.analysis.test_analyze_cli import ANSWERS, write_run
 
 pytestmark = pytest.mark.slow
 
 RULES = Path(__file__).resolve().parents[2] / "grafana" / "prometheus" / "rules.yml"
-
-
-@pytest.fixture
-def pushgateway(tmp_path: Path) -> Any:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary("prometheus-pushgateway")), f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            get(f"{url}/-/ready")  # 200 once it serves
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(ready, 30, "the Pushgateway to listen")
-        yield url, port
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def analyze_and_push(candidate: Path, base: Path, url: str) -> None:
@@ -63,7 +37,8 @@ def test_pushed_drift_and_regression_raise_alerts(tmp_path: Path, pushgateway: t
     worse = write_run(tmp_path / "worse", slow=1.5, answers={**ANSWERS, "q1": "Kyoto", "m1": "B"}, seed=3)
     analyze_and_push(worse, base, url)
     pushed = get(f"{url}/metrics")
-    assert 'infermeter_quality_tier{instance="",job="infermeter_analyze",model="m",task="all"} 3' in pushed
+    labels = 'candidate="worse",instance="",job="infermeter_analyze",model="m",task="all"'
+    assert f"infermeter_quality_tier{{{labels}}} 3" in pushed
 
     prom = Prometheus(
         tmp_path, free_port(), [f"127.0.0.1:{port}"], job="pushgateway", rules=RULES, honor_labels=True
@@ -96,15 +71,33 @@ def test_pushed_drift_and_regression_raise_alerts(tmp_path: Path, pushgateway: t
         )
         assert drift_alert["labels"]["model"] == "m" and drift_alert["labels"]["severity"] == "critical"
 
-        # a fixed model: the next analysis of the same model replaces its group, and the alert clears
+        # a second, clean candidate of the same model is a group of its own: the drift alert stands
         fixed = write_run(tmp_path / "fixed", seed=2)
         analyze_and_push(fixed, base, url)
+        wait_for(
+            lambda: len(promql(prom.api, 'infermeter_quality_tier{task="all"}')) == 2, 30, "both candidates"
+        )
+        tiers_now = {
+            r["metric"]["candidate"]: float(r["value"][1])
+            for r in promql(prom.api, 'infermeter_quality_tier{task="all"}')
+        }
+        assert tiers_now == {"worse": 3.0, "fixed": 0.0}
+        assert any(a["labels"]["alertname"] == "InfermeterQualityDrift" for a in alerts(prom.api))
 
-        def cleared() -> bool:
-            rows = promql(prom.api, 'infermeter_quality_tier{task="all"}')
-            return len(rows) == 1 and float(rows[0]["value"][1]) == 0.0
-
-        wait_for(cleared, 30, "the replaced group to be scraped")
+        # retiring the drifted candidate's group (as the README says) clears its alert
+        retire = urllib.request.Request(
+            f"{url}/metrics/job/infermeter_analyze/model/m/candidate/worse", method="DELETE"
+        )
+        with urllib.request.urlopen(retire, timeout=5) as r:
+            assert r.status == 202
+        wait_for(
+            lambda: (
+                [r["metric"]["candidate"] for r in promql(prom.api, 'infermeter_quality_tier{task="all"}')]
+                == ["fixed"]
+            ),
+            30,
+            "the retired group to disappear",
+        )
         wait_for(
             lambda: not [a for a in alerts(prom.api) if a["labels"]["alertname"] == "InfermeterQualityDrift"],
             30,

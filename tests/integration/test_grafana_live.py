@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.conftest import start_cli, wait_for
 from tests.integration.test_prometheus import free_port, get, promql
-from tests.promtools import Prometheus, binary
+from tests.promtools import Prometheus, binary, grafana_module
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,63 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     test = subprocess.run([str(binary("promtool")), "test", "rules", "tests.yml"], cwd=RULES,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+
+
+def _firing(alert: str, backend: str, severity: str) -> str:
+    return (
+        f'ALERTS{{alertname="{alert}",alertstate="firing",backend="{backend}",model="m",'
+        f'scenario="chat",severity="{severity}"}}'
+    )
+
+
+def test_promtool_checks_and_unit_tests_the_fast_profile(tmp_path: Path) -> None:
+    """The fast profile fires the regression and latency alerts on its own clock (1 s for 1 min)."""
+    rules = grafana_module("rules")
+    (tmp_path / "rules.yml").write_text(rules.render(rules.FAST))
+    series = {
+        # 20 ms TPOT then 80 ms; steady: TPOT +30 % at half the requests (quiet)
+        'infermeter_tpot_seconds_sum{backend="slow",model="m",scenario="chat"}': "0+0.2x60 12.8+0.8x40",
+        'infermeter_tpot_seconds_count{backend="slow",model="m",scenario="chat"}': "0+10x100",
+        'infermeter_tpot_seconds_sum{backend="steady",model="m",scenario="chat"}': "0+0.2x60 12.13+0.13x40",
+        'infermeter_tpot_seconds_count{backend="steady",model="m",scenario="chat"}': "0+10x60 605+5x40",
+        'infermeter_ttft_seconds_sum{backend="slow",model="m",scenario="chat"}': "0+1x60 62+2x40",
+        'infermeter_ttft_seconds_count{backend="slow",model="m",scenario="chat"}': "0+10x100",
+        'infermeter_ttft_seconds_bucket{le="1",backend="hot",model="m",scenario="chat"}': "0x100",
+        'infermeter_ttft_seconds_bucket{le="1.5",backend="hot",model="m",scenario="chat"}': "0+10x100",
+        'infermeter_ttft_seconds_bucket{le="+Inf",backend="hot",model="m",scenario="chat"}': "0+10x100",
+    }
+    cases = [
+        ("InfermeterDecodeRateRegression", "slow", "warning"),
+        ("InfermeterTTFTRegression", "slow", "warning"),
+        ("InfermeterTTFTOverSLO", "hot", "critical"),
+    ]
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1s",
+        "tests": [
+            {
+                "interval": "1s",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "promql_expr_test": [
+                    {"expr": 'ALERTS{alertstate="firing",backend=~"slow|steady"}', "eval_time": "58s",
+                     "exp_samples": []},
+                    *[
+                        {"expr": _firing(alert, backend, severity).replace(f',backend="{backend}"', ""),
+                         "eval_time": "95s",
+                         "exp_samples": [{"labels": _firing(alert, backend, severity), "value": 1}]}
+                        for alert, backend, severity in cases
+                    ],
+                ],
+            }
+        ],
+    }  # fmt: skip
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+    check = subprocess.run([str(binary("promtool")), "check", "rules", "rules.yml"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+    run = subprocess.run([str(binary("promtool")), "test", "rules", "tests.yml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
 
 
 def substitute(expr: str) -> str:

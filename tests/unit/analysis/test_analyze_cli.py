@@ -110,12 +110,17 @@ def test_analyze_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     for name in result["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     families = {f.name: f for f in text_string_to_metric_families(textfile.read_text())}
-    tiers = {(s.labels["task"]): s.value for s in families["infermeter_quality_tier"].samples}
-    assert tiers["all"] == 3.0
-    verdicts = [
-        s for s in families["infermeter_regression_verdict"].samples if s.labels["metric"] == "ttft_ms"
-    ]
-    assert [s.value for s in verdicts] == [1.0]  # one model: the last candidate given ("slow") is published
+    tiers = {
+        (s.labels["candidate"], s.labels["task"]): s.value
+        for s in families["infermeter_quality_tier"].samples
+    }
+    assert tiers[("slow", "all")] == 3.0 and tiers[("same", "all")] == 0.0
+    verdicts = {
+        s.labels["candidate"]: s.value
+        for s in families["infermeter_regression_verdict"].samples
+        if s.labels["metric"] == "ttft_ms"
+    }
+    assert verdicts == {"same": 0.0, "slow": 1.0}  # every candidate published, each under its own label
     printed = capsys.readouterr().out
     assert "slow vs base" in printed and "worse" in printed
 
@@ -130,7 +135,7 @@ def test_one_run_is_described_alone(tmp_path: Path) -> None:
     assert fit["actionable"] is False  # TTFT does not depend on these prompt lengths
     assert result["quality"]["runs"]["only"]["multiple_choice"]["scorers"]["mc_accuracy"]["estimate"] == 1.0
     regs = build_registries(result, now=1.0)
-    assert list(regs) == ["m"]
+    assert list(regs) == [("m", "only")]  # one group per candidate run
 
 
 def test_daemon_samples_folder_reads_like_a_run(tmp_path: Path) -> None:

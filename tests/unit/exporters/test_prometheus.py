@@ -62,8 +62,8 @@ def test_an_ok_record_lands_in_every_histogram_and_counter_in_base_units() -> No
     get = m.registry.get_sample_value
     assert get("infermeter_ttft_seconds_count", LABELS) == 1
     assert get("infermeter_ttft_seconds_sum", LABELS) == pytest.approx(0.12)
-    assert get("infermeter_ttft_seconds_bucket", LABELS | {"le": "0.1"}) == 0
-    assert get("infermeter_ttft_seconds_bucket", LABELS | {"le": "0.15"}) == 1
+    assert get("infermeter_ttft_seconds_bucket", LABELS | {"le": "0.1159"}) == 0  # 120 ms: the next bucket
+    assert get("infermeter_ttft_seconds_bucket", LABELS | {"le": "0.1274"}) == 1
     assert get("infermeter_itl_seconds_count", LABELS) == 3  # every gap, pooled
     assert get("infermeter_itl_seconds_sum", LABELS) == pytest.approx(0.06)
     assert get("infermeter_e2e_seconds_sum", LABELS) == pytest.approx(0.18)

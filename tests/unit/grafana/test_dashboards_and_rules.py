@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from exporters import names
+from tests.promtools import grafana_module
 
 ROOT = Path(__file__).resolve().parents[3]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -54,6 +55,26 @@ def test_the_committed_dashboards_are_what_the_generator_writes() -> None:
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     assert {p.name: p.read_text() for p in DASHBOARDS} == generate.render()  # run grafana/generate.py
+
+
+def test_the_committed_rules_are_the_production_profile() -> None:
+    generated = grafana_module("rules")
+    assert RULES.read_text() == generated.render(generated.PRODUCTION)  # run grafana/generate.py
+
+
+def test_the_fast_profile_is_the_same_rules_on_shorter_clocks() -> None:
+    generated = grafana_module("rules")
+    prod, fast = generated.rules(generated.PRODUCTION), generated.rules(generated.FAST)
+    names_of = [[r.get("record") or r.get("alert") for r in g["rules"]] for g in prod["groups"]]
+    assert names_of == [[r.get("record") or r.get("alert") for r in g["rules"]] for g in fast["groups"]]
+    thresholds = [r.get("labels") for g in prod["groups"] for r in g["rules"]]
+    assert thresholds == [r.get("labels") for g in fast["groups"] for r in g["rules"]]
+    assert (
+        "[5m]" in str(prod)
+        and "[10s]" in str(fast)
+        and "offset 1h" in str(prod)
+        and "offset 45s" in str(fast)
+    )
 
 
 def test_every_metric_in_dashboards_and_rules_is_owned_by_the_catalogue() -> None:

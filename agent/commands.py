@@ -491,20 +491,20 @@ async def cmd_sweep(ns: argparse.Namespace, settings: Settings, err: Console) ->
         "sweep": curve,
         "stages": summarize_stages(load_records(launch.out).records, targets),
     }
-    Console().print(_curve_table(curve, sw.over))
+    Console().print(_curve_table(curve, sw.over, sc.slo.percentile))
     return _finish(launch, result, summary, err)
 
 
-def _curve_table(curve: dict[str, Any], over: str) -> Table:
+def _curve_table(curve: dict[str, Any], over: str, percentile: float) -> Table:
     table = Table(title="throughput / latency by stage", box=None)
     for col in (
         over,
         "throughput",
         "req/s",
         "TTFT p50",
-        "TTFT pSLO",
+        f"TTFT p{percentile:g}",
         "TPOT p50",
-        "E2E pSLO",
+        f"E2E p{percentile:g}",
         "goodput",
         "lag p99",
     ):

@@ -86,6 +86,7 @@ def targets_for(normalised: dict[str, Any]) -> dict[str, Any]:
             "rate": load.get("rate"),
             "burstiness": load.get("burstiness"),
             "lag_limit_ms": load.get("lag_limit_ms"),
+            "max_concurrency": load.get("max_concurrency"),
         },
     }
 

@@ -7,6 +7,7 @@ here once so every consumer reads the same numbers.
 
 from __future__ import annotations
 
+import math
 from array import array
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 __all__ = [
     "DEFAULT_TEXT_CAP",
     "LOGPROB_POSITIONS",
+    "MIN_DECODE_MS",
     "REASONS",
     "SCHEMA_VERSION",
     "ChainRecord",
@@ -32,6 +34,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: Shortest native decode a tokens-per-second figure is taken from (below it the clock's resolution and
+#: the server's rounding are the figure); shorter decodes leave ``native_tok_s`` and ``overhead_pct`` out.
+MIN_DECODE_MS = 1.0
 #: Characters of output text a record keeps by default (scenario ``max_output_chars``).
 DEFAULT_TEXT_CAP = 262_144
 #: Output positions whose top-k logprobs a record keeps when they are asked for (drift's KL signal).
@@ -437,10 +442,14 @@ def _derived(f: dict[str, Any]) -> dict[str, Any]:
     ttft: float | None = f["ttft_ms"]
     decode: float | None = f.get("decode_ms")
     prefill: float | None = f.get("prefill_ms")
-    if tokens and tokens > 1 and e2e is not None and ttft is not None:
-        out["tpot_ms"] = (e2e - ttft) / (tokens - 1)
-    native_tok_s = _ratio(tokens, decode / 1000 if decode is not None else None) if tokens else None
-    wall_tok_s = _ratio(tokens, e2e / 1000 if e2e is not None else None) if tokens else None
+    # rates of output exist only where there is a decode: one token (a prefill-only request, batch
+    # prefill) has none, and a rate over a near-zero decode time would be a division, not a figure
+    decoding = bool(tokens and tokens > 1)
+    if decoding and e2e is not None and ttft is not None:
+        out["tpot_ms"] = (e2e - ttft) / (tokens - 1)  # type: ignore[operator]
+    timed = decode is not None and decode >= MIN_DECODE_MS
+    native_tok_s = _ratio(tokens, decode / 1000) if decoding and timed and decode is not None else None
+    wall_tok_s = _ratio(tokens, e2e / 1000 if e2e is not None else None) if decoding else None
     out["native_tok_s"] = native_tok_s
     out["wall_tok_s"] = wall_tok_s
     if native_tok_s is not None and wall_tok_s is not None:
@@ -474,4 +483,14 @@ def check_invariants(record: RequestRecord) -> list[str]:
         value = getattr(record, name)
         if value is not None and value < 0:
             broken.append(f"{name} is negative")
+    for name in ("tpot_ms", "native_tok_s", "wall_tok_s", "overhead_pct", "decode_fraction"):
+        value = getattr(record, name)
+        if value is not None and not math.isfinite(value):
+            broken.append(f"{name} is not finite")
+    if record.tpot_ms is not None and record.tpot_ms < 0:
+        broken.append("tpot_ms is negative")
+    if record.decode_fraction is not None and not 0 <= record.decode_fraction <= 1:
+        broken.append(f"decode_fraction {record.decode_fraction:.3f} outside 0..1")
+    if record.overhead_pct is not None and record.overhead_pct < -100:
+        broken.append(f"overhead_pct {record.overhead_pct:.1f} below -100")
     return broken

@@ -56,7 +56,7 @@ def _scenario(name: str, s: dict[str, Any]) -> Group:
         f"{fmt(tp['requests_per_s'], '{:.2f}')} req/s over {fmt(tp['window_s'])} s",
         f"tok/s per req   native p50 {fmt(p50(tp['native_tok_s_per_request']))}, "
         f"wall p50 {fmt(p50(tp['wall_tok_s_per_request']))}",
-        f"HTTP overhead   p50 {fmt(p50(s['overhead_pct']))} %   decode fraction p50 "
+        f"overhead        p50 {fmt(p50(s['overhead_pct']))} % outside native decode   decode fraction p50 "
         f"{fmt(p50(s['decode_fraction']), '{:.3f}')}",
         f"warmup ratio    {fmt(warm['ratio'], '{:.2f}')}"
         + ("  (> 10: use a warm pool)" if warm["needs_warm_pool"] else ""),
@@ -105,10 +105,13 @@ def _load_line(load: dict[str, Any]) -> str:
         if load["burstiness_requested"] is not None:
             text += f" (asked {load['burstiness_requested']:g})"
     if load["trustworthy"] is False:
-        text += (
-            f"\n                NOT TRUSTWORTHY: lag p99 above {load['lag_limit_ms']:g} ms, "
-            "the client fell behind"
+        cap = load.get("max_concurrency")
+        why = (
+            f"the in-flight cap (max_concurrency {cap}) held requests back: the server could not keep up"
+            if cap
+            else "the client fell behind its schedule"
         )
+        text += f"\n                NOT TRUSTWORTHY: lag p99 above {load['lag_limit_ms']:g} ms — {why}"
     return text
 
 

@@ -272,7 +272,7 @@ def render_markdown(result: dict[str, Any], figures: Sequence[str]) -> str:
                 f"- cold starts: {cold['n']} (TTFT p50 {_f(cold['ttft_p50_ms'], '{:.1f}')} ms, "
                 f"{_f(cold['ttft_p50_delta_ms'], '{:+.1f}')} ms over steady)",
                 f"- decode fraction p50: {_f(p50(p['decode_fraction']), '{:.3f}')}; "
-                f"HTTP overhead p50: {_f(p50(p['overhead_pct']), '{:.1f}')} %",
+                f"overhead outside native decode p50: {_f(p50(p['overhead_pct']), '{:.1f}')} %",
             ]
             good = p.get("goodput")
             if good:
@@ -362,7 +362,7 @@ def _quality_md(quality: dict[str, Any] | None) -> list[str]:
             rows.append([task, "**key average**", str(t["n"]), _ci(t["key_average"], "{:.3f}")])
         out += _table(["task", "scorer", "n", "mean [95 % CI]"], rows)
     for label, d in (quality.get("drift") or {}).items():
-        moved = "outputs drifted" if d["drifted"] else "outputs unchanged"
+        moved = outputs_moved(d)
         out.append(f"### Drift: {label} vs baseline — {moved}, quality tier **{d['tier'] or 'n/a'}**")
         out.append(
             f"{d['prompts_shared']} shared prompts; identical outputs {_share(d['identical_rate'])};"
@@ -437,7 +437,7 @@ def console_view(result: dict[str, Any]) -> Group:
         parts.append(
             Text.assemble(
                 (f"quality {label}: ", "bold"),
-                ("outputs drifted, ", "yellow") if d["drifted"] else "outputs unchanged, ",
+                (f"{outputs_moved(d)}, ", "yellow") if d["drifted"] else f"{outputs_moved(d)}, ",
                 (f"quality tier {d['tier'] or 'n/a'}", style),
                 f" — identical {_share(d['identical_rate'])}, "
                 f"output ROUGE-L {_f(d['output_rouge_l'], '{:.3f}')}"
@@ -457,3 +457,12 @@ def console_view(result: dict[str, Any]) -> Group:
             )
             parts.append(Text(f"quality {label}: key average {keys}"))
     return Group(*parts)
+
+
+def outputs_moved(drift: dict[str, Any]) -> str:
+    """How the candidate's outputs compare with the baseline's, in words that match the figures."""
+    if drift["drifted"]:
+        return "outputs drifted"
+    if drift.get("identical_rate") == 1:
+        return "outputs identical"
+    return f"outputs close to the baseline ({_share(drift.get('identical_rate'))} identical)"

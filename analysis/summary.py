@@ -185,6 +185,7 @@ def _load(steady: list[RequestRecord], load: dict[str, Any]) -> dict[str, Any] |
         "schedule_lag_ms": lag,
         "lag_limit_ms": limit,
         "trustworthy": trustworthy,
+        "max_concurrency": load.get("max_concurrency"),
     }
 
 

@@ -76,6 +76,6 @@ def test_identical_rerun_is_not_drift_and_truncation_is(tmp_path: Path, cache_di
     assert result["verdicts"]["truncated"]["worse"] + result["verdicts"]["truncated"]["better"] >= 1
     assert result["cost"]["base"]["quality"]["usd_per_1m_output_tokens"] > 0
     report = (out / "report.md").read_text()
-    assert "### Drift: rerun vs baseline — outputs unchanged, quality tier **negligible**" in report
+    assert "### Drift: rerun vs baseline — outputs identical, quality tier **negligible**" in report
     assert "### Drift: truncated vs baseline — outputs drifted" in report
     assert (out / "latency_cdf_quality.png").is_file()

@@ -160,3 +160,26 @@ def test_kept_output_text_stops_at_the_cap_and_says_so() -> None:
                                      endpoint="chat", stage="steady"))  # fmt: skip
     assert rec.output_text == "abcdefghij" and rec.output_truncated is True
     assert rec.chunks == 4  # the timing still counts every chunk
+
+
+def test_a_one_token_answer_has_no_rate_and_no_overhead() -> None:
+    # batch prefill: one token, a decode of a microsecond: no figure is a division by it
+    r = measured([25.0], 26.0, tokens=1, prefill=20.0, decode=0.001).to_record(IDENT)
+    assert r.status == "ok"
+    assert (r.native_tok_s, r.wall_tok_s, r.overhead_pct, r.tpot_ms) == (None, None, None, None)
+    assert r.decode_fraction == pytest.approx(0.001 / 20.001)
+
+
+def test_a_decode_too_short_to_time_gives_no_native_rate() -> None:
+    r = measured([25.0, 25.1], 26.0, tokens=2, prefill=20.0, decode=0.2).to_record(IDENT)
+    assert r.native_tok_s is None and r.overhead_pct is None
+    assert r.wall_tok_s == pytest.approx(2 / 0.026)
+
+
+def test_derived_figures_that_cannot_be_are_invariant_breaches() -> None:
+    good = measured([25.0, 45.0, 65.0, 85.0], 100.0).to_record(IDENT)
+    assert check_invariants(good) == []
+    bad = good.model_copy(update={"decode_fraction": 1.5, "overhead_pct": float("inf"), "tpot_ms": -1.0})
+    broken = check_invariants(bad)
+    assert any("decode_fraction" in b for b in broken) and any("overhead_pct" in b for b in broken)
+    assert any("tpot_ms" in b for b in broken)

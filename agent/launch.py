@@ -280,7 +280,9 @@ class Launch:
                 stage_start = time.perf_counter_ns()
                 outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
                 show()
-                await self._energy_stage(plan.label or "steady", stage_start, time.perf_counter_ns())
+                # J/token is a steady-state figure: the macro window starts when every tenant's warmup is over
+                steady = max((o.steady_start_ns for o in outcomes), default=0) or stage_start
+                await self._energy_stage(plan.label or "steady", steady, time.perf_counter_ns())
                 result.stages_run.append(plan)
                 _merge(result.outcome, outcomes)
                 result.write_error = next((o.write_error for o in outcomes if o.write_error), None)
@@ -342,7 +344,15 @@ class Launch:
         assert self.metrics is not None
         m = self.metrics.server.metrics
         if self.energy is not None and not self.energy.meter.source.unavailable:
-            m.track_gpus(self.energy.meter.poller.latest)
+            meter = self.energy.meter
+            m.track_gpus(meter.poller.latest)
+            if meter.baseline is not None and m.energy_since_ns is None:
+
+                def over_baseline(start_ns: int, end_ns: int) -> float | None:
+                    w = meter.window(start_ns, end_ns)
+                    return w.energy_j if w is not None else None
+
+                m.track_energy(time.perf_counter_ns(), over_baseline, meter.poller.latest_ns)
         for r in runners:
             labels = (self.backend.name, self.backend.model, r.scenario.name)
             m.set_backend_up(*labels, up=True)

@@ -110,6 +110,8 @@ class RunOutcome:
     write_delay_ms_max: float = 0.0
     #: why records could no longer be written, when that stopped the run
     write_error: RecordWriteError | None = None
+    #: ``perf_counter_ns()`` when the warmup was over and the measured stage began (0 until then)
+    steady_start_ns: int = 0
     #: open loop bound by time: requests due before the end that were still waiting for a free worker
     #: when it came, so never sent (an overloaded client or a tight in-flight cap)
     not_sent: int = 0
@@ -385,7 +387,7 @@ class Runner:
         sc = self.scenario
         if sc.warmup:
             await self._closed(_Plan("warmup", sc.warmup), sc.concurrency, 0.0)
-        now = time.perf_counter_ns()
+        now = self.outcome.steady_start_ns = time.perf_counter_ns()
         deadline = now + int(sc.duration * 1e9) if sc.duration else None
         plan = _Plan("steady", _units(sc, sc.requests), deadline, sc.cooldown)
         if sc.agent is not None:

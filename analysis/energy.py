@@ -44,10 +44,14 @@ def energy_summary(run_dir: Path, records: list[RequestRecord]) -> dict[str, Any
 
 
 def _stage(row: dict[str, Any], records: list[RequestRecord]) -> dict[str, Any]:
-    """A stage's macro window against the output tokens of every request in it (warmup included)."""
+    """A stage's macro window against the output tokens of the requests in it.
+
+    The window starts after the warmup (the runner marks when), so warmup tokens are left out too:
+    J/token is a steady-state figure, never diluted or inflated by a cold start.
+    """
     label = row.get("stage")
     recs = [r for r in records if (r.load_stage or "steady") == label] or records
-    tokens = sum(r.output_tokens or 0 for r in recs if r.status == "ok")
+    tokens = sum(r.output_tokens or 0 for r in recs if r.status == "ok" and not r.is_warmup)
     raw = row.get("energy_j")
     energy = float(raw) if isinstance(raw, int | float) else None
     measured = row.get("quality") in _MEASURED and energy is not None and tokens > 0

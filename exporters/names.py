@@ -123,6 +123,12 @@ ENERGY = _c(
     "counter); per-request windows overlap under concurrency, so J/token comes from the summary's macro "
     "windows.",
 )
+GPU_ENERGY = _c(
+    "gpu_energy_over_baseline_joules",
+    "GPU energy over the idle baseline in macro windows between scrapes (all GPUs, whatever the load): "
+    "J/token is its rate over the output-token rate, never a sum of overlapping request windows.",
+    (),
+)
 ENERGY_NO_DATA = _g(
     "energy_no_data_ratio", "Share of recent request windows too short for the power samples to see."
 )
@@ -168,7 +174,8 @@ BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",)
 CATALOGUE: tuple[MetricSpec, ...] = (
     TTFT, ITL, TPOT, E2E, PREFILL, DECODE, REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS, COLD_STARTS,
     DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD, IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS,
-    BACKEND_UP, WINDOW, ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY, DAEMON_ERRORS, BUILD,
+    BACKEND_UP, WINDOW, ENERGY, GPU_ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY,
+    DAEMON_ERRORS, BUILD,
 )  # fmt: skip
 #: Published by the offline analyzer (Pushgateway or node_exporter textfile), not by the agent.
 ANALYZER: tuple[MetricSpec, ...] = (QUALITY_SCORE, QUALITY_DELTA, QUALITY_TIER, REGRESSION, ANALYSIS_TIME)

@@ -122,6 +122,10 @@ class RecordMetrics:
         self.gpu_util = gauge(names.GPU_UTIL)
         self.gpu_memory = gauge(names.GPU_MEMORY)
         self.daemon_errors = counter(names.DAEMON_ERRORS)
+        self.gpu_energy = Counter(names.GPU_ENERGY.name, names.GPU_ENERGY.help, registry=r)
+        self._energy: Callable[[int, int], float | None] | None = None
+        self._energy_since: int | None = None
+        self._energy_now: Callable[[], int | None] = lambda: None
         self._gpus: Callable[[], Sequence[GpuReading]] | None = None
         Info(names.BUILD.name, names.BUILD.help, registry=r).info({"version": version})
 
@@ -175,8 +179,27 @@ class RecordMetrics:
         """Read the latest GPU readings from ``read`` at every scrape."""
         self._gpus = read
 
+    @property
+    def energy_since_ns(self) -> int | None:
+        """Where the GPU energy count has got to (None until ``track_energy``)."""
+        return self._energy_since
+
+    def track_energy(
+        self,
+        since_ns: int,
+        energy_j: Callable[[int, int], float | None],
+        now_ns: Callable[[], int | None],
+    ) -> None:
+        """Count GPU energy over the baseline in macro windows, from ``since_ns`` on.
+
+        At each scrape, ``energy_j(last, now)`` is the window since the previous one; None (the samples
+        cannot see it) leaves that stretch uncounted.
+        """
+        self._energy, self._energy_since, self._energy_now = energy_j, since_ns, now_ns
+
     def refresh(self) -> None:
         """Recompute the window and GPU gauges (``render`` does this before every exposition)."""
+        self._count_energy()
         now = self._clock()
         for key, window in self._windows.items():
             self._set_window_gauges(key, window.prune(now))
@@ -186,6 +209,17 @@ class RecordMetrics:
             _set_or_drop(self.gpu_util, (gpu,), g.util_pct / 100 if g.util_pct is not None else None)
             used, total = g.mem_used_mb, g.mem_total_mb
             _set_or_drop(self.gpu_memory, (gpu,), used / total if used is not None and total else None)
+
+    def _count_energy(self) -> None:
+        if self._energy is None or self._energy_since is None:
+            return
+        end = self._energy_now()
+        if end is None or end <= self._energy_since:
+            return
+        joules = self._energy(self._energy_since, end)
+        self._energy_since = end
+        if joules is not None and joules > 0:
+            self.gpu_energy.inc(joules)
 
     def render(self) -> bytes:
         """The text exposition of the registry (what ``/metrics`` serves)."""

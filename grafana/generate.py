@@ -28,7 +28,10 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'backend=~"$backend", model=~"$model", scenario=~"$scenario"'
 BY = "sum by (backend, scenario)"
 TOKENS_RATE = f"{BY} (rate({names.OUTPUT_TOKENS.name}_total{{{SEL}}}[$__rate_interval]))"
-ENERGY_RATE = f"{BY} (rate({names.ENERGY.name}_total{{{SEL}}}[$__rate_interval]))"
+#: J/token is a macro-window figure: the GPUs' energy over their idle baseline against every output token
+#: in the same interval (per-request windows overlap under concurrency and would count energy twice)
+GPU_ENERGY_RATE = f"sum(rate({names.GPU_ENERGY.name}_total[$__rate_interval]))"
+ALL_TOKENS_RATE = f"sum(rate({names.OUTPUT_TOKENS.name}_total{{{SEL}}}[$__rate_interval]))"
 #: SLO lines drawn on latency panels (METHOD §8 defaults; the alert rules use the same numbers)
 SLO_S = {"ttft": rules.TTFT_P95_PAGE_S, "e2e": rules.E2E_P95_WARN_S, "tpot": 0.1, "itl": 0.1}
 
@@ -196,11 +199,11 @@ def energy() -> dict[str, Any]:
             (f"{names.GPU_UTIL.name}", "util GPU {{gpu}}"),
             (f"{names.GPU_MEMORY.name}", "memory GPU {{gpu}}"),
         ], unit="percentunit", pos=(12, 0, 12, 8)),
-        _panel(3, "Joules per output token (request windows with coverage)", [
-            (f"{ENERGY_RATE} / {TOKENS_RATE}", "{{scenario}} {{backend}}"),
-        ], unit="J", pos=(0, 8, 12, 8), description=names.ENERGY.help),
-        _panel(4, "kWh per 1M output tokens", [
-            (f"{ENERGY_RATE} / {TOKENS_RATE} * 1e6 / 3.6e6", "{{scenario}} {{backend}}"),
+        _panel(3, "Joules per output token (macro windows: GPU energy over baseline / all output tokens)", [
+            (f"{GPU_ENERGY_RATE} / {ALL_TOKENS_RATE}", "all scenarios"),
+        ], unit="J", pos=(0, 8, 12, 8), description=names.GPU_ENERGY.help),
+        _panel(4, "kWh per 1M output tokens (macro windows)", [
+            (f"{GPU_ENERGY_RATE} / {ALL_TOKENS_RATE} * 1e6 / 3.6e6", "all scenarios"),
         ], unit="kwatth", pos=(12, 8, 6, 8)),
         _panel(5, "Share of request windows without data", [
             (f"{names.ENERGY_NO_DATA.name}{{{SEL}}}", "{{scenario}} {{backend}}"),

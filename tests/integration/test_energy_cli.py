@@ -43,7 +43,9 @@ def test_a_replayed_trace_is_gated_per_request_and_phase(tmp_path: Path, cache_d
     assert summary["baseline"]["mean_w"] == pytest.approx(20.0)
     (stage,) = summary["stages"]
     assert stage["quality"] == "good" and stage["delta_power_w"] == pytest.approx(130.0)
-    tokens = sum(r["output_tokens"] for r in read_records(out) if r["status"] == "ok")
+    # steady state only: the window starts after the warmup, and the warmup's tokens are left out
+    tokens = sum(r["output_tokens"] for r in read_records(out) if r["status"] == "ok" and not r["is_warmup"])
+    assert any(r["is_warmup"] for r in read_records(out))
     assert stage["j_per_token"] == pytest.approx(130.0 * stage["duration_s"] / tokens, rel=1e-6)
     recs = read_records(out)
     # a ~420 ms request and its ~390 ms decode span three or more 100 ms samples; a 30 ms prefill never does

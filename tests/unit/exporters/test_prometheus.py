@@ -206,3 +206,29 @@ def test_energy_counts_only_windows_the_samples_could_see() -> None:
     assert get("infermeter_gpu_power_watts", {"gpu": "1"}) == 300.0
     assert get("infermeter_gpu_utilization_ratio", {"gpu": "1"}) == pytest.approx(0.25)
     assert get("infermeter_gpu_memory_used_ratio", {"gpu": "1"}) == pytest.approx(0.95)
+
+
+def test_gpu_energy_counts_macro_windows_between_scrapes_and_skips_blind_ones() -> None:
+    m = RecordMetrics()
+    clock = {"now": 2_000_000_000}
+    windows: list[tuple[int, int]] = []
+
+    def energy(start_ns: int, end_ns: int) -> float | None:
+        windows.append((start_ns, end_ns))
+        return None if len(windows) == 2 else 130.0 * (end_ns - start_ns) / 1e9
+
+    m.track_energy(1_000_000_000, energy, lambda: clock["now"])
+    m.render()
+    clock["now"] = 3_000_000_000
+    m.render()  # the samples could not see this second: not counted
+    clock["now"] = 5_000_000_000
+    m.render()
+    m.render()  # no new sample: no window
+    assert windows == [
+        (1_000_000_000, 2_000_000_000),
+        (2_000_000_000, 3_000_000_000),
+        (3_000_000_000, 5_000_000_000),
+    ]
+    assert m.registry.get_sample_value("infermeter_gpu_energy_over_baseline_joules_total") == pytest.approx(
+        390.0
+    )

@@ -153,6 +153,14 @@ class Launch:
         self.show_progress = progress
         self.metrics = metrics
         self.energy = energy
+        #: live state for ``/status`` while the run lasts
+        self.counts = {"ok": 0, "degraded": 0}
+        self.stage: str | None = None
+        self.expected: int | None = None
+        self._runners: list[Runner] = []
+        self._started = time.time()
+        if metrics is not None:
+            metrics.server.status_from(self.status)
 
     def _save_manifest(self) -> None:
         write_json_atomic(self.out / "manifest.json", self.manifest)
@@ -220,6 +228,21 @@ class Launch:
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
 
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` document of a run while it lasts: what runs, how far it got, what is in flight."""
+        return {
+            "run_id": self.run_id,
+            "out": str(self.out),
+            "status": self.manifest.get("status"),
+            "backend": self.backend.name,
+            "model": self.backend.model,
+            "scenarios": sorted({r.scenario.name for r in self._runners}),
+            "stage": self.stage,
+            "elapsed_s": round(time.time() - self._started, 1),
+            "records": {**self.counts, "expected": self.expected},
+            "in_flight": sum(r.in_flight for r in self._runners),
+        }
+
     def fail(self, why: str) -> None:
         """Mark the run failed in its manifest (once), as far as the disk still lets us."""
         if self.manifest.get("status") != "running":
@@ -239,7 +262,8 @@ class Launch:
     ) -> LaunchResult:
         expected = [t.expected() for st in stages for t in st.tenants]
         total = None if any(e is None for e in expected) else sum(e or 0 for e in expected)
-        counts = {"ok": 0, "degraded": 0}
+        counts = self.counts
+        self.expected = total
         origin = time.perf_counter_ns()
         cold = ColdTracker(stages[0].tenants[0].scenario.load.idle_gap)
         result = LaunchResult(RunOutcome(started_unix=time.time()), origin_ns=origin)
@@ -270,11 +294,13 @@ class Launch:
                         shown[0] = now
                         show()
 
+                self.stage = plan.label or "steady"
                 if plan.label:
                     progress.update(task, description=plan.label)
                 runners = [
                     self._runner(t, plan.label, writer, chains, tick, cold, origin) for t in plan.tenants
                 ]
+                self._runners = runners
                 if self.metrics is not None:
                     self._watch(runners)
                 stage_start = time.perf_counter_ns()

@@ -39,6 +39,10 @@ class MetricsServer:
         self.host = ""
         self.port = 0
 
+    def status_from(self, status: Callable[[], dict[str, Any]]) -> None:
+        """Serve ``status()`` at ``/status`` from now on (the owner may be made after the server)."""
+        self._status = status
+
     def app(self) -> web.Application:
         """The routes, for embedding or testing."""
         app = web.Application()

@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.conftest import run_cli, sim_server, start_cli, wait_for
 from tests.integration.test_durability import count_lines, served, whole_lines
+from tests.integration.test_prometheus import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +133,30 @@ def test_an_overloaded_open_loop_stops_sending_at_its_duration(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["not_sent_at_end"] > 1000  # ~4,000 were due; at most a few hundred could go out
     assert "were not sent" in done.stderr
+
+
+def test_status_shows_the_run_while_it_lasts(tmp_path: Path, cache_dir: Path, sim_url: str) -> None:
+    port = free_port()
+    out = tmp_path / "run"
+    args = ["run", "chat", "--requests", "100000", "--concurrency", "4", "--warmup", "0", "--max-tokens", "4"]
+    args += ["--backend", "sim", "--base-url", sim_url, "--out", str(out), "--no-progress"]
+    proc = start_cli([*args, "--serve-metrics", "--metrics-port", str(port)], cache_dir)
+    try:
+
+        def status() -> dict[str, Any]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                    return json.loads(r.read())  # type: ignore[no-any-return]
+            except OSError:
+                return {}
+
+        wait_for(lambda: status().get("records", {}).get("ok", 0) > 10, 60, "records in /status")
+        shown = status()
+        assert shown["status"] == "running" and shown["scenarios"] == ["chat"] and shown["stage"] == "steady"
+        assert shown["backend"] == "sim" and shown["records"]["expected"] == 100000
+        assert shown["run_id"] == json.loads((out / "manifest.json").read_text())["run_id"]
+        assert 0 <= shown["in_flight"] <= 4
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM

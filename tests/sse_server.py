@@ -41,6 +41,8 @@ class ScriptedServer:
 
     def __init__(self) -> None:
         self.mode = "ok"
+        #: the id ``/v1/models`` lists (llama.cpp's server lists its GGUF's path)
+        self.model_id = "scripted-model"
         self.bodies: list[dict[str, Any]] = []
         self.close_after_stream = False
         #: mode "paced": seconds between events, and whether comment lines come between words
@@ -67,7 +69,7 @@ class ScriptedServer:
         await self._runner.cleanup()
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "scripted-model"}]})
+        return web.json_response({"object": "list", "data": [{"id": self.model_id}]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(await request.json())

@@ -207,6 +207,18 @@ def fast_payload(payload: bytes) -> tuple[str, str] | None:
     return answer, reasoning
 
 
+def model_label(model_id: str) -> str:
+    """A short label for a discovered model id.
+
+    llama.cpp's server names its model by the GGUF's path: the label is the file's stem. Hub ids such as
+    ``org/name`` (vLLM) are kept whole.
+    """
+    name = model_id.rstrip("/").rsplit("/", 1)[-1]
+    if name.lower().endswith(".gguf"):
+        return name[: -len(".gguf")]
+    return name if model_id.startswith("/") else model_id
+
+
 @register("openai", OpenAIArgs)
 class OpenAIBackend:
     """Streams from an OpenAI-compatible HTTP server through one shared connection pool."""
@@ -215,6 +227,8 @@ class OpenAIBackend:
         self.args = args
         self.name = args.label
         self.model = args.model or ""
+        #: what requests name as their model: the server's own id (the label may be shorter)
+        self._request_model = self.model
         self._base = args.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._server_header: str | None = None
@@ -228,7 +242,8 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.args.api_key.get_secret_value()}"
         self._session = open_session(self.args, headers, keep_alive=self.args.keep_alive)
         if not self.model:
-            self.model = await self._discover_model()
+            self._request_model = await self._discover_model()
+            self.model = model_label(self._request_model)
 
     async def _discover_model(self) -> str:
         assert self._session is not None
@@ -259,6 +274,7 @@ class OpenAIBackend:
             "backend": self.name,
             "base_url": self._base,
             "model": self.model,
+            "model_id": self._request_model,
             "endpoint": self.args.endpoint or "per request",
             "server": self._server_header,
         }
@@ -282,7 +298,7 @@ class OpenAIBackend:
 
     async def tokenize(self, text: str) -> list[int]:
         """Token ids from the server's ``/tokenize`` (llama.cpp and vLLM both have one)."""
-        body = {"content": text, "prompt": text, "model": self.model, "add_special": False}
+        body = {"content": text, "prompt": text, "model": self._request_model, "add_special": False}
         out = await self._post_json("/tokenize", body)
         tokens = out.get("tokens")
         if not isinstance(tokens, list):
@@ -291,14 +307,14 @@ class OpenAIBackend:
 
     async def detokenize(self, ids: list[int]) -> str:
         """Text from the server's ``/detokenize`` (``content`` from llama.cpp, ``prompt`` from vLLM)."""
-        out = await self._post_json("/detokenize", {"tokens": ids, "model": self.model})
+        out = await self._post_json("/detokenize", {"tokens": ids, "model": self._request_model})
         text = out.get("content", out.get("prompt"))
         if not isinstance(text, str):
             raise BackendError("/detokenize returned no text")
         return text
 
     def _body(self, req: GenerationRequest, endpoint: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, "stream": True}
+        body: dict[str, Any] = {"model": self._request_model, "max_tokens": req.max_tokens, "stream": True}
         body["stream_options"] = {"include_usage": True}
         if endpoint == "chat":
             body["messages"] = req.messages or [{"role": "user", "content": req.prompt or ""}]

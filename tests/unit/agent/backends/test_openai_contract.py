@@ -5,6 +5,7 @@ import itertools
 import pytest
 
 from agent.backends import create
+from agent.backends.openai import model_label
 from agent.errors import BackendError, RequestFailedError
 from agent.record import Chunk, GenerationRequest, StreamEnd, StreamEvent
 from tests.sse_server import ScriptedServer
@@ -120,3 +121,30 @@ def test_unknown_backend_and_bad_args() -> None:
         create("openai", {"max_connections": 0})
     with pytest.raises(ConfigError, match="bogus"):
         create("openai", {"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("model_id", "label"),
+    [
+        ("/models/gemma-3-270m-Q4_K_M.gguf", "gemma-3-270m-Q4_K_M"),
+        ("gemma-3-270m-Q4_K_M.gguf", "gemma-3-270m-Q4_K_M"),
+        ("/srv/models/llama-3-8b", "llama-3-8b"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("scripted-model", "scripted-model"),
+    ],
+)
+def test_a_discovered_model_path_becomes_a_short_label(model_id: str, label: str) -> None:
+    assert model_label(model_id) == label
+
+
+async def test_requests_still_name_the_servers_own_model_id() -> None:
+    async with ScriptedServer() as srv:
+        srv.model_id = "/models/tiny.gguf"
+        backend = create("openai", {"base_url": srv.url})
+        await backend.start()
+        try:
+            await collect(backend, REQ)
+        finally:
+            await backend.close()
+    assert backend.model == "tiny"
+    assert srv.bodies[0]["model"] == "/models/tiny.gguf"

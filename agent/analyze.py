@@ -102,7 +102,7 @@ def cmd_analyze(ns: argparse.Namespace, err: Console) -> int:
     from analysis.analyze import Options, analyze
     from analysis.publish import publish
     from analysis.report import console_view, render_markdown, write_figures
-    from analysis.runs import load_run, read_references
+    from analysis.runs import load_runs, read_references
 
     if ns.resamples < 100:
         raise ConfigError("--resamples must be at least 100 for a usable interval")
@@ -110,8 +110,17 @@ def cmd_analyze(ns: argparse.Namespace, err: Console) -> int:
         refs = read_references(ns.references) if ns.references else None
     except ValueError as e:
         raise ConfigError(str(e), location=str(ns.references)) from e
-    runs = [load_run(p, refs) for p in ns.runs]
-    baseline = load_run(ns.baseline, refs) if ns.baseline else None
+    runs = [run for p in ns.runs for run in load_runs(p, refs)]
+    baseline = None
+    if ns.baseline:
+        bases = load_runs(ns.baseline, refs)
+        if len(bases) > 1:
+            labels = ", ".join(b.label for b in bases)
+            raise ConfigError(
+                f"--baseline {ns.baseline} holds several targets or configs ({labels}); "
+                "give the baseline as one of them (a records or samples file of one target)"
+            )
+        baseline = bases[0]
     everyone = ([baseline] if baseline else []) + runs
     for run in everyone:
         for w in run.warnings:

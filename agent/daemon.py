@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import signal
 import time
@@ -80,6 +81,7 @@ class Daemon:
         self.server: MetricsServer | None = None
         self.samples: RotatingJsonl | None = None
         self.reloads = 0
+        self.config_id = "none"
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sem = asyncio.Semaphore(1)
         self._stop = asyncio.Event()
@@ -154,6 +156,8 @@ class Daemon:
 
     def _apply(self, config: DaemonConfig, built: dict[str, _Target], samples: RotatingJsonl | None) -> None:
         self.config = config
+        # probes' run_id ends with it: the analyzer keeps samples taken under different configs apart
+        self.config_id = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
         self._sem = asyncio.Semaphore(config.probe.max_concurrency)
         if self.samples is not None:
             with contextlib.suppress(OSError, InfermeterError):
@@ -280,7 +284,7 @@ class Daemon:
                     await t.backend.close()
                 self._result(t, status="degraded", reason="backend_start", detail=str(e))
                 return
-        runner = Runner(t.scenario, t.backend, _Sink(self, t), run_id=f"daemon-{t.cfg.name}",
+        runner = Runner(t.scenario, t.backend, _Sink(self, t), run_id=f"daemon-{t.cfg.name}-{self.config_id}",
                         requests=t.requests, cold=t.cold, freeze_gc=False)  # fmt: skip
         await runner.run()
 

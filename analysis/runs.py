@@ -8,6 +8,7 @@ from a scenario or prompt file given with ``--references``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,7 +21,12 @@ from agent.record import RequestRecord
 from analysis.quality import Reference
 from analysis.records import load_records
 
-__all__ = ["Run", "load_run", "read_references"]
+__all__ = [
+    "Run",
+    "load_run",
+    "load_runs",
+    "read_references",
+]
 
 
 @dataclass
@@ -112,6 +118,32 @@ def _sample_files(folder: Path) -> list[Path]:
         return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
 
     return sorted(folder.glob("samples*.jsonl"), key=age, reverse=True)
+
+
+def load_runs(path: Path, references: dict[str, Reference] | None = None) -> list[Run]:
+    """A run directory as one run; a daemon's samples folder as one run per target and config.
+
+    The daemon labels its samples with the target (``backend``) and the config it ran under (the
+    ``run_id`` ends with the config's hash), so a folder that saw several targets or a reload splits
+    into runs labelled ``<folder>:<target>`` (and ``@<config>`` when one target saw several configs);
+    mixing them would compare a model with itself under another one.
+    """
+    run = load_run(path, references)
+    groups: dict[tuple[str, str], list[RequestRecord]] = {}
+    for r in run.records:
+        groups.setdefault((r.backend, r.run_id), []).append(r)
+    if len(groups) < 2 or (Path(path).is_dir() and (Path(path) / "records.jsonl").is_file()):
+        return [run]
+    per_target: dict[str, int] = {}
+    for backend, _ in groups:
+        per_target[backend] = per_target.get(backend, 0) + 1
+    out = []
+    for (backend, run_id), records in groups.items():
+        label = f"{run.label}:{backend}"
+        if per_target[backend] > 1:
+            label += f"@{run_id.rsplit('-', 1)[-1]}"
+        out.append(dataclasses.replace(run, label=label, records=records))
+    return out
 
 
 def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:

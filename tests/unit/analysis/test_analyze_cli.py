@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.cli import main
 from analysis.analyze import Options, analyze
 from analysis.publish import build_registries
-from analysis.runs import load_run
+from analysis.runs import load_run, load_runs
 from tests.unit.analysis.test_summary import rec
 
 PROMPTS = [
@@ -178,3 +178,25 @@ def test_references_file_overrides_the_manifest(tmp_path: Path) -> None:
     run = load_run(run_dir, __import__("analysis.runs", fromlist=["read_references"]).read_references(refs))
     assert run.references["q1"].reference == "Tokyo"
     assert run.references["m1"].task == "multiple_choice"
+
+
+def test_a_samples_folder_splits_by_target_and_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    rows = [
+        rec(0, e2e=10.0, ttft=1.0, backend="llm-a", run_id="daemon-llm-a-11111111"),
+        rec(1, e2e=10.0, ttft=1.0, backend="llm-b", run_id="daemon-llm-b-11111111"),
+        rec(2, e2e=30.0, ttft=3.0, backend="llm-a", run_id="daemon-llm-a-22222222"),  # after a reload
+        rec(3, e2e=10.0, ttft=1.0, backend="llm-a", run_id="daemon-llm-a-11111111"),
+    ]
+    (folder / "samples.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    runs = load_runs(folder)
+    assert [(r.label, [x.seq for x in r.records]) for r in runs] == [
+        ("samples:llm-a@11111111", [0, 3]),
+        ("samples:llm-b", [1]),
+        ("samples:llm-a@22222222", [2]),
+    ]
+    assert main(["analyze", str(folder), "--baseline", str(folder), "--no-semscore", "--no-progress"]) == 2
+    assert "holds several targets or configs" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ def grafana_module(name: str) -> Any:
     return module
 
 
+def _spawn(name: str, *args: str) -> subprocess.Popen[bytes]:
+    """One of the tools as a plain quiet process."""
+    return subprocess.Popen([str(binary(name)), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class Prometheus:
     """A real Prometheus as a plain process on a loopback port, scraping ``targets`` every second.
 
@@ -58,8 +64,6 @@ class Prometheus:
         more_jobs: dict[str, tuple[list[str], bool]] | None = None,
         alertmanager: str | None = None,
     ) -> None:
-        import subprocess
-
         config = folder / "prometheus.yml"
         jobs = {job: (targets, honor_labels), **(more_jobs or {})}
         text = "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -73,15 +77,11 @@ class Prometheus:
             text += f"    static_configs: [{{targets: {job_targets!r}}}]\n"
         config.write_text(text)
         self.api = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [
-                str(binary("prometheus")),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={folder / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.proc = _spawn(
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
         )
 
     def stop(self) -> None:
@@ -97,8 +97,6 @@ class Alertmanager:
     TEMPLATES = Path("/usr/share/prometheus/alertmanager/default.tmpl")
 
     def __init__(self, folder: Path, port: int, webhook: str) -> None:
-        import subprocess
-
         if not self.TEMPLATES.is_file():
             raise FileNotFoundError(
                 f"{self.TEMPLATES} is missing, so Alertmanager would send nothing: run `make tools` as root"
@@ -110,16 +108,12 @@ class Alertmanager:
             f"receivers:\n  - name: hook\n    webhook_configs: [{{url: '{webhook}', send_resolved: true}}]\n"
         )
         self.address = f"127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [
-                str(binary("prometheus-alertmanager")),
-                f"--config.file={config}",
-                f"--storage.path={folder / 'am'}",
-                f"--web.listen-address={self.address}",
-                "--cluster.listen-address=",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.proc = _spawn(
+            "prometheus-alertmanager",
+            f"--config.file={config}",
+            f"--storage.path={folder / 'am'}",
+            f"--web.listen-address={self.address}",
+            "--cluster.listen-address=",
         )
 
     def stop(self) -> None:

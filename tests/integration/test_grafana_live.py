@@ -24,13 +24,16 @@ RULES = ROOT / "grafana" / "prometheus"
 VARIABLES = {"$backend": ".*", "$model": ".*", "$scenario": ".*", "$__rate_interval": "1m", "$__range": "5m"}
 
 
+def promtool_passes(folder: Path) -> None:
+    """``promtool check rules rules.yml`` and ``promtool test rules tests.yml`` in ``folder`` both pass."""
+    for verb, file in (("check", "rules.yml"), ("test", "tests.yml")):
+        done = subprocess.run([str(binary("promtool")), verb, "rules", file], cwd=folder,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
+
+
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
-    check = subprocess.run([str(binary("promtool")), "check", "rules", "rules.yml"], cwd=RULES,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
-    test = subprocess.run([str(binary("promtool")), "test", "rules", "tests.yml"], cwd=RULES,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+    promtool_passes(RULES)
 
 
 def _firing(alert: str, backend: str, severity: str) -> str:
@@ -82,12 +85,7 @@ def test_promtool_checks_and_unit_tests_the_fast_profile(tmp_path: Path) -> None
         ],
     }  # fmt: skip
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(test, sort_keys=False))
-    check = subprocess.run([str(binary("promtool")), "check", "rules", "rules.yml"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
-    run = subprocess.run([str(binary("promtool")), "test", "rules", "tests.yml"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
+    promtool_passes(tmp_path)
 
 
 def substitute(expr: str) -> str:

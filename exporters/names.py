@@ -91,6 +91,11 @@ TPOT = _h("tpot_seconds", "Per-request time per output token: (E2E - TTFT) / (to
 E2E = _h("e2e_seconds", "End-to-end request latency, from the intended send time (wall clock).")
 PREFILL = _h("native_prefill_seconds", "Server-reported prefill (prompt processing) time.")
 DECODE = _h("native_decode_seconds", "Server-reported decode (generation) time.")
+SCHEDULE_LAG = _h(
+    "schedule_lag_seconds",
+    "Open loop (constant, Poisson, gamma arrivals): how late each request left against its intended time; "
+    "a p99 above the scenario's lag limit makes the stage's figures untrustworthy.",
+)
 REQUESTS = _c(
     "requests",
     "Finished requests by status (ok, degraded) and degraded reason ('none' when ok).",
@@ -172,7 +177,7 @@ DAEMON_ERRORS = _c(
 BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",))
 
 CATALOGUE: tuple[MetricSpec, ...] = (
-    TTFT, ITL, TPOT, E2E, PREFILL, DECODE, REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS, COLD_STARTS,
+    TTFT, ITL, TPOT, E2E, PREFILL, DECODE, SCHEDULE_LAG, REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS, COLD_STARTS,
     DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD, IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS,
     BACKEND_UP, WINDOW, ENERGY, GPU_ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY,
     DAEMON_ERRORS, BUILD,

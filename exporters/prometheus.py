@@ -103,6 +103,7 @@ class RecordMetrics:
 
         self.ttft, self.itl, self.tpot = hist(names.TTFT), hist(names.ITL), hist(names.TPOT)
         self.e2e, self.prefill, self.decode = hist(names.E2E), hist(names.PREFILL), hist(names.DECODE)
+        self.schedule_lag = hist(names.SCHEDULE_LAG)
         self.requests = counter(names.REQUESTS)
         self.prompt_tokens = counter(names.PROMPT_TOKENS)
         self.output_tokens = counter(names.OUTPUT_TOKENS)
@@ -143,6 +144,8 @@ class RecordMetrics:
                 self._set_warmup_ratio(key, window)
             return
         self.requests.labels(*key, record.status, record.reason or "none").inc()
+        if record.target_rate is not None:  # open loop: every request sent, ok or not, left at a time
+            _observe_ms(self.schedule_lag, key, record.schedule_lag_ms)
         if record.status != "ok":
             return
         now = self._clock()

@@ -168,6 +168,12 @@ def overview() -> dict[str, Any]:
         _panel(9, "In flight", [
             (f"{names.IN_FLIGHT.name}{{{SEL}}}", "{{scenario}} {{backend}}"),
         ], pos=(16, row + 8, 8, 8)),
+        _panel(10, "Schedule lag p50 / p99 (open loop)", [
+            (f"histogram_quantile({q}, sum by (le, scenario, backend) "
+             f"(rate({names.SCHEDULE_LAG.name}_bucket{{{SEL}}}[$__rate_interval])))",
+             f"p{int(q * 100)} {{{{scenario}}}}")
+            for q in (0.5, 0.99)
+        ], unit="s", pos=(0, row + 16, 12, 8), description=names.SCHEDULE_LAG.help),
     ]  # fmt: skip
     return _dashboard("infermeter-overview", "infermeter — inference overview", p, ["latency"])
 

@@ -232,3 +232,13 @@ def test_gpu_energy_counts_macro_windows_between_scrapes_and_skips_blind_ones() 
     assert m.registry.get_sample_value("infermeter_gpu_energy_over_baseline_joules_total") == pytest.approx(
         390.0
     )
+
+
+def test_schedule_lag_is_observed_for_open_loop_requests_only() -> None:
+    m = RecordMetrics()
+    m.observe(record(schedule_lag_ms=3.0))  # closed loop: no schedule to lag behind
+    m.observe(record(schedule_lag_ms=3.0, target_rate=20.0))
+    m.observe(record(schedule_lag_ms=40.0, target_rate=20.0, status="degraded", reason="timeout_total"))
+    get = m.registry.get_sample_value
+    assert get("infermeter_schedule_lag_seconds_count", LABELS) == 2
+    assert get("infermeter_schedule_lag_seconds_sum", LABELS) == pytest.approx(0.043)

@@ -111,16 +111,7 @@ def cmd_analyze(ns: argparse.Namespace, err: Console) -> int:
     except ValueError as e:
         raise ConfigError(str(e), location=str(ns.references)) from e
     runs = [run for p in ns.runs for run in load_runs(p, refs)]
-    baseline = None
-    if ns.baseline:
-        bases = load_runs(ns.baseline, refs)
-        if len(bases) > 1:
-            labels = ", ".join(b.label for b in bases)
-            raise ConfigError(
-                f"--baseline {ns.baseline} holds several targets or configs ({labels}); "
-                "give the baseline as one of them (a records or samples file of one target)"
-            )
-        baseline = bases[0]
+    baseline = _one_baseline(ns.baseline, refs) if ns.baseline else None
     everyone = ([baseline] if baseline else []) + runs
     for run in everyone:
         for w in run.warnings:
@@ -170,3 +161,17 @@ def cmd_analyze(ns: argparse.Namespace, err: Console) -> int:
     for line in why:
         err.print(f"[red]{line}[/red]")
     return EXIT_REGRESSION if why else 0
+
+
+def _one_baseline(path: Path, refs: Any) -> Any:
+    """The baseline run; a samples folder that splits into several targets or configs is refused."""
+    from analysis.runs import load_runs
+
+    bases = load_runs(path, refs)
+    if len(bases) > 1:
+        labels = ", ".join(b.label for b in bases)
+        raise ConfigError(
+            f"--baseline {path} holds several targets or configs ({labels}); "
+            "give the baseline as one of them (a records or samples file of one target)"
+        )
+    return bases[0]

@@ -306,16 +306,9 @@ class Launch:
                 stage_start = time.perf_counter_ns()
                 outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
                 show()
-                # J/token is a steady-state figure: the macro window starts when every tenant's warmup is over
-                steady = max((o.steady_start_ns for o in outcomes), default=0) or stage_start
-                await self._energy_stage(plan.label or "steady", steady, time.perf_counter_ns())
+                await self._energy_stage(plan.label or "steady", outcomes, stage_start)
                 result.stages_run.append(plan)
-                _merge(result.outcome, outcomes)
-                result.write_error = next((o.write_error for o in outcomes if o.write_error), None)
-                if result.write_error is not None:
-                    break
-                if result.outcome.interrupted:
-                    result.signal = received[0] if received else signal.SIGINT
+                if _stopped(result, outcomes, received):
                     break
                 if after_stage is not None:
                     why = after_stage(plan, stage_records)
@@ -358,10 +351,13 @@ class Launch:
         self.manifest["energy"] = info
         self._save_manifest()
 
-    async def _energy_stage(self, label: str, start_ns: int, end_ns: int) -> None:
+    async def _energy_stage(self, label: str, outcomes: list[RunOutcome], stage_start_ns: int) -> None:
+        """Record the stage's macro window from the end of every tenant's warmup (steady-state J/token)."""
         plan = self.energy
         if plan is None or plan.meter.unavailable:
             return
+        start_ns = max((o.steady_start_ns for o in outcomes), default=0) or stage_start_ns
+        end_ns = time.perf_counter_ns()
         await wait_ready(plan.meter, end_ns)
         plan.meter.stage(label, start_ns, end_ns)
 
@@ -412,6 +408,18 @@ class Launch:
             origin_ns=origin,
             annotator=self.energy.meter if self.energy and not self.energy.meter.unavailable else None,
         )
+
+
+def _stopped(result: LaunchResult, outcomes: list[RunOutcome], received: list[int]) -> bool:
+    """Fold a stage's outcomes into the result; True when no further stage may run."""
+    _merge(result.outcome, outcomes)
+    result.write_error = next((o.write_error for o in outcomes if o.write_error), None)
+    if result.write_error is not None:
+        return True
+    if result.outcome.interrupted:
+        result.signal = received[0] if received else signal.SIGINT
+        return True
+    return False
 
 
 def _merge(total: RunOutcome, parts: Iterable[RunOutcome]) -> None:

@@ -340,7 +340,7 @@ class Runner:
                 while backlog:
                     now = time.perf_counter_ns()
                     head = backlog[0].end_ns
-                    behind = len(backlog) > BACKLOG_KEEP or now - head > BACKLOG_AGE_NS
+                    behind = self._behind(now)
                     if now >= until and not behind:
                         break
                     if self.annotator is not None and not behind and not self.annotator.ready(head):
@@ -358,10 +358,24 @@ class Runner:
                 else:
                     await asyncio.sleep(0)
 
+    def _behind(self, now_ns: int) -> bool:
+        """Whether the (non-empty) backlog holds too many records, or its oldest waited too long."""
+        return len(self._backlog) > BACKLOG_KEEP or now_ns - self._backlog[0].end_ns > BACKLOG_AGE_NS
+
+    def _queue(self, finished: _Finished) -> None:
+        """Queue a finished request for the writer task; when the writer is starved, catch up first."""
+        backlog = self._backlog
+        end = finished.end_ns
+        if backlog and (len(backlog) >= BACKLOG_LIMIT or end - backlog[0].end_ns > BACKLOG_LATE_NS):
+            self._catch_up(end)  # this worker pays before going on
+        backlog.append(finished)
+        self.outcome.backlog_max = max(self.outcome.backlog_max, len(backlog))
+        self._backlog_ready.set()
+
     def _catch_up(self, now_ns: int) -> None:
         """Write queued records until the writer's own turn would stop (few and recent), then flush."""
         backlog = self._backlog
-        while backlog and (len(backlog) > BACKLOG_KEEP or now_ns - backlog[0].end_ns > BACKLOG_AGE_NS):
+        while backlog and self._behind(now_ns):
             self._write(backlog.popleft())
             ARRIVALS()
         self._flush_sink()
@@ -659,14 +673,8 @@ class Runner:
         cause = self.cold.begin(now)
         if cause is not None:
             ident = dataclasses.replace(ident, cold_cause=cause)
-        m = Measurement(
-            self.start_ns,
-            self._start_unix,
-            intended_ns or now,
-            now,
-            keep_text=keep_text,
-            text_cap=self.scenario.max_output_chars,
-        )
+        m = Measurement(self.start_ns, self._start_unix, intended_ns or now, now, keep_text=keep_text,
+                        text_cap=self.scenario.max_output_chars)  # fmt: skip
         failure: tuple[str, str] | None = None
         self.in_flight += 1
         try:
@@ -694,18 +702,11 @@ class Runner:
         ARRIVALS()
         self.in_flight -= 1
         self.cold.end(end)
+        finished = _Finished(m, ident, failure, end)
         if defer:
-            backlog = self._backlog
-            if backlog and (len(backlog) >= BACKLOG_LIMIT or end - backlog[0].end_ns > BACKLOG_LATE_NS):
-                self._catch_up(end)  # the writer task is starved: this worker pays before going on
-            backlog.append(_Finished(m, ident, failure, end))
-            self.outcome.backlog_max = max(self.outcome.backlog_max, len(backlog))
-            self._backlog_ready.set()
+            self._queue(finished)
             return None
-        record = _Finished(m, ident, failure, end).record(self.annotator)
-        if self._unflushed_end_ns is None:
-            self._unflushed_end_ns = end
-        self._emit(record)
+        record = self._write(finished)
         self._backlog_ready.set()  # the writer task flushes the sink
         return record
 
@@ -722,11 +723,13 @@ class Runner:
                     waiting_first = False
                     cm.reschedule(total_at)
 
-    def _write(self, finished: _Finished) -> None:
-        """Build a queued record and hand it to the sink; the flush after it is timed from its end."""
+    def _write(self, finished: _Finished) -> RequestRecord:
+        """Build a finished request's record and hand it to the sink; the next flush is timed from its end."""
         if self._unflushed_end_ns is None:
             self._unflushed_end_ns = finished.end_ns
-        self._emit(finished.record(self.annotator))
+        record = finished.record(self.annotator)
+        self._emit(record)
+        return record
 
     def _cannot_write(self, error: RecordWriteError) -> None:
         """Records can no longer be written: stop issuing requests (``run`` ends the stage)."""

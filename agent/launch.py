@@ -25,7 +25,7 @@ from agent.energy.meter import EnergyMeter
 from agent.errors import InfermeterError, RecordWriteError
 from agent.manifest import write_json_atomic
 from agent.record import ChainRecord, GenerationRequest, RequestRecord
-from agent.runner import ColdTracker, Runner, RunOutcome, expected_records, wait_ready
+from agent.runner import ColdTracker, Runner, RunOutcome, expected_records, request_shapes, wait_ready
 from agent.scenario import Scenario
 from exporters.http import MetricsServer
 from exporters.jsonl import JsonlWriter
@@ -207,6 +207,7 @@ class Launch:
                 if prepare is not None:
                     with self.err.status("preparing requests"):
                         stages = await prepare(self.backend)
+                await self._warm(stages)
                 await self._start_energy()
                 try:
                     result = await self._stages(stages, stop, received, after_stage)
@@ -227,6 +228,32 @@ class Launch:
                 await self.metrics.server.close()
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+    async def _warm(self, stages: list[StagePlan]) -> None:
+        """Let a backend that compiles do so for every request shape before the clock starts.
+
+        What it took goes to the manifest and to the console, apart from every request's timings.
+        """
+        warm = getattr(self.backend, "warm", None)
+        if not callable(warm):
+            return
+        requests: list[GenerationRequest] = []
+        batches: dict[tuple[str, ...], list[str]] = {}  # a sweep's stages repeat the same batches
+        for tenant in (t for plan in stages for t in plan.tenants):
+            singles, batched = request_shapes(tenant.scenario, tenant.requests)
+            requests += singles
+            batches.update((tuple(b), b) for b in batched)
+        with self.err.status("compiling and warming every request shape before the clock starts"):
+            facts = await warm(requests, list(batches.values()))
+        if facts:
+            self.err.print(
+                f"compiled and warmed before the clock: {facts['ms'] / 1000:.1f} s "
+                f"({facts['compile_s']:.1f} s compiling), {facts['prompt_shapes']} prompt shapes, "
+                f"{facts['batch_shapes']} batch shapes, {facts['frames_compiled']} frames compiled, "
+                f"{facts['graph_breaks']} graph breaks"
+            )
+            self.manifest["backend"] = self.backend.describe()
+            self._save_manifest()
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` document of a run while it lasts: what runs, how far it got, what is in flight."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import itertools
 import math
 import time
 from collections import Counter, deque
@@ -34,7 +35,19 @@ from agent.record import (
 from agent.redact import redact
 from agent.scenario import MAX_IN_FLIGHT, Scenario
 
-__all__ = ["Annotator", "ColdTracker", "RecordSink", "RunOutcome", "Runner", "expected_records", "wait_ready"]
+__all__ = [
+    "Annotator",
+    "ColdTracker",
+    "RecordSink",
+    "RunOutcome",
+    "Runner",
+    "expected_records",
+    "request_shapes",
+    "wait_ready",
+]
+
+#: at most this many batches are warmed per scenario (prompts cycle, so batches repeat sooner)
+WARM_BATCHES = 64
 
 logger = structlog.get_logger(__name__)
 
@@ -193,6 +206,25 @@ def _units(sc: Scenario, requests: int | None) -> int | None:
     if sc.batch is not None:
         return math.ceil(requests / sc.batch.size)
     return requests
+
+
+def request_shapes(
+    sc: Scenario, requests: list[GenerationRequest] | None = None
+) -> tuple[list[GenerationRequest], list[list[str]]]:
+    """What a run of ``sc`` will send, one of each kind: single requests, and batched calls' prompts.
+
+    Single requests: one per prompt (a replay's own requests when given). A batched scenario sends only
+    batches; its prompts cycle, so the batches repeat after ``lcm(prompts, size)`` requests. Agent chains
+    grow their context from answers, so only their first steps can be known before the run.
+    """
+    if requests is None:
+        requests = list(itertools.islice(sc.requests_iter(), len(sc.prompt_list())))
+    if sc.batch is None or sc.batch.mode != "batched" or not requests:
+        return requests, []
+    size = sc.batch.size
+    count = min(math.lcm(len(requests), size), WARM_BATCHES * size)
+    prompts = [_batch_text(r) for r in itertools.islice(itertools.cycle(requests), count)]
+    return [], [prompts[i : i + size] for i in range(0, count, size)]
 
 
 def expected_records(sc: Scenario) -> int | None:
@@ -589,7 +621,7 @@ class Runner:
         self, reqs: list[GenerationRequest], stage: Stage, batch: tuple[str, int]
     ) -> None:
         call = getattr(self.backend, "prefill_batch")  # noqa: B009 - checked in run(); not on the protocol
-        prompts = [r.prompt if r.prompt is not None else _user_text(r) for r in reqs]
+        prompts = [_batch_text(r) for r in reqs]
         ident = self._identity(reqs[0], stage, batch=batch)
         ident = dataclasses.replace(ident, request_id=batch[0], endpoint="prefill_batch")
 
@@ -784,6 +816,11 @@ async def _until(t_ns: int) -> None:
 def _sum(values: Iterable[int | None]) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
+
+
+def _batch_text(request: GenerationRequest) -> str:
+    """The text a batched call sends for one request."""
+    return request.prompt if request.prompt is not None else _user_text(request)
 
 
 def _user_text(request: GenerationRequest) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ class Engine:
         self.prefill_fn: Any = model
         self.decode_fn: Any = model
         self.compile: dict[str, Any] = {"mode": args.compile}
+        #: dynamo's count of compiled frames when the warm pass ended: later ones happened under the clock
+        self._frames_warm: int | None = None
         if args.compile:
             self._setup_compile()
 
@@ -121,21 +124,64 @@ class Engine:
         return out
 
     def compile_evidence(self) -> dict[str, Any]:
-        """Requested vs actual backend and dynamo's counters (unique graphs, recompiles, guard failures)."""
+        """Requested vs actual backend and dynamo's counters (unique graphs, recompiles, guard failures).
+
+        After a warm pass, ``compiles_measured`` counts the frames compiled while the clock ran (zero when
+        every shape the run met was compiled before it).
+        """
         if not self.args.compile:
             return {"mode": None}
-        from torch._dynamo.utils import counters
+        counts = _dynamo_counts()
+        out = {**self.compile, **counts}
+        if self._frames_warm is not None:
+            out["compiles_measured"] = counts["frames_compiled"] - self._frames_warm
+        return out
 
-        stats: dict[str, int] = dict(counters.get("stats", {}))
-        recompiles: dict[str, int] = dict(counters.get("recompiles", {}))
-        return {
-            **self.compile,
-            "unique_graphs": int(stats.get("unique_graphs", 0)),
-            "calls_captured": int(stats.get("calls_captured", 0)),
-            "recompiles": int(sum(recompiles.values())),
-            "guard_failures": int(sum(counters.get("guard_failures", {}).values())),
-            "graph_breaks": int(sum(counters.get("graph_break", {}).values())),
+    def warm(self, requests: Sequence[GenerationRequest], batches: Sequence[list[str]]) -> dict[str, Any]:
+        """Compile and run every shape the run will meet before its clock starts (only with ``compile``).
+
+        Each distinct prompt shape gets a prefill and one decode step; the longest prompt then decodes
+        the largest output length once, which covers every KV-cache length the run can reach; each batch
+        shape gets its batched prefill. The figures go to the manifest apart from every request's timings.
+        """
+        if not self.args.compile or not (requests or batches):
+            return {}
+        before = _dynamo_counts()
+        seconds = _compile_seconds()
+        t0 = now_ns()
+        shapes: dict[int, GenerationRequest] = {}
+        for request in requests:
+            shape = int(self._prefill_inputs(self.encode(request))["input_ids"].shape[1])
+            if shape not in shapes:
+                shapes[shape] = request
+                self._quiet(dataclasses.replace(request, max_tokens=min(2, request.max_tokens)))
+        if shapes:
+            longest = shapes[max(shapes)]
+            self._quiet(
+                dataclasses.replace(longest, max_tokens=max(r.max_tokens for r in requests), ignore_eos=True)
+            )
+        batch_shapes = set()
+        for prompts in batches:
+            result = self.prefill_batch(prompts)
+            batch_shapes.add((result.prompts, result.padded_len))
+        after = _dynamo_counts()
+        self._frames_warm = after["frames_compiled"]
+        warm = {
+            "ms": (now_ns() - t0) / 1e6,
+            "compile_s": _compile_seconds() - seconds,
+            "prompt_shapes": len(shapes),
+            "batch_shapes": len(batch_shapes),
+            "frames_compiled": after["frames_compiled"] - before["frames_compiled"],
+            "graphs": after["unique_graphs"] - before["unique_graphs"],
+            "recompiles": after["recompiles"] - before["recompiles"],
+            "graph_breaks": after["graph_breaks"] - before["graph_breaks"],
         }
+        self.compile["warm"] = warm
+        return warm
+
+    def _quiet(self, request: GenerationRequest) -> None:
+        """One generation whose tokens go nowhere (the warm pass)."""
+        self.generate(request, lambda _: None, threading.Event(), cold=False)
 
     def describe(self) -> dict[str, Any]:
         """Manifest facts."""
@@ -186,8 +232,16 @@ class Engine:
         put: Callable[[StreamEvent | BaseException], None],
         cancel: threading.Event,
         cold: bool,
+        queued_ms: float | None = None,
     ) -> None:
-        """Prefill, then the decode loop; every token is put as a Chunk stamped when it was chosen."""
+        """Prefill, then the decode loop; every token is put as a Chunk stamped when it was chosen.
+
+        ``cancel`` (set when the caller gave up, on a timeout say) is checked before the prefill and
+        before every decode step, so abandoned work stops within one step and never delays the next
+        request. ``queued_ms`` is how long the request waited for this worker.
+        """
+        if cancel.is_set():
+            return
         ids = self.encode(request)
         prompt_n = int(ids.shape[1])
         if request.max_tokens < 1:
@@ -231,7 +285,9 @@ class Engine:
                 finish = "stop"
         compiled = self.compile.get("backend_actual") if self.args.compile else None
         load = self.load_ms if cold else None
-        timings = native((t_first - t0) / 1e6, (t_last - t_first) / 1e6, prompt_n, n, load, compiled)
+        timings = native(
+            (t_first - t0) / 1e6, (t_last - t_first) / 1e6, prompt_n, n, load, compiled, queue_ms=queued_ms
+        )
         put(end_event(now_ns(), timings, finish))
 
     def _prefill_inputs(self, ids: torch.Tensor) -> dict[str, Any]:
@@ -276,6 +332,33 @@ class _Decoder:
             return ""
         delta, self.text = text[len(self.text) :], text
         return delta
+
+
+def _dynamo_counts() -> dict[str, int]:
+    """Dynamo's process-wide counters that say whether compilation did what was asked.
+
+    ``frames_compiled`` counts every compilation of a frame, first ones and recompiles alike (some torch
+    versions leave the ``recompiles`` counter at zero while they recompile).
+    """
+    from torch._dynamo.utils import counters
+
+    stats: dict[str, int] = dict(counters.get("stats", {}))
+    frames: dict[str, int] = dict(counters.get("frames", {}))
+    return {
+        "frames_compiled": int(frames.get("total", 0)),
+        "unique_graphs": int(stats.get("unique_graphs", 0)),
+        "calls_captured": int(stats.get("calls_captured", 0)),
+        "recompiles": int(sum(counters.get("recompiles", {}).values())),
+        "guard_failures": int(sum(counters.get("guard_failures", {}).values())),
+        "graph_breaks": int(sum(counters.get("graph_break", {}).values())),
+    }
+
+
+def _compile_seconds() -> float:
+    """Seconds dynamo has spent compiling frames in this process (its own timer)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
 
 
 def _sync(device: torch.device) -> None:

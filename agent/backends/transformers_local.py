@@ -3,11 +3,12 @@
 ``prefill_ms`` is one forward pass over the prompt (plus choosing the first token); ``decode_ms`` is the
 KV-cache loop that produces the remaining tokens — exactly the requested count unless the request lets
 the model stop at EOS. CUDA is synchronised at every boundary. The model runs in one worker thread, so
-requests queue behind each other and that queueing is part of their wall-clock times.
+requests queue behind each other and that queueing is part of their wall-clock times (and is reported as
+``queue_ms``); a request whose caller gave up stops before its next step.
 
 ``compile`` wraps the model in ``torch.compile``; the manifest and every record then carry the backend
 requested, the backend that actually ran (``eager`` when compilation failed) and dynamo's counters — a
-label alone is not evidence (TR120).
+label alone is not evidence. ``warm`` compiles every shape a run will send before its clock starts.
 """
 
 from __future__ import annotations
@@ -126,6 +127,14 @@ class TransformersBackend:
         result: BatchPrefill = await loop.run_in_executor(self._pool, self._engine.prefill_batch, prompts)
         return result
 
+    async def warm(self, requests: list[GenerationRequest], batches: list[list[str]]) -> dict[str, Any]:
+        """With ``compile``: compile and run every shape the run will meet, before its clock starts."""
+        if self._engine is None or self._pool is None:
+            raise RuntimeError("backend not started: call start() first")
+        loop = asyncio.get_running_loop()
+        result: dict[str, Any] = await loop.run_in_executor(self._pool, self._engine.warm, requests, batches)
+        return result
+
     async def tokenize(self, text: str) -> list[int]:
         """Token ids from the model's tokenizer (no special tokens)."""
         if self._engine is None:
@@ -150,7 +159,7 @@ class TransformersBackend:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         cold, self._cold = self._cold, False
-        future = loop.run_in_executor(self._pool, self._generate, request, put, cancel, cold)
+        future = loop.run_in_executor(self._pool, self._generate, request, put, cancel, cold, now_ns())
         try:
             while True:
                 item = await queue.get()
@@ -170,9 +179,10 @@ class TransformersBackend:
         put: Callable[[StreamEvent | BaseException], None],
         cancel: threading.Event,
         cold: bool,
+        submitted_ns: int,
     ) -> None:
         try:
-            self._engine.generate(request, put, cancel, cold)
+            self._engine.generate(request, put, cancel, cold, (now_ns() - submitted_ns) / 1e6)
         except RequestFailedError as e:
             put(e)
         except Exception as e:
@@ -191,9 +201,12 @@ def native(
     out_n: int,
     load_ms: float | None,
     compiled: str | None,
+    *,
+    queue_ms: float | None = None,
 ) -> NativeTimings:
     """The record's native timings for one in-process generation."""
     return NativeTimings(
+        queue_ms=queue_ms,
         compiled=compiled,
         source="transformers",
         prefill_ms=prefill_ms,

@@ -38,6 +38,10 @@ def test_cli_run_with_compile_evidence(tmp_path: Path) -> None:
     compile_facts = json.loads((out / "manifest.json").read_text())["backend"]["compile"]
     assert compile_facts["backend_requested"] == compile_facts["backend_actual"] == "inductor"
     assert compile_facts["unique_graphs"] >= 1
+    # compiled before the clock: every measured request met a shape that was already compiled
+    warm = compile_facts["warm"]
+    assert warm["prompt_shapes"] >= 1 and warm["compile_s"] > 0 and compile_facts["compiles_measured"] == 0
+    assert "compiled and warmed before the clock" in proc.stderr
 
 
 def test_real_gemma_gguf_in_process(tmp_path: Path, cache_dir: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.record import ChainRecord
-from agent.runner import ColdTracker, Runner, expected_records
+from agent.runner import ColdTracker, Runner, expected_records, request_shapes
 from agent.scenario import Scenario
 from tests.fakes import BatchingBackend, ListSink, ScriptedBackend
 
@@ -164,3 +164,13 @@ def test_agent_and_batch_blocks_refuse_open_loop_and_each_other() -> None:
         scenario(agent={"steps": 2}, batch={"size": 2})
     with pytest.raises(ValueError, match="needs a rate"):
         scenario(load={"arrival": "gamma"})
+
+
+def test_request_shapes_are_one_per_prompt_and_every_distinct_batch() -> None:
+    """What a compiling backend warms before the clock: the prompts, or the batches their cycle makes."""
+    singles, batches = request_shapes(scenario(prompts=["a", "bb", "ccc"]))
+    assert [r.prompt or r.messages[-1]["content"] for r in singles] == ["a", "bb", "ccc"] and batches == []
+    sc = scenario(prompts=["a", "bb", "ccc"], batch={"size": 2, "mode": "batched"})
+    singles, batches = request_shapes(sc)
+    # three prompts in twos repeat after six requests: three distinct batches
+    assert singles == [] and batches == [["a", "bb"], ["ccc", "a"], ["bb", "ccc"]]

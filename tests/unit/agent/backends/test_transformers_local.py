@@ -206,3 +206,69 @@ async def test_missing_weights_offline_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="does not exist"):
         await backend.start()
     await backend.close()
+
+
+def _req(rid: str, prompt: str, n: int) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=rid, prompt=prompt, max_tokens=n, ignore_eos=True, endpoint="completions"
+    )
+
+
+async def test_warm_compiles_every_shape_before_the_clock(tiny: Path) -> None:
+    """After the warm pass, the measured requests of every shape it saw cause no recompile."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    backend = await started(tiny, compile="all", compile_backend="aot_eager")
+    requests = [_req("a", PROMPT, 6), _req("b", PROMPT + " and a longer prompt than the first", 6)]
+    try:
+        warm = await backend.warm(requests, [])
+        for req in [*requests, *requests]:
+            chunks, end = await collect(backend, req)
+            assert len(chunks) == 6 and end.native is not None and end.native.compiled == "aot_eager"
+        evidence = backend.describe()["compile"]
+    finally:
+        await backend.close()
+    assert warm["prompt_shapes"] == 2 and warm["batch_shapes"] == 0 and warm["ms"] > 0
+    # the second prompt length and the growing KV cache each made dynamo compile again
+    assert warm["compile_s"] > 0 and warm["frames_compiled"] >= 2 and warm["graphs"] >= 2
+    assert evidence["warm"] == warm and evidence["compiles_measured"] == 0
+
+
+async def test_warm_is_a_no_op_without_compile(tiny: Path) -> None:
+    backend = await started(tiny)
+    try:
+        assert await backend.warm([_req("a", PROMPT, 4)], [[PROMPT, PROMPT]]) == {}
+        assert "compiles_measured" not in backend.describe()["compile"]
+    finally:
+        await backend.close()
+
+
+async def test_abandoned_work_stops_within_one_step(tiny: Path) -> None:
+    """A caller that gives up (a timeout) stops the worker: no more tokens, and none at all if queued."""
+    import threading
+
+    backend = await started(tiny)
+    engine = backend._engine
+    try:
+        events: list[Any] = []
+        cancel = threading.Event()
+
+        def put(event: Any) -> None:
+            events.append(event)
+            cancel.set()  # the caller gives up as soon as the first token arrives
+
+        engine.generate(_req("a", PROMPT, 200), put, cancel, False)
+        assert len(events) == 1 and isinstance(events[0], Chunk)
+        events.clear()
+        engine.generate(_req("b", PROMPT, 200), put, cancel, False)  # given up before it started
+        assert events == []
+        # through the stream: closing it early leaves the worker free at once for the next request
+        stream = backend.stream(_req("c", PROMPT, 400))
+        assert isinstance(await anext(stream), Chunk)
+        await stream.aclose()
+        chunks, end = await collect(backend, _req("d", PROMPT, 3))
+    finally:
+        await backend.close()
+    assert len(chunks) == 3 and end.native is not None and end.native.queue_ms is not None
+    assert end.native.queue_ms >= 0

@@ -42,15 +42,19 @@ def test_a_replayed_trace_is_gated_per_request_and_phase(tmp_path: Path, cache_d
     summary = json.loads((out / "summary.json").read_text())["energy"]
     assert summary["baseline"]["mean_w"] == pytest.approx(20.0)
     (stage,) = summary["stages"]
-    assert stage["quality"] == "good" and stage["delta_power_w"] == pytest.approx(130.0)
+    # the trace has an energy counter, so the counter measures (it comes before polled power)
+    assert stage["quality"] == "counter" and stage["delta_power_w"] == pytest.approx(130.0)
     # steady state only: the window starts after the warmup, and the warmup's tokens are left out
     tokens = sum(r["output_tokens"] for r in read_records(out) if r["status"] == "ok" and not r["is_warmup"])
     assert any(r["is_warmup"] for r in read_records(out))
     assert stage["j_per_token"] == pytest.approx(130.0 * stage["duration_s"] / tokens, rel=1e-6)
     recs = read_records(out)
-    # a ~420 ms request and its ~390 ms decode span three or more 100 ms samples; a 30 ms prefill never does
-    assert all(r["energy_quality"] == "good" and r["power_delta_w"] == pytest.approx(130.0) for r in recs)
+    # a ~420 ms request and its ~390 ms decode are bracketed closely by 100 ms samples (the counter), or,
+    # at the very end of the run where no sample follows, hold several (polled); a 30 ms prefill never
+    measured = ("counter", "good")
+    assert all(r["energy_quality"] in measured and r["power_delta_w"] == pytest.approx(130.0) for r in recs)
+    assert sum(r["energy_quality"] == "counter" for r in recs) >= len(recs) // 2
     assert all(r["prefill_energy_quality"] == "no_data" and r["prefill_energy_j"] is None for r in recs)
-    assert all(r["decode_energy_quality"] == "good" and r["decode_energy_j"] > 0 for r in recs)
+    assert all(r["decode_energy_quality"] in measured and r["decode_energy_j"] > 0 for r in recs)
     assert (out / "power.csv").read_text().startswith("timestamp_s,gpu,power_w")
     assert json.loads((out / "manifest.json").read_text())["energy"]["poller"]["gaps_over_2x"] == 0

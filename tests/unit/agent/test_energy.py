@@ -89,7 +89,7 @@ def test_the_counter_survives_wrap_around() -> None:
 
 def test_counter_and_polling_agree_on_a_long_window() -> None:
     samples = counted(173.0)
-    polled_w = window(samples, 200 * MS, 1800 * MS, IDLE, interval_s=0.1)
+    polled_w = window(polled(173.0), 200 * MS, 1800 * MS, IDLE, interval_s=0.1)
     inner = [s for s in samples if not 200 * MS <= s.t_ns <= 1800 * MS] + [
         PowerSample(1000 * MS, 0, None, None)
     ]
@@ -98,6 +98,24 @@ def test_counter_and_polling_agree_on_a_long_window() -> None:
     assert polled_w.energy_j == pytest.approx(153.0 * 1.6, rel=1e-9)
     assert by_counter.quality == "counter"
     assert by_counter.energy_j / 1.5 == pytest.approx(polled_w.energy_j / 1.6, rel=0.01)
+
+
+def test_the_counter_wins_over_an_averaged_power_reading() -> None:
+    """A burst the power reading smooths away (NVML averages power over about 1 s on an H100).
+
+    The counter integrates 300 W over the burst while the power readings still say 100 W: the counter's
+    figure is the one reported, and its mean power is the one the counter implies.
+    """
+    samples, energy = [], 0
+    for t in range(0, 2001, 20):
+        burst = 1000 <= t < 1400
+        samples.append(PowerSample(t * MS, 0, 100.0, energy))
+        energy += int((300.0 if burst else 100.0) * 20)
+    w = window(samples, 1000 * MS, 1400 * MS, IDLE, interval_s=0.02)
+    assert w.quality == "counter" and w.n >= 2
+    assert w.mean_power_w == pytest.approx(300.0) and w.energy_j == pytest.approx((300.0 - 20.0) * 0.4)
+    no_counter = [PowerSample(s.t_ns, 0, s.power_w) for s in samples]
+    assert window(no_counter, 1000 * MS, 1400 * MS, IDLE, interval_s=0.02).quality == "good"
 
 
 def test_a_baseline_comes_from_idle_samples_and_needs_two() -> None:

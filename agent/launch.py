@@ -158,6 +158,8 @@ class Launch:
         self.stage: str | None = None
         self.expected: int | None = None
         self._runners: list[Runner] = []
+        #: when the current stage's load ended (None while it runs): GPU energy after it is not the load's
+        self._load_end_ns: int | None = None
         self._started = time.time()
         if metrics is not None:
             metrics.server.status_from(self.status)
@@ -327,11 +329,12 @@ class Launch:
                 runners = [
                     self._runner(t, plan.label, writer, chains, tick, cold, origin) for t in plan.tenants
                 ]
-                self._runners = runners
+                self._runners, self._load_end_ns = runners, None
                 if self.metrics is not None:
                     self._watch(runners)
                 stage_start = time.perf_counter_ns()
                 outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
+                self._load_end_ns = time.perf_counter_ns()
                 show()
                 await self._energy_stage(plan.label or "steady", outcomes, stage_start)
                 result.stages_run.append(plan)
@@ -398,12 +401,22 @@ class Launch:
             if meter.baseline is not None and m.energy_since_ns is None:
 
                 def over_baseline(start_ns: int, end_ns: int) -> float | None:
+                    """The stretch's steady-state part: after every warmup, before the load ended."""
+                    steady = [r.outcome.steady_start_ns for r in self._runners]
+                    if not steady or not all(steady):
+                        return None  # warmup (or between stages): the dashboard's J/token leaves it out
+                    start_ns = max(start_ns, *steady)
+                    if self._load_end_ns is not None:
+                        end_ns = min(end_ns, self._load_end_ns)
+                    if end_ns <= start_ns:
+                        return None
                     w = meter.window(start_ns, end_ns)
                     return w.energy_j if w is not None else None
 
                 m.track_energy(time.perf_counter_ns(), over_baseline, meter.poller.latest_ns)
         for r in runners:
             labels = (self.backend.name, self.backend.model, r.scenario.name)
+            m.declare(*labels, open_loop=r.scenario.load.arrival != "closed")
             m.set_backend_up(*labels, up=True)
             m.track_in_flight(*labels, lambda r=r: float(r.in_flight))  # type: ignore[misc]
 

@@ -15,6 +15,7 @@ __all__ = [
     "BUCKET_GROWTH",
     "CATALOGUE",
     "GAP_BUCKETS",
+    "LAG_BUCKETS",
     "LATENCY_BUCKETS",
     "PREFIX",
     "QUANTILE_ERROR_BOUND",
@@ -46,6 +47,8 @@ def _geometric(low: float, high: float, growth: float) -> tuple[float, ...]:
 #: so minutes-long generations do not vanish into +Inf.
 LATENCY_BUCKETS: tuple[float, ...] = (*_geometric(0.001, 60.0, BUCKET_GROWTH), 120.0, 300.0)
 GAP_BUCKETS: tuple[float, ...] = LATENCY_BUCKETS
+#: Schedule lag is usually well under a millisecond: its buckets start at 10 µs, in the same 10 % steps.
+LAG_BUCKETS: tuple[float, ...] = (*_geometric(0.00001, 60.0, BUCKET_GROWTH), 120.0, 300.0)
 
 SCENARIO_LABELS: tuple[str, ...] = ("backend", "model", "scenario")
 
@@ -95,6 +98,7 @@ SCHEDULE_LAG = _h(
     "schedule_lag_seconds",
     "Open loop (constant, Poisson, gamma arrivals): how late each request left against its intended time; "
     "a p99 above the scenario's lag limit makes the stage's figures untrustworthy.",
+    LAG_BUCKETS,
 )
 REQUESTS = _c(
     "requests",
@@ -130,8 +134,10 @@ ENERGY = _c(
 )
 GPU_ENERGY = _c(
     "gpu_energy_over_baseline_joules",
-    "GPU energy over the idle baseline in macro windows between scrapes (all GPUs, whatever the load): "
-    "J/token is its rate over the output-token rate, never a sum of overlapping request windows.",
+    "GPU energy over the idle baseline in macro windows between scrapes (all GPUs), counted while the "
+    "load is in its steady state (warmups and the time after the load are left out, as the output-token "
+    "counter leaves out warmup tokens): J/token is its rate over the output-token rate, never a sum of "
+    "overlapping request windows.",
     (),
 )
 ENERGY_NO_DATA = _g(

@@ -20,12 +20,19 @@ from typing import NamedTuple, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
-from agent.record import RequestRecord
+from agent.record import REASONS, RequestRecord
 from exporters import names
 
 __all__ = ["GpuReading", "RecordMetrics"]
 
 Key = tuple[str, str, str]
+
+#: degraded reasons whose series exist at zero from the start: every fixed one, and the HTTP statuses
+#: inference servers answer with under load (any other status gets its series when it first happens)
+DECLARED_REASONS = (
+    *(r for r in REASONS if not r.endswith(">")),
+    *(f"http_{code}" for code in (429, 500, 502, 503, 504)),
+)
 
 
 class _Row(NamedTuple):
@@ -169,6 +176,24 @@ class RecordMetrics:
             window.steady_e2e.append(record.e2e_ms)
             self._set_warmup_ratio(key, window)
         window.add(now, record)
+
+    def declare(self, backend: str, model: str, scenario: str, *, open_loop: bool = False) -> None:
+        """Create a label set's counters and histograms at zero before its first request.
+
+        Prometheus reads a series' first scrape as its starting point, so a counter born at 1 makes
+        ``rate`` and ``increase`` miss that first step: a short run's only cold start would show as none,
+        and every rate would leave out what happened before the first scrape.
+        """
+        key: Key = (backend, model, scenario)
+        self.requests.labels(*key, "ok", "none")
+        for reason in DECLARED_REASONS:  # an HTTP status is declared when it first happens
+            self.requests.labels(*key, "degraded", reason)
+        for metric in (self.prompt_tokens, self.output_tokens, self.cold_starts, self.energy):
+            metric.labels(*key)
+        for hist in (self.ttft, self.itl, self.tpot, self.e2e, self.prefill, self.decode):
+            hist.labels(*key)
+        if open_loop:
+            self.schedule_lag.labels(*key)
 
     def set_backend_up(self, backend: str, model: str, scenario: str, up: bool) -> None:
         """Whether the backend answered (set by a daemon probe or a run's start)."""

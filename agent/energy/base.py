@@ -5,9 +5,9 @@ reports a figure only when the hardware energy counter brackets it closely (``co
 without a counter, when at least two power samples fall inside it (``good``); otherwise ``no_data``,
 excluded from every aggregate. The counter comes first because a power reading may be an average: on an
 H100, polled power over a sub-second burst of batched prefills gave 38–64 % of the energy the counter
-integrated, while the two agreed within 0.2 % over a minute of decoding. Energy is the window's mean power minus the idle baseline,
-times its duration; a baseline above that mean is clamped to zero and flagged, never turned into
-negative joules.
+integrated, while the two agreed within 0.2 % over a minute of decoding. Energy is the window's mean
+power minus the idle baseline, times its duration; a baseline above that mean is clamped to zero and
+flagged, never turned into negative joules.
 """
 
 from __future__ import annotations

@@ -349,6 +349,12 @@ class Launch:
             (self.out / "chains.jsonl").unlink(missing_ok=True)
         result.written = writer.count
         self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
+        if self.metrics is not None:
+            for r in self._runners:
+                labels = (self.backend.name, self.backend.model, r.scenario.name)
+                self.metrics.server.metrics.set_compile(
+                    *labels, self.manifest["backend"].get("compile") or {}
+                )
         return result
 
     async def _start_energy(self) -> None:
@@ -416,7 +422,8 @@ class Launch:
                 m.track_energy(time.perf_counter_ns(), over_baseline, meter.poller.latest_ns)
         for r in runners:
             labels = (self.backend.name, self.backend.model, r.scenario.name)
-            m.declare(*labels, open_loop=r.scenario.load.arrival != "closed")
+            m.declare(*labels, open_loop=r.scenario.load.arrival != "closed", slo=r.scenario.slo.model_dump())
+            m.set_compile(*labels, self.manifest.get("backend", {}).get("compile") or {})
             m.set_backend_up(*labels, up=True)
             m.track_in_flight(*labels, lambda r=r: float(r.in_flight))  # type: ignore[misc]
 

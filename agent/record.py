@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ __all__ = [
     "StreamEvent",
     "Usage",
     "check_invariants",
+    "meets_slo",
 ]
 
 SCHEMA_VERSION = 1
@@ -494,3 +496,17 @@ def check_invariants(record: RequestRecord) -> list[str]:
     if record.overhead_pct is not None and record.overhead_pct < -100:
         broken.append(f"overhead_pct {record.overhead_pct:.1f} below -100")
     return broken
+
+
+def meets_slo(r: RequestRecord, slo: Mapping[str, float | None]) -> bool:
+    """An ok record whose TTFT, TPOT and E2E are within every objective set in ``slo``.
+
+    A missing figure fails. This is what goodput counts, in the summary and the exported metrics alike.
+    """
+    if r.status != "ok":
+        return False
+    for key, value in (("ttft_ms", r.ttft_ms), ("tpot_ms", r.tpot_ms), ("e2e_ms", r.e2e_ms)):
+        limit = slo.get(key)
+        if limit is not None and (value is None or value > limit):
+            return False
+    return True

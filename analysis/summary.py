@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.arrivals import burstiness_of
-from agent.record import RequestRecord
+from agent.record import RequestRecord, meets_slo
 from analysis.energy import energy_summary
 from analysis.stats import describe, median
 
@@ -117,17 +117,6 @@ def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, An
         "warmup": _warmup(warm_ok, ok),
         "tokens": _tokens(ok, target),
     }
-
-
-def meets_slo(r: RequestRecord, slo: dict[str, Any]) -> bool:
-    """An ok record whose TTFT, TPOT and E2E are within every SLO that is set (a missing figure fails)."""
-    if r.status != "ok":
-        return False
-    for key, value in (("ttft_ms", r.ttft_ms), ("tpot_ms", r.tpot_ms), ("e2e_ms", r.e2e_ms)):
-        limit = slo.get(key)
-        if limit is not None and (value is None or value > limit):
-            return False
-    return True
 
 
 def goodput(steady: list[RequestRecord], slo: dict[str, Any]) -> dict[str, Any] | None:

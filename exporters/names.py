@@ -108,6 +108,23 @@ REQUESTS = _c(
 PROMPT_TOKENS = _c("prompt_tokens", "Prompt tokens of ok requests, as the server or engine counted them.")
 OUTPUT_TOKENS = _c("output_tokens", "Output tokens of ok requests.")
 COLD_STARTS = _c("cold_starts", "Requests marked cold (model load, first request, or after an idle gap).")
+SLO_MET = _c(
+    "slo_met_requests",
+    "Steady requests that met every objective the scenario sets (TTFT, TPOT, E2E); goodput is its rate "
+    "over the request rate, degraded requests counting as misses. Only scenarios with an SLO have it.",
+)
+COMPILE_SECONDS = _g(
+    "compile_seconds",
+    "In-process torch.compile: seconds spent compiling and warming every request shape before the clock "
+    "started (phase=warm), and seconds of that inside the compiler itself (phase=compiler).",
+    (*SCENARIO_LABELS, "phase"),
+)
+COMPILED_FRAMES = _g(
+    "compiled_frames",
+    "In-process torch.compile: frames compiled before the clock (when=warm) and while it ran "
+    "(when=measured, 0 when every shape was compiled first), and graph breaks (when=graph_breaks).",
+    (*SCENARIO_LABELS, "when"),
+)
 DECODE_FRACTION = _g("decode_fraction", "Decode share of native prefill + decode over the recent window.")
 NATIVE_TOK_S = _g(
     "native_tokens_per_second", "Output tokens per second of server-reported decode time, recent window."
@@ -184,9 +201,9 @@ BUILD = MetricSpec(PREFIX + "build", "info", "infermeter version.", ("version",)
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     TTFT, ITL, TPOT, E2E, PREFILL, DECODE, SCHEDULE_LAG, REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS, COLD_STARTS,
-    DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD, IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS,
-    BACKEND_UP, WINDOW, ENERGY, GPU_ENERGY, ENERGY_NO_DATA, GPU_POWER, GPU_UTIL, GPU_MEMORY,
-    DAEMON_ERRORS, BUILD,
+    SLO_MET, COMPILE_SECONDS, COMPILED_FRAMES, DECODE_FRACTION, NATIVE_TOK_S, WALL_TOK_S, OVERHEAD,
+    IN_FLIGHT, WARMUP_RATIO, LAST_SUCCESS, BACKEND_UP, WINDOW, ENERGY, GPU_ENERGY, ENERGY_NO_DATA,
+    GPU_POWER, GPU_UTIL, GPU_MEMORY, DAEMON_ERRORS, BUILD,
 )  # fmt: skip
 #: Published by the offline analyzer (Pushgateway or node_exporter textfile), not by the agent.
 ANALYZER: tuple[MetricSpec, ...] = (QUALITY_SCORE, QUALITY_DELTA, QUALITY_TIER, REGRESSION, ANALYSIS_TIME)

@@ -13,14 +13,14 @@ import contextlib
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
-from agent.record import REASONS, RequestRecord
+from agent.record import REASONS, RequestRecord, meets_slo
 from exporters import names
 
 __all__ = ["GpuReading", "RecordMetrics"]
@@ -115,6 +115,10 @@ class RecordMetrics:
         self.prompt_tokens = counter(names.PROMPT_TOKENS)
         self.output_tokens = counter(names.OUTPUT_TOKENS)
         self.cold_starts = counter(names.COLD_STARTS)
+        self.slo_met = counter(names.SLO_MET)
+        self.compile_seconds = gauge(names.COMPILE_SECONDS)
+        self.compiled_frames = gauge(names.COMPILED_FRAMES)
+        self._slo: dict[Key, dict[str, float]] = {}
         self.decode_fraction = gauge(names.DECODE_FRACTION)
         self.native_tok_s = gauge(names.NATIVE_TOK_S)
         self.wall_tok_s = gauge(names.WALL_TOK_S)
@@ -151,6 +155,9 @@ class RecordMetrics:
                 self._set_warmup_ratio(key, window)
             return
         self.requests.labels(*key, record.status, record.reason or "none").inc()
+        slo = self._slo.get(key)
+        if slo is not None and meets_slo(record, slo):
+            self.slo_met.labels(*key).inc()
         if record.target_rate is not None:  # open loop: every request sent, ok or not, left at a time
             _observe_ms(self.schedule_lag, key, record.schedule_lag_ms)
         if record.status != "ok":
@@ -177,8 +184,18 @@ class RecordMetrics:
             self._set_warmup_ratio(key, window)
         window.add(now, record)
 
-    def declare(self, backend: str, model: str, scenario: str, *, open_loop: bool = False) -> None:
+    def declare(
+        self,
+        backend: str,
+        model: str,
+        scenario: str,
+        *,
+        open_loop: bool = False,
+        slo: Mapping[str, float | None] | None = None,
+    ) -> None:
         """Create a label set's counters and histograms at zero before its first request.
+
+        ``slo`` (the scenario's TTFT/TPOT/E2E objectives in ms) makes the label set count goodput.
 
         Prometheus reads a series' first scrape as its starting point, so a counter born at 1 makes
         ``rate`` and ``increase`` miss that first step: a short run's only cold start would show as none,
@@ -194,6 +211,24 @@ class RecordMetrics:
             hist.labels(*key)
         if open_loop:
             self.schedule_lag.labels(*key)
+        limits = {
+            k: float(v) for k in ("ttft_ms", "tpot_ms", "e2e_ms") if (v := (slo or {}).get(k)) is not None
+        }
+        if limits:
+            self._slo[key] = limits
+            self.slo_met.labels(*key)
+
+    def set_compile(self, backend: str, model: str, scenario: str, evidence: Mapping[str, Any]) -> None:
+        """Compile evidence of an in-process backend (its manifest ``compile`` block), as gauges."""
+        warm = evidence.get("warm") or {}
+        if not warm:
+            return
+        key = (backend, model, scenario)
+        self.compile_seconds.labels(*key, "warm").set(warm["ms"] / 1000)
+        self.compile_seconds.labels(*key, "compiler").set(warm["compile_s"])
+        self.compiled_frames.labels(*key, "warm").set(warm["frames_compiled"])
+        self.compiled_frames.labels(*key, "measured").set(evidence.get("compiles_measured") or 0)
+        self.compiled_frames.labels(*key, "graph_breaks").set(evidence.get("graph_breaks") or 0)
 
     def set_backend_up(self, backend: str, model: str, scenario: str, up: bool) -> None:
         """Whether the backend answered (set by a daemon probe or a run's start)."""

@@ -174,6 +174,11 @@ def overview() -> dict[str, Any]:
              f"p{int(q * 100)} {{{{scenario}}}}")
             for q in (0.5, 0.99)
         ], unit="s", pos=(0, row + 16, 12, 8), description=names.SCHEDULE_LAG.help),
+        _panel(11, "Goodput: share of requests meeting every SLO", [
+            (f"sum by (backend, scenario) (rate({names.SLO_MET.name}_total{{{SEL}}}[$__rate_interval]))"
+             f" / sum by (backend, scenario) (rate({req}{{{SEL}}}[$__rate_interval]))",
+             "{{scenario}} {{backend}}"),
+        ], unit="percentunit", pos=(12, row + 16, 12, 8), description=names.SLO_MET.help),
     ]  # fmt: skip
     return _dashboard("infermeter-overview", "infermeter — inference overview", p, ["latency"])
 
@@ -193,6 +198,12 @@ def phases() -> dict[str, Any]:
         ], pos=(0, 8, 12, 8), kind="stat"),
         _panel(4, "Decode fraction", [(f"{names.DECODE_FRACTION.name}{{{SEL}}}", "{{scenario}} {{backend}}")],
                unit="percentunit", pos=(12, 8, 12, 8)),
+        _panel(5, "Compile before the clock (in-process, seconds)", [
+            (f"{names.COMPILE_SECONDS.name}{{{SEL}}}", "{{phase}} {{scenario}} {{backend}}"),
+        ], unit="s", pos=(0, 16, 12, 8), kind="stat", description=names.COMPILE_SECONDS.help),
+        _panel(6, "Frames compiled before / under the clock, graph breaks", [
+            (f"{names.COMPILED_FRAMES.name}{{{SEL}}}", "{{when}} {{scenario}} {{backend}}"),
+        ], pos=(12, 16, 12, 8), kind="stat", description=names.COMPILED_FRAMES.help),
     ]  # fmt: skip
     return _dashboard("infermeter-phases", "infermeter — phases and cold start", p, ["phases"])
 

@@ -242,3 +242,31 @@ def test_schedule_lag_is_observed_for_open_loop_requests_only() -> None:
     get = m.registry.get_sample_value
     assert get("infermeter_schedule_lag_seconds_count", LABELS) == 2
     assert get("infermeter_schedule_lag_seconds_sum", LABELS) == pytest.approx(0.043)
+
+
+def test_goodput_counts_steady_requests_meeting_every_objective() -> None:
+    m = RecordMetrics()
+    m.declare("sim", "m", "chat", slo={"ttft_ms": 100.0, "tpot_ms": None, "e2e_ms": None, "percentile": 95.0})
+    m.observe(record(ttft_ms=50.0))
+    m.observe(record(ttft_ms=150.0))
+    m.observe(record(ttft_ms=10.0, is_warmup=True))  # warmup: neither met nor missed
+    value = m.registry.get_sample_value
+    assert value("infermeter_slo_met_requests_total", LABELS) == 1.0
+    plain = RecordMetrics()
+    plain.declare("sim", "m", "chat", slo={"percentile": 95.0})  # no objective: no goodput series at all
+    plain.observe(record(ttft_ms=50.0))
+    assert plain.registry.get_sample_value("infermeter_slo_met_requests_total", LABELS) is None
+
+
+def test_compile_evidence_becomes_gauges_only_when_there_was_a_warm_pass() -> None:
+    m = RecordMetrics()
+    m.set_compile("sim", "m", "chat", {"mode": None})
+    assert m.registry.get_sample_value("infermeter_compile_seconds", {**LABELS, "phase": "warm"}) is None
+    warm = {"ms": 87_204.7, "compile_s": 78.0, "frames_compiled": 5, "graphs": 3, "graph_breaks": 0}
+    m.set_compile("sim", "m", "chat", {"warm": warm, "compiles_measured": 0, "graph_breaks": 1})
+    value = m.registry.get_sample_value
+    assert value("infermeter_compile_seconds", {**LABELS, "phase": "warm"}) == pytest.approx(87.2047)
+    assert value("infermeter_compile_seconds", {**LABELS, "phase": "compiler"}) == 78.0
+    assert value("infermeter_compiled_frames", {**LABELS, "when": "warm"}) == 5
+    assert value("infermeter_compiled_frames", {**LABELS, "when": "measured"}) == 0
+    assert value("infermeter_compiled_frames", {**LABELS, "when": "graph_breaks"}) == 1

@@ -285,17 +285,16 @@ def render_markdown(result: dict[str, Any], figures: Sequence[str]) -> str:
                     f"R² {fit['r2']:.2f}, n {fit['n']} — {verdict}"
                 )
             out += [*lines, ""]
-        if result["anova"]:
-            out.append("One-way ANOVA across all runs (per scenario and metric):")
-            out += _table(
-                ["scenario", "metric", "F", "p"],
-                [
-                    [sc, m, f"{a['f']:.2f}", f"{a['p']:.3g}"]
-                    for sc, rows in result["anova"].items()
-                    for m, a in rows.items()
-                ],
-            )
-            break
+    if result["anova"]:  # once, after every run's section
+        out.append("One-way ANOVA across all runs (per scenario and metric):")
+        out += _table(
+            ["scenario", "metric", "F", "p"],
+            [
+                [sc, m, f"{a['f']:.2f}", f"{a['p']:.3g}"]
+                for sc, rows in result["anova"].items()
+                for m, a in rows.items()
+            ],
+        )
 
     out += _quality_md(result.get("quality"))
 

@@ -258,6 +258,15 @@ def _stamping_supported() -> bool:
 STAMPING = _stamping_supported()
 
 
+def clock() -> dict[str, str]:
+    """Which clock stamps this process' HTTP streams, for every HTTP backend's manifest facts.
+
+    ``socket``: each read is stamped in the connection's ``data_received``, before parsing; ``task``: the
+    reading task stamps what it reads, so a busy event loop adds its delay to TTFT and ITL.
+    """
+    return {"clock": "socket" if STAMPING else "task", "aiohttp": aiohttp.__version__}
+
+
 def open_session(
     args: HttpBackendArgs, headers: Mapping[str, str], *, keep_alive: bool = True
 ) -> aiohttp.ClientSession:

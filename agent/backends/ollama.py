@@ -21,6 +21,7 @@ from pydantic import Field
 from agent.backends.base import HttpBackendArgs, register
 from agent.backends.http import (
     PushedBody,
+    clock,
     failure_from,
     open_session,
     post_once_more_if_stale,
@@ -225,6 +226,7 @@ class OllamaBackend:
             "model": self.model,
             "ollama_version": self._version,
             "api": self.args.api or "per request",
+            **clock(),
         }
 
     def _body(self, req: GenerationRequest, api: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from agent.backends.base import HttpBackendArgs, register
 from agent.backends.framing import MAX_EVENT_BYTES, Held
 from agent.backends.http import (
     PushedBody,
+    clock,
     failure_from,
     open_session,
     post_once_more_if_stale,
@@ -277,6 +278,7 @@ class OpenAIBackend:
             "model_id": self._request_model,
             "endpoint": self.args.endpoint or "per request",
             "server": self._server_header,
+            **clock(),
         }
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.backends.base import Backend, HttpBackendArgs, register
 from agent.backends.child import ChildServer
+from agent.backends.http import clock
 from agent.backends.ollama import OllamaArgs, OllamaBackend
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.errors import ConfigError
@@ -190,6 +191,7 @@ class SimBackend:
             "base_url": self.base_url,
             "simulator_pid": self._child.pid,
             "sim_model": self.args.sim.model_dump(mode="json"),
+            **clock(),
         }
 
     async def tokenize(self, text: str) -> list[int]:

@@ -101,6 +101,13 @@ def test_analyze_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     report = (out / "report.md").read_text()
     assert "## Performance: slow vs base" in report and "**worse**" in report
     assert "outputs drifted, quality tier **unacceptable**" in report
+    # every run gets its performance section, and the ANOVA across them comes once, after the last
+    sections = [f"### {label} / chat" for label in ("base", "same", "slow")]
+    assert all(report.count(head) == 1 for head in sections)
+    anova = report.index("One-way ANOVA across all runs")
+    assert report.count("One-way ANOVA across all runs") == 1 and all(
+        report.index(h) < anova for h in sections
+    )
     assert set(result["figures"]) == {
         "latency_cdf_chat.png",
         "itl_chat.png",

@@ -54,16 +54,100 @@ def test_bit_parallel_lcs_equals_the_table(a: list[str], b: list[str]) -> None:
 
 def test_bleu_by_hand() -> None:
     assert bleu("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(1.0)
-    # precisions (3+1)/(4+1), (2+1)/(3+1), (1+1)/(2+1), (0+1)/(1+1); equal lengths so BP = 1
-    expected = (0.8 * 0.75 * (2 / 3) * 0.5) ** 0.25
+    # precisions 3/4, 2/3, 1/2 and no 4-gram match (exp smoothing: 1 / (2 · 1)); equal lengths, BP = 1
+    expected = (0.75 * (2 / 3) * 0.5 * 0.5) ** 0.25
     assert bleu("a b c d", "a b c e") == pytest.approx(expected)
-    # shorter candidate: every smoothed precision is 1, BP = exp(1 - 3/2)
+    # a 2-token candidate has effective order 2: precisions 1 and 1, BP = exp(1 - 3/2)
     assert bleu("the cat", "the cat sat") == pytest.approx(math.exp(-0.5))
-    # clipping: "the the the" against "the cat" matches "the" once
-    expected = ((1 + 1) / (3 + 1) * (0 + 1) / (2 + 1) * (0 + 1) / (1 + 1) * 1) ** 0.25
+    # clipping: "the the the" against "the cat" matches "the" once; then no bigram (1 / (2 · 2)) and no
+    # trigram (1 / (4 · 1)) match, each halving again; effective order 3
+    expected = ((1 / 3) * (1 / (2 * 2)) * (1 / (4 * 1))) ** (1 / 3)
     assert bleu("the the the", "the cat") == pytest.approx(expected)
-    assert bleu("", "x") == 0.0
-    assert bleu("return a+b", "return a + b") == bleu("return a + b", "return a + b")  # punctuation tokens
+    assert bleu("", "x") == 0.0 and bleu("x", "") == 0.0 and bleu("a", "b") == 0.0
+    assert bleu("return a+b", "return a + b") == bleu("return a + b", "return a + b")  # 13a splits a+b
+
+
+def _perturbed_pairs(n: int) -> list[tuple[str, str]]:
+    """References from the quality suite's sort of text, candidates edited the ways models drift."""
+    import random
+
+    rng = random.Random(13)
+    words = [
+        "the",
+        "model",
+        "returns",
+        "a",
+        "list",
+        "of",
+        "tokens",
+        ",",
+        "while",
+        "decode",
+        "(",
+        "and",
+        "prefill",
+        ")",
+        "take",
+        "12.5",
+        "ms",
+        "each",
+        ";",
+        "Paris",
+        "is",
+        "the",
+        "capital",
+        "of",
+        "France",
+        ".",
+        "x=1",
+        "+",
+        "y-2",
+        "?",
+        "it's",
+        "3,000",
+        "vs",
+        "3.000",
+        "--",
+        "don't",
+        '"quote"',
+        "me",
+        "/",
+        "def",
+        "f(a,",
+        "b):",
+        "return",
+        "a+b",
+        "#",
+        "done",
+        "!",
+    ]
+    pairs = []
+    for _ in range(n):
+        ref = [rng.choice(words) for _ in range(rng.randint(1, 30))]
+        cand = list(ref)
+        for _ in range(rng.randint(0, 6)):
+            op, i = rng.random(), rng.randrange(len(cand) + 1)
+            if op < 0.3 and cand:
+                cand.pop(min(i, len(cand) - 1))
+            elif op < 0.6:
+                cand.insert(i, rng.choice(words))
+            elif cand:
+                cand[min(i, len(cand) - 1)] = rng.choice(words)
+        joiner = rng.choice([" ", " ", ""])  # glued punctuation is what tokenizers disagree on
+        pairs.append((joiner.join(cand), " ".join(ref)))
+    return pairs
+
+
+def test_bleu_equals_sacrebleu_sentence_bleu() -> None:
+    """The standard BLEU: the same number sacreBLEU gives (and HF evaluate's tokenizer), pair by pair."""
+    import sacrebleu
+
+    pairs = _perturbed_pairs(3000)
+    differ = [
+        (c, r) for c, r in pairs if abs(bleu(c, r) - sacrebleu.sentence_bleu(c, [r]).score / 100) > 1e-9
+    ]
+    assert differ == []
+    assert len({round(bleu(c, r), 3) for c, r in pairs}) > 100  # the pairs span the scale, not one value
 
 
 def test_exact_match_length_ratio_repetition() -> None:

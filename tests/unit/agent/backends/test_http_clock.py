@@ -52,6 +52,17 @@ async def test_a_stalled_reader_still_sees_when_each_event_arrived() -> None:
     assert isinstance(end, StreamEnd) and end.t_ns >= events[-2].t_ns
 
 
+def test_the_manifest_says_which_clock_stamped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiohttp
+
+    from agent.backends import create
+
+    backend = create("openai", {"base_url": "http://127.0.0.1:9", "model": "m"})
+    assert backend.describe()["clock"] == "socket" and backend.describe()["aiohttp"] == aiohttp.__version__
+    monkeypatch.setattr(http, "STAMPING", False)
+    assert backend.describe()["clock"] == "task"
+
+
 async def test_without_socket_stamps_the_reader_stamps_what_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http, "STAMPING", False)
     async with ScriptedServer() as srv:

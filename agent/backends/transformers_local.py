@@ -16,56 +16,23 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
-from pydantic import Field
 
-from agent.backends.base import BackendArgs, register
-from agent.errors import BackendError, BackendUnavailableError, RequestFailedError
-from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
+from agent.backends.base import register
+from agent.backends.inprocess import BUILTIN_MODEL, BatchPrefill, TransformersArgs, now_ns
+from agent.errors import BackendUnavailableError, RequestFailedError
+from agent.record import GenerationRequest, StreamEnd, StreamEvent
 
 __all__ = ["BatchPrefill", "TransformersArgs", "TransformersBackend"]
 
 logger = structlog.get_logger(__name__)
 
 _INSTALL_HINT = "install torch first (pip install torch==2.13.0), then pip install 'infermeter[torch]'"
-_BUILTIN = "gemma3-270m"
-
-
-class TransformersArgs(BackendArgs):
-    """Arguments of the ``transformers`` backend."""
-
-    model: str = Field(_BUILTIN, description="a local dir, a .gguf file, an HF id (from the local cache)")
-    tokenizer: str | None = Field(None, description="defaults to the model's")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
-    device: str = Field("auto", description="auto → cuda when available, else cpu")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads")
-    compile: Literal["prefill", "all"] | None = None
-    compile_backend: str = "inductor"
-    pad_to_multiple: int | None = Field(
-        None, ge=1, description="left-pad prompts to a multiple of this (shape buckets: fewer recompiles)"
-    )
-    cache_dir: Path = Field(
-        Path.home() / ".cache" / "infermeter", description="where the built-in GGUF lives"
-    )
-    local_files_only: bool = Field(True, description="never download weights")
-    chat_template: bool = Field(True, description="apply the tokenizer's chat template to chat requests")
-
-
-@dataclass(slots=True, frozen=True)
-class BatchPrefill:
-    """One batched prefill: how many prompts, their padded shape, real tokens and the forward time."""
-
-    prompts: int
-    padded_len: int
-    prompt_tokens: int
-    prefill_ms: float
 
 
 def _need_torch() -> None:
@@ -82,7 +49,7 @@ class TransformersBackend:
 
     def __init__(self, args: TransformersArgs) -> None:
         self.args = args
-        self.model = Path(args.model).name if args.model != _BUILTIN else _BUILTIN
+        self.model = Path(args.model).name if args.model != BUILTIN_MODEL else BUILTIN_MODEL
         self._pool: ThreadPoolExecutor | None = None
         self._engine: Any = None
         self._facts: dict[str, Any] = {}
@@ -192,50 +159,3 @@ class TransformersBackend:
                     "invalid_response", f"in-process generation failed: {e.__class__.__name__}: {e}"
                 )
             )
-
-
-def native(
-    prefill_ms: float,
-    decode_ms: float,
-    prompt_n: int,
-    out_n: int,
-    load_ms: float | None,
-    compiled: str | None,
-    *,
-    queue_ms: float | None = None,
-) -> NativeTimings:
-    """The record's native timings for one in-process generation."""
-    return NativeTimings(
-        queue_ms=queue_ms,
-        compiled=compiled,
-        source="transformers",
-        prefill_ms=prefill_ms,
-        decode_ms=decode_ms,
-        load_ms=load_ms,
-        prompt_n=prompt_n,
-        predicted_n=out_n,
-        cold_start=load_ms is not None,
-    )
-
-
-def end_event(t_ns: int, timings: NativeTimings, finish: str) -> StreamEnd:
-    """The closing event: counts come from the engine itself, so they are exact."""
-    usage = Usage(prompt_tokens=timings.prompt_n, output_tokens=timings.predicted_n, source="engine")
-    return StreamEnd(t_ns, usage=usage, native=timings, finish_reason=finish)
-
-
-def chunk(t_ns: int, text: str) -> Chunk:
-    """One generated token as a stream chunk (its text may be empty mid-character)."""
-    return Chunk(t_ns, text)
-
-
-def _error_for_missing(model: str, e: BaseException) -> BackendError:
-    return BackendError(
-        f"could not load model {model!r} offline ({e.__class__.__name__}: {e}); pass a local directory or "
-        "a .gguf file with --model, or set backend arg local_files_only=false to allow downloads"
-    )
-
-
-def now_ns() -> int:
-    """The clock every timing in this backend uses."""
-    return time.perf_counter_ns()

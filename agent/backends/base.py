@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from agent.backends.framing import MAX_EVENT_BYTES
 from agent.errors import ConfigError, UnknownNameError
@@ -15,7 +17,9 @@ from agent.record import GenerationRequest, StreamEvent
 __all__ = [
     "Backend",
     "BackendArgs",
+    "CliContext",
     "HttpBackendArgs",
+    "args_type",
     "available",
     "create",
     "register",
@@ -47,10 +51,40 @@ class Backend(Protocol):
         """Facts for the run manifest (backend, model, quantisation, versions); never secrets."""
 
 
+@dataclass(frozen=True, slots=True)
+class CliContext:
+    """What the command line and the environment give every backend to build its arguments from."""
+
+    #: ``--base-url``, ``--model`` and ``--model-path`` (None when not given), ``--compile``
+    base_url: str | None
+    model: str | None
+    model_path: Path | None
+    compile: str | None
+    #: ``INFERMETER__OPENAI__*`` defaults (the API key never leaves the process)
+    openai_base_url: str | None
+    openai_model: str | None
+    openai_api_key: SecretStr | None
+    cache_dir: Path
+    #: the run directory, where a backend's own log goes
+    out: Path
+    #: the most requests the run keeps in flight, and whether that is an uncapped open loop's ceiling
+    in_flight: int
+    uncapped: bool
+
+
 class BackendArgs(BaseModel):
-    """Base of every backend's typed arguments; unknown fields are errors."""
+    """Base of every backend's typed arguments; unknown fields are errors.
+
+    ``from_cli`` turns the common command-line flags into this backend's arguments; ``--backend-arg``
+    values are laid over them, and the model validates the result.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+        """The backend's arguments from the common flags (none by default)."""
+        return {}
 
 
 class HttpBackendArgs(BackendArgs):
@@ -64,6 +98,11 @@ class HttpBackendArgs(BackendArgs):
         description="largest stream event (SSE) or line (NDJSON) a response may send; a larger one "
         "ends the request as invalid_response",
     )
+
+    @classmethod
+    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+        """A connection pool that holds every request in flight."""
+        return {"max_connections": max(64, ctx.in_flight)}
 
 
 A = TypeVar("A", bound=BackendArgs)
@@ -94,13 +133,22 @@ def available() -> list[str]:
     return sorted(set(_MODULES) | set(_REGISTRY))
 
 
-def create(name: str, args: dict[str, Any]) -> Backend:
-    """Validate ``args`` against the backend's Args model and build it."""
+def _registered(name: str) -> tuple[type[BackendArgs], Callable[[Any], Backend]]:
     if name not in _REGISTRY:
         if name not in _MODULES:
             raise UnknownNameError("backend", name, available())
         importlib.import_module(_MODULES[name])
-    args_type, factory = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def args_type(name: str) -> type[BackendArgs]:
+    """The Args model of backend ``name`` (its module imported on first use)."""
+    return _registered(name)[0]
+
+
+def create(name: str, args: dict[str, Any]) -> Backend:
+    """Validate ``args`` against the backend's Args model and build it."""
+    args_type, factory = _registered(name)
     try:
         parsed = args_type.model_validate(args)
     except ValidationError as e:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from pydantic import Field
 
-from agent.backends.base import HttpBackendArgs, register
+from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model
 from agent.backends.child import ChildServer
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
@@ -28,6 +28,11 @@ from agent.record import GenerationRequest, StreamEvent
 __all__ = ["BUILTIN_MODEL", "EmbeddedArgs", "EmbeddedBackend", "ensure_builtin_model"]
 
 logger = structlog.get_logger(__name__)
+
+
+#: llama.cpp slots cost KV-cache memory; beyond this the engine queues, which the records will show.
+MAX_ENGINE_SLOTS = 32
+OPEN_LOOP_ENGINE_SLOTS = 8
 
 
 class EmbeddedArgs(HttpBackendArgs):
@@ -45,6 +50,20 @@ class EmbeddedArgs(HttpBackendArgs):
     )
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: Path | None = Field(None, description="where the engine's own log goes; None discards it")
+
+    @classmethod
+    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+        """Engine slots for the concurrency, the cache, the engine's log and ``--model-path``.
+
+        An uncapped open loop gets ``OPEN_LOOP_ENGINE_SLOTS``: each slot costs KV-cache memory, the engine
+        queues the rest and the records show it.
+        """
+        slots = OPEN_LOOP_ENGINE_SLOTS if ctx.uncapped else min(ctx.in_flight, MAX_ENGINE_SLOTS)
+        args = {**super().from_cli(ctx), "cache_dir": ctx.cache_dir, "n_parallel": slots,
+                "log_path": ctx.out / "engine.log"}  # fmt: skip
+        if ctx.model_path is not None:
+            args["model_path"] = ctx.model_path
+        return args
 
 
 def _quantisation(path: Path) -> str | None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from agent.backends.base import BackendArgs
+from agent.backends.base import BackendArgs, CliContext
 from agent.backends.builtin_model import BUILTIN_MODEL
 from agent.errors import BackendError
 from agent.record import Chunk, NativeTimings, StreamEnd, Usage
@@ -50,6 +50,12 @@ class TransformersArgs(BackendArgs):
     )
     local_files_only: bool = Field(True, description="never download weights")
     chat_template: bool = Field(True, description="apply the tokenizer's chat template to chat requests")
+
+    @classmethod
+    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+        """``--model`` and ``--compile`` where given (no connection pool: the model runs in-process)."""
+        given = {"model": ctx.model, "compile": ctx.compile}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 @dataclass(slots=True, frozen=True)

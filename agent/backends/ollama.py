@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 from pydantic import Field
 
-from agent.backends.base import HttpBackendArgs, register
+from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.backends.http import (
     PushedBody,
     clock,
@@ -76,6 +76,12 @@ class OllamaArgs(HttpBackendArgs):
         500.0, ge=0, description="a load_duration above this marks the record cold_start"
     )
     label: str = Field("ollama", description="the backend name written into records")
+
+    @classmethod
+    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+        """``--base-url`` and ``--model`` where given."""
+        given = {"base_url": ctx.base_url, "model": ctx.model}
+        return {**super().from_cli(ctx), **{k: v for k, v in given.items() if v is not None}}
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ import aiohttp
 import structlog
 from pydantic import Field, SecretStr
 
-from agent.backends.base import HttpBackendArgs, register
+from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.backends.framing import MAX_EVENT_BYTES, Held
 from agent.backends.http import (
     PushedBody,
@@ -64,6 +64,13 @@ class OpenAIArgs(HttpBackendArgs):
     keep_alive: bool = Field(
         True, description="reuse connections; llama.cpp's server closes them after every stream anyway"
     )
+
+    @classmethod
+    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+        """``--base-url`` / ``--model``, else the ``INFERMETER__OPENAI__*`` settings; the key from them."""
+        args = {**super().from_cli(ctx), "base_url": ctx.base_url or ctx.openai_base_url,
+                "model": ctx.model or ctx.openai_model, "api_key": ctx.openai_api_key}  # fmt: skip
+        return {k: v for k, v in args.items() if v is not None}
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.backends.base import Backend, HttpBackendArgs, register
+from agent.backends.base import Backend, CliContext, HttpBackendArgs, register
 from agent.backends.child import ChildServer
 from agent.backends.http import clock
 from agent.backends.ollama import OllamaArgs, OllamaBackend
@@ -116,6 +116,14 @@ class SimArgs(HttpBackendArgs):
     emission_log: Path | None = Field(None, description="JSONL of every chunk's send time (ground truth)")
     startup_timeout_s: float = Field(30.0, gt=0)
     log_path: Path | None = None
+
+    @classmethod
+    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+        """``--base-url`` where given (a running ``sim-server``); the simulator's log in the run directory."""
+        args = {**super().from_cli(ctx), "log_path": ctx.out / "simulator.log"}
+        if ctx.base_url is not None:
+            args["base_url"] = ctx.base_url
+        return args
 
     @model_validator(mode="before")
     @classmethod

@@ -84,7 +84,7 @@ def test_pushed_drift_and_regression_raise_alerts(tmp_path: Path, pushgateway: t
         assert tiers_now == {"worse": 3.0, "fixed": 0.0}
         assert any(a["labels"]["alertname"] == "InfermeterQualityDrift" for a in alerts(prom.api))
 
-        # retiring the drifted candidate's group (as the README says) clears its alert
+        # retiring the drifted candidate's group (as docs/metrics-and-alerts.md says) clears its alert
         retire = urllib.request.Request(
             f"{url}/metrics/job/infermeter_analyze/model/m/candidate/worse", method="DELETE"
         )

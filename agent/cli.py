@@ -67,8 +67,24 @@ def _configure_logging(settings: Settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]  # file-like
     )
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not the one there at configuration.
+
+    A redirect (or a test's capture) can replace and close the stream the logger was configured with;
+    log lines then still go where standard error goes now instead of failing on a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to the current standard error."""
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        """Flush the current standard error."""
+        sys.stderr.flush()
 
 
 class _Parser(argparse.ArgumentParser):

@@ -152,10 +152,7 @@ def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
     requests, duration = getattr(ns, "requests", None), getattr(ns, "duration", None)
     if (requests is None) != (duration is None):
         drop = "requests" if requests is None else "duration"
-        data = sc.normalised() | {drop: None}
-        fixed = Scenario.model_validate(data)
-        fixed.source = sc.source
-        return fixed
+        return sc.derive(sc.normalised() | {drop: None}, location="command line")
     return sc
 
 
@@ -435,9 +432,7 @@ def _stage_scenario(sc: Scenario, value: float) -> Scenario:
             raise ConfigError(f"concurrency must be a whole number, got {value:g}")
         data["concurrency"] = int(value)
         data["load"] = data["load"] | {"arrival": "closed"}
-    out = Scenario.model_validate(data)
-    out.source = sc.source
-    return out
+    return sc.derive(data, location=f"sweep stage {value:g}")
 
 
 async def cmd_sweep(ns: argparse.Namespace, settings: Settings, err: Console) -> int:
@@ -524,7 +519,7 @@ async def cmd_replay(ns: argparse.Namespace, settings: Settings, err: Console) -
         raise ConfigError("--speed must be positive")
     # the trace bounds the run (its length, on its clock), and its prompt lengths are the whole prompt
     replace = {"name": f"replay-{base.name}", "requests": len(items), "duration": None, "system": None}
-    sc = Scenario.model_validate(base.normalised() | replace)
+    sc = base.derive(base.normalised() | replace, location=f"replay of {ns.trace}")
     offsets = [it.timestamp / ns.speed for it in items]
     launch = await _start(
         ns, settings, [sc], MAX_IN_FLIGHT, err

@@ -189,10 +189,7 @@ class Daemon:
             "agent": None,
             "batch": None,
         }
-        try:
-            sc = Scenario.model_validate(data)
-        except ValueError as e:
-            raise ConfigError(f"target {cfg.name}: scenario {cfg.scenario} cannot be probed: {e}") from e
+        sc = sc.derive(data, location=f"target {cfg.name}: scenario {cfg.scenario} as a probe")
         for key, value in cfg.args.items():
             if is_secret_key(key):
                 remember(value)

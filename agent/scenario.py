@@ -329,10 +329,18 @@ class Scenario(_Strict):
                 if isinstance(data.get(key), dict):
                     value = {**data[key], **value}
             data[key] = value
+        return self.derive(data, location="command line")
+
+    def derive(self, data: dict[str, Any], *, location: str) -> Scenario:
+        """The one way a scenario is made from another's ``normalised()`` data with changes in it.
+
+        Validated like a file (an invalid value is one ``ConfigError`` naming the field and ``location``,
+        never a traceback), and the source file is kept.
+        """
         try:
             out = Scenario.model_validate(data)
         except ValidationError as e:
-            raise ConfigError("; ".join(_describe(err) for err in e.errors()), location="command line") from e
+            raise ConfigError("; ".join(_describe(err) for err in e.errors()), location=location) from e
         out.source = self.source
         return out
 

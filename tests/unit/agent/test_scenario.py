@@ -110,3 +110,14 @@ def test_bad_duration_and_unknown_scenario() -> None:
         parse_duration("soon")
     with pytest.raises(UnknownNameError, match="Did you mean 'chat'"):
         resolve_scenario("chta")
+
+
+def test_a_derived_scenario_is_validated_like_a_file_and_keeps_its_source() -> None:
+    """Every derived scenario (overrides, sweep stages, replays, daemon probes) goes through derive()."""
+    base = load_scenario(resolve_scenario("chat"))
+    stage = base.derive(base.normalised() | {"concurrency": 3}, location="sweep stage 3")
+    assert stage.concurrency == 3 and stage.source == base.source
+    with pytest.raises(
+        ConfigError, match=r"^sweep stage 0: field 'concurrency': .*greater than or equal to 1"
+    ):
+        base.derive(base.normalised() | {"concurrency": 0}, location="sweep stage 0")

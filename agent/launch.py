@@ -350,11 +350,7 @@ class Launch:
         result.written = writer.count
         self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
         if self.metrics is not None:
-            for r in self._runners:
-                labels = (self.backend.name, self.backend.model, r.scenario.name)
-                self.metrics.server.metrics.set_compile(
-                    *labels, self.manifest["backend"].get("compile") or {}
-                )
+            self._publish_compile(self._runners)
         return result
 
     async def _start_energy(self) -> None:
@@ -423,9 +419,17 @@ class Launch:
         for r in runners:
             labels = (self.backend.name, self.backend.model, r.scenario.name)
             m.declare(*labels, open_loop=r.scenario.load.arrival != "closed", slo=r.scenario.slo.model_dump())
-            m.set_compile(*labels, self.manifest.get("backend", {}).get("compile") or {})
             m.set_backend_up(*labels, up=True)
             m.track_in_flight(*labels, lambda r=r: float(r.in_flight))  # type: ignore[misc]
+        self._publish_compile(runners)
+
+    def _publish_compile(self, runners: list[Runner]) -> None:
+        """The manifest's compile evidence (warm pass, frames compiled under the clock) as gauges."""
+        assert self.metrics is not None
+        evidence = self.manifest.get("backend", {}).get("compile") or {}
+        for r in runners:
+            labels = (self.backend.name, self.backend.model, r.scenario.name)
+            self.metrics.server.metrics.set_compile(*labels, evidence)
 
     def _runner(
         self,

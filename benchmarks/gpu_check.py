@@ -274,52 +274,18 @@ def run_scenario(
 ) -> dict[str, Any]:
     """One ``infermeter run`` on the in-process backend; with ``scrape``, /metrics read once at its end."""
     limit = timeout_s or plan.timeout_s
-    args = [
-        "run",
-        str(scenario),
-        "--backend",
-        "transformers",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--backend-arg",
-        f"dtype={plan.dtype}",
-        "--energy",
-        energy,
-        "--energy-interval",
-        f"{poll_ms}ms",
-        "--no-progress",
-        *extra,
-    ]
-    if not plan.gpu:
-        args += ["--backend-arg", "threads=2"]
     port = free_port()
+    args = _run_args(scenario, out, model, energy, poll_ms, plan, extra)
     if scrape:
         args += ["--serve-metrics", "--metrics-port", str(port), "--metrics-linger", "20s"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    lingering = threading.Event()
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("serving metrics"):
-                lingering.set()
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+        [sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    watch = _StderrWatch(proc)
     scraped = None
-    if scrape and lingering.wait(limit):
+    if scrape and watch.lingering.wait(limit):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             scraped = resp.read().decode()
         proc.terminate()  # ends the linger; the run's files are already written
@@ -328,10 +294,8 @@ def run_scenario(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        reader.join(5)
-        return {"error": f"timed out after {limit:g} s", "stderr": "".join(lines)[-2000:]}
-    reader.join(5)
-    stderr = "".join(lines)
+        return {"error": f"timed out after {limit:g} s", "stderr": watch.text()[-2000:]}
+    stderr = watch.text()
     result: dict[str, Any] = {"exit": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1)}
     if proc.returncode != 0 and not (scraped is not None and (out / "summary.json").exists()):
         return {**result, "error": stderr[-2000:]}
@@ -339,6 +303,41 @@ def run_scenario(
     if scraped is not None:
         result["metrics_text"] = scraped
     return result
+
+
+def _run_args(
+    scenario: Path, out: Path, model: Path, energy: str, poll_ms: int, plan: Plan, extra: tuple[str, ...]
+) -> list[str]:
+    """The ``infermeter run`` command line for one scenario on the in-process backend."""
+    args = ["run", str(scenario), "--backend", "transformers", "--model", str(model), "--out", str(out),
+            "--backend-arg", f"dtype={plan.dtype}", "--energy", energy, "--energy-interval", f"{poll_ms}ms",
+            "--no-progress", *extra]  # fmt: skip
+    if not plan.gpu:
+        args += ["--backend-arg", "threads=2"]
+    return args
+
+
+class _StderrWatch:
+    """Collects a child's standard error on a thread, and says when it starts lingering on /metrics."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._proc, self._lines = proc, list[str]()
+        self.lingering = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self._lines.append(line)
+            if line.startswith("serving metrics"):
+                self.lingering.set()
+
+    def text(self) -> str:
+        """Everything read so far (waits briefly for the reader once the child has ended)."""
+        if self._proc.poll() is not None:
+            self._thread.join(5)
+        return "".join(self._lines)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -571,31 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     cal = timed("calibrate", _calibrate, energy, plan, env)
     model = out / "model"
     report["model"] = timed("model", build_model, model, plan)
-    runs: dict[str, Any] = {}
-    for name, path in scenarios(out, plan).items():
-        if name.removeprefix("gpu_").split("_")[0] not in parts:
-            continue
-        for ms in POLLS_MS:
-            label = f"{name}@{ms}ms"
-            run_dir = out / "runs" / label
-            scrape = ms == POLLS_MS[0] and name == "gpu_chat"
-            res = timed(
-                label,
-                run_scenario,
-                path,
-                run_dir,
-                model,
-                energy,
-                ms,
-                env,
-                plan,
-                scrape=scrape,
-                extra=baseline_args,
-            )
-            if "error" not in res:
-                text = res.pop("metrics_text", None)
-                res.update(timed(f"{label} summary", summarise_run, run_dir, ms / 1000, text))
-            runs[label] = res
+    runs = _scenario_runs(out, model, energy, env, plan, baseline_args, parts)
     report["runs"] = runs
     if "compile" in parts:
         report["compile"] = _compile_part(out, model, energy, env, plan, baseline_args, runs)
@@ -606,6 +581,27 @@ def main(argv: list[str] | None = None) -> int:
     (out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
     return 0
+
+
+def _scenario_runs(
+    out: Path, model: Path, energy: str, env: dict[str, str], plan: Plan, baseline_args: tuple[str, ...],
+    parts: set[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Each scenario asked for at each poll period, summarised; /metrics scraped on the first chat run."""
+    runs: dict[str, Any] = {}
+    for name, path in scenarios(out, plan).items():
+        if name.removeprefix("gpu_").split("_")[0] not in parts:
+            continue
+        for ms in POLLS_MS:
+            label, run_dir = f"{name}@{ms}ms", out / "runs" / f"{name}@{ms}ms"
+            scrape = ms == POLLS_MS[0] and name == "gpu_chat"
+            res = timed(label, run_scenario, path, run_dir, model, energy, ms, env, plan, scrape=scrape,
+                        extra=baseline_args)  # fmt: skip
+            if "error" not in res:
+                text = res.pop("metrics_text", None)
+                res.update(timed(f"{label} summary", summarise_run, run_dir, ms / 1000, text))
+            runs[label] = res
+    return runs
 
 
 def _compile_part(
@@ -687,6 +683,29 @@ def _compile_scenario(out: Path, plan: Plan) -> Path:
     return path
 
 
+def _runs_table(runs: dict[str, Any]) -> list[str]:
+    """One row per run: kept windows, J/token, counter vs polled, TPOT."""
+    lines = [
+        "| run | ok | keep request / prefill / decode | J/token | counter ÷ polled (stage) | "
+        "median counter ÷ polled (requests) | TPOT p50 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, run in runs.items():
+        if "error" in run:
+            lines.append(f"| {label} | error: {str(run['error'])[:80]} | | | | | |")
+            continue
+        kr = run.get("keep_rates", {})
+        keep = " / ".join(_fmt(kr.get(k, {}).get("keep_rate"), 2) for k in ("request", "prefill", "decode"))
+        stage = (run.get("stages") or [{}])[0]
+        cvp = run.get("counter_vs_polled", {})
+        ratio = (cvp.get("stages") or [{}])[0].get("ratio") if cvp.get("available") else None
+        lines.append(
+            f"| {label} | {run.get('ok')} | {keep} | {_fmt(stage.get('j_per_token'))} | {_fmt(ratio)} | "
+            f"{_fmt(cvp.get('request_ratio_median'))} | {_fmt(run.get('tpot_ms_p50'))} |"
+        )
+    return lines
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "—"
@@ -731,25 +750,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"- model: Gemma 3 config, {_fmt(model['parameters'] / 1e6)} M parameters, {model['dtype']}, "
             f"{model['weights']}"
         )
-    lines += [
-        "",
-        "| run | ok | keep request / prefill / decode | J/token | counter ÷ polled (stage) | "
-        "median counter ÷ polled (requests) | TPOT p50 ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, run in report.get("runs", {}).items():
-        if "error" in run:
-            lines.append(f"| {label} | error: {str(run['error'])[:80]} | | | | | |")
-            continue
-        kr = run.get("keep_rates", {})
-        keep = " / ".join(_fmt(kr.get(k, {}).get("keep_rate"), 2) for k in ("request", "prefill", "decode"))
-        stage = (run.get("stages") or [{}])[0]
-        cvp = run.get("counter_vs_polled", {})
-        ratio = (cvp.get("stages") or [{}])[0].get("ratio") if cvp.get("available") else None
-        lines.append(
-            f"| {label} | {run.get('ok')} | {keep} | {_fmt(stage.get('j_per_token'))} | {_fmt(ratio)} | "
-            f"{_fmt(cvp.get('request_ratio_median'))} | {_fmt(run.get('tpot_ms_p50'))} |"
-        )
+    lines += ["", *_runs_table(report.get("runs", {}))]
     metrics = next((r["metrics"] for r in report.get("runs", {}).values() if "metrics" in r), None)
     if metrics:
         lines += ["", f"- /metrics energy invariants hold: {metrics['all_hold']} {metrics['checks']}"]

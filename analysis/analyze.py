@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.record import RequestRecord
+from agent.core.record import RequestRecord
 from analysis.cost import cost_block
 from analysis.inference import (
     RESAMPLES,

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["fmt", "p50", "render_summary"]
+__all__ = ["fmt", "p50", "render_summary", "render_sweep"]
 
 _LATENCY_ROWS = (
     ("TTFT", "latency_ms", "ttft"),
@@ -139,3 +139,43 @@ def energy_line(energy: dict[str, Any]) -> str:
     share = energy["requests"]["no_data_share"]
     seen = "" if share is None else f"; request windows without data {share * 100:.0f} %"
     return "energy          " + "; ".join(bits) + seen
+
+
+def render_sweep(curve: dict[str, Any], over: str, percentile: float) -> Table:
+    """The sweep's stages as a table, the knee marked and the saturation said in the caption."""
+    table = Table(title="throughput / latency by stage", box=None)
+    for col in (
+        over,
+        "throughput",
+        "req/s",
+        "TTFT p50",
+        f"TTFT p{percentile:g}",
+        "TPOT p50",
+        f"E2E p{percentile:g}",
+        "goodput",
+        "lag p99",
+    ):
+        table.add_column(col, justify="right")
+    knee = (curve.get("knee") or {}).get("stage")
+    for p in curve["points"]:
+        mark = " ◀ knee" if p["stage"] == knee else ""
+        table.add_row(
+            f"{p['load']:g}{mark}",
+            f"{fmt(p['throughput'])} {p['throughput_unit']}",
+            fmt(p["requests_per_s"], "{:.2f}"),
+            fmt(p["ttft_ms_p50"]),
+            fmt(p["ttft_ms_pslo"]),
+            fmt(p["tpot_ms_p50"]),
+            fmt(p["e2e_ms_pslo"]),
+            fmt(p["goodput_share"] * 100 if p["goodput_share"] is not None else None, "{:.0f} %"),
+            fmt(p["lag_ms_p99"], "{:.2f}"),
+        )
+    sat = curve.get("saturated")
+    caption = (
+        f"knee at {over} {curve['knee']['load']:g}" if curve.get("knee") else "no knee: first stage saturated"
+    )
+    caption += (
+        f"; saturated at {sat['stage']}: {sat['why']}" if sat else "; not saturated within the stages run"
+    )
+    table.caption = caption
+    return table

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from agent.record import RequestRecord
+from agent.core.record import RequestRecord
 
 __all__ = ["energy_summary"]
 

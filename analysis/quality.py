@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.record import RequestRecord
+from agent.core.record import RequestRecord
 from analysis.inference import bootstrap_ci
 from analysis.scorers import REGISTRY, SemScorer, rouge_l
 

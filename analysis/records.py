@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.record import RequestRecord
+from agent.core.record import RequestRecord
 
 __all__ = ["LoadedRecords", "load_records"]
 

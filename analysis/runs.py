@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from agent.record import RequestRecord
+from agent.core.record import RequestRecord
 from analysis.quality import Reference
 from analysis.records import load_records
 
@@ -97,7 +97,7 @@ def _manifest_references(manifest: dict[str, Any] | None) -> dict[str, Reference
 
 def read_references(path: Path) -> dict[str, Reference]:
     """References from a scenario file (its prompts, files resolved) or a prompt file (a YAML list)."""
-    from agent.scenario import load_scenario  # the scenario loader resolves prompt files beside it
+    from agent.core.scenario import load_scenario  # the scenario loader resolves prompt files beside it
 
     if not path.is_file():
         raise FileNotFoundError(f"references file {path} does not exist")

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.arrivals import burstiness_of
-from agent.record import RequestRecord, meets_slo
+from agent.core.arrivals import burstiness_of
+from agent.core.record import RequestRecord, meets_slo
 from analysis.energy import energy_summary
 from analysis.stats import describe, median
 

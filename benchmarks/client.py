@@ -128,8 +128,8 @@ async def infermeter_client(
     """The real thing: scenario → runner → openai backend → records written to JSONL."""
     sys.path.insert(0, str(ROOT))
     from agent.backends import create
-    from agent.runner import Runner
-    from agent.scenario import Scenario
+    from agent.core.scenario import Scenario
+    from agent.run.runner import Runner
     from exporters.jsonl import JsonlWriter
 
     sc = Scenario.model_validate(

@@ -48,8 +48,8 @@ class SyntheticGpu:
 
 async def load(url: str, out: Path, requests: int, meter: Any | None) -> dict[str, float]:
     from agent.backends import create
-    from agent.runner import Runner
-    from agent.scenario import Scenario
+    from agent.core.scenario import Scenario
+    from agent.run.runner import Runner
     from exporters.jsonl import JsonlWriter
 
     sc = Scenario.model_validate(

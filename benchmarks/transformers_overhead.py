@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from agent.backends import create
-from agent.record import GenerationRequest, StreamEnd
+from agent.core.record import GenerationRequest, StreamEnd
 
 PROMPT = "Explain in plain words why latency should be reported as a distribution rather than a mean."
 

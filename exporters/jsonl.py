@@ -9,7 +9,7 @@ from types import TracebackType
 
 from pydantic import BaseModel
 
-from agent.errors import RecordWriteError
+from agent.core.errors import RecordWriteError
 
 __all__ = ["JsonlWriter", "LineFile", "RotatingJsonl", "open_new"]
 
@@ -99,7 +99,7 @@ class JsonlWriter:
     """Appends records to ``path``, one line each.
 
     ``write`` buffers; ``flush`` hands the buffered lines to the operating system. The runner flushes
-    after each turn of its record writer, which keeps up with any load (see ``agent.runner``), so a
+    after each turn of its record writer, which keeps up with any load (see ``agent.run.runner``), so a
     killed run loses only the last moments' records; ``close`` flushes the rest. A symbolic link at
     ``path`` is refused, never followed.
     """

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
-from agent.record import REASONS, RequestRecord, meets_slo
+from agent.core.record import REASONS, RequestRecord, meets_slo
 from exporters import names
 
 __all__ = ["GpuReading", "RecordMetrics"]

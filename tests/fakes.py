@@ -8,8 +8,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import RequestFailedError
-from agent.record import Chunk, GenerationRequest, NativeTimings, RequestRecord, StreamEnd, StreamEvent, Usage
+from agent.core.errors import RequestFailedError
+from agent.core.record import (
+    Chunk,
+    GenerationRequest,
+    NativeTimings,
+    RequestRecord,
+    StreamEnd,
+    StreamEvent,
+    Usage,
+)
 
 
 class ListSink:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from agent.backends.builtin_model import ensure_builtin_model
 from agent.backends.child import ChildServer
-from agent.backends.sse import SSEParser
+from agent.transport.sse import SSEParser
 
 VERSION = "0.0.0-infermeter-emulation"
 MODEL = "gemma3-270m-emulated"

@@ -23,8 +23,8 @@ from agent.backends.inprocess import (
     native,
     now_ns,
 )
-from agent.errors import BackendError, RequestFailedError
-from agent.record import GenerationRequest, StreamEvent
+from agent.core.errors import BackendError, RequestFailedError
+from agent.core.record import GenerationRequest, StreamEvent
 
 __all__ = ["Engine"]
 

@@ -10,9 +10,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from agent.backends.framing import MAX_EVENT_BYTES
-from agent.errors import ConfigError, UnknownNameError
-from agent.record import GenerationRequest, StreamEvent
+from agent.core.errors import ConfigError, UnknownNameError
+from agent.core.record import GenerationRequest, StreamEvent
+from agent.transport.framing import MAX_EVENT_BYTES
 
 __all__ = [
     "Backend",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.errors import BackendUnavailableError
+from agent.core.errors import BackendUnavailableError
 
 __all__ = ["BUILTIN_FILE", "BUILTIN_MODEL", "INSTALL_HINT", "ensure_builtin_model"]
 

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import structlog
 
-from agent.errors import BackendError
+from agent.core.errors import BackendError
 
 __all__ = ["ChildServer"]
 

@@ -22,8 +22,8 @@ from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model
 from agent.backends.child import ChildServer
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
-from agent.errors import BackendError, BackendUnavailableError
-from agent.record import GenerationRequest, StreamEvent
+from agent.core.errors import BackendError, BackendUnavailableError
+from agent.core.record import GenerationRequest, StreamEvent
 
 __all__ = ["BUILTIN_MODEL", "EmbeddedArgs", "EmbeddedBackend", "ensure_builtin_model"]
 

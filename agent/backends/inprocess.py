@@ -15,8 +15,8 @@ from pydantic import Field
 
 from agent.backends.base import BackendArgs, CliContext
 from agent.backends.builtin_model import BUILTIN_MODEL
-from agent.errors import BackendError
-from agent.record import Chunk, NativeTimings, StreamEnd, Usage
+from agent.core.errors import BackendError
+from agent.core.record import Chunk, NativeTimings, StreamEnd, Usage
 
 __all__ = [
     "BUILTIN_MODEL",

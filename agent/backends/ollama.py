@@ -19,7 +19,9 @@ import structlog
 from pydantic import Field
 
 from agent.backends.base import CliContext, HttpBackendArgs, register
-from agent.backends.http import (
+from agent.core.errors import BackendError, RequestFailedError
+from agent.core.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
+from agent.transport.http import (
     PushedBody,
     clock,
     failure_from,
@@ -27,9 +29,7 @@ from agent.backends.http import (
     post_once_more_if_stale,
     read_error_body,
 )
-from agent.backends.ndjson import LineSplitter
-from agent.errors import BackendError, RequestFailedError
-from agent.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
+from agent.transport.ndjson import LineSplitter
 
 __all__ = ["OllamaArgs", "OllamaBackend", "OllamaStreamState", "options_for", "parse_line"]
 
@@ -179,7 +179,11 @@ class OllamaBackend:
         """Open the pooled session, read the server version and, when no model was given, pick one."""
         if self._session is not None:
             return
-        self._session = open_session(self.args, {"Content-Type": "application/json"})
+        self._session = open_session(
+            {"Content-Type": "application/json"},
+            max_connections=self.args.max_connections,
+            connect_timeout_s=self.args.connect_timeout_s,
+        )
         self._version = await self._get_field("/api/version", "version", required=False)
         if not self.model:
             self.model = await self._first_model()

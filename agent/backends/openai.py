@@ -17,18 +17,8 @@ import structlog
 from pydantic import Field, SecretStr
 
 from agent.backends.base import CliContext, HttpBackendArgs, register
-from agent.backends.framing import MAX_EVENT_BYTES, Held
-from agent.backends.http import (
-    PushedBody,
-    clock,
-    failure_from,
-    open_session,
-    post_once_more_if_stale,
-    read_error_body,
-)
-from agent.backends.sse import SSEEvent, SSEParser
-from agent.errors import BackendError, RequestFailedError
-from agent.record import (
+from agent.core.errors import BackendError, RequestFailedError
+from agent.core.record import (
     LOGPROB_POSITIONS,
     Chunk,
     GenerationRequest,
@@ -37,6 +27,16 @@ from agent.record import (
     StreamEvent,
     Usage,
 )
+from agent.transport.framing import MAX_EVENT_BYTES, Held
+from agent.transport.http import (
+    PushedBody,
+    clock,
+    failure_from,
+    open_session,
+    post_once_more_if_stale,
+    read_error_body,
+)
+from agent.transport.sse import SSEEvent, SSEParser
 
 __all__ = ["OpenAIArgs", "OpenAIBackend", "parse_payload"]
 
@@ -248,7 +248,12 @@ class OpenAIBackend:
         headers = {"Content-Type": "application/json"}
         if self.args.api_key is not None:
             headers["Authorization"] = f"Bearer {self.args.api_key.get_secret_value()}"
-        self._session = open_session(self.args, headers, keep_alive=self.args.keep_alive)
+        self._session = open_session(
+            headers,
+            max_connections=self.args.max_connections,
+            connect_timeout_s=self.args.connect_timeout_s,
+            keep_alive=self.args.keep_alive,
+        )
         if not self.model:
             self._request_model = await self._discover_model()
             self.model = model_label(self._request_model)

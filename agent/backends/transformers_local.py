@@ -25,8 +25,8 @@ import structlog
 
 from agent.backends.base import register
 from agent.backends.inprocess import BUILTIN_MODEL, BatchPrefill, TransformersArgs, now_ns
-from agent.errors import BackendUnavailableError, RequestFailedError
-from agent.record import GenerationRequest, StreamEnd, StreamEvent
+from agent.core.errors import BackendUnavailableError, RequestFailedError
+from agent.core.record import GenerationRequest, StreamEnd, StreamEvent
 
 __all__ = ["BatchPrefill", "TransformersArgs", "TransformersBackend"]
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from agent.errors import InfermeterError
+from agent.core.errors import InfermeterError
 
 __all__ = [
     "COUNTER_WRAP_MJ",

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from agent.daemon import Daemon
-from agent.errors import RecordWriteError
+from agent.core.errors import RecordWriteError
+from agent.run.daemon import Daemon
 from tests.integration.test_daemon import SimServer
 from tests.integration.test_prometheus import free_port
 

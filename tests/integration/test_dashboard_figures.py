@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.record import RequestRecord, meets_slo
+from agent.core.record import RequestRecord, meets_slo
 from exporters.names import QUANTILE_ERROR_BOUND
 from exporters.prometheus import DECLARED_REASONS
 from tests.integration.conftest import read_records, start_cli, wait_for

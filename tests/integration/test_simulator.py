@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from agent.backends import create
-from agent.record import RequestRecord
-from agent.runner import Runner
-from agent.scenario import Scenario
+from agent.core.record import RequestRecord
+from agent.core.scenario import Scenario
+from agent.run.runner import Runner
 from tests.fakes import ListSink
 
 pytestmark = pytest.mark.slow

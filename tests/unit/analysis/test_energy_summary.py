@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.record import RequestRecord
+from agent.core.record import RequestRecord
 from analysis.console import energy_line
 from analysis.summary import summarize
 

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.record import RequestRecord
+from agent.core.record import RequestRecord
 from analysis.records import load_records
 from analysis.stats import describe
 from analysis.summary import summarize

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from agent.errors import RecordWriteError
+from agent.core.errors import RecordWriteError
 from exporters.jsonl import JsonlWriter, RotatingJsonl
 
 

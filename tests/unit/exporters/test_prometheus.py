@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.core.record import RequestRecord
 from agent.energy.base import PowerSample
-from agent.record import RequestRecord
 from exporters import names
 from exporters.http import MetricsServer
 from exporters.prometheus import RecordMetrics

@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from agent.backends import create
-from agent.errors import RequestFailedError
-from agent.record import Chunk, GenerationRequest, StreamEnd
+from agent.core.errors import RequestFailedError
+from agent.core.record import Chunk, GenerationRequest, StreamEnd
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
 MODELS = b'{"object":"list","data":[{"id":"hostile"}]}'

@@ -9,10 +9,10 @@ import pytest
 from aiohttp import web
 
 from agent.backends import create
-from agent.backends.ndjson import LineSplitter
 from agent.backends.ollama import OllamaStreamState, options_for, parse_line
-from agent.errors import BackendError, RequestFailedError
-from agent.record import Chunk, GenerationRequest, StreamEnd
+from agent.core.errors import BackendError, RequestFailedError
+from agent.core.record import Chunk, GenerationRequest, StreamEnd
+from agent.transport.ndjson import LineSplitter
 
 # /api/chat streaming as the API reference shows it: one object per line, the last with done: true and
 # durations in nanoseconds.

@@ -6,8 +6,8 @@ import pytest
 
 from agent.backends import create
 from agent.backends.openai import model_label
-from agent.errors import BackendError, RequestFailedError
-from agent.record import Chunk, GenerationRequest, StreamEnd, StreamEvent
+from agent.core.errors import BackendError, RequestFailedError
+from agent.core.record import Chunk, GenerationRequest, StreamEnd, StreamEvent
 from tests.sse_server import ScriptedServer
 
 
@@ -113,7 +113,7 @@ async def test_model_discovery_failure_is_a_clear_error() -> None:
 
 
 def test_unknown_backend_and_bad_args() -> None:
-    from agent.errors import ConfigError, UnknownNameError
+    from agent.core.errors import ConfigError, UnknownNameError
 
     with pytest.raises(UnknownNameError, match="Did you mean 'openai'"):
         create("opnai", {})

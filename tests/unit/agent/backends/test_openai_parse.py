@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.backends.openai import _StreamState, parse_payload
-from agent.backends.sse import SSEParser
-from agent.errors import RequestFailedError
+from agent.core.errors import RequestFailedError
+from agent.transport.sse import SSEParser
 
 
 def chunk(**delta: object) -> str:
@@ -106,7 +106,7 @@ def test_llamacpp_timings_win_over_vllm_metrics() -> None:
 
 def test_openai_backend_asks_for_vllm_metrics_only_when_told() -> None:
     from agent.backends.openai import OpenAIArgs, OpenAIBackend
-    from agent.record import GenerationRequest
+    from agent.core.record import GenerationRequest
 
     req = GenerationRequest(request_id="r", prompt="x")
     assert "include_metrics" not in OpenAIBackend(OpenAIArgs(model="m"))._body(req, "chat")
@@ -256,7 +256,7 @@ def lp_event(token: str, alts: dict[str, float], *, chat: bool = True) -> bytes:
 @pytest.mark.parametrize("chat", [True, False])
 def test_logprobs_of_the_first_positions_are_kept(chat: bool) -> None:
     from agent.backends.openai import ChunkReader
-    from agent.record import LOGPROB_POSITIONS
+    from agent.core.record import LOGPROB_POSITIONS
 
     events = [lp_event(f"t{i}", {f"t{i}": -0.1, "x": -2.5}, chat=chat) for i in range(LOGPROB_POSITIONS + 3)]
     stream = b"".join(events) + b"data: [DONE]\n\n"
@@ -284,7 +284,7 @@ def test_legacy_completions_logprobs_format() -> None:
 
 def test_request_body_asks_for_logprobs_per_endpoint() -> None:
     from agent.backends.openai import OpenAIArgs, OpenAIBackend
-    from agent.record import GenerationRequest
+    from agent.core.record import GenerationRequest
 
     backend = OpenAIBackend(OpenAIArgs(base_url="http://127.0.0.1:1", model="m"))
     req = GenerationRequest("r", prompt="p", top_logprobs=5)

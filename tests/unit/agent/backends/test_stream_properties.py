@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.backends import create
-from agent.backends.ndjson import LineSplitter
 from agent.backends.ollama import OllamaStreamState, parse_line
 from agent.backends.openai import _StreamState, parse_payload
-from agent.backends.sse import SSEParser
-from agent.errors import RequestFailedError
-from agent.record import REASONS
-from agent.runner import Runner
-from agent.scenario import Scenario
+from agent.core.errors import RequestFailedError
+from agent.core.record import REASONS
+from agent.core.scenario import Scenario
+from agent.run.runner import Runner
+from agent.transport.ndjson import LineSplitter
+from agent.transport.sse import SSEParser
 
 _SSE_GOOD = [
     b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}\n\n',

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from agent.backends import create
-from agent.errors import BackendError
-from agent.record import Chunk, GenerationRequest, RequestRecord, StreamEnd
-from agent.runner import Runner
-from agent.scenario import Scenario
+from agent.core.errors import BackendError
+from agent.core.record import Chunk, GenerationRequest, RequestRecord, StreamEnd
+from agent.core.scenario import Scenario
+from agent.run.runner import Runner
 from tests.tiny_lm import build_tiny_lm
 
 PROMPT = "the model streams tokens"

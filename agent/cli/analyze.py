@@ -1,0 +1,175 @@
+"""The ``infermeter analyze`` command: read runs, analyze, write the report, publish, print verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agent.cli.common import EXIT_OK, EXIT_REGRESSION, App
+from agent.core.errors import ConfigError
+
+NAME = "analyze"
+HELP = "compare runs: latency/throughput verdicts with CIs, quality and drift, cost; write a report"
+DESCRIPTION = (
+    "Analyze run directories (or the daemon's sample folder) offline. With --baseline every "
+    "run is compared against it; without, each run is described on its own."
+)
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return number
+
+
+def _alpha(value: str) -> float:
+    number = _positive(value)
+    if number >= 0.5:
+        raise argparse.ArgumentTypeError(f"alpha must be below 0.5: {value}")
+    return number
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The runs, the baseline, the statistics, quality, cost, publishing and failure conditions."""
+    p.add_argument("runs", type=Path, nargs="+", help="candidate run directories")
+    p.add_argument("--baseline", type=Path, help="the run to compare against (same prompts for drift)")
+    p.add_argument("--out", type=Path, help="report folder (default: <first run>/analysis)")
+    p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10,000)")
+    p.add_argument("--seed", type=int, default=20240611, help="bootstrap seed")
+    p.add_argument(
+        "--references", type=Path, help="scenario or prompt file with task/reference per prompt id"
+    )
+    p.add_argument(
+        "--drift-similarity",
+        type=_positive,
+        default=0.9,
+        help="outputs drifted when their mean ROUGE-L against the baseline's falls below this (default 0.9)",
+    )
+    p.add_argument("--no-semscore", action="store_true", help="skip SemScore (no embedding model)")
+    p.add_argument(
+        "--semscore-model", help="sentence-transformers model path or id (default all-MiniLM-L6-v2)"
+    )
+    p.add_argument("--usd-per-hour", type=_positive, help="price of one worker (GPU/host) per hour")
+    p.add_argument("--tokens-per-month", type=_positive, help="monthly token volume to size workers for")
+    p.add_argument("--burst-factor", type=_positive, default=1.0, help="p95 load / mean load (default 1)")
+    p.add_argument("--pushgateway", help="push quality and regression series to this Pushgateway URL")
+    p.add_argument("--push-job", default="infermeter_analyze", help="Pushgateway job name")
+    p.add_argument("--textfile", type=Path, help="write the series for node_exporter's textfile collector")
+    p.add_argument("--no-plots", action="store_true", help="write report.md without PNG figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while scoring")
+    p.add_argument("--json", action="store_true", help="print the analysis JSON instead of the table")
+    p.add_argument(
+        "--fail-on",
+        choices=("worse", "drift", "any"),
+        help=f"exit {EXIT_REGRESSION} on a worse metric, on quality drift (concerning or worse), or either",
+    )
+
+
+def _failed(result: dict[str, Any], fail_on: str | None) -> list[str]:
+    if fail_on is None:
+        return []
+    why: list[str] = []
+    if fail_on in ("worse", "any"):
+        for label, counts in result["verdicts"].items():
+            if counts["worse"]:
+                why.append(f"{label}: {counts['worse']} metric(s) worse than the baseline")
+    if fail_on in ("drift", "any"):
+        for label, d in ((result.get("quality") or {}).get("drift") or {}).items():
+            if d["tier"] in ("concerning", "unacceptable"):
+                why.append(f"{label}: quality fell to tier {d['tier']}")
+            elif d["drifted"]:
+                why.append(
+                    f"{label}: outputs drifted from the baseline's (ROUGE-L {d['output_rouge_l']:.3f})"
+                )
+    return why
+
+
+def run(ns: argparse.Namespace, app: App) -> int:
+    """Run the analysis and write ``report.md``, figures and ``summary.json`` into the report folder."""
+    from analysis.analyze import Options, analyze
+    from analysis.publish import publish
+    from analysis.report import console_view, render_markdown, write_figures
+    from analysis.runs import load_runs, read_references
+
+    err = app.err
+    if ns.resamples < 100:
+        raise ConfigError("--resamples must be at least 100 for a usable interval")
+    try:
+        refs = read_references(ns.references) if ns.references else None
+    except ValueError as e:
+        raise ConfigError(str(e), location=str(ns.references)) from e
+    runs = [run for p in ns.runs for run in load_runs(p, refs)]
+    baseline = _one_baseline(ns.baseline, refs) if ns.baseline else None
+    everyone = ([baseline] if baseline else []) + runs
+    for run in everyone:
+        for w in run.warnings:
+            err.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+        if not run.records:
+            raise ConfigError(f"{run.path} has no readable records")
+    opts = Options(
+        alpha=ns.alpha,
+        resamples=ns.resamples,
+        seed=ns.seed,
+        usd_per_hour=ns.usd_per_hour,
+        tokens_per_month=ns.tokens_per_month,
+        burst_factor=ns.burst_factor,
+        semscore=not ns.no_semscore,
+        semscore_model=ns.semscore_model,
+        similarity_floor=ns.drift_similarity,
+    )
+    progress = Progress(
+        TextColumn("scoring outputs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, disable=ns.no_progress, transient=True,
+    )  # fmt: skip
+    with progress:
+        task = progress.add_task("score", total=None)
+
+        def tick(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            result = analyze(runs, baseline, opts, progress=tick)
+        except ValueError as e:  # e.g. two runs in folders of the same name
+            raise ConfigError(str(e)) from e
+    out: Path = ns.out or runs[0].path / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [] if ns.no_plots else write_figures(everyone, result, out)
+    result["figures"] = figures
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(result, figures), encoding="utf-8")
+    if ns.json:
+        print(json.dumps(result, indent=2, default=str))  # noqa: T201 - the command's output
+    else:
+        Console().print(console_view(result))
+    if ns.pushgateway or ns.textfile:
+        for line in publish(result, pushgateway=ns.pushgateway, textfile=ns.textfile, job=ns.push_job):
+            err.print(line)
+    err.print(f"report: {out / 'report.md'} ({len(figures)} figures), summary: {out / 'summary.json'}")
+    why = _failed(result, ns.fail_on)
+    for line in why:
+        err.print(f"[red]{line}[/red]")
+    return EXIT_REGRESSION if why else EXIT_OK
+
+
+def _one_baseline(path: Path, refs: Any) -> Any:
+    """The baseline run; a samples folder that splits into several targets or configs is refused."""
+    from analysis.runs import load_runs
+
+    bases = load_runs(path, refs)
+    if len(bases) > 1:
+        labels = ", ".join(b.label for b in bases)
+        raise ConfigError(
+            f"--baseline {path} holds several targets or configs ({labels}); "
+            "give the baseline as one of them (a records or samples file of one target)"
+        )
+    return bases[0]

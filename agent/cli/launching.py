@@ -1,0 +1,306 @@
+"""From flags to a started run, and the files that close it.
+
+Scenarios with overrides, backend arguments, the run directory, the energy plan and the /metrics endpoint
+on the way in; the summary, the manifest and the one-line outcome on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from agent import __version__
+from agent.backends import create
+from agent.backends.base import CliContext, args_type
+from agent.cli.common import EXIT_FAILED, EXIT_OK, duration, kv, seconds
+from agent.cli.settings import Settings
+from agent.core.errors import ConfigError
+from agent.core.redact import is_secret_key, remember
+from agent.core.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, resolve_scenario
+from agent.energy.base import Baseline, EnergyError
+from agent.energy.meter import EnergyMeter
+from agent.energy.sources import open_source
+from agent.run.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, targets_for
+from agent.run.manifest import build_manifest, write_json_atomic
+from exporters.http import MetricsServer
+from exporters.prometheus import RecordMetrics
+
+__all__ = [
+    "backend_args",
+    "baseline_file",
+    "energy_plan",
+    "finish",
+    "in_flight",
+    "scenario_for",
+    "start",
+    "targets",
+]
+
+
+def in_flight(sc: Scenario) -> int:
+    """The most requests this scenario may keep in flight."""
+    if sc.load.open_loop:
+        return sc.load.max_concurrency or MAX_IN_FLIGHT
+    if sc.batch is not None and sc.batch.mode == "concurrent":
+        return sc.concurrency * sc.batch.size
+    return sc.concurrency
+
+
+def backend_args(ns: argparse.Namespace, settings: Settings, out: Path, in_flight: int) -> dict[str, Any]:
+    """Backend arguments for ``in_flight`` requests, with ``--backend-arg`` values laid over them.
+
+    Each backend reads the common flags itself (its Args model's ``from_cli``); nothing here knows a
+    backend by name.
+    """
+    ctx = CliContext(
+        base_url=getattr(ns, "base_url", None),
+        model=getattr(ns, "model", None),
+        model_path=getattr(ns, "model_path", None),
+        compile=getattr(ns, "compile", None),
+        openai_base_url=settings.openai.base_url,
+        openai_model=settings.openai.model,
+        openai_api_key=settings.openai.api_key,
+        cache_dir=settings.cache_dir,
+        out=out,
+        in_flight=in_flight,
+        uncapped=in_flight >= MAX_IN_FLIGHT,
+    )
+    args = {**args_type(ns.backend).from_cli(ctx), **kv(ns.backend_arg, "--backend-arg")}
+    for key, value in args.items():
+        if is_secret_key(key):
+            remember(value)
+    return args
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    def get(name: str) -> Any:
+        return getattr(ns, name, None)  # replay has only some of the flags
+
+    load = {
+        "arrival": get("arrival"),
+        "rate": get("rate"),
+        "burstiness": get("burstiness"),
+        "max_concurrency": get("max_concurrency"),
+        "think_time": duration(get("think_time"), "--think-time"),
+        "seed": get("seed"),
+        "lag_limit_ms": get("lag_limit_ms"),
+    }
+    if get("rate") is not None and get("arrival") is None:
+        load["arrival"] = "poisson"  # a rate alone means open loop; Poisson is the usual default
+    return {
+        "requests": get("requests"),
+        "duration": get("duration"),
+        "concurrency": get("concurrency"),
+        "warmup": get("warmup"),
+        "cooldown": get("cooldown"),
+        "output_tokens": get("output_tokens"),
+        "load": load,
+        "slo": {"ttft_ms": get("slo_ttft_ms"), "tpot_ms": get("slo_tpot_ms"), "e2e_ms": get("slo_e2e_ms")},
+    }
+
+
+def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
+    """A scenario by name or path with the command-line overrides applied.
+
+    ``--duration`` alone makes the run time-bound (the scenario's request count no longer applies), and
+    ``--requests`` alone makes it count-bound.
+    """
+    sc = load_scenario(resolve_scenario(name)).with_overrides(**_overrides(ns))
+    requests, duration = getattr(ns, "requests", None), getattr(ns, "duration", None)
+    if (requests is None) != (duration is None):
+        drop = "requests" if requests is None else "duration"
+        return sc.derive(sc.normalised() | {drop: None}, location="command line")
+    return sc
+
+
+#: What a run directory that never got to its first record may hold; such a directory can be reused.
+_UNSTARTED = frozenset({"manifest.json", "engine.log", "simulator.log"})
+
+
+def _out_dir(ns: argparse.Namespace, name: str, *, make: bool, path: Path | None = None) -> Path:
+    """A fresh run directory: new, empty, or one of ours that never wrote a record; anything else refused.
+
+    ``make`` False only checks (and names the default); True checks ``path`` again and creates it.
+    """
+    out: Path = path or ns.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {out} is not a directory; name a new or empty directory")
+    if out.is_dir():
+        entries = list(out.iterdir())
+        if entries and not _unstarted_run(out, entries):
+            held = "already holds a run" if (out / "records.jsonl").exists() else "is not empty"
+            raise ConfigError(f"--out {out} {held}; choose another --out (nothing was overwritten)")
+    if not make:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: {e.strerror or e}") from e
+    return out
+
+
+def _unstarted_run(out: Path, entries: list[Path]) -> bool:
+    """Whether ``out`` holds only what one of our runs leaves when it fails before its first record."""
+    if any(p.name not in _UNSTARTED or p.is_symlink() or not p.is_file() for p in entries):
+        return False
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "run_id" in manifest and manifest.get("status") != "completed"
+
+
+async def start(
+    ns: argparse.Namespace, settings: Settings, scenarios: list[Scenario], in_flight: int, err: Console
+) -> Launch:
+    """Everything the user gave checked (the metrics address bound), then the run directory made."""
+    first = scenarios[0]
+    name = "+".join(sc.name for sc in scenarios)
+    energy = energy_plan(ns, settings)
+    metrics = _metrics(ns)
+    out = _out_dir(ns, name, make=False)
+    backend = create(ns.backend, backend_args(ns, settings, out, in_flight))  # its arguments checked
+    if metrics is not None:
+        try:
+            await metrics.server.start(metrics.host, metrics.port)
+        except OSError as e:
+            raise ConfigError(f"--metrics-host/--metrics-port: {e}") from e
+    try:
+        _out_dir(ns, name, make=True, path=out)
+        run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        manifest = build_manifest(run_id, first, ["infermeter", *sys.argv[1:]])
+        if len(scenarios) > 1:
+            manifest["tenants"] = [
+                {
+                    "name": sc.name,
+                    "source": sc.source,
+                    "sha256": sc.config_hash(),
+                    "normalised": sc.normalised(),
+                }
+                for sc in scenarios
+            ]
+        write_json_atomic(out / "manifest.json", manifest)
+    except BaseException:
+        if metrics is not None:
+            await metrics.server.close()
+        raise
+    return Launch(
+        backend,
+        out,
+        manifest,
+        run_id=run_id,
+        err=err,
+        progress=not ns.no_progress,
+        metrics=metrics,
+        energy=energy,
+    )
+
+
+def energy_plan(ns: argparse.Namespace, settings: Settings) -> EnergyPlan:
+    """The energy meter from ``--energy``, ``--energy-interval`` and ``--energy-baseline``.
+
+    Baseline ``auto`` takes the stored ``infermeter calibrate`` result for the same source and GPUs, else
+    measures 10 s of idle power before the load; ``off`` measures power but attributes no energy.
+    """
+    interval = seconds(getattr(ns, "energy_interval", "100ms"), "--energy-interval")
+    try:
+        source = open_source(getattr(ns, "energy", "auto"))
+    except EnergyError as e:
+        raise ConfigError(f"--energy: {e}") from e
+    meter = EnergyMeter(source, interval_s=interval)
+    choice = getattr(ns, "energy_baseline", "auto")
+    if source.unavailable or choice == "off":
+        return EnergyPlan(meter)
+    if choice == "auto":
+        meter.baseline = stored_baseline(settings, source.describe())
+        return EnergyPlan(meter, None if meter.baseline else 10.0)
+    return EnergyPlan(meter, seconds(choice, "--energy-baseline"))
+
+
+def baseline_file(settings: Settings) -> Path:
+    """Where ``infermeter calibrate`` keeps the idle baseline."""
+    return settings.cache_dir / "energy-baseline.json"
+
+
+def stored_baseline(settings: Settings, source: dict[str, Any]) -> Baseline | None:
+    """The calibrated baseline when it was taken on the same source and GPUs."""
+    path = baseline_file(settings)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("source") != source:
+        return None
+    b = data.get("baseline", {})
+    return Baseline(float(b["mean_w"]), float(b["sd_w"]), int(b["n"]), str(b.get("source", "")))
+
+
+def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:
+    """The run's /metrics endpoint when ``--serve-metrics`` asks for one."""
+    if not getattr(ns, "serve_metrics", False):
+        return None
+    linger = duration(ns.metrics_linger, "--metrics-linger") or 0.0
+    server = MetricsServer(RecordMetrics(version=__version__))
+    return MetricsEndpoint(server, ns.metrics_host, ns.metrics_port, linger)
+
+
+def finish(launch: Launch, result: LaunchResult, summary: dict[str, Any] | None, err: Console) -> int:
+    """Summary and manifest written, the outcome said in one line; the exit code.
+
+    0 completed; 1 failed (records could not be written); 128 + n stopped by signal n.
+    """
+    outcome = result.outcome
+    status = "interrupted" if outcome.interrupted else "completed"
+    if result.write_error is not None:
+        status = "failed"
+        launch.manifest["error"] = str(result.write_error)
+    launch.manifest.update(
+        status=status,
+        ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        records={"total": result.written, **outcome.by_status}
+        if result.write_error is None
+        else {"total": result.written, "lost_in_failed_write": max(0, outcome.total - result.written)},
+        degraded_by_reason=dict(outcome.by_reason),
+        clock={"origin_perf_counter_ns": result.origin_ns, "origin_unix_s": outcome.started_unix},
+        durability={
+            "backlog_max_records": outcome.backlog_max,
+            "write_delay_ms_max": round(outcome.write_delay_ms_max, 3),
+        },
+    )
+    if outcome.chains:
+        launch.manifest["chains"] = dict(outcome.chains)
+    if outcome.not_sent:
+        launch.manifest["not_sent_at_end"] = outcome.not_sent
+        err.print(
+            f"[yellow]{outcome.not_sent} requests due before the end were not sent[/yellow] (no free worker)"
+        )
+    try:
+        if summary is not None:
+            summary["run_id"] = launch.run_id
+            write_json_atomic(launch.out / "summary.json", summary)
+        write_json_atomic(launch.out / "manifest.json", launch.manifest)
+    except OSError as e:
+        err.print(Text.assemble(("error: ", "bold red"), f"cannot write the run's manifest or summary: {e}"))
+        return EXIT_FAILED
+    if result.write_error is not None:
+        err.print(Text.assemble(("error: ", "bold red"), str(result.write_error)), soft_wrap=True)
+        err.print(f"run stopped: {result.written} whole records on disk in {launch.out}/ (manifest: failed)")
+        return EXIT_FAILED
+    err.print(f"records, manifest and summary in {launch.out}/")
+    if outcome.interrupted:
+        err.print(f"[yellow]interrupted[/yellow]: {result.written} records kept")
+        return 128 + (result.signal or 2)
+    return EXIT_OK
+
+
+def targets(scenarios: list[Scenario]) -> dict[str, dict[str, Any]]:
+    """Each scenario's targets (load, objectives) by name, for the summary."""
+    return {sc.name: targets_for(sc.normalised()) for sc in scenarios}

@@ -1,0 +1,41 @@
+"""``infermeter run``: one scenario, or several at once as labelled tenants of one backend."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from agent.cli.common import App
+from agent.cli.flags import backend_flags, load_flags
+from agent.cli.launching import finish, in_flight, scenario_for, start, targets
+from agent.core.errors import ConfigError
+from agent.run.launch import StagePlan, Tenant
+from analysis.console import render_summary
+from analysis.records import load_records
+from analysis.summary import summarize
+
+NAME = "run"
+HELP = "run one scenario, or several at once, against a backend"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The scenarios, then the load and backend flags."""
+    p.add_argument(
+        "scenario", nargs="+", help="built-in scenario name(s) (see `infermeter scenarios`) or YAML path(s)"
+    )
+    load_flags(p)
+    backend_flags(p)
+
+
+async def run(ns: argparse.Namespace, app: App) -> int:
+    """One stage; several scenarios run at once as labelled tenants of one backend."""
+    scenarios = [scenario_for(name, ns) for name in ns.scenario]
+    names = [sc.name for sc in scenarios]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"each tenant needs its own scenario name; got {', '.join(names)}")
+    launch = await start(ns, app.settings, scenarios, sum(in_flight(sc) for sc in scenarios), app.err)
+    result = await launch.run([StagePlan(None, [Tenant(sc) for sc in scenarios])])
+    summary = summarize(load_records(launch.out).records, targets(scenarios), launch.out)
+    Console().print(render_summary(summary))
+    return finish(launch, result, summary, app.err)

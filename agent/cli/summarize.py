@@ -1,0 +1,54 @@
+"""``infermeter summarize``: a run directory's summary, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from agent.cli.common import EXIT_OK, App, warn
+from agent.run.launch import targets_for
+from analysis.console import render_summary
+from analysis.records import load_records
+from analysis.summary import summarize
+
+NAME = "summarize"
+HELP = "summarise a run directory"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The run directory, and whether to print JSON."""
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print summary JSON instead of the table")
+
+
+def run(ns: argparse.Namespace, app: App) -> int:
+    """The run's summary from its records and manifest, as a table or JSON."""
+    err = app.err
+    loaded = load_records(ns.run_dir)
+    for warning in loaded.warnings:
+        warn(err, warning)
+    targets: dict[str, dict[str, Any]] = {}
+    manifest_path = ns.run_dir / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            for sc in manifest.get("tenants") or [manifest["scenario"]]:
+                targets[sc["name"]] = targets_for(sc.get("normalised") or {})
+            if "trace" in manifest:
+                for t in targets.values():
+                    t["load"]["arrival"] = "trace"
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            why = f"{e.__class__.__name__}: {e}"
+            warn(err, f"{manifest_path} unreadable ({why}); summarised without targets")
+            targets = {}
+    summary = summarize(loaded.records, targets, ns.run_dir if ns.run_dir.is_dir() else None)
+    if ns.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        Console().print(render_summary(summary))
+    return EXIT_OK

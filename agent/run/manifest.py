@@ -1,0 +1,147 @@
+"""The manifest beside every run (METHOD §2): what ran, where, with which versions, and how it ended."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.core.redact import redact_obj
+from agent.core.scenario import Scenario
+
+__all__ = ["build_manifest", "gpu_info", "write_json_atomic"]
+
+_PACKAGES = (
+    "aiohttp",
+    "uvloop",
+    "pydantic",
+    "numpy",
+    "xllamacpp",
+    "ollama",
+    "torch",
+    "transformers",
+    "nvidia-ml-py",
+    "prometheus-client",
+)
+
+
+def _git_sha() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_sha": None, "git_dirty": None}
+    return {"git_sha": sha or None, "git_dirty": bool(dirty)}
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in _PACKAGES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def gpu_info() -> dict[str, Any]:
+    """GPU name/driver/CUDA from NVML, or why there is none (never a crash)."""
+    try:
+        import pynvml
+    except ImportError:
+        return {"available": False, "reason": "NVML not found (nvidia-ml-py not installed)"}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        return {"available": False, "reason": f"NVML not usable: {e}"}
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        names = [str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)]
+        return {
+            "available": count > 0,
+            "devices": names,
+            "driver": str(pynvml.nvmlSystemGetDriverVersion()),
+            "cuda": pynvml.nvmlSystemGetCudaDriverVersion(),
+        }
+    except pynvml.NVMLError as e:
+        return {"available": False, "reason": f"NVML query failed: {e}"}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def build_manifest(run_id: str, scenario: Scenario, argv: list[str]) -> dict[str, Any]:
+    """The manifest at the start of a run; the CLI adds backend facts, end time and status."""
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "status": "running",
+        "command": argv,
+        "tool": {"name": "infermeter", "version": __version__, **_git_sha()},
+        "scenario": {
+            "name": scenario.name,
+            "source": scenario.source,
+            "sha256": scenario.config_hash(),
+            "normalised": scenario.normalised(),
+        },
+        "host": {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+        },
+        "gpu": gpu_info(),
+        "packages": _versions(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ended_at": None,
+    }
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file and rename it over ``path``, so readers never see half a file.
+
+    Secrets are masked on the way (``agent.core.redact``): a manifest records the command line and the
+    backend's facts, which may carry an API key or a URL with a password.
+
+    The temporary file is created new (a file or symbolic link already there is removed, never
+    followed or written through) and removed again when the write fails, so no ``*.tmp`` is left.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    body = (json.dumps(redact_obj(data), indent=2, default=str) + "\n").encode("utf-8")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -129,7 +129,7 @@ async def infermeter_client(
     sys.path.insert(0, str(ROOT))
     from agent.backends import create
     from agent.core.scenario import Scenario
-    from agent.run.runner import Runner
+    from agent.run.runner import RunContext, Runner
     from exporters.jsonl import JsonlWriter
 
     sc = Scenario.model_validate(
@@ -147,7 +147,7 @@ async def infermeter_client(
     backend = create("openai", {"base_url": url, "model": "sim", "max_connections": concurrency})
     await backend.start()
     with JsonlWriter(out) as writer:
-        runner = Runner(sc, backend, writer, run_id="bench")
+        runner = Runner(sc, backend, writer, RunContext("bench"))
         t0, c0 = time.perf_counter(), time.process_time()
         await runner.run()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0

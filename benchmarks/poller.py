@@ -49,7 +49,7 @@ class SyntheticGpu:
 async def load(url: str, out: Path, requests: int, meter: Any | None) -> dict[str, float]:
     from agent.backends import create
     from agent.core.scenario import Scenario
-    from agent.run.runner import Runner
+    from agent.run.runner import RunContext, Runner
     from exporters.jsonl import JsonlWriter
 
     sc = Scenario.model_validate(
@@ -61,7 +61,7 @@ async def load(url: str, out: Path, requests: int, meter: Any | None) -> dict[st
     if meter is not None:
         meter.start()
     with JsonlWriter(out) as writer:
-        runner = Runner(sc, backend, writer, run_id="bench", annotator=meter)
+        runner = Runner(sc, backend, writer, RunContext("bench", annotator=meter))
         t0 = time.perf_counter()
         await runner.run()
         wall = time.perf_counter() - t0

@@ -32,7 +32,7 @@ from agent.core.record import RequestRecord
 from agent.core.redact import is_secret_key, redact_obj, remember
 from agent.core.scenario import Scenario, load_scenario, resolve_scenario
 from agent.run.daemon_config import DaemonConfig, TargetConfig, load_daemon_config
-from agent.run.runner import ColdTracker, Runner
+from agent.run.runner import ColdTracker, RunContext, Runner
 from exporters.http import MetricsServer
 from exporters.jsonl import RotatingJsonl
 from exporters.prometheus import RecordMetrics
@@ -281,8 +281,8 @@ class Daemon:
                     await t.backend.close()
                 self._result(t, status="degraded", reason="backend_start", detail=str(e))
                 return
-        runner = Runner(t.scenario, t.backend, _Sink(self, t), run_id=f"daemon-{t.cfg.name}-{self.config_id}",
-                        requests=t.requests, cold=t.cold, freeze_gc=False)  # fmt: skip
+        context = RunContext(f"daemon-{t.cfg.name}-{self.config_id}", cold=t.cold)
+        runner = Runner(t.scenario, t.backend, _Sink(self, t), context, requests=t.requests, freeze_gc=False)
         await runner.run()
 
     def record_probe(self, t: _Target, record: RequestRecord) -> None:

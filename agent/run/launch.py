@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from agent.backends.base import Backend
 from agent.core.errors import InfermeterError, RecordWriteError
@@ -26,7 +26,8 @@ from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.core.scenario import Scenario
 from agent.energy.meter import EnergyMeter
 from agent.run.manifest import write_json_atomic
-from agent.run.runner import ColdTracker, Runner, RunOutcome, expected_records, request_shapes, wait_ready
+from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
+from agent.run.writer import RunOutcome, wait_ready
 from exporters.http import MetricsServer
 from exporters.jsonl import JsonlWriter
 
@@ -291,7 +292,6 @@ class Launch:
     ) -> LaunchResult:
         expected = [t.expected() for st in stages for t in st.tenants]
         total = None if any(e is None for e in expected) else sum(e or 0 for e in expected)
-        counts = self.counts
         self.expected = total
         origin = time.perf_counter_ns()
         cold = ColdTracker(stages[0].tenants[0].scenario.load.idle_gap)
@@ -303,48 +303,16 @@ class Launch:
             JsonlWriter(self.out / "chains.jsonl") as chains,
         ):
             task = progress.add_task(stages[0].tenants[0].scenario.name, total=total, ok=0, degraded=0)
-            shown = [0.0]
-
-            def show() -> None:
-                done = counts["ok"] + counts["degraded"]
-                progress.update(task, completed=done, ok=counts["ok"], degraded=counts["degraded"])
-
+            bar = _Bar(progress, task, self.counts)
             for plan in stages:
-                stage_records: list[RequestRecord] = []
-
-                def tick(record: RequestRecord, keep: list[RequestRecord] = stage_records) -> None:
-                    counts[record.status] += 1
-                    if self.metrics is not None:
-                        self.metrics.server.metrics.observe(record)
-                    if after_stage is not None:
-                        keep.append(record)
-                    # the bar redraws ten times a second: telling it more often only costs the load loop
-                    if (now := time.monotonic()) >= shown[0] + PROGRESS_EVERY_S:
-                        shown[0] = now
-                        show()
-
-                self.stage = plan.label or "steady"
-                if plan.label:
-                    progress.update(task, description=plan.label)
-                runners = [
-                    self._runner(t, plan.label, writer, chains, tick, cold, origin) for t in plan.tenants
-                ]
-                self._runners, self._load_end_ns = runners, None
-                if self.metrics is not None:
-                    self._watch(runners)
-                stage_start = time.perf_counter_ns()
-                outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
-                self._load_end_ns = time.perf_counter_ns()
-                show()
-                await self._energy_stage(plan.label or "steady", outcomes, stage_start)
+                shared = _Shared(writer, chains, bar, cold, origin, keep=after_stage is not None)
+                outcomes, records = await self._stage(plan, stop, shared)
                 result.stages_run.append(plan)
                 if _stopped(result, outcomes, received):
                     break
-                if after_stage is not None:
-                    why = after_stage(plan, stage_records)
-                    if why is not None:
-                        result.stopped_early = why
-                        break
+                if after_stage is not None and (why := after_stage(plan, records)) is not None:
+                    result.stopped_early = why
+                    break
         if chains.count == 0:
             (self.out / "chains.jsonl").unlink(missing_ok=True)
         result.written = writer.count
@@ -352,6 +320,37 @@ class Launch:
         if self.metrics is not None:
             self._publish_compile(self._runners)
         return result
+
+    async def _stage(
+        self, plan: StagePlan, stop: asyncio.Event, shared: _Shared
+    ) -> tuple[list[RunOutcome], list[RequestRecord]]:
+        """One stage: its tenants' runners at once; their outcomes, and its records when kept."""
+        stage_records: list[RequestRecord] = []
+
+        def tick(record: RequestRecord) -> None:
+            self.counts[record.status] += 1
+            if self.metrics is not None:
+                self.metrics.server.metrics.observe(record)
+            if shared.keep:
+                stage_records.append(record)
+            shared.bar.tick()
+
+        self.stage = plan.label or "steady"
+        if plan.label:
+            shared.bar.describe(plan.label)
+        runners = [
+            self._runner(t, plan.label, shared.writer, shared.chains, tick, shared.cold, shared.origin)
+            for t in plan.tenants
+        ]
+        self._runners, self._load_end_ns = runners, None
+        if self.metrics is not None:
+            self._watch(runners)
+        stage_start = time.perf_counter_ns()
+        outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
+        self._load_end_ns = time.perf_counter_ns()
+        shared.bar.show()
+        await self._energy_stage(plan.label or "steady", outcomes, stage_start)
+        return outcomes, stage_records
 
     async def _start_energy(self) -> None:
         """Idle baseline (stored or measured now, with the model loaded and idle), then the poller."""
@@ -445,20 +444,58 @@ class Launch:
             chains.write(record)
             chains.flush()  # one per chain: a killed run keeps every chain it finished
 
+        context = RunContext(
+            self.run_id,
+            origin_ns=origin,
+            cold=cold,
+            annotator=self.energy.meter if self.energy and not self.energy.meter.unavailable else None,
+            on_record=tick,
+            chain_sink=write_chain,
+        )
         return Runner(
             tenant.scenario,
             self.backend,
             writer,
-            run_id=self.run_id,
-            on_record=tick,
+            context,
             requests=iter(tenant.requests) if tenant.requests is not None else None,
             offsets=tenant.offsets,
             load_stage=label,
-            chain_sink=write_chain,
-            cold=cold,
-            origin_ns=origin,
-            annotator=self.energy.meter if self.energy and not self.energy.meter.unavailable else None,
         )
+
+
+class _Bar:
+    """The run's progress bar: ok and degraded counts, redrawn at most every ``PROGRESS_EVERY_S``."""
+
+    def __init__(self, progress: Progress, task: TaskID, counts: dict[str, int]) -> None:
+        self.progress, self.task, self.counts = progress, task, counts
+        self._shown = 0.0
+
+    def tick(self) -> None:
+        """A record was written; the bar redraws ten times a second, telling it more often costs the load."""
+        if (now := time.monotonic()) >= self._shown + PROGRESS_EVERY_S:
+            self._shown = now
+            self.show()
+
+    def show(self) -> None:
+        """Redraw now."""
+        ok, degraded = self.counts["ok"], self.counts["degraded"]
+        self.progress.update(self.task, completed=ok + degraded, ok=ok, degraded=degraded)
+
+    def describe(self, label: str) -> None:
+        """Name the stage under way."""
+        self.progress.update(self.task, description=label)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What every stage of one launch shares: the record files, the bar, the cold tracker, the origin."""
+
+    writer: JsonlWriter
+    chains: JsonlWriter
+    bar: _Bar
+    cold: ColdTracker
+    origin: int
+    keep: bool
 
 
 def _stopped(result: LaunchResult, outcomes: list[RunOutcome], received: list[int]) -> bool:

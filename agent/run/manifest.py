@@ -1,4 +1,4 @@
-"""The manifest beside every run (METHOD §2): what ran, where, with which versions, and how it ended."""
+"""The manifest beside every run (method §2): what ran, where, with which versions, and how it ended."""
 
 from __future__ import annotations
 

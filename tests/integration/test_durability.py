@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.run.runner import BACKLOG_LIMIT
+from agent.run.writer import BACKLOG_LIMIT
 from tests.integration.conftest import sim_server, start_cli
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from agent.backends import create
 from agent.core.record import RequestRecord
 from agent.core.scenario import Scenario
-from agent.run.runner import Runner
+from agent.run.runner import RunContext, Runner
 from tests.fakes import ListSink
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ async def run_sim(
     sink = ListSink()
     await backend.start()
     try:
-        runner = Runner(sc, backend, sink, run_id="sim-run")
+        runner = Runner(sc, backend, sink, RunContext("sim-run"))
         await runner.run()
     finally:
         await backend.close()

@@ -15,7 +15,7 @@ from agent.backends.openai import _StreamState, parse_payload
 from agent.core.errors import RequestFailedError
 from agent.core.record import REASONS
 from agent.core.scenario import Scenario
-from agent.run.runner import Runner
+from agent.run.runner import RunContext, Runner
 from agent.transport.ndjson import LineSplitter
 from agent.transport.sse import SSEParser
 
@@ -167,7 +167,7 @@ def test_every_stream_becomes_exactly_one_record(
             sink = ListSink()
             await backend.start()
             try:
-                await Runner(sc, backend, sink, run_id="p").run()
+                await Runner(sc, backend, sink, RunContext("p")).run()
             finally:
                 await backend.close()
             return sink.records

@@ -13,7 +13,7 @@ from agent.backends import create
 from agent.core.errors import BackendError
 from agent.core.record import Chunk, GenerationRequest, RequestRecord, StreamEnd
 from agent.core.scenario import Scenario
-from agent.run.runner import Runner
+from agent.run.runner import RunContext, Runner
 from tests.tiny_lm import build_tiny_lm
 
 PROMPT = "the model streams tokens"
@@ -124,7 +124,7 @@ async def test_runner_records_carry_the_phase_split(tiny: Path) -> None:
     )
     sink = Sink()
     try:
-        await Runner(sc, backend, sink, run_id="t").run()
+        await Runner(sc, backend, sink, RunContext("t")).run()
         facts = backend.describe()
     finally:
         await backend.close()

@@ -12,7 +12,7 @@ import pytest
 from agent.core.errors import ConfigError
 from agent.core.record import ChainRecord
 from agent.core.scenario import Scenario
-from agent.run.runner import ColdTracker, Runner, expected_records, request_shapes
+from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
 from tests.fakes import BatchingBackend, ListSink, ScriptedBackend
 
 
@@ -27,7 +27,9 @@ async def run(
 ) -> tuple[Runner, ListSink, list[ChainRecord]]:
     sink = ListSink()
     chains: list[ChainRecord] = []
-    runner = Runner(sc, backend, sink, run_id="r", chain_sink=chains.append, **kw)
+    cold = kw.pop("cold", None)
+    context = RunContext("r", cold=cold, chain_sink=chains.append)
+    runner = Runner(sc, backend, sink, context, **kw)
     await asyncio.wait_for(runner.run(), timeout=30)
     return runner, sink, chains
 

@@ -8,7 +8,7 @@ import pytest
 
 from agent.core.record import GenerationRequest, StreamEvent
 from agent.core.scenario import Scenario
-from agent.run.runner import GC_YOUNG_THRESHOLD, Runner
+from agent.run.runner import GC_YOUNG_THRESHOLD, RunContext, Runner
 from tests.fakes import ListSink, ScriptedBackend
 
 
@@ -22,7 +22,7 @@ async def run(
     sc: Scenario, backend: ScriptedBackend, stop: asyncio.Event | None = None
 ) -> tuple[Runner, ListSink]:
     sink = ListSink()
-    runner = Runner(sc, backend, sink, run_id="run-1")
+    runner = Runner(sc, backend, sink, RunContext("run-1"))
     await runner.run(stop)
     return runner, sink
 
@@ -104,7 +104,7 @@ async def test_a_buffering_sink_is_flushed_after_each_batch_and_at_the_end() -> 
     import gc
 
     sink = FlushCountingSink()
-    runner = Runner(scenario(requests=40, concurrency=8, warmup=0), ScriptedBackend(), sink, run_id="r")
+    runner = Runner(scenario(requests=40, concurrency=8, warmup=0), ScriptedBackend(), sink, RunContext("r"))
     await runner.run()
     assert len(sink.records) == 40
     assert sink.flushed_at and sink.flushed_at[-1] == 40  # nothing written stays unflushed
@@ -134,7 +134,7 @@ async def test_the_young_gc_threshold_is_raised_for_the_load_only(freeze: bool) 
     before = gc.get_threshold()
     backend = ThresholdSeeingBackend()
     runner = Runner(
-        scenario(requests=6, concurrency=2, warmup=0), backend, ListSink(), run_id="r", freeze_gc=freeze
+        scenario(requests=6, concurrency=2, warmup=0), backend, ListSink(), RunContext("r"), freeze_gc=freeze
     )
     await runner.run()
     during = (max(GC_YOUNG_THRESHOLD, before[0]), *before[1:]) if freeze else before

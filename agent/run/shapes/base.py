@@ -1,0 +1,140 @@
+"""What a load shape is, the plan it draws work from, what it may ask of the runner, and the registry.
+
+A load shape decides *when* work is issued (clients in a closed loop, arrivals on a schedule, agent
+chains, batches); the runner decides how one request is measured and recorded. Shapes register under a
+name; ``shape_name`` says which one a scenario uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.core.errors import UnknownNameError
+from agent.core.record import GenerationRequest, RequestRecord, Stage
+from agent.core.scenario import Scenario
+
+__all__ = ["SHAPES", "Driver", "LoadShape", "Plan", "register", "shape", "shape_name", "until"]
+
+
+@dataclass(slots=True)
+class Plan:
+    """Labels each unit of work as it is issued.
+
+    ``count`` units (or until ``deadline``) of one stage, then ``cooldown`` more, then None (stop).
+    """
+
+    stage: Stage
+    count: int | None
+    deadline_ns: int | None = None
+    cooldown: int = 0
+    issued: int = 0
+    cooled: int = 0
+
+    def take(self, at_ns: int) -> Stage | None:
+        """The stage of the next unit issued at ``at_ns``, or None when the plan is done."""
+        if (self.count is None or self.issued < self.count) and (
+            self.deadline_ns is None or at_ns < self.deadline_ns
+        ):
+            self.issued += 1
+            return self.stage
+        if self.cooled < self.cooldown:
+            self.cooled += 1
+            return "cooldown"
+        return None
+
+    def bound(self) -> int | None:
+        """How many units the plan issues at most (None when bound by time)."""
+        return None if self.count is None else self.count + self.cooldown
+
+
+class Driver(Protocol):
+    """What a load shape may ask of the runner: the scenario, requests, and measuring them."""
+
+    scenario: Scenario
+    #: a replay's send times, seconds from the stage's start (None: the scenario's load decides)
+    offsets: Iterable[float] | None
+
+    def next_request(self) -> GenerationRequest | None:
+        """The next request of the workload, or None when it is used up."""
+
+    def next_unit(self) -> int:
+        """A new unit (chain, batch) number, counting from 0."""
+
+    async def one(
+        self,
+        request: GenerationRequest,
+        stage: Stage,
+        *,
+        intended_ns: int | None = None,
+        chain: tuple[str, int] | None = None,
+        batch: tuple[str, int] | None = None,
+        keep_text: bool | None = None,
+    ) -> RequestRecord | None:
+        """Send and measure one request; its record (a chain step's), or None when queued for writing."""
+
+    async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: tuple[str, int]) -> None:
+        """Send ``requests`` as one batched call of the backend and measure it as one record."""
+
+    def chain_done(
+        self,
+        chain_id: str,
+        stage: Stage,
+        t0_ns: int,
+        think_ns: int,
+        records: list[RequestRecord],
+        failure: tuple[str, int] | None,
+    ) -> None:
+        """An agent chain ended (``failure``: reason and failed step); write its chain record."""
+
+    def not_sent(self) -> None:
+        """Count a request that was due before the end but never sent (no free worker in time)."""
+
+
+#: A load shape runs a plan's units through the driver; ``origin_ns`` is the stage's start.
+LoadShape = Callable[[Driver, Plan, int], Awaitable[None]]
+
+#: Load shapes by name.
+SHAPES: dict[str, LoadShape] = {}
+
+
+def register(name: str) -> Callable[[LoadShape], LoadShape]:
+    """Register a load shape under ``name`` (a decorator)."""
+
+    def add(fn: LoadShape) -> LoadShape:
+        SHAPES[name] = fn
+        return fn
+
+    return add
+
+
+def shape_name(sc: Scenario, *, replay: bool = False) -> str:
+    """Which load shape a scenario's measured stage uses."""
+    if sc.agent is not None:
+        return "chain"
+    if sc.batch is not None:
+        return "batch"
+    if replay:
+        return "trace"
+    return "open" if sc.load.open_loop else "closed"
+
+
+def shape(name: str) -> LoadShape:
+    """The load shape registered as ``name``."""
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise UnknownNameError("load shape", name, sorted(SHAPES)) from None
+
+
+async def until(t_ns: int) -> None:
+    """Sleep until ``perf_counter_ns() >= t_ns``, never before.
+
+    Loop timers may fire up to a tick early, so the last millisecond or two is spent yielding to other
+    tasks rather than sending ahead of schedule.
+    """
+    while (delay := t_ns - time.perf_counter_ns()) > 0:  # noqa: ASYNC110 - a deadline, not an event
+        await asyncio.sleep(delay / 1e9 - 0.001 if delay > 2_000_000 else 0)

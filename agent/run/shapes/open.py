@@ -1,0 +1,74 @@
+"""Open loop: requests sent at their intended times; workers added only when none is free.
+
+The schedule is the scenario's arrival process (constant, Poisson, gamma) or, for ``trace``, a recorded
+trace's own clock. Latency is measured from the intended send time, so a client falling behind shows up
+in the numbers instead of hiding in them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from agent.core.arrivals import schedule
+from agent.core.record import GenerationRequest, Stage
+from agent.core.scenario import MAX_IN_FLIGHT
+from agent.run.shapes.base import Driver, Plan, register, until
+
+__all__ = ["dispatch", "open_loop", "trace"]
+
+
+async def dispatch(driver: Driver, plan: Plan, origin_ns: int, offsets: Iterable[float]) -> None:
+    """Send each request at ``origin_ns`` + its offset, up to the in-flight cap."""
+    cap = driver.scenario.load.max_concurrency or MAX_IN_FLIGHT
+    queue: asyncio.Queue[tuple[GenerationRequest, Stage, int] | None] = asyncio.Queue()
+    idle = 0
+    workers = 0
+
+    async def worker() -> None:
+        nonlocal idle
+        while True:
+            idle += 1
+            item = await queue.get()
+            idle -= 1
+            if item is None:
+                return
+            if plan.deadline_ns is not None and time.perf_counter_ns() >= plan.deadline_ns:
+                driver.not_sent()  # the run's time is up: never sent, so never recorded
+                continue
+            await driver.one(item[0], item[1], intended_ns=item[2])
+
+    async with asyncio.TaskGroup() as tg:
+        for offset in offsets:
+            intended = origin_ns + int(offset * 1e9)
+            # a dispatcher behind its schedule stops at the run's end all the same
+            stage = plan.take(max(intended, time.perf_counter_ns()))
+            if stage is None:
+                break
+            request = driver.next_request()
+            if request is None:
+                break
+            await until(intended)
+            if idle <= queue.qsize() and workers < cap:
+                workers += 1
+                tg.create_task(worker())
+            queue.put_nowait((request, stage, intended))
+        for _ in range(workers):
+            queue.put_nowait(None)
+
+
+@register("open")
+async def open_loop(driver: Driver, plan: Plan, origin_ns: int) -> None:
+    """Arrivals from the scenario's process and rate."""
+    load = driver.scenario.load
+    assert load.rate is not None  # the scenario validator requires it for open loop
+    offsets = schedule(load.arrival, load.rate, burstiness=load.burstiness, seed=load.seed)  # type: ignore[arg-type]
+    await dispatch(driver, plan, origin_ns, offsets)
+
+
+@register("trace")
+async def trace(driver: Driver, plan: Plan, origin_ns: int) -> None:
+    """Arrivals at a recorded trace's times (already divided by the replay speed)."""
+    assert driver.offsets is not None  # chosen only for a replay
+    await dispatch(driver, plan, origin_ns, driver.offsets)

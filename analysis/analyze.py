@@ -1,7 +1,8 @@
 """``infermeter analyze``: runs in, decisions out — performance verdicts with CIs, quality and drift, cost.
 
-The result is one JSON-ready dict (``summary.json`` of the analysis, schema-versioned); ``analysis.report``
-renders it for people and ``analysis.publish`` sends its quality and regression figures to Prometheus.
+The result is typed (``analysis.results.AnalysisResult``; ``summary.json`` of the analysis, schema-versioned);
+``analysis.render`` renders it for people and ``analysis.publish`` sends its quality and regression figures
+to Prometheus.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from analysis.quality import (
     score_units,
     task_scores,
 )
+from analysis.results import AnalysisResult
 from analysis.runs import Run
 from analysis.scorers import SemScorer
 from analysis.stats import describe
@@ -280,13 +282,39 @@ def _quality(
     return out
 
 
+def _against(baseline: Run, run: Run, opts: Options) -> tuple[dict[str, Any], dict[str, int]]:
+    """A candidate against the baseline: its comparison block and its count of each verdict."""
+    by_scenario, ratios = _comparisons(baseline, run, opts)
+    block = {
+        "scenarios": {sc: [c.as_dict() for c in rows] for sc, rows in by_scenario.items()},
+        "geomean_ratio": ratios,
+    }
+    counts = {"better": 0, "worse": 0, "no detectable change": 0, "too few samples": 0}
+    for row in itertools.chain.from_iterable(by_scenario.values()):
+        counts[row.verdict] += 1
+    return block, counts
+
+
+def _anova(everyone: list[Run]) -> dict[str, dict[str, Any]]:
+    """One-way ANOVA across every run, per scenario they all ran and per metric."""
+    out: dict[str, dict[str, Any]] = {}
+    for sc in sorted(set.intersection(*(set(r.by_scenario) for r in everyone))):
+        rows = {}
+        for metric, _, _ in METRICS:
+            test = anova([metric_values(r.by_scenario[sc], metric) for r in everyone])
+            if test is not None:
+                rows[metric] = test
+        out[sc] = rows
+    return out
+
+
 def analyze(
     runs: list[Run],
     baseline: Run | None = None,
     opts: Options | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> AnalysisResult:
     """Analyze ``runs`` (candidates), each against ``baseline`` when given; ``progress(done, total)``."""
     opts = opts or Options()
     if not runs:
@@ -323,23 +351,8 @@ def analyze(
             result["cost"][run.label] = costs
     if baseline is not None:
         for run in runs:
-            by_scenario, ratios = _comparisons(baseline, run, opts)
-            result["comparisons"][run.label] = {
-                "scenarios": {sc: [c.as_dict() for c in rows] for sc, rows in by_scenario.items()},
-                "geomean_ratio": ratios,
-            }
-            counts = {"better": 0, "worse": 0, "no detectable change": 0, "too few samples": 0}
-            for row in itertools.chain.from_iterable(by_scenario.values()):
-                counts[row.verdict] += 1
-            result["verdicts"][run.label] = counts
+            result["comparisons"][run.label], result["verdicts"][run.label] = _against(baseline, run, opts)
     if len(everyone) >= 3:
-        scenarios = set.intersection(*(set(r.by_scenario) for r in everyone))
-        for sc in sorted(scenarios):
-            rows = {}
-            for metric, _, _ in METRICS:
-                test = anova([metric_values(r.by_scenario[sc], metric) for r in everyone])
-                if test is not None:
-                    rows[metric] = test
-            result["anova"][sc] = rows
+        result["anova"] = _anova(everyone)
     result["quality"] = _quality(runs, baseline, opts, progress)
-    return result
+    return AnalysisResult.model_validate(result)

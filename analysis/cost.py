@@ -1,4 +1,4 @@
-"""Cost and capacity (METHOD §4, TR119/TR121): $/1M tokens, $/request, workers for a monthly volume.
+"""Cost and capacity (method §4): $/1M tokens, $/request, workers for a monthly volume.
 
 All figures derive from one measured throughput (tokens per second of one worker, i.e. one backend
 instance under the run's load) and a price per hour for that worker.
@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = ["SECONDS_PER_MONTH", "cost_block", "usd_per_million", "workers_for"]
 
-#: 30 days, the month METHOD §4 plans capacity for.
+#: 30 days, the month method §4 plans capacity for.
 SECONDS_PER_MONTH = 2_592_000
 
 
@@ -43,7 +43,7 @@ def cost_block(
     """Cost and capacity figures for one scenario; None without a price or a throughput.
 
     ``total_tok_s`` (prompt + output tokens per second of the run's window) prices the request's whole
-    token mix, as METHOD §4's cost_per_request does; ``output_tok_s`` prices generated tokens alone.
+    token mix, as method §4's cost_per_request does; ``output_tok_s`` prices generated tokens alone.
     """
     if usd_per_hour is None or not output_tok_s:
         return None

@@ -1,4 +1,4 @@
-"""The energy part of a summary: macro windows per stage, and what the samples could see (METHOD §5).
+"""The energy part of a summary: macro windows per stage, and what the samples could see (method §5).
 
 J/token and energy per 1M tokens come only from stage macro windows measured with good coverage;
 request windows are counted by quality so the share the sensor could not see is reported.

@@ -1,4 +1,4 @@
-"""Inferential statistics (METHOD §3): bootstrap CIs, two-sample tests, effect sizes, Holm, fits.
+"""Inferential statistics (method §3): bootstrap CIs, two-sample tests, effect sizes, Holm, fits.
 
 scipy does the tests; resampling is numpy with a seeded generator, so every figure is reproducible. The
 verdict on a metric is the Mann–Whitney U test (latency distributions are skewed, so rank-based) after

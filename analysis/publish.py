@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
 from analysis.quality import TIERS
+from analysis.results import AnalysisResult, Quality
 from exporters import names
 
 __all__ = ["DEFAULT_JOB", "build_registries", "publish"]
@@ -51,14 +51,14 @@ class _Labelled:
             return self.gauge.labels(**labels, **self.extra)
 
 
-def _model_of(result: dict[str, Any], label: str) -> str:
-    run = next((r for r in result["runs"] if r["label"] == label), None)
-    models = (run or {}).get("models") or []
+def _model_of(result: AnalysisResult, label: str) -> str:
+    run = next((r for r in result.runs if r.label == label), None)
+    models = run.models if run else []
     return models[0] if len(models) == 1 else ",".join(models) or label
 
 
 def build_registries(
-    result: dict[str, Any], now: float | None = None, *, per_group: bool = True
+    result: AnalysisResult, now: float | None = None, *, per_group: bool = True
 ) -> dict[tuple[str, str], CollectorRegistry]:
     """The analyzer series of each candidate run, one registry per (model, candidate label).
 
@@ -78,40 +78,45 @@ def build_registries(
             gauges[group] = {spec.name: _gauge(spec, r, extra) for spec in names.ANALYZER}
         return _Labelled(gauges[group], {} if per_group else {"candidate": label}, now, model)
 
-    labels = [r["label"] for r in result["runs"] if r["label"] != result.get("baseline")]
-    candidates = [(_model_of(result, label), label) for label in labels]
-    quality = result.get("quality") or {}
-    for model, label in candidates:
+    labels = [r.label for r in result.runs if r.label != result.baseline]
+    for label in labels:
+        model = _model_of(result, label)
         g = reg(model, label)
-        for task, t in (quality.get("runs") or {}).get(label, {}).items():
-            for scorer, ci in t["scorers"].items():
-                if ci is not None:
-                    g[names.QUALITY_SCORE.name].labels(model=model, task=task, scorer=scorer).set(
-                        ci["estimate"]
+        _quality_series(g, model, result.quality, label)
+        comp = result.comparisons.get(label)
+        for sc, rows in (comp.scenarios if comp else {}).items():
+            for c in rows:
+                if c.verdict in _VERDICT:
+                    g[names.REGRESSION.name].labels(model=model, scenario=sc, metric=c.metric).set(
+                        _VERDICT[c.verdict]
                     )
-        d = (quality.get("drift") or {}).get(label)
-        if d:
-            for task, t in d["tasks"].items():
-                for scorer, s in t["scorers"].items():
-                    delta = s["candidate"] - s["baseline"]
-                    g[names.QUALITY_DELTA.name].labels(model=model, task=task, scorer=scorer).set(delta)
-                if t["tier"] is not None:
-                    g[names.QUALITY_TIER.name].labels(model=model, task=task).set(TIERS.index(t["tier"]))
-            if d["tier"] is not None:
-                g[names.QUALITY_TIER.name].labels(model=model, task="all").set(TIERS.index(d["tier"]))
-        comp = (result.get("comparisons") or {}).get(label)
-        if comp:
-            for sc, rows in comp["scenarios"].items():
-                for c in rows:
-                    if c["verdict"] in _VERDICT:
-                        g[names.REGRESSION.name].labels(model=model, scenario=sc, metric=c["metric"]).set(
-                            _VERDICT[c["verdict"]]
-                        )
     return regs
 
 
+def _quality_series(g: _Labelled, model: str, quality: Quality | None, label: str) -> None:
+    """A candidate's scores, score deltas and quality tiers."""
+    if quality is None:
+        return
+    for task, t in quality.runs.get(label, {}).items():
+        for scorer, ci in t.scorers.items():
+            if ci is not None:
+                g[names.QUALITY_SCORE.name].labels(model=model, task=task, scorer=scorer).set(ci.estimate)
+    d = quality.drift.get(label)
+    if d is None:
+        return
+    for task, td in d.tasks.items():
+        for scorer, s in td.scorers.items():
+            if s.candidate is not None and s.baseline is not None:
+                delta = s.candidate - s.baseline
+                g[names.QUALITY_DELTA.name].labels(model=model, task=task, scorer=scorer).set(delta)
+        if td.tier is not None:
+            g[names.QUALITY_TIER.name].labels(model=model, task=task).set(TIERS.index(td.tier))
+    if d.tier is not None:
+        g[names.QUALITY_TIER.name].labels(model=model, task="all").set(TIERS.index(d.tier))
+
+
 def publish(
-    result: dict[str, Any],
+    result: AnalysisResult,
     *,
     pushgateway: str | None = None,
     textfile: Path | None = None,

@@ -1,4 +1,4 @@
-"""Quality scoring and drift (METHOD §6, TR124/TR125).
+"""Quality scoring and drift (method §6).
 
 A run's kept outputs are scored against the references its scenario carries, with the scorers its task
 group chooses. Drift compares a candidate run with a baseline run prompt by prompt: how similar the two
@@ -36,7 +36,7 @@ __all__ = [
     "tier_of",
 ]
 
-#: METHOD §6: which scorers each task group is judged by. "open" is an output without a reference.
+#: method §6: which scorers each task group is judged by. "open" is an output without a reference.
 TASK_SCORERS: dict[str, tuple[str, ...]] = {
     "summarization": ("rouge_l", "semscore", "length_ratio"),
     "qa": ("rouge_l", "semscore", "length_ratio"),
@@ -53,7 +53,7 @@ KEY_FAMILIES = ("overlap", "semantic")
 
 Tier = Literal["negligible", "acceptable", "concerning", "unacceptable"]
 TIERS: tuple[Tier, ...] = ("negligible", "acceptable", "concerning", "unacceptable")
-#: Lower bounds of each tier: benchmark delta in points, generation delta in per cent (METHOD §6).
+#: Lower bounds of each tier: benchmark delta in points, generation delta in per cent (method §6).
 _POINTS = (-3.0, -5.0, -10.0)
 _PERCENT = (-3.0, -8.0, -15.0)
 
@@ -224,7 +224,6 @@ def drift(
         )
     graded = [t for t in tasks.values() if t["tier"] is not None]
     overall = max((TIERS.index(t["tier"]) for t in graded), default=None)
-    order = sorted(range(len(pairs)), key=lambda i: sims_rouge[i])[:worst]
     return {
         "similarity_floor": similarity_floor,
         **_similarity(pairs, sims_rouge, sims_sem, similarity_floor),
@@ -236,18 +235,26 @@ def drift(
         "tasks": tasks,
         "tier": None if overall is None else TIERS[overall],
         "tier_level": overall,
-        "least_similar": [
-            {
-                "prompt_id": pairs[i][0].prompt_id,
-                "task": pairs[i][0].task,
-                "output_rouge_l": sims_rouge[i],
-                "baseline": pairs[i][0].output[:300],
-                "candidate": pairs[i][1].output[:300],
-            }
-            for i in order
-            if pairs[i][0].output != pairs[i][1].output
-        ],
+        "least_similar": _least_similar(pairs, sims_rouge, worst),
     }
+
+
+def _least_similar(
+    pairs: Sequence[tuple[Sample, Sample]], sims: list[float], worst: int
+) -> list[dict[str, Any]]:
+    """The ``worst`` pairs whose outputs differ most (lowest ROUGE-L), each output cut at 300 characters."""
+    order = sorted(range(len(pairs)), key=lambda i: sims[i])[:worst]
+    return [
+        {
+            "prompt_id": pairs[i][0].prompt_id,
+            "task": pairs[i][0].task,
+            "output_rouge_l": sims[i],
+            "baseline": pairs[i][0].output[:300],
+            "candidate": pairs[i][1].output[:300],
+        }
+        for i in order
+        if pairs[i][0].output != pairs[i][1].output
+    ]
 
 
 def _similarity(

@@ -1,11 +1,11 @@
-"""Quality scorers (METHOD §6): pure functions of (candidate, reference), registered with their metadata.
+"""Quality scorers (method §6): pure functions of (candidate, reference), registered with their metadata.
 
 Every scorer returns a float in [0, 1], higher is better, so deltas read the same way for all of them.
 Lexical scorers are cheap pure-Python functions; SemScore embeds texts with a sentence-transformers model
 loaded once and scores in batches. Scorers never see records: ``analysis.quality`` feeds them text.
 
-ROUGE-L tokenizes as ``rouge-score`` does (lower-case alphanumeric runs, no stemmer — the defaults the
-TR124 runs used through HF ``evaluate``) and counts the LCS bit-parallel, which gives exactly
+ROUGE-L tokenizes as ``rouge-score`` does (lower-case alphanumeric runs, no stemmer — the defaults HF
+``evaluate`` uses) and counts the LCS bit-parallel, which gives exactly
 ``rouge_score.RougeScorer(["rougeL"])``'s F-measure (the unit tests hold it to that) about 25 times faster.
 """
 
@@ -51,7 +51,7 @@ class Scorer:
     needs: Needs = "reference"
     higher_is_better: bool = True
     aggregation: Literal["mean"] = "mean"
-    #: "overlap" and "semantic" scorers make up the key metric average (METHOD §6)
+    #: "overlap" and "semantic" scorers make up the key metric average (method §6)
     family: Literal["overlap", "semantic", "accuracy", "shape"] = "overlap"
     batched: bool = False
 
@@ -218,8 +218,8 @@ _CHOICE_PATTERNS = (
 def extract_choice(text: str) -> str | None:
     """The option letter an answer picks: "B", "B)", "(B) …", "The answer is B", "Answer: B".
 
-    Rescoring by extraction is what separates a wrong answer from a right one in the wrong format (METHOD
-    §6: phi-2 read 26 % by raw exact match and 59 % rescored).
+    Rescoring by extraction is what separates a wrong answer from a right one in the wrong format
+    (method §6): a model that answers "The answer is B" is right, not unformatted.
     """
     for pattern in _CHOICE_PATTERNS:
         m = pattern.search(text)

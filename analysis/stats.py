@@ -1,4 +1,4 @@
-"""Distribution figures (METHOD §3): latency is a distribution, so percentiles first, mean as burden."""
+"""Distribution figures (method §3): latency is a distribution, so percentiles first, mean as burden."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-scenario summary of a run (METHOD §1–§3): steady state only, degraded records left out.
+"""Per-scenario summary of a run (method §1–§3): steady state only, degraded records left out.
 
 Success rate, degraded reasons and the warmup ratio are figures of their own; every latency figure is a
 distribution over ok steady records.
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 SUMMARY_SCHEMA_VERSION = 1
-#: METHOD §2/§8: a warmup median more than ten times the steady median calls for a warm pool.
+#: method §2/§8: a warmup median more than ten times the steady median calls for a warm pool.
 WARMUP_RATIO_LIMIT = 10.0
 
 

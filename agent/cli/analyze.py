@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.cli.common import EXIT_OK, EXIT_REGRESSION, App
 from agent.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from analysis.results import AnalysisResult
+    from analysis.runs import Run
 
 NAME = "analyze"
 HELP = "compare runs: latency/throughput verdicts with CIs, quality and drift, cost; write a report"
@@ -75,33 +79,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _failed(result: dict[str, Any], fail_on: str | None) -> list[str]:
+def _failed(result: AnalysisResult, fail_on: str | None) -> list[str]:
     if fail_on is None:
         return []
     why: list[str] = []
     if fail_on in ("worse", "any"):
-        for label, counts in result["verdicts"].items():
+        for label, counts in result.verdicts.items():
             if counts["worse"]:
                 why.append(f"{label}: {counts['worse']} metric(s) worse than the baseline")
     if fail_on in ("drift", "any"):
-        for label, d in ((result.get("quality") or {}).get("drift") or {}).items():
-            if d["tier"] in ("concerning", "unacceptable"):
-                why.append(f"{label}: quality fell to tier {d['tier']}")
-            elif d["drifted"]:
-                why.append(
-                    f"{label}: outputs drifted from the baseline's (ROUGE-L {d['output_rouge_l']:.3f})"
-                )
+        for label, d in (result.quality.drift if result.quality else {}).items():
+            if d.tier in ("concerning", "unacceptable"):
+                why.append(f"{label}: quality fell to tier {d.tier}")
+            elif d.drifted:
+                why.append(f"{label}: outputs drifted from the baseline's (ROUGE-L {d.output_rouge_l:.3f})")
     return why
 
 
-def run(ns: argparse.Namespace, app: App) -> int:
-    """Run the analysis and write ``report.md``, figures and ``summary.json`` into the report folder."""
-    from analysis.analyze import Options, analyze
-    from analysis.publish import publish
-    from analysis.report import console_view, render_markdown, write_figures
+def _runs(ns: argparse.Namespace, err: Console) -> tuple[list[Run], Run | None]:
+    """The candidate runs and the baseline, every warning said; a run without records refused."""
     from analysis.runs import load_runs, read_references
 
-    err = app.err
     if ns.resamples < 100:
         raise ConfigError("--resamples must be at least 100 for a usable interval")
     try:
@@ -110,12 +108,18 @@ def run(ns: argparse.Namespace, app: App) -> int:
         raise ConfigError(str(e), location=str(ns.references)) from e
     runs = [run for p in ns.runs for run in load_runs(p, refs)]
     baseline = _one_baseline(ns.baseline, refs) if ns.baseline else None
-    everyone = ([baseline] if baseline else []) + runs
-    for run in everyone:
+    for run in ([baseline] if baseline else []) + runs:
         for w in run.warnings:
             err.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
         if not run.records:
             raise ConfigError(f"{run.path} has no readable records")
+    return runs, baseline
+
+
+def _analyze(ns: argparse.Namespace, err: Console, runs: list[Run], baseline: Run | None) -> AnalysisResult:
+    """The analysis, with a progress bar while outputs are scored."""
+    from analysis.analyze import Options, analyze
+
     opts = Options(
         alpha=ns.alpha,
         resamples=ns.resamples,
@@ -138,30 +142,42 @@ def run(ns: argparse.Namespace, app: App) -> int:
             progress.update(task, completed=done, total=total)
 
         try:
-            result = analyze(runs, baseline, opts, progress=tick)
+            return analyze(runs, baseline, opts, progress=tick)
         except ValueError as e:  # e.g. two runs in folders of the same name
             raise ConfigError(str(e)) from e
+
+
+def run(ns: argparse.Namespace, app: App) -> int:
+    """Run the analysis and write ``report.md``, figures and ``summary.json`` into the report folder."""
+    from analysis.publish import publish
+    from analysis.render import render
+    from analysis.render.figures import write_figures
+
+    err = app.err
+    runs, baseline = _runs(ns, err)
+    result = _analyze(ns, err, runs, baseline)
     out: Path = ns.out or runs[0].path / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    figures = [] if ns.no_plots else write_figures(everyone, result, out)
-    result["figures"] = figures
-    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(render_markdown(result, figures), encoding="utf-8")
+    everyone = ([baseline] if baseline else []) + runs
+    result.figures = [] if ns.no_plots else write_figures(everyone, result, out)
+    summary = render(result, "json")
+    (out / "summary.json").write_text(summary, encoding="utf-8")
+    (out / "report.md").write_text(render(result, "markdown"), encoding="utf-8")
     if ns.json:
-        print(json.dumps(result, indent=2, default=str))  # noqa: T201 - the command's output
+        sys.stdout.write(summary)
     else:
-        Console().print(console_view(result))
+        Console().print(render(result, "console"))
     if ns.pushgateway or ns.textfile:
         for line in publish(result, pushgateway=ns.pushgateway, textfile=ns.textfile, job=ns.push_job):
             err.print(line)
-    err.print(f"report: {out / 'report.md'} ({len(figures)} figures), summary: {out / 'summary.json'}")
+    err.print(f"report: {out / 'report.md'} ({len(result.figures)} figures), summary: {out / 'summary.json'}")
     why = _failed(result, ns.fail_on)
     for line in why:
         err.print(f"[red]{line}[/red]")
     return EXIT_REGRESSION if why else EXIT_OK
 
 
-def _one_baseline(path: Path, refs: Any) -> Any:
+def _one_baseline(path: Path, refs: Any) -> Run:
     """The baseline run; a samples folder that splits into several targets or configs is refused."""
     from analysis.runs import load_runs
 

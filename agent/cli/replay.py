@@ -16,8 +16,8 @@ from agent.core.errors import ConfigError
 from agent.core.scenario import MAX_IN_FLIGHT
 from agent.core.trace import PromptSynth, TokenCodec, load_trace, trace_requests
 from agent.run.launch import StagePlan, Tenant
-from analysis.console import render_summary
 from analysis.records import load_records
+from analysis.render.summary import render_summary
 from analysis.summary import summarize
 
 NAME = "replay"

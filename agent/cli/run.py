@@ -11,8 +11,8 @@ from agent.cli.flags import backend_flags, load_flags
 from agent.cli.launching import finish, in_flight, scenario_for, start, targets
 from agent.core.errors import ConfigError
 from agent.run.launch import StagePlan, Tenant
-from analysis.console import render_summary
 from analysis.records import load_records
+from analysis.render.summary import render_summary
 from analysis.summary import summarize
 
 NAME = "run"

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from agent.cli.common import EXIT_OK, App, warn
 from agent.run.launch import targets_for
-from analysis.console import render_summary
 from analysis.records import load_records
+from analysis.render.summary import render_summary
 from analysis.summary import summarize
 
 NAME = "summarize"

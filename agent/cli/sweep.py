@@ -15,8 +15,8 @@ from agent.core.errors import ConfigError
 from agent.core.record import RequestRecord
 from agent.core.scenario import Scenario
 from agent.run.launch import StagePlan, Tenant
-from analysis.console import render_sweep
 from analysis.records import load_records
+from analysis.render.summary import render_sweep
 from analysis.summary import summarize_stages
 from analysis.sweep import analyse, point, saturation
 

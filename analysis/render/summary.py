@@ -1,4 +1,4 @@
-"""Render a run summary for people: one latency table and a few key lines per scenario."""
+"""A run's summary on the console: one latency table and a few key lines per scenario; a sweep's curve."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["fmt", "p50", "render_summary", "render_sweep"]
+from analysis.render.text import fmt, p50
+
+__all__ = ["energy_line", "render_summary", "render_sweep"]
 
 _LATENCY_ROWS = (
     ("TTFT", "latency_ms", "ttft"),
@@ -18,16 +20,6 @@ _LATENCY_ROWS = (
     ("native prefill", "native_ms", "prefill"),
     ("native decode", "native_ms", "decode"),
 )
-
-
-def fmt(value: float | None, spec: str = "{:.1f}") -> str:
-    """``value`` formatted with ``spec``, or an em dash for a missing figure."""
-    return "—" if value is None else spec.format(value)
-
-
-def p50(stats: dict[str, Any] | None) -> float | None:
-    """The p50 of a ``describe`` block, or None."""
-    return None if stats is None else stats["p50"]
 
 
 def _scenario(name: str, s: dict[str, Any]) -> Group:

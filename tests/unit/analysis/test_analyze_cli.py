@@ -135,12 +135,15 @@ def test_analyze_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_one_run_is_described_alone(tmp_path: Path) -> None:
     run = load_run(write_run(tmp_path / "only"))
     result = analyze([run], None, Options(resamples=200, semscore=False))
-    assert result["comparisons"] == {} and result["quality"]["drift"] == {}
-    ttft = result["performance"]["only"]["chat"]["metrics"]["ttft_ms"]
-    assert ttft["median_ci"]["low"] <= ttft["distribution"]["p50"] <= ttft["median_ci"]["high"]
-    fit = result["performance"]["only"]["chat"]["scaling"]["ttft_ms_per_prompt_token"]
-    assert fit["actionable"] is False  # TTFT does not depend on these prompt lengths
-    assert result["quality"]["runs"]["only"]["multiple_choice"]["scorers"]["mc_accuracy"]["estimate"] == 1.0
+    assert result.quality is not None
+    assert result.comparisons == {} and result.quality.drift == {}
+    ttft = result.performance["only"]["chat"].metrics["ttft_ms"]
+    assert ttft.median_ci is not None
+    assert ttft.median_ci.low <= ttft.distribution.p50 <= ttft.median_ci.high
+    fit = result.performance["only"]["chat"].scaling["ttft_ms_per_prompt_token"]
+    assert fit.actionable is False  # TTFT does not depend on these prompt lengths
+    mc = result.quality.runs["only"]["multiple_choice"].scorers["mc_accuracy"]
+    assert mc is not None and mc.estimate == 1.0
     regs = build_registries(result, now=1.0)
     assert list(regs) == [("m", "only")]  # one group per candidate run
 
@@ -155,7 +158,7 @@ def test_daemon_samples_folder_reads_like_a_run(tmp_path: Path) -> None:
     run = load_run(folder)
     assert [r.seq for r in run.records] == [0, 1, 2]  # oldest rotation first
     result = analyze([run], None, Options(resamples=200, semscore=False))
-    assert result["quality"] is None  # no prompt ids on these records: nothing to score by prompt
+    assert result.quality is None  # no prompt ids on these records: nothing to score by prompt
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

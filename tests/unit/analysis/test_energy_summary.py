@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.core.record import RequestRecord
-from analysis.console import energy_line
+from analysis.render.summary import energy_line
 from analysis.summary import summarize
 
 

@@ -1,0 +1,132 @@
+"""PNG figures beside ``report.md`` (matplotlib, Agg): latency CDFs, ITL, sweep curves, quality deltas."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.core.record import RequestRecord
+from analysis.analyze import metric_values
+from analysis.results import AnalysisResult, Drift
+from analysis.runs import Run
+
+__all__ = ["write_figures"]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _cdf(ax: Any, values: Sequence[float], label: str) -> None:
+    xs = np.sort(np.asarray(values))
+    ys = np.arange(1, xs.size + 1) / xs.size
+    ax.step(xs, ys, where="post", label=f"{label} (n={xs.size})")
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    _plt().close(fig)
+    return name
+
+
+def latency_cdf(runs: list[Run], sc: str, out: Path) -> str | None:
+    """TTFT and E2E CDFs of every run on one scenario."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    drawn = False
+    for ax, metric, title in ((axes[0], "ttft_ms", "TTFT"), (axes[1], "e2e_ms", "E2E")):
+        for run in runs:
+            values = metric_values(run.by_scenario.get(sc, []), metric)
+            if values:
+                _cdf(ax, values, run.label)
+                drawn = True
+        ax.set_xlabel(f"{title} (ms)")
+        ax.set_ylabel("share of requests")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{sc}: latency CDF (ok steady requests)")
+    if not drawn:
+        plt.close(fig)
+        return None
+    return _save(fig, out, f"latency_cdf_{sc}.png")
+
+
+def _steady_ok(run: Run, sc: str) -> list[RequestRecord]:
+    return [r for r in run.by_scenario.get(sc, []) if r.status == "ok" and r.stage == "steady"]
+
+
+def itl_histogram(runs: list[Run], sc: str, out: Path) -> str | None:
+    """Every inter-token gap of every run on one scenario, clipped at p99.5."""
+    gaps = {
+        run.label: np.concatenate([r.itl_ms for r in _steady_ok(run, sc) if r.itl_ms] or [[]]) for run in runs
+    }
+    gaps = {k: v for k, v in gaps.items() if v.size}
+    if not gaps:
+        return None
+    fig, ax = _plt().subplots(figsize=(6, 3.6))
+    hi = max(float(np.percentile(v, 99.5)) for v in gaps.values())
+    bins = np.linspace(0, hi if hi > 0 else 1, 60)
+    for label, v in gaps.items():
+        ax.hist(v, bins=bins, histtype="step", density=True, label=f"{label} (n={v.size})")
+    ax.set_xlabel("inter-token gap (ms), every gap, clipped at p99.5")
+    ax.set_ylabel("density")
+    ax.set_title(f"{sc}: ITL distribution")
+    ax.legend(fontsize=7)
+    return _save(fig, out, f"itl_{sc}.png")
+
+
+def sweep_curve(run: Run, out: Path) -> str | None:
+    """Throughput against offered load for a sweep run, the knee marked."""
+    sweep = (run.summary or {}).get("sweep")
+    points = (sweep or {}).get("points") or []
+    if len(points) < 2:
+        return None
+    fig, ax = _plt().subplots(figsize=(6, 3.6))
+    ax.plot([p["load"] for p in points], [p["throughput"] for p in points], marker="o")
+    knee = sweep.get("knee") if sweep else None
+    if knee:
+        ax.axvline(knee["load"], linestyle="--", color="grey", label=f"knee ({knee['stage']})")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("offered load")
+    ax.set_ylabel(points[0].get("throughput_unit", "throughput"))
+    ax.set_title(f"{run.label}: throughput vs load")
+    ax.grid(alpha=0.3)
+    return _save(fig, out, f"sweep_{run.label}.png")
+
+
+def quality_deltas(label: str, d: Drift, baseline: str | None, out: Path) -> str | None:
+    """Each task group's scorer deltas against the baseline, with their CIs."""
+    rows = [
+        (f"{task}/{name}", s.delta) for task, t in d.tasks.items() for name, s in t.scorers.items() if s.delta
+    ]
+    if not rows:
+        return None
+    fig, ax = _plt().subplots(figsize=(7, 0.28 * len(rows) + 1.2))
+    ys = np.arange(len(rows))
+    est = np.array([r.estimate for _, r in rows])
+    err = np.array([[r.estimate - r.low for _, r in rows], [r.high - r.estimate for _, r in rows]])
+    ax.errorbar(est, ys, xerr=err, fmt="o", capsize=3)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(ys, [name for name, _ in rows], fontsize=7)
+    ax.set_xlabel("candidate − baseline (score, 95 % CI)")
+    ax.set_title(f"{label}: quality deltas against {baseline}")
+    return _save(fig, out, f"quality_deltas_{label}.png")
+
+
+def write_figures(runs: list[Run], result: AnalysisResult, out: Path) -> list[str]:
+    """Write every figure the data supports into ``out``; return the file names in report order."""
+    scenarios = list(dict.fromkeys(sc for run in runs for sc in run.by_scenario))
+    names = [f(runs, sc, out) for sc in scenarios for f in (latency_cdf, itl_histogram)]
+    names += [sweep_curve(run, out) for run in runs]
+    drifts = result.quality.drift if result.quality else {}
+    names += [quality_deltas(label, d, result.baseline, out) for label, d in drifts.items()]
+    return [n for n in names if n is not None]

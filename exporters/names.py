@@ -136,7 +136,7 @@ OVERHEAD = _g(
 )
 IN_FLIGHT = _g("in_flight_requests", "Requests sent and not yet finished.")
 WARMUP_RATIO = _g(
-    "warmup_ratio", "Median warmup E2E / median steady E2E (METHOD §2); 1 means no warmup cost."
+    "warmup_ratio", "Median warmup E2E / median steady E2E (method §2); 1 means no warmup cost."
 )
 LAST_SUCCESS = _g("last_success_timestamp_seconds", "Unix time of the last ok request.")
 BACKEND_UP = _g(

@@ -32,7 +32,7 @@ TOKENS_RATE = f"{BY} (rate({names.OUTPUT_TOKENS.name}_total{{{SEL}}}[$__rate_int
 #: in the same interval (per-request windows overlap under concurrency and would count energy twice)
 GPU_ENERGY_RATE = f"sum(rate({names.GPU_ENERGY.name}_total[$__rate_interval]))"
 ALL_TOKENS_RATE = f"sum(rate({names.OUTPUT_TOKENS.name}_total{{{SEL}}}[$__rate_interval]))"
-#: SLO lines drawn on latency panels (METHOD §8 defaults; the alert rules use the same numbers)
+#: SLO lines drawn on latency panels (method §8 defaults; the alert rules use the same numbers)
 SLO_S = {"ttft": rules.TTFT_P95_PAGE_S, "e2e": rules.E2E_P95_WARN_S, "tpot": 0.1, "itl": 0.1}
 
 

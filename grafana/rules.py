@@ -27,7 +27,7 @@ from exporters import names
 __all__ = ["FAST", "PRODUCTION", "Profile", "render", "rules"]
 
 BY = "backend, model, scenario"
-#: METHOD §8: p95 latency over 1 s pages
+#: method §8: p95 latency over 1 s pages
 TTFT_P95_PAGE_S = 1.0
 E2E_P95_WARN_S = 30.0
 #: a regression: per-request decode rate under this share of the baseline's, or TTFT over this factor

@@ -258,36 +258,51 @@ class Engine:
             _sync(self.device)
             t_first = now_ns()
             put(chunk(t_first, dec.push(int(token))))
-            past, n, t_last, finish = out.past_key_values, 1, t_first, "length"
-            mask = kw.get("attention_mask")
-            while n < request.max_tokens:
-                if eos is not None and int(token) == eos:
-                    finish = "stop"
-                    break
-                if cancel.is_set():
-                    return
-                step: dict[str, Any] = {
-                    "input_ids": token[:, None],
-                    "past_key_values": past,
-                    "use_cache": True,
-                }
-                if mask is not None:
-                    mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                    step.update(attention_mask=mask, position_ids=(mask.sum(-1, keepdim=True) - 1))
-                out = self._call(self.decode_fn, **step)
-                token = self._pick(out.logits[:, -1, :], request.sampling, gen)
-                _sync(self.device)
-                t_last = now_ns()
-                put(chunk(t_last, dec.push(int(token))))
-                past, n = out.past_key_values, n + 1
-            if eos is not None and n == request.max_tokens and int(token) == eos:
-                finish = "stop"
+            steps = _Steps(token, out.past_key_values, kw.get("attention_mask"), t_first)
+            if not self._decode(steps, request, gen, dec, put, cancel, eos):
+                return
+        n, t_last, finish = steps.n, steps.t_last, steps.finish
         compiled = self.compile.get("backend_actual") if self.args.compile else None
         load = self.load_ms if cold else None
         timings = native(
             (t_first - t0) / 1e6, (t_last - t_first) / 1e6, prompt_n, n, load, compiled, queue_ms=queued_ms
         )
         put(end_event(now_ns(), timings, finish))
+
+    def _decode(
+        self,
+        s: _Steps,
+        request: GenerationRequest,
+        gen: torch.Generator | None,
+        dec: _Decoder,
+        put: Callable[[StreamEvent | BaseException], None],
+        cancel: threading.Event,
+        eos: int | None,
+    ) -> bool:
+        """The decode loop after the first token, each token put as it is chosen; False when cancelled."""
+        while s.n < request.max_tokens:
+            if eos is not None and int(s.token) == eos:
+                s.finish = "stop"
+                return True
+            if cancel.is_set():
+                return False
+            step: dict[str, Any] = {
+                "input_ids": s.token[:, None],
+                "past_key_values": s.past,
+                "use_cache": True,
+            }
+            if s.mask is not None:
+                s.mask = torch.cat([s.mask, s.mask.new_ones((1, 1))], dim=1)
+                step.update(attention_mask=s.mask, position_ids=(s.mask.sum(-1, keepdim=True) - 1))
+            out = self._call(self.decode_fn, **step)
+            s.token = self._pick(out.logits[:, -1, :], request.sampling, gen)
+            _sync(self.device)
+            s.t_last = now_ns()
+            put(chunk(s.t_last, dec.push(int(s.token))))
+            s.past, s.n = out.past_key_values, s.n + 1
+        if eos is not None and int(s.token) == eos:
+            s.finish = "stop"
+        return True
 
     def _prefill_inputs(self, ids: torch.Tensor) -> dict[str, Any]:
         """Input ids, left-padded to a shape bucket when asked (with the mask and positions that implies)."""
@@ -367,3 +382,15 @@ def _sync(device: torch.device) -> None:
 
 def _flatten(messages: list[dict[str, str]] | None) -> str:
     return "\n\n".join(m.get("content", "") for m in messages or [])
+
+
+@dataclasses.dataclass(slots=True)
+class _Steps:
+    """The decode loop's state: last token, cache, mask, tokens so far, when the last came, why it ended."""
+
+    token: torch.Tensor
+    past: Any
+    mask: torch.Tensor | None
+    t_last: int
+    n: int = 1
+    finish: str = "length"

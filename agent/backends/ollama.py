@@ -1,6 +1,6 @@
 """Ollama's native API: ``/api/chat`` and ``/api/generate`` streamed as newline-delimited JSON.
 
-Native timings come from the final (``done: true``) object, in **nanoseconds** (TR125):
+Native timings come from the final (``done: true``) object, in **nanoseconds** (method §1):
 ``prompt_eval_duration`` → prefill, ``eval_duration`` → decode, ``load_duration`` → load,
 ``total_duration`` → native total. A field the server leaves out (``prompt_eval_count`` and its duration
 vanish when the whole prompt came from cache) stays ``None`` in the record; it is never read as zero.

@@ -1,4 +1,4 @@
-"""In-process Hugging Face transformers with the phase split the seeds define (TR120, TR121).
+"""In-process Hugging Face transformers with the phase split of method §1.
 
 ``prefill_ms`` is one forward pass over the prompt (plus choosing the first token); ``decode_ms`` is the
 KV-cache loop that produces the remaining tokens — exactly the requested count unless the request lets

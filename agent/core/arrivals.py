@@ -1,7 +1,7 @@
 """Arrival schedules, pure: a load model in, intended send offsets (seconds from stage start) out.
 
 Open-loop latency is measured from these intended times, never from the moment the client managed to
-send (coordinated omission, METHOD §1). Every schedule is seeded, so a run can be repeated exactly.
+send (coordinated omission, method §1). Every schedule is seeded, so a run can be repeated exactly.
 
 - ``constant``: one request every ``1/rate`` seconds.
 - ``poisson``: exponential gaps with mean ``1/rate`` (memoryless arrivals).

@@ -1,6 +1,6 @@
 """The record model every layer speaks: requests out, stream events back, one RequestRecord per request.
 
-Timing rules follow METHOD §1 (TR117, TR121, TR125): wall-clock times are measured from the *intended*
+Timing rules follow method §1 (docs/method.md): wall-clock times are measured from the *intended*
 send time, native times come from the server (or the in-process loop), and derived figures are computed
 here once so every consumer reads the same numbers.
 """
@@ -168,103 +168,178 @@ class RecordIdentity:
 
 
 class RequestRecord(BaseModel):
-    """One line of ``records.jsonl``: both clocks, token counts, derived figures and the outcome."""
+    """One line of ``records.jsonl``: both clocks, token counts, derived figures and the outcome.
 
-    model_config = ConfigDict(extra="ignore")
+    Every field's text below is its documentation (``docs/records.md`` is generated from it).
+    """
+
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     schema_version: int = SCHEMA_VERSION
+    """Version of this record layout."""
     run_id: str
+    """The run this request belongs to."""
     scenario: str
+    """Scenario name (a tenant's name when several ran at once)."""
     stage: Stage = "steady"
+    """``warmup``, ``steady`` or ``cooldown``; only steady records enter the figures."""
     is_warmup: bool = False
+    """True for warmup requests, summarised apart (method §2)."""
     request_id: str
+    """Unique within the run."""
     seq: int
+    """Order in which the runner issued the request, from 0."""
     prompt_id: str | None = None
+    """The scenario prompt it was made from (quality scoring and drift pair outputs by it)."""
     step: int | None = None
+    """Agent chains: the step within its chain, from 0."""
     chain_id: str | None = None
+    """Agent chains: the chain it belongs to (a trace's session id in a replay)."""
     load_stage: str | None = None
+    """Sweeps: the load stage, e.g. ``concurrency=8``."""
     target_rate: float | None = None
+    """Open loop: the requested arrival rate, requests per second."""
     batch_id: str | None = None
+    """Batches: the batch it was sent in."""
     batch_size: int | None = None
+    """Batches: how many prompts that batch held."""
     backend: str
+    """Backend name (the target's name for the daemon)."""
     model: str
+    """Model as the backend names it."""
     endpoint: str
+    """API used: ``chat``, ``completions``, ``generate``, ``prefill_batch``."""
     status: Literal["ok", "degraded"]
+    """``degraded`` records are kept but left out of every aggregate (method §2)."""
     reason: str | None = None
+    """Why a record is degraded: ``timeout_first_token``, ``http_503``, ``connection``, ``invariant``…"""
     detail: str | None = None
-    # wall clock, ms; offsets are from the run's monotonic start
+    """The failure in words, secrets masked."""
     intended_offset_ms: float
+    """When the request was due, ms from the run's start."""
     sent_offset_ms: float
+    """When it was actually sent, ms from the run's start."""
     schedule_lag_ms: float
+    """How late it was sent against its due time (open loop: the client's own delay)."""
     sent_unix_s: float
+    """Send time as Unix seconds."""
     ttft_ms: float | None = None
+    """Wall clock: due time → first chunk carrying output text."""
     ttfo_ms: float | None = None
+    """Wall clock: due time → first chunk of the answer proper (after any reasoning)."""
     itl_ms: list[float] = []
+    """Wall clock: every gap between consecutive text chunks."""
     tpot_ms: float | None = None
+    """Wall clock: (E2E − TTFT) ÷ (output tokens − 1)."""
     e2e_ms: float | None = None
+    """Wall clock: due time → last byte of the answer."""
     chunks: int = 0
-    # native clock, ms
+    """Text-bearing chunks received."""
     native_source: str | None = None
+    """Which server reported the native times (``ollama``, ``llama.cpp``, ``transformers``…)."""
     prefill_ms: float | None = None
+    """Native clock: prompt processing."""
     decode_ms: float | None = None
+    """Native clock: generation after the first token."""
     load_ms: float | None = None
+    """Native clock: model load on this request (a cold start when large)."""
     native_ttft_ms: float | None = None
+    """Native clock: load + prefill."""
     native_total_ms: float | None = None
+    """Native clock: the server's whole time for the request."""
     queue_ms: float | None = None
+    """In-process: how long the request waited for a free engine worker."""
     cold_start: bool = False
+    """The model was not warm: a load, the first request, or the first after an idle gap."""
     cold_cause: Literal["load", "first_request", "idle_gap"] | None = None
+    """Why the request counts as cold."""
     compile_backend: str | None = None
-    # tokens
+    """In-process: the torch.compile backend actually in use."""
     prompt_tokens: int | None = None
+    """Prompt tokens as the server or engine counted them."""
     requested_prompt_tokens: int | None = None
+    """Prompt length the scenario or trace asked for."""
     cached_prompt_tokens: int | None = None
+    """Prompt tokens the server served from its cache."""
     output_tokens: int | None = None
+    """Output tokens received."""
     token_source: Literal["server", "engine", "tokenizer", "chunks"] | None = None
+    """Where ``output_tokens`` came from; ``chunks`` is a count of chunks, the weakest source."""
     requested_output_tokens: int | None = None
+    """``max_tokens`` asked for."""
     finish_reason: str | None = None
+    """Why generation ended, as the server said (``length``, ``stop``…)."""
     early_stop: bool = False
+    """Fewer tokens than asked came back (method §1)."""
     decode_ms_fixed_len: float | None = None
-    # derived
+    """Early stops: decode time scaled to the asked length, beside the measured one."""
     native_tok_s: float | None = None
+    """Output tokens ÷ native decode seconds."""
     wall_tok_s: float | None = None
+    """Output tokens ÷ E2E seconds."""
     overhead_pct: float | None = None
+    """(native tok/s ÷ wall tok/s − 1) × 100: time outside the server's decode."""
     decode_fraction: float | None = None
-    # energy (METHOD §5): only where the power samples can see the request; see `energy_quality`
+    """decode ÷ (prefill + decode)."""
     energy_j: float | None = None
+    """Energy over the idle baseline, only where the power samples could see the request (method §5)."""
     energy_quality: Literal["good", "no_data", "counter"] | None = None
+    """``good``: two or more samples in the window; ``counter``: the GPU's energy counter; ``no_data``."""
     energy_samples: int | None = None
+    """Power samples inside the request's window."""
     power_delta_w: float | None = None
+    """Mean power over the idle baseline in the window."""
     prefill_energy_j: float | None = None
+    """Energy of the prefill window, gated as ``energy_j``."""
     prefill_energy_quality: Literal["good", "no_data", "counter"] | None = None
+    """Quality of ``prefill_energy_j``."""
     decode_energy_j: float | None = None
+    """Energy of the decode window, gated as ``energy_j``."""
     decode_energy_quality: Literal["good", "no_data", "counter"] | None = None
+    """Quality of ``decode_energy_j``."""
     output_text: str | None = None
-    #: True when ``output_text`` was cut at the scenario's ``max_output_chars`` (a runaway answer)
+    """The answer, where the scenario keeps outputs (``keep_output_every``) or quality needs it."""
     output_truncated: bool | None = None
-    #: top-k {token: logprob} for the first output positions (scenario ``logprobs``), for drift's KL
+    """True when ``output_text`` was cut at the scenario's ``max_output_chars`` (a runaway answer)."""
     top_logprobs: list[dict[str, float]] | None = None
+    """Top-k {token: logprob} for the first output positions (scenario ``logprobs``), for drift's KL."""
 
 
 class ChainRecord(BaseModel):
     """One line of ``chains.jsonl``: an agent chain as a whole, beside its per-step request records."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     schema_version: int = SCHEMA_VERSION
+    """Version of this record layout."""
     run_id: str
+    """The run this chain belongs to."""
     scenario: str
+    """Scenario name."""
     chain_id: str
+    """Unique within the run; its steps' records carry it."""
     stage: Stage = "steady"
+    """``warmup``, ``steady`` or ``cooldown``."""
     status: Literal["ok", "degraded"]
+    """``degraded`` when a step failed or the run stopped mid-chain."""
     reason: str | None = None
+    """The failing step's reason, or ``interrupted``."""
     failed_step: int | None = None
+    """The step that failed (steps done before it)."""
     steps_planned: int
+    """Steps the scenario asks for."""
     steps_done: int
+    """Steps that completed ok."""
     started_offset_ms: float
+    """When the chain began, ms from the run's start."""
     chain_e2e_ms: float
+    """The whole chain, think time included."""
     think_ms: float
+    """Time spent thinking between steps."""
     prompt_tokens: int | None = None
+    """Prompt tokens over every step."""
     output_tokens: int | None = None
+    """Output tokens over every step."""
 
 
 def _ms(ns: int) -> float:
@@ -345,51 +420,10 @@ class Measurement:
         ``failure`` is ``(reason, detail)`` for a degraded request; ``extra`` adds fields measured
         elsewhere (energy).
         """
-        t0 = self.intended_ns
-        end_ns = self.end.t_ns if self.end is not None else now_ns
-        e2e = _ms(end_ns - t0) if end_ns is not None else None
-        ttft = _ms(self.text_ns[0] - t0) if self.text_ns else None
-        ttfo = _ms(self.first_answer_ns - t0) if self.first_answer_ns is not None else None
-        usage = self.end.usage if self.end else None
+        fields = _identity_fields(ident)
+        fields.update(self._clock_fields(now_ns))
+        fields.update(self._output_fields())
         native = self.end.native if self.end else None
-        output_tokens, token_source = _output_tokens(usage, len(self.text_ns))
-        fields: dict[str, Any] = {
-            "run_id": ident.run_id,
-            "scenario": ident.scenario,
-            "stage": ident.stage,
-            "is_warmup": ident.stage == "warmup",
-            "request_id": ident.request_id,
-            "seq": ident.seq,
-            "prompt_id": ident.prompt_id,
-            "step": ident.step,
-            "chain_id": ident.chain_id,
-            "load_stage": ident.load_stage,
-            "target_rate": ident.target_rate,
-            "batch_id": ident.batch_id,
-            "batch_size": ident.batch_size,
-            "requested_prompt_tokens": ident.requested_prompt_tokens,
-            "backend": ident.backend,
-            "model": ident.model,
-            "endpoint": ident.endpoint,
-            "requested_output_tokens": ident.requested_output_tokens,
-            "intended_offset_ms": _ms(self.intended_ns - self.run_start_ns),
-            "sent_offset_ms": _ms(self.sent_ns - self.run_start_ns),
-            "schedule_lag_ms": _ms(self.sent_ns - self.intended_ns),
-            "sent_unix_s": self.run_start_unix + (self.sent_ns - self.run_start_ns) / 1e9,
-            "ttft_ms": ttft,
-            "ttfo_ms": ttfo,
-            "itl_ms": self.itl_ms.tolist(),
-            "e2e_ms": e2e,
-            "chunks": len(self.text_ns),
-            "output_tokens": output_tokens,
-            "token_source": token_source,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
-            "finish_reason": self.end.finish_reason if self.end else None,
-            "output_text": "".join(self.parts) if self.keep_text else None,
-            "output_truncated": True if self.truncated else None,
-            "top_logprobs": self.end.logprobs if self.end else None,
-        }
         fields.update(_native_fields(native))
         if fields.get("cold_start"):
             fields["cold_cause"] = "load"
@@ -407,6 +441,61 @@ class Measurement:
                 update={"status": "degraded", "reason": "invariant", "detail": "; ".join(broken)}
             )
         return record
+
+    def _clock_fields(self, now_ns: int | None) -> dict[str, Any]:
+        """The wall clock: offsets from the run start, schedule lag, TTFT, first output, ITL, E2E."""
+        t0 = self.intended_ns
+        end_ns = self.end.t_ns if self.end is not None else now_ns
+        return {
+            "intended_offset_ms": _ms(self.intended_ns - self.run_start_ns),
+            "sent_offset_ms": _ms(self.sent_ns - self.run_start_ns),
+            "schedule_lag_ms": _ms(self.sent_ns - self.intended_ns),
+            "sent_unix_s": self.run_start_unix + (self.sent_ns - self.run_start_ns) / 1e9,
+            "ttft_ms": _ms(self.text_ns[0] - t0) if self.text_ns else None,
+            "ttfo_ms": _ms(self.first_answer_ns - t0) if self.first_answer_ns is not None else None,
+            "itl_ms": self.itl_ms.tolist(),
+            "e2e_ms": _ms(end_ns - t0) if end_ns is not None else None,
+        }
+
+    def _output_fields(self) -> dict[str, Any]:
+        """What came back: chunks, token counts and their source, finish reason, kept text, logprobs."""
+        usage = self.end.usage if self.end else None
+        output_tokens, token_source = _output_tokens(usage, len(self.text_ns))
+        return {
+            "chunks": len(self.text_ns),
+            "output_tokens": output_tokens,
+            "token_source": token_source,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
+            "finish_reason": self.end.finish_reason if self.end else None,
+            "output_text": "".join(self.parts) if self.keep_text else None,
+            "output_truncated": True if self.truncated else None,
+            "top_logprobs": self.end.logprobs if self.end else None,
+        }
+
+
+def _identity_fields(ident: RecordIdentity) -> dict[str, Any]:
+    """Which request this was: run, scenario, stage, ids, load, backend and what was asked for."""
+    return {
+        "run_id": ident.run_id,
+        "scenario": ident.scenario,
+        "stage": ident.stage,
+        "is_warmup": ident.stage == "warmup",
+        "request_id": ident.request_id,
+        "seq": ident.seq,
+        "prompt_id": ident.prompt_id,
+        "step": ident.step,
+        "chain_id": ident.chain_id,
+        "load_stage": ident.load_stage,
+        "target_rate": ident.target_rate,
+        "batch_id": ident.batch_id,
+        "batch_size": ident.batch_size,
+        "requested_prompt_tokens": ident.requested_prompt_tokens,
+        "backend": ident.backend,
+        "model": ident.model,
+        "endpoint": ident.endpoint,
+        "requested_output_tokens": ident.requested_output_tokens,
+    }
 
 
 def _output_tokens(usage: Usage | None, chunks: int) -> tuple[int | None, str | None]:
@@ -437,7 +526,7 @@ def _native_fields(native: NativeTimings | None) -> dict[str, Any]:
 
 
 def _derived(f: dict[str, Any]) -> dict[str, Any]:
-    """METHOD §1 derived figures: tok/s on both clocks, overhead, decode fraction, TPOT, early stop."""
+    """The derived figures of method §1: tok/s on both clocks, overhead, decode fraction, TPOT, early stop."""
     out: dict[str, Any] = {}
     tokens: int | None = f["output_tokens"]
     e2e: float | None = f["e2e_ms"]

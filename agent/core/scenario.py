@@ -309,7 +309,7 @@ class Scenario(_Strict):
         return data
 
     def config_hash(self) -> str:
-        """sha256 of the normalised config (METHOD §2)."""
+        """sha256 of the normalised config (method §2)."""
         blob = json.dumps(self.normalised(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

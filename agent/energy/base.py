@@ -145,7 +145,7 @@ def window(
     interval_s: float,
     wrap_mj: int = COUNTER_WRAP_MJ,
 ) -> EnergyWindow:
-    """The energy of ``[start_ns, end_ns]`` over the baseline, gated by sample coverage (METHOD §5).
+    """The energy of ``[start_ns, end_ns]`` over the baseline, gated by sample coverage (method §5).
 
     ``samples`` may extend beyond the window (the counter method needs one sample on each side).
     """

@@ -394,32 +394,16 @@ class SimServer:
     async def _serve(self, conn: _Conn, plan: _Plan, arrival_ns: int) -> _Result:
         result = _Result()
         if plan.fault == "http_500":
-            err = {"error": {"message": "simulated failure", "type": "server_error"}}
+            sse_error = {"error": {"message": "simulated failure", "type": "server_error"}}
             conn.reply_json(
-                500, err if plan.route in ("chat", "completions") else {"error": "simulated failure"}
+                500, sse_error if plan.route in ("chat", "completions") else {"error": "simulated failure"}
             )
             result.outcome = "http_500"
             return result
         sse = plan.route in ("chat", "completions")
         conn.write(conn.head(200, b"text/event-stream" if sse else b"application/x-ndjson", None))
         if plan.route == "chat":
-            conn.write(
-                _sse(
-                    {
-                        "id": "chatcmpl-sim",
-                        "object": "chat.completion.chunk",
-                        "created": 0,
-                        "model": self.model.model_name,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "delta": {"role": "assistant", "content": None},
-                                "finish_reason": None,
-                            }
-                        ],
-                    }
-                )
-            )
+            conn.write(_role_frame(self.model.model_name))
         chunks = len(plan.itl_s) + 1
         t0 = arrival_ns / 1e9
         due = t0 + plan.load_s + plan.ttft_s
@@ -632,3 +616,17 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _role_frame(model_name: str) -> bytes:
+    """The first chunk of an OpenAI chat stream: the assistant role, no content yet."""
+    choice = {"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}
+    return _sse(
+        {
+            "id": "chatcmpl-sim",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model_name,
+            "choices": [choice],
+        }
+    )

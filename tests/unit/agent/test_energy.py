@@ -1,4 +1,4 @@
-"""Energy gating on replayed power traces (METHOD §5): the sensor reports only what it can see."""
+"""Energy gating on replayed power traces (method §5): the sensor reports only what it can see."""
 
 from __future__ import annotations
 

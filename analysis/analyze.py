@@ -99,7 +99,7 @@ def _scenario_summary(run: Run, name: str, records: list[RequestRecord]) -> dict
     scenarios = (run.summary or {}).get("scenarios") or {}
     if name in scenarios:
         return dict(scenarios[name])
-    return dict(summarize(records)["scenarios"][name])
+    return summarize(records).scenarios[name].dump()
 
 
 def _fits(records: list[RequestRecord]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Typed results: what ``analyze`` returns and every renderer reads, written as ``summary.json``.
+"""Typed results: a run's summary, a sweep's, and an analysis; what renderers read and JSON files hold.
 
 Every block keeps fields it does not name (``extra="allow"``), so the JSON carries everything the
 analysis computed while renderers read the named fields by attribute, checked by the type checker.
@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "SUMMARY_SCHEMA_VERSION",
     "AnalysisOptions",
     "AnalysisResult",
     "Anova",
@@ -27,10 +28,16 @@ __all__ = [
     "Quality",
     "RunComparison",
     "RunInfo",
+    "RunSummary",
+    "ScenarioSummary",
     "ScorerDrift",
+    "SweepSummary",
     "TaskDrift",
     "TaskScores",
 ]
+
+
+SUMMARY_SCHEMA_VERSION = 1
 
 
 class Block(BaseModel):
@@ -252,3 +259,123 @@ class AnalysisResult(Block):
     cost: dict[str, dict[str, Cost]]
     quality: Quality | None = None
     figures: list[str] = Field(default_factory=list)
+
+
+class Requests(Block):
+    """Counts of one scenario's records; only steady ones count toward success."""
+
+    steady: int
+    ok: int
+    degraded: int
+    success_rate: float | None = None
+    cold_start: int = 0
+    degraded_by_reason: dict[str, int] = Field(default_factory=dict)
+    warmup: int = 0
+    interrupted: int = 0
+
+
+class ColdStarts(Block):
+    """Cold requests, kept out of the steady figures."""
+
+    n: int = 0
+    load_ms: Distribution | None = None
+    ttft_ms: Distribution | None = None
+    e2e_ms: Distribution | None = None
+
+
+class Goodput(Block):
+    """Steady requests that met every objective set; degraded ones count as misses."""
+
+    slo: dict[str, float]
+    met: int
+    of: int
+    share: float
+    requests_per_s: float | None = None
+
+
+class LoadFidelity(Block):
+    """An open-loop or replayed stage: the rate asked, scheduled and achieved, and the schedule lag."""
+
+    arrival: str
+    burstiness_requested: float | None = None
+    burstiness_measured: float | None = None
+    rate_requested: float | None = None
+    rate_scheduled: float | None = None
+    rate_achieved: float | None = None
+    rate_error_pct: float | None = None
+    rate_error_vs_schedule_pct: float | None = None
+    schedule_lag_ms: Distribution | None = None
+    lag_limit_ms: float | None = None
+    trustworthy: bool | None = None
+    max_concurrency: int | None = None
+
+
+class Throughput(Block):
+    """Tokens and requests per second over the steady window, and per-request rates on both clocks."""
+
+    native_tok_s_per_request: Distribution | None = None
+    wall_tok_s_per_request: Distribution | None = None
+    native_tok_s_aggregate: float | None = None
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    window_s: float | None = None
+    output_tok_s: float | None = None
+    prompt_tok_s: float | None = None
+    requests_per_s: float | None = None
+
+
+class Warmup(Block):
+    """Warmup against steady: the ratio of medians, and whether it calls for a warm pool."""
+
+    n: int = 0
+    median_e2e_ms: float | None = None
+    steady_median_e2e_ms: float | None = None
+    ratio: float | None = None
+    needs_warm_pool: bool = False
+
+
+class Tokens(Block):
+    """Prompt and output lengths against their targets, early stops, where counts came from."""
+
+    prompt: Distribution | None = None
+    prompt_target: int | None = None
+    output: Distribution | None = None
+    output_target: int | None = None
+    early_stop: int = 0
+    source: dict[str, int] = Field(default_factory=dict)
+    cached_prompt_tokens: int = 0
+    server_vs_chunk_mismatch: int = 0
+
+
+class ScenarioSummary(Block):
+    """One scenario (or one sweep stage) of a run: steady ok records only, degraded ones counted apart."""
+
+    requests: Requests
+    latency_ms: dict[str, Distribution | None]
+    native_ms: dict[str, Distribution | None]
+    cold_start: ColdStarts
+    goodput: Goodput | None = None
+    load: LoadFidelity | None = None
+    throughput: Throughput
+    overhead_pct: Distribution | None = None
+    decode_fraction: Distribution | None = None
+    warmup: Warmup
+    tokens: Tokens
+
+
+class RunSummary(Block):
+    """A run's ``summary.json``: every scenario, and the energy block when energy was measured."""
+
+    schema_version: int
+    run_id: str | None = None
+    scenarios: dict[str, ScenarioSummary]
+    energy: dict[str, Any] | None = None
+
+
+class SweepSummary(Block):
+    """A sweep's ``summary.json``: the throughput/latency curve with its knee, and every stage's summary."""
+
+    schema_version: int
+    run_id: str | None = None
+    sweep: dict[str, Any]
+    stages: dict[str, ScenarioSummary]

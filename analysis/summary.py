@@ -15,10 +15,10 @@ from typing import Any
 from agent.core.arrivals import burstiness_of
 from agent.core.record import RequestRecord, meets_slo
 from analysis.energy import energy_summary
+from analysis.results import SUMMARY_SCHEMA_VERSION, RunSummary, ScenarioSummary
 from analysis.stats import describe, median
 
 __all__ = [
-    "SUMMARY_SCHEMA_VERSION",
     "WARMUP_RATIO_LIMIT",
     "goodput",
     "meets_slo",
@@ -26,7 +26,6 @@ __all__ = [
     "summarize_stages",
 ]
 
-SUMMARY_SCHEMA_VERSION = 1
 #: method §2/§8: a warmup median more than ten times the steady median calls for a warm pool.
 WARMUP_RATIO_LIMIT = 10.0
 
@@ -35,7 +34,7 @@ def summarize(
     records: Iterable[RequestRecord],
     targets: dict[str, dict[str, Any]] | None = None,
     run_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Summaries keyed by scenario; ``targets`` maps scenario → {prompt_tokens, output_tokens}.
 
     With ``run_dir``, the run's energy block (macro windows, request-window coverage) is added.
@@ -54,21 +53,21 @@ def summarize(
         energy = energy_summary(run_dir, everything)
         if energy is not None:
             out["energy"] = energy
-    return out
+    return RunSummary.model_validate(out)
 
 
 def summarize_stages(
     records: Iterable[RequestRecord], targets: dict[str, dict[str, Any]] | None = None
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ScenarioSummary]:
     """One scenario summary per load stage (sweep stages), keyed by stage label, in first-seen order."""
     by_stage: dict[str, list[RequestRecord]] = defaultdict(list)
     for r in records:
         by_stage[r.load_stage or ""].append(r)
     targets = targets or {}
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, ScenarioSummary] = {}
     for label, recs in by_stage.items():
         target = targets.get(recs[0].scenario, {})
-        out[label] = _scenario(recs, target)
+        out[label] = ScenarioSummary.model_validate(_scenario(recs, target))
     return out
 
 

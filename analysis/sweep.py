@@ -9,41 +9,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from analysis.results import Distribution, ScenarioSummary
+
 __all__ = ["SweepPoint", "analyse", "point", "saturation"]
 
 SweepPoint = dict[str, Any]
 
 
-def _pct(stats: dict[str, Any] | None, percentile: float) -> float | None:
+def _pct(stats: Distribution | None, percentile: float) -> float | None:
     """The summary's percentile nearest the one asked for (summaries hold p50, p95, p99)."""
     if stats is None:
         return None
     key = min(("p50", "p95", "p99"), key=lambda k: abs(float(k[1:]) - percentile))
-    value = stats[key]
-    return float(value) if value is not None else None
+    return float(getattr(stats, key))
 
 
-def point(label: str, value: float, summary: dict[str, Any], percentile: float = 95.0) -> SweepPoint:
+def point(label: str, value: float, summary: ScenarioSummary, percentile: float = 95.0) -> SweepPoint:
     """One stage of the curve from its scenario summary."""
-    tp = summary["throughput"]
-    lat = summary["latency_ms"]
-    load = summary.get("load") or {}
-    good = summary.get("goodput") or {}
+    tp, lat, load = summary.throughput, summary.latency_ms, summary.load
     return {
         "stage": label,
         "load": value,
-        "throughput": tp["output_tok_s"] if tp["output_tok_s"] else tp["requests_per_s"],
-        "throughput_unit": "output tok/s" if tp["output_tok_s"] else "req/s",
-        "requests_per_s": tp["requests_per_s"],
-        "success_rate": summary["requests"]["success_rate"],
-        "goodput_share": good.get("share"),
-        "ttft_ms_p50": _pct(lat["ttft"], 50),
-        "ttft_ms_pslo": _pct(lat["ttft"], percentile),
-        "tpot_ms_p50": _pct(lat["tpot"], 50),
-        "e2e_ms_pslo": _pct(lat["e2e"], percentile),
-        "rate_achieved": load.get("rate_achieved"),
-        "lag_ms_p99": (load.get("schedule_lag_ms") or {}).get("p99"),
-        "trustworthy": load.get("trustworthy"),
+        "throughput": tp.output_tok_s if tp.output_tok_s else tp.requests_per_s,
+        "throughput_unit": "output tok/s" if tp.output_tok_s else "req/s",
+        "requests_per_s": tp.requests_per_s,
+        "success_rate": summary.requests.success_rate,
+        "goodput_share": summary.goodput.share if summary.goodput else None,
+        "ttft_ms_p50": _pct(lat.get("ttft"), 50),
+        "ttft_ms_pslo": _pct(lat.get("ttft"), percentile),
+        "tpot_ms_p50": _pct(lat.get("tpot"), 50),
+        "e2e_ms_pslo": _pct(lat.get("e2e"), percentile),
+        "rate_achieved": load.rate_achieved if load else None,
+        "lag_ms_p99": load.schedule_lag_ms.p99 if load and load.schedule_lag_ms else None,
+        "trustworthy": load.trustworthy if load else None,
     }
 
 

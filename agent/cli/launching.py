@@ -30,6 +30,7 @@ from agent.energy.meter import EnergyMeter
 from agent.energy.sources import open_source
 from agent.run.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, targets_for
 from agent.run.manifest import build_manifest, write_json_atomic
+from analysis.results import RunSummary, SweepSummary
 from exporters.http import MetricsServer
 from exporters.prometheus import RecordMetrics
 
@@ -252,7 +253,9 @@ def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:
     return MetricsEndpoint(server, ns.metrics_host, ns.metrics_port, linger)
 
 
-def finish(launch: Launch, result: LaunchResult, summary: dict[str, Any] | None, err: Console) -> int:
+def finish(
+    launch: Launch, result: LaunchResult, summary: RunSummary | SweepSummary | None, err: Console
+) -> int:
     """Summary and manifest written, the outcome said in one line; the exit code.
 
     0 completed; 1 failed (records could not be written); 128 + n stopped by signal n.
@@ -284,8 +287,8 @@ def finish(launch: Launch, result: LaunchResult, summary: dict[str, Any] | None,
         )
     try:
         if summary is not None:
-            summary["run_id"] = launch.run_id
-            write_json_atomic(launch.out / "summary.json", summary)
+            summary.run_id = launch.run_id
+            write_json_atomic(launch.out / "summary.json", summary.dump())
         write_json_atomic(launch.out / "manifest.json", launch.manifest)
     except OSError as e:
         err.print(Text.assemble(("error: ", "bold red"), f"cannot write the run's manifest or summary: {e}"))

@@ -48,7 +48,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
             targets = {}
     summary = summarize(loaded.records, targets, ns.run_dir if ns.run_dir.is_dir() else None)
     if ns.json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.write(json.dumps(summary.dump(), indent=2) + "\n")
     else:
         Console().print(render_summary(summary))
     return EXIT_OK

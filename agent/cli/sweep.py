@@ -17,6 +17,7 @@ from agent.core.scenario import Scenario
 from agent.run.launch import StagePlan, Tenant
 from analysis.records import load_records
 from analysis.render.summary import render_sweep
+from analysis.results import SUMMARY_SCHEMA_VERSION, SweepSummary
 from analysis.summary import summarize_stages
 from analysis.sweep import analyse, point, saturation
 
@@ -118,10 +119,7 @@ async def run(ns: argparse.Namespace, app: App) -> int:
 
     result = await launch.run(plans, after_stage=after)
     curve = analyse(points, slo, sw.min_gain)
-    summary = {
-        "schema_version": 1,
-        "sweep": curve,
-        "stages": summarize_stages(load_records(launch.out).records, by_name),
-    }
+    stages = summarize_stages(load_records(launch.out).records, by_name)
+    summary = SweepSummary(schema_version=SUMMARY_SCHEMA_VERSION, sweep=curve, stages=stages)
     Console().print(render_sweep(curve, sw.over, sc.slo.percentile))
     return finish(launch, result, summary, app.err)

@@ -71,6 +71,20 @@ def _frame(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def _role_frame(model_name: str) -> bytes:
+    """The first chunk of an OpenAI chat stream: the assistant role, no content yet."""
+    choice = {"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}
+    return _sse(
+        {
+            "id": "chatcmpl-sim",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model_name,
+            "choices": [choice],
+        }
+    )
+
+
 def _sse(obj: Any) -> bytes:
     return _frame(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
 
@@ -616,17 +630,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def _role_frame(model_name: str) -> bytes:
-    """The first chunk of an OpenAI chat stream: the assistant role, no content yet."""
-    choice = {"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}
-    return _sse(
-        {
-            "id": "chatcmpl-sim",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": model_name,
-            "choices": [choice],
-        }
-    )

@@ -8,7 +8,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from analysis.render.text import fmt, p50
+from analysis.render.text import fmt
+from analysis.results import Distribution, LoadFidelity, RunSummary, ScenarioSummary
 
 __all__ = ["energy_line", "render_summary", "render_sweep"]
 
@@ -22,95 +23,115 @@ _LATENCY_ROWS = (
 )
 
 
-def _scenario(name: str, s: dict[str, Any]) -> Group:
-    req = s["requests"]
-    rate = req["success_rate"]
-    head = Text.assemble(
-        (name, "bold"),
-        f" — {req['ok']} ok / {req['steady']} steady",
-        f" ({fmt(rate * 100 if rate is not None else None)} % success), {req['warmup']} warmup",
-    )
+def _latency_table(s: ScenarioSummary) -> Table:
     table = Table(box=None, pad_edge=False)
     table.add_column("ms")
     for col in ("n", "p50", "p95", "p99", "max", "mean"):
         table.add_column(col, justify="right")
     for label, group, key in _LATENCY_ROWS:
-        st = s[group][key]
+        st = getattr(s, group).get(key)
         if st is None:
             table.add_row(label, "0", *["—"] * 5)
             continue
-        table.add_row(label, str(st["n"]), *(fmt(st[k]) for k in ("p50", "p95", "p99", "max", "mean")))
-    tp, tok, warm = s["throughput"], s["tokens"], s["warmup"]
-    prompt_mean = (tok["prompt"] or {}).get("mean")
-    output_mean = (tok["output"] or {}).get("mean")
+        table.add_row(label, str(st.n), *(fmt(getattr(st, k)) for k in ("p50", "p95", "p99", "max", "mean")))
+    return table
+
+
+def _key_lines(s: ScenarioSummary) -> list[str]:
+    tp, tok, warm = s.throughput, s.tokens, s.warmup
     lines = [
-        f"throughput      {fmt(tp['output_tok_s'])} output tok/s, "
-        f"{fmt(tp['requests_per_s'], '{:.2f}')} req/s over {fmt(tp['window_s'])} s",
-        f"tok/s per req   native p50 {fmt(p50(tp['native_tok_s_per_request']))}, "
-        f"wall p50 {fmt(p50(tp['wall_tok_s_per_request']))}",
-        f"overhead        p50 {fmt(p50(s['overhead_pct']))} % outside native decode   decode fraction p50 "
-        f"{fmt(p50(s['decode_fraction']), '{:.3f}')}",
-        f"warmup ratio    {fmt(warm['ratio'], '{:.2f}')}"
-        + ("  (> 10: use a warm pool)" if warm["needs_warm_pool"] else ""),
-        f"prompt tokens   mean {fmt(prompt_mean)} (target {tok['prompt_target'] or '—'})",
-        f"output tokens   mean {fmt(output_mean)} (target {tok['output_target'] or '—'}), "
-        f"early stops {tok['early_stop']}",
+        f"throughput      {fmt(tp.output_tok_s)} output tok/s, "
+        f"{fmt(tp.requests_per_s, '{:.2f}')} req/s over {fmt(tp.window_s)} s",
+        f"tok/s per req   native p50 {fmt(_p50(tp.native_tok_s_per_request))}, "
+        f"wall p50 {fmt(_p50(tp.wall_tok_s_per_request))}",
+        f"overhead        p50 {fmt(_p50(s.overhead_pct))} % outside native decode   decode fraction p50 "
+        f"{fmt(_p50(s.decode_fraction), '{:.3f}')}",
+        f"warmup ratio    {fmt(warm.ratio, '{:.2f}')}"
+        + ("  (> 10: use a warm pool)" if warm.needs_warm_pool else ""),
+        f"prompt tokens   mean {fmt(_mean(tok.prompt))} (target {tok.prompt_target or '—'})",
+        f"output tokens   mean {fmt(_mean(tok.output))} (target {tok.output_target or '—'}), "
+        f"early stops {tok.early_stop}",
     ]
-    if tp.get("prompt_tok_s") and s["tokens"]["output_target"] in (0, 1):
-        lines.append(f"prefill         {fmt(tp['prompt_tok_s'])} prompt tok/s")
-    good = s.get("goodput")
+    if tp.prompt_tok_s and tok.output_target in (0, 1):
+        lines.append(f"prefill         {fmt(tp.prompt_tok_s)} prompt tok/s")
+    return lines + _condition_lines(s)
+
+
+def _condition_lines(s: ScenarioSummary) -> list[str]:
+    """Goodput, arrivals, cold starts, token-count mismatches and degraded reasons, where there are any."""
+    lines = []
+    good = s.goodput
     if good:
-        slo = ", ".join(f"{k.removesuffix('_ms')} ≤ {v:g} ms" for k, v in good["slo"].items())
+        slo = ", ".join(f"{k.removesuffix('_ms')} ≤ {v:g} ms" for k, v in good.slo.items())
         lines.append(
-            f"goodput         {fmt(good['share'] * 100)} % of {good['of']} requests meet {slo} "
-            f"({fmt(good['requests_per_s'], '{:.2f}')} req/s)"
+            f"goodput         {fmt(good.share * 100)} % of {good.of} requests meet {slo} "
+            f"({fmt(good.requests_per_s, '{:.2f}')} req/s)"
         )
-    load = s.get("load")
-    if load:
-        lines.append(_load_line(load))
-    cold = s["cold_start"]
-    if cold["n"]:
+    if s.load:
+        lines.append(_load_line(s.load))
+    cold = s.cold_start
+    if cold.n:
         lines.append(
-            f"cold starts     {cold['n']} (kept out of the table), load p50 {fmt(p50(cold['load_ms']))} ms, "
-            f"E2E p50 {fmt(p50(cold['e2e_ms']))} ms"
+            f"cold starts     {cold.n} (kept out of the table), load p50 {fmt(_p50(cold.load_ms))} ms, "
+            f"E2E p50 {fmt(_p50(cold.e2e_ms))} ms"
         )
-    if tok["server_vs_chunk_mismatch"]:
-        lines.append(f"token counts    {tok['server_vs_chunk_mismatch']} records where server count ≠ chunks")
-    if req["degraded_by_reason"]:
-        reasons = ", ".join(f"{k} × {v}" for k, v in req["degraded_by_reason"].items())
+    if s.tokens.server_vs_chunk_mismatch:
+        lines.append(
+            f"token counts    {s.tokens.server_vs_chunk_mismatch} records where server count ≠ chunks"
+        )
+    if s.requests.degraded_by_reason:
+        reasons = ", ".join(f"{k} × {v}" for k, v in s.requests.degraded_by_reason.items())
         lines.append(f"degraded        {reasons}")
-    return Group(head, table, Text("\n".join(lines)))
+    return lines
 
 
-def _load_line(load: dict[str, Any]) -> str:
-    lag = load["schedule_lag_ms"] or {}
-    target = load["rate_requested"]
-    text = (
-        f"arrivals        {load['arrival']}: requested {fmt(target, '{:.2f}')} req/s, scheduled "
-        f"{fmt(load['rate_scheduled'], '{:.2f}')}, achieved {fmt(load['rate_achieved'], '{:.2f}')} "
-        f"({fmt(load['rate_error_vs_schedule_pct'], '{:+.2f}')} % vs schedule)\n"
-        f"                schedule lag p50 {fmt(lag.get('p50'), '{:.2f}')} / "
-        f"p99 {fmt(lag.get('p99'), '{:.2f}')} ms"
+def _scenario(name: str, s: ScenarioSummary) -> Group:
+    req = s.requests
+    rate = req.success_rate
+    head = Text.assemble(
+        (name, "bold"),
+        f" — {req.ok} ok / {req.steady} steady",
+        f" ({fmt(rate * 100 if rate is not None else None)} % success), {req.warmup} warmup",
     )
-    if load["burstiness_measured"] is not None and load["arrival"] != "constant":
-        text += f", burstiness {fmt(load['burstiness_measured'], '{:.2f}')}"
-        if load["burstiness_requested"] is not None:
-            text += f" (asked {load['burstiness_requested']:g})"
-    if load["trustworthy"] is False:
-        cap = load.get("max_concurrency")
+    return Group(head, _latency_table(s), Text("\n".join(_key_lines(s))))
+
+
+def _p50(stats: Distribution | None) -> float | None:
+    return None if stats is None else stats.p50
+
+
+def _mean(stats: Distribution | None) -> float | None:
+    return None if stats is None else stats.mean
+
+
+def _load_line(load: LoadFidelity) -> str:
+    lag = load.schedule_lag_ms
+    text = (
+        f"arrivals        {load.arrival}: requested {fmt(load.rate_requested, '{:.2f}')} req/s, scheduled "
+        f"{fmt(load.rate_scheduled, '{:.2f}')}, achieved {fmt(load.rate_achieved, '{:.2f}')} "
+        f"({fmt(load.rate_error_vs_schedule_pct, '{:+.2f}')} % vs schedule)\n"
+        f"                schedule lag p50 {fmt(lag.p50 if lag else None, '{:.2f}')} / "
+        f"p99 {fmt(lag.p99 if lag else None, '{:.2f}')} ms"
+    )
+    if load.burstiness_measured is not None and load.arrival != "constant":
+        text += f", burstiness {fmt(load.burstiness_measured, '{:.2f}')}"
+        if load.burstiness_requested is not None:
+            text += f" (asked {load.burstiness_requested:g})"
+    if load.trustworthy is False:
+        cap = load.max_concurrency
         why = (
             f"the in-flight cap (max_concurrency {cap}) held requests back: the server could not keep up"
             if cap
             else "the client fell behind its schedule"
         )
-        text += f"\n                NOT TRUSTWORTHY: lag p99 above {load['lag_limit_ms']:g} ms — {why}"
+        text += f"\n                NOT TRUSTWORTHY: lag p99 above {load.lag_limit_ms:g} ms — {why}"
     return text
 
 
-def render_summary(summary: dict[str, Any]) -> Group:
+def render_summary(summary: RunSummary) -> Group:
     """Every scenario in the summary, in order, then the run's energy line."""
-    parts: list[Any] = [_scenario(name, s) for name, s in summary["scenarios"].items()]
-    energy = summary.get("energy")
+    parts: list[Any] = [_scenario(name, s) for name, s in summary.scenarios.items()]
+    energy = summary.energy
     if energy is not None:
         parts.append(Text(energy_line(energy)))
     return Group(*parts)

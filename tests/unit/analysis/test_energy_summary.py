@@ -33,7 +33,7 @@ def write_run(tmp_path: Path, stages: list[dict[str, Any]], status: str = "measu
 def test_j_per_token_comes_from_the_macro_window(tmp_path: Path) -> None:
     run = write_run(tmp_path, [{"stage": "steady", "quality": "good", "energy_j": 500.0, "samples": 50}])
     records = [rec(i, energy_quality="good" if i % 4 else "no_data") for i in range(8)]
-    energy = summarize(records, run_dir=run)["energy"]
+    energy = summarize(records, run_dir=run).dump()["energy"]
     (stage,) = energy["stages"]
     assert stage["output_tokens"] == 800 and stage["j_per_token"] == pytest.approx(500 / 800)
     assert stage["kwh_per_1m_tokens"] == pytest.approx(500 / 800 * 1e6 / 3.6e6)
@@ -44,7 +44,7 @@ def test_j_per_token_comes_from_the_macro_window(tmp_path: Path) -> None:
 
 def test_a_macro_window_without_coverage_gives_no_j_per_token(tmp_path: Path) -> None:
     run = write_run(tmp_path, [{"stage": "steady", "quality": "no_data", "energy_j": None, "samples": 1}])
-    energy = summarize([rec(0)], run_dir=run)["energy"]
+    energy = summarize([rec(0)], run_dir=run).dump()["energy"]
     assert energy["stages"][0]["j_per_token"] is None and "no J/token" in energy_line(energy)
 
 
@@ -52,7 +52,7 @@ def test_unavailable_energy_is_reported_as_such(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(
         json.dumps({"energy": {"status": "unavailable — NVML not found"}})
     )
-    energy = summarize([rec(0)], run_dir=tmp_path)["energy"]
+    energy = summarize([rec(0)], run_dir=tmp_path).dump()["energy"]
     assert energy == {"status": "unavailable — NVML not found"}
     assert energy_line(energy).endswith("unavailable — NVML not found")
-    assert "energy" not in summarize([rec(0)])
+    assert "energy" not in summarize([rec(0)]).dump()

@@ -62,7 +62,7 @@ def test_steady_ok_only_with_success_rate_and_warmup_ratio() -> None:
         rec(3, e2e=200.0, ttft=30.0),
         rec(4, e2e=5.0, ttft=1.0, status="degraded", reason="http_503"),
     ]
-    s = summarize(records, {"chat": {"prompt_tokens": 256, "output_tokens": 3}})["scenarios"]["chat"]
+    s = summarize(records, {"chat": {"prompt_tokens": 256, "output_tokens": 3}}).dump()["scenarios"]["chat"]
     assert s["requests"] == {
         "steady": 4,
         "ok": 3,
@@ -86,7 +86,7 @@ def test_steady_ok_only_with_success_rate_and_warmup_ratio() -> None:
 def test_cold_starts_are_kept_out_of_steady_latency_and_counted_apart() -> None:
     records = [rec(1, e2e=100.0, ttft=10.0), rec(2, e2e=120.0, ttft=12.0), rec(3, e2e=3000.0, ttft=2900.0)]
     records[2] = records[2].model_copy(update={"cold_start": True, "load_ms": 2800.0})
-    s = summarize(records)["scenarios"]["chat"]
+    s = summarize(records).dump()["scenarios"]["chat"]
     assert s["requests"]["ok"] == 3 and s["requests"]["cold_start"] == 1
     assert s["latency_ms"]["e2e"]["max"] == 120.0
     assert s["cold_start"]["n"] == 1 and s["cold_start"]["load_ms"]["p50"] == 2800.0
@@ -96,12 +96,12 @@ def test_server_count_differing_from_chunks_is_counted() -> None:
     records = [rec(1, e2e=100.0, ttft=10.0), rec(2, e2e=100.0, ttft=10.0)]
     records = [r.model_copy(update={"chunks": 3}) for r in records]
     records[1] = records[1].model_copy(update={"output_tokens": 7})
-    assert summarize(records)["scenarios"]["chat"]["tokens"]["server_vs_chunk_mismatch"] == 1
+    assert summarize(records).dump()["scenarios"]["chat"]["tokens"]["server_vs_chunk_mismatch"] == 1
 
 
 def test_warm_pool_flag_above_ten() -> None:
     records = [rec(0, e2e=1100.0, ttft=1.0, stage="warmup"), rec(1, e2e=100.0, ttft=1.0)]
-    assert summarize(records)["scenarios"]["chat"]["warmup"]["needs_warm_pool"]
+    assert summarize(records).dump()["scenarios"]["chat"]["warmup"]["needs_warm_pool"]
 
 
 def test_writer_and_loader_round_trip_and_bad_lines_warn(tmp_path: Path) -> None:
@@ -129,12 +129,12 @@ def test_goodput_counts_failures_as_misses_and_latency_keeps_its_n() -> None:
         rec(4, e2e=100.0, ttft=20.0, status="degraded", reason="http_503"),
     ]
     slo = {"ttft_ms": 50.0, "e2e_ms": 500.0, "tpot_ms": None}
-    s = summarize(records, {"chat": {"slo": slo}})["scenarios"]["chat"]
+    s = summarize(records, {"chat": {"slo": slo}}).dump()["scenarios"]["chat"]
     good = s["goodput"]
     assert (good["met"], good["of"], good["share"]) == (1, 4, 0.25)
     assert good["slo"] == {"ttft_ms": 50.0, "e2e_ms": 500.0}
     assert s["latency_ms"]["ttft"]["n"] == 3 and s["requests"]["degraded"] == 1
-    assert summarize(records)["scenarios"]["chat"]["goodput"] is None
+    assert summarize(records).dump()["scenarios"]["chat"]["goodput"] is None
 
 
 def test_open_loop_fidelity_reports_requested_scheduled_and_achieved_rate() -> None:
@@ -143,9 +143,9 @@ def test_open_loop_fidelity_reports_requested_scheduled_and_achieved_rate() -> N
         for i, lag in enumerate([0.1, 0.2, 0.3, 25.0, 0.1])
     ]
     load = {"arrival": "constant", "rate": 10.0, "lag_limit_ms": 10.0}
-    s = summarize(records, {"chat": {"load": load}})["scenarios"]["chat"]["load"]
+    s = summarize(records, {"chat": {"load": load}}).dump()["scenarios"]["chat"]["load"]
     assert s["rate_requested"] == 10.0 and s["rate_scheduled"] == pytest.approx(10.0)
     assert s["rate_achieved"] == pytest.approx(4 / 0.4)
     assert s["schedule_lag_ms"]["max"] == 25.0 and s["trustworthy"] is False
     closed = summarize([rec(1, e2e=1.0, ttft=1.0)], {"chat": {"load": {"arrival": "closed"}}})
-    assert closed["scenarios"]["chat"]["load"] is None
+    assert closed.scenarios["chat"].load is None

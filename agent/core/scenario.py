@@ -22,6 +22,7 @@ from pydantic import (
 from agent.core.arrivals import geometric_series
 from agent.core.errors import ConfigError, UnknownNameError
 from agent.core.record import DEFAULT_TEXT_CAP, GenerationRequest
+from agent.core.yamlfile import describe_error, line_of, read_yaml, validate
 
 if TYPE_CHECKING:
     import yaml
@@ -340,7 +341,7 @@ class Scenario(_Strict):
         try:
             out = Scenario.model_validate(data)
         except ValidationError as e:
-            raise ConfigError("; ".join(_describe(err) for err in e.errors()), location=location) from e
+            raise ConfigError("; ".join(describe_error(err) for err in e.errors()), location=location) from e
         out.source = self.source
         return out
 
@@ -398,63 +399,19 @@ def resolve_scenario(name_or_path: str) -> Path:
     return known[name_or_path]
 
 
-def _describe(err: Any) -> str:
-    field = ".".join(str(x) for x in err["loc"]) or "(top level)"
-    return f"field '{field}': {err['msg']}"
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
-    import yaml
-
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == key), None)
-            if match is None:
-                return line
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    import yaml  # only scenario files need it; a run built in code never does
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"not UTF-8 text (byte {e.start}): save the file as UTF-8", location=str(path)
-        ) from e
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", location=str(path)) from e
-    try:
-        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"invalid YAML: {problem}", location=where) from e
-
-
 def _load_prompt_files(scenario_path: Path, ref: PromptFile, node: yaml.Node | None) -> list[Prompt]:
     prompts: list[Prompt] = []
     for name in ref.paths():
         path = (scenario_path.parent / name).resolve()
         if not path.is_file():
-            line = _line_of(node, ("prompts", "file"))
+            line = line_of(node, ("prompts", "file"))
             raise ConfigError(f"field 'prompts.file': {name} not found", location=f"{scenario_path}:{line}")
         prompts.extend(_load_prompt_file(path))
     return prompts
 
 
 def _load_prompt_file(path: Path) -> list[Prompt]:
-    data, pnode = _read_yaml(path)
+    data, pnode = read_yaml(path)
     if not isinstance(data, list) or not data:
         raise ConfigError("a prompt file must be a non-empty YAML list", location=f"{path}:1")
     stem = path.stem
@@ -465,29 +422,15 @@ def _load_prompt_file(path: Path) -> list[Prompt]:
             out.append(Prompt.model_validate(raw))
         except ValidationError as e:
             err = e.errors()[0]
-            line = _line_of(pnode, (i, *err["loc"]))
-            raise ConfigError(f"prompt {i}: {_describe(err)}", location=f"{path}:{line}") from e
+            line = line_of(pnode, (i, *err["loc"]))
+            raise ConfigError(f"prompt {i}: {describe_error(err)}", location=f"{path}:{line}") from e
     return out
 
 
 def load_scenario(path: Path) -> Scenario:
     """Parse, validate and resolve one scenario file; raise one ConfigError naming file, line and field."""
-    data, node = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError("a scenario must be a YAML mapping", location=f"{path}:1")
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as e:
-        errors = e.errors()
-        first = errors[0]
-        lines = [_describe(err) for err in errors]
-        if len(errors) > 1:
-            lines = [
-                f"{text} (line {_line_of(node, tuple(err['loc']))})"
-                for text, err in zip(lines, errors, strict=True)
-            ]
-        line = _line_of(node, tuple(first["loc"]))
-        raise ConfigError("; ".join(lines), location=f"{path}:{line}") from e
+    data, node = read_yaml(path)
+    scenario = validate(Scenario, data, node, path, "scenario")
     if isinstance(scenario.prompts, PromptFile):
         scenario.prompts = list(_load_prompt_files(path, scenario.prompts, node))
     scenario.source = str(path)

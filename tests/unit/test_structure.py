@@ -34,7 +34,7 @@ def test_every_command_module_is_registered_and_has_the_command_shape() -> None:
     modules = {m.name for m in pkgutil.iter_modules(agent.cli.__path__)} - helpers
     assert modules == {c.__name__.rsplit(".", 1)[1] for c in COMMANDS}
     sub = next(a for a in parser()._actions if a.dest == "command")
-    assert list(sub.choices) == [c.NAME for c in COMMANDS]  # type: ignore[union-attr]
+    assert sub.choices is not None and list(sub.choices) == [c.NAME for c in COMMANDS]
     for command in COMMANDS:
         assert isinstance(command.HELP, str) and command.HELP
         assert callable(command.add_arguments) and callable(command.run)
@@ -54,3 +54,27 @@ def test_every_load_shape_module_registers_and_every_scenario_finds_its_shape() 
     for expected, data in cases.items():
         assert shape_name(Scenario.model_validate(data)) == expected
     assert shape_name(Scenario.model_validate(base), replay=True) == "trace"
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    import grimp
+
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    modules = sorted(graph.modules)
+    imports = {m: sorted(graph.find_modules_directly_imported_by(m) & graph.modules) for m in modules}
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in imports[module]:
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in modules:
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []

@@ -30,6 +30,7 @@ __all__ = [
     "holm",
     "min_detectable_d",
     "scaling_fit",
+    "tost",
 ]
 
 RESAMPLES = 10_000
@@ -250,10 +251,27 @@ def compare_many(comparisons: list[Comparison], alpha: float = 0.05) -> list[Com
     return comparisons
 
 
-def anova(groups: Sequence[Sequence[float]]) -> dict[str, float] | None:
-    """One-way ANOVA across more than two runs (F and p); None when a group has under two values."""
+def tost(
+    baseline: Sequence[float] | np.ndarray, candidate: Sequence[float] | np.ndarray, margin: float
+) -> float | None:
+    """Two one-sided Welch tests that |mean candidate − mean baseline| < ``margin``: the larger p.
+
+    Equivalence is shown when it is below alpha. None under two values a side or a zero margin.
+    """
+    a, b = _array(baseline), _array(candidate)
+    if a.size < 2 or b.size < 2 or margin <= 0:
+        return None
+    if a.var() == 0 and b.var() == 0:
+        return 0.0 if abs(b.mean() - a.mean()) < margin else 1.0
+    above = sps.ttest_ind(b + margin, a, equal_var=False, alternative="greater")  # H0: diff ≤ −margin
+    below = sps.ttest_ind(b - margin, a, equal_var=False, alternative="less")  # H0: diff ≥ +margin
+    return float(max(above.pvalue, below.pvalue))
+
+
+def anova(groups: Sequence[Sequence[float]], *, min_groups: int = 3) -> dict[str, float] | None:
+    """One-way ANOVA over ``min_groups``+ groups (F, p); None when a group has under two values."""
     arrays = [_array(g) for g in groups]
-    if len(arrays) < 3 or any(a.size < 2 for a in arrays):
+    if len(arrays) < min_groups or any(a.size < 2 for a in arrays):
         return None
     if all(a.var() == 0 for a in arrays):
         return None

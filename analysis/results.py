@@ -31,6 +31,7 @@ __all__ = [
     "RunSummary",
     "ScenarioSummary",
     "ScorerDrift",
+    "StudyResult",
     "SweepSummary",
     "TaskDrift",
     "TaskScores",
@@ -379,3 +380,114 @@ class SweepSummary(Block):
     run_id: str | None = None
     sweep: dict[str, Any]
     stages: dict[str, ScenarioSummary]
+
+
+class VariantInfo(Block):
+    """What a study variant is: its backend and model, labels and axes, and what its runs reported."""
+
+    name: str
+    backend: str
+    description: str = ""
+    model: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    axis: dict[str, float] = Field(default_factory=dict)
+    #: the backend's own facts from a run's manifest (engine, quantisation, versions, model file facts)
+    facts: dict[str, Any] = Field(default_factory=dict)
+
+
+class CellInfo(Block):
+    """One cell of a study and its per-cell figures (medians over its ok steady requests, and rates)."""
+
+    name: str
+    variant: str
+    scenario: str
+    repetition: int
+    status: str
+    records: int = 0
+    ok: int = 0
+    figures: dict[str, float | None] = Field(default_factory=dict)
+
+
+class EquivalenceRow(Block):
+    """A variant against the baseline on one scenario and metric, repetitions as the unit."""
+
+    scenario: str
+    metric: str
+    variant: str
+    n_baseline: int
+    n_candidate: int
+    mean_baseline: float | None = None
+    mean_candidate: float | None = None
+    change_pct: float | None = None
+    p_welch: float | None = None
+    p_mann_whitney: float | None = None
+    p_adjusted: float | None = None
+    cohens_d: float | None = None
+    margin: float | None = None
+    p_tost: float | None = None
+    mde: float | None = None
+    verdict: str
+
+
+class StudyAnova(Block):
+    """One-way ANOVA across every variant on one scenario and metric (per-cell values)."""
+
+    scenario: str
+    metric: str
+    f: float
+    p: float
+
+
+class DecisionRow(Block):
+    """One variant on one scenario: speed, latency, cost, energy and quality against the baseline."""
+
+    scenario: str
+    variant: str
+    output_tok_s: float | None = None
+    e2e_p95_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    usd_per_1m_output_tokens: float | None = None
+    j_per_token: float | None = None
+    tier: str | None = None
+    kl_mean: float | None = None
+    identical_rate: float | None = None
+
+
+class Recommendation(Block):
+    """Which variant to use for a scenario, and why."""
+
+    scenario: str
+    variant: str | None = None
+    reason: str
+
+
+class ScalingRow(Block):
+    """A log-log fit of a figure against a numeric axis of the variants (slope = elasticity)."""
+
+    axis: str
+    scenario: str
+    metric: str
+    fit: Fit
+
+
+class StudyResult(Block):
+    """Everything a study found: its plan, cells, equivalence, decision matrix and scaling fits."""
+
+    schema_version: int
+    kind: str
+    created_at: str
+    name: str
+    description: str = ""
+    order: str
+    seed: int
+    repetitions: int
+    baseline: str
+    alpha: float
+    margin_pct: float
+    variants: list[VariantInfo]
+    cells: list[CellInfo]
+    equivalence: list[EquivalenceRow] = Field(default_factory=list)
+    anova: list[StudyAnova] = Field(default_factory=list)
+    decision: list[DecisionRow] = Field(default_factory=list)
+    recommendations: list[Recommendation] = Field(default_factory=list)
+    scaling: list[ScalingRow] = Field(default_factory=list)

@@ -25,6 +25,7 @@ from agent.cli import (
     run,
     scenarios,
     sim_server,
+    study,
     summarize,
     sweep,
 )
@@ -41,6 +42,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     scenarios,
     run,
     sweep,
+    study,
     calibrate,
     daemon,
     replay,

@@ -1,0 +1,160 @@
+"""Carry out a study: every cell an ordinary ``infermeter run`` in its own process, resumable.
+
+Cells run in the study's order, each into ``DIR/cells/<variant>--<scenario>--r<n>/``. A cell whose
+manifest says ``completed`` is kept on a rerun; an interrupted or failed one is cleared and run again.
+``DIR/study.lock.json`` holds the study's hash: a changed study file is refused unless allowed, so a
+resumed study never mixes cells of two different plans by accident. Ctrl-C stops the cell in flight (it
+keeps its records, marked interrupted) and the study; the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.core.errors import ConfigError
+from agent.core.study import Cell, Study, cell_status
+from agent.run.manifest import write_json_atomic
+
+__all__ = ["CELL_FILES", "StudyOutcome", "StudyRunner", "cell_argv"]
+
+#: What a cell's folder may hold: everything ``infermeter run`` writes, plus the cell's own log.
+CELL_FILES = frozenset(
+    {"records.jsonl", "chains.jsonl", "manifest.json", "summary.json", "engine.log", "simulator.log",
+     "energy.json", "power.csv", "cell.log"}
+)  # fmt: skip
+
+
+def _flag(name: str, value: object) -> list[str]:
+    return [] if value is None else [name, str(value)]
+
+
+def cell_argv(study: Study, cell: Cell, out: Path) -> list[str]:
+    """The ``infermeter run`` command line of one cell."""
+    v = study.variants[cell.variant]
+    argv = [sys.executable, "-m", "agent.cli", "run", str(study.resolve(cell.scenario))]
+    argv += ["--backend", v.backend, "--out", str(out), "--no-progress", "--energy", study.energy]
+    argv += _flag("--model", v.model) + _flag("--base-url", v.base_url) + _flag("--compile", v.compile)
+    argv += _flag("--model-path", study.resolve(v.model_path) if v.model_path else None)
+    for key, value in v.args.items():
+        argv += ["--backend-arg", f"{key}={json.dumps(value)}"]  # JSON is YAML: types survive
+    argv += _flag("--requests", study.requests) + _flag("--duration", study.duration)
+    argv += _flag("--concurrency", study.concurrency) + _flag("--warmup", study.warmup)
+    argv += _flag("--max-tokens", study.max_tokens)
+    slo = study.slo
+    argv += _flag("--slo-ttft-ms", slo.ttft_ms) + _flag("--slo-tpot-ms", slo.tpot_ms)
+    return argv + _flag("--slo-e2e-ms", slo.e2e_ms)
+
+
+@dataclass(slots=True)
+class StudyOutcome:
+    """How the cells went this time: run now, kept from before, failed, and whether Ctrl-C stopped it."""
+
+    ran: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class StudyRunner:
+    """Runs a study's cells under ``root``; ``on_cell(done, total, cell, status)`` reports progress."""
+
+    def __init__(self, study: Study, root: Path, *, allow_changed: bool = False) -> None:
+        self.study, self.root = study, root
+        self.cells_dir = root / "cells"
+        self.allow_changed = allow_changed
+
+    def check_lock(self) -> None:
+        """Refuse a folder holding another study, or this study's file changed since the folder began."""
+        lock = self.root / "study.lock.json"
+        if not lock.exists():
+            if self.root.exists() and any(p.name != "cells" for p in self.root.iterdir()):
+                raise ConfigError(f"--out {self.root} holds something else; name a new or empty folder")
+            return
+        try:
+            held = json.loads(lock.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{lock} is unreadable ({e}); name another --out") from e
+        if held.get("name") != self.study.name:
+            raise ConfigError(f"--out {self.root} holds study '{held.get('name')}', not '{self.study.name}'")
+        if held.get("sha256") != self.study.config_hash() and not self.allow_changed:
+            raise ConfigError(
+                f"the study file changed since {self.root} was started; rerun with --allow-changed to keep "
+                "the completed cells that still belong to it, or name a new --out"
+            )
+
+    def _write_lock(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {"name": self.study.name, "sha256": self.study.config_hash(), "source": self.study.source,
+                  "order": self.study.order, "seed": self.study.seed,
+                  "cells": [c.name for c in self.study.cells()], "updated_unix_s": time.time()}  # fmt: skip
+        write_json_atomic(self.root / "study.lock.json", record)
+
+    def run(self, on_cell: Callable[[int, int, Cell, str], None] | None = None) -> StudyOutcome:
+        """Every cell not yet completed, in the study's order."""
+        self.check_lock()
+        self._write_lock()
+        outcome = StudyOutcome()
+        cells = self.study.cells()
+        for i, cell in enumerate(cells):
+            folder = self.cells_dir / cell.name
+            if cell_status(folder) == "completed":
+                outcome.kept.append(cell.name)
+                if on_cell is not None:
+                    on_cell(i + 1, len(cells), cell, "kept")
+                continue
+            if on_cell is not None:
+                on_cell(i, len(cells), cell, "running")
+            status = self._run_cell(cell, folder)
+            (outcome.ran if status == "completed" else outcome.failed).append(cell.name)
+            if status == "interrupted":
+                outcome.interrupted = True
+                break
+            if on_cell is not None:
+                on_cell(i + 1, len(cells), cell, status)
+        return outcome
+
+    def _clear(self, folder: Path) -> None:
+        """Remove what an unfinished cell left, refusing anything a run does not write."""
+        if not folder.exists():
+            return
+        strange = [p.name for p in folder.iterdir() if p.name not in CELL_FILES or not p.is_file()]
+        if strange:
+            raise ConfigError(
+                f"{folder} holds files a cell does not write ({', '.join(strange)}); move them away"
+            )
+        shutil.rmtree(folder)
+
+    def _run_cell(self, cell: Cell, folder: Path) -> str:
+        """Run one cell in its own process; its status afterwards."""
+        self._clear(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        log_path = folder.parent / f"{cell.name}.log"
+        with log_path.open("w", encoding="utf-8") as log:
+            proc = subprocess.Popen(
+                cell_argv(self.study, cell, folder),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                proc.send_signal(signal.SIGINT)  # the cell writes what it has, marked interrupted
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=60)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                return "interrupted"
+        if folder.exists():
+            shutil.move(str(log_path), folder / "cell.log")
+        return cell_status(folder)

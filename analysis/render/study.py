@@ -1,0 +1,198 @@
+"""A study for people: ``report.md`` section by section, and the console's answer: which variant, and why."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from analysis.render.text import fmt, md_table, pct, two
+from analysis.results import EquivalenceRow, StudyResult
+
+__all__ = ["SECTIONS", "study_console", "study_markdown"]
+
+_ORDER = {
+    "interleaved": "interleaved (a seeded shuffle of the cells: drift over time spreads over every variant)",
+    "blocked": "blocked (each variant's cells together: cheaper to start, but time drift can pass for a "
+    "difference between variants)",
+}
+
+
+def header(r: StudyResult) -> list[str]:
+    """What the study is and how it was run."""
+    done = sum(c.status == "completed" for c in r.cells)
+    return [
+        f"# Study: {r.name}",
+        "",
+        *([r.description, ""] if r.description else []),
+        f"{len(r.variants)} variants × {len({c.scenario for c in r.cells})} scenarios × {r.repetitions} "
+        f"repetitions; {done} of {len(r.cells)} cells completed. Order: {_ORDER.get(r.order, r.order)}, "
+        f"seed {r.seed}. Baseline: **{r.baseline}**. α = {r.alpha}; equivalence margin ±{r.margin_pct:g} % "
+        f"of the baseline's mean. Created {r.created_at}.",
+        "",
+    ]
+
+
+def variants(r: StudyResult) -> list[str]:
+    """Each variant: backend, model, labels and axes, what its runs reported, and how it was made."""
+    rows = []
+    for v in r.variants:
+        facts = v.facts
+        quant = facts.get("quantization") or facts.get("quantisation") or v.labels.get("quant")
+        engine = facts.get("engine") or facts.get("backend") or v.backend
+        labels = ", ".join(f"{k}={val}" for k, val in {**v.labels, **v.axis}.items()) or "—"
+        rows.append(
+            [v.name, engine, v.model or facts.get("model") or "—", str(quant or "—"), labels, v.description]
+        )
+    return [
+        "## Variants",
+        *md_table(["variant", "backend", "model", "quantization", "labels", "what it is"], rows),
+    ]
+
+
+def recommendations(r: StudyResult) -> list[str]:
+    """The answer first: which variant for each scenario, and why."""
+    out = ["## Recommendation"]
+    out += [f"- **{rec.scenario}**: {rec.reason}" for rec in r.recommendations]
+    return [*out, ""]
+
+
+def decision(r: StudyResult) -> list[str]:
+    """The decision matrix, one table per scenario."""
+    out = ["## Decision matrix", ""]
+    for scenario in dict.fromkeys(d.scenario for d in r.decision):
+        out.append(f"### {scenario}")
+        head = [
+            "variant",
+            "output tok/s",
+            "E2E p95 ms",
+            "TTFT p50 ms",
+            "$/1M output",
+            "J/token",
+            "quality tier",
+        ]
+        rows = [
+            [
+                f"**{d.variant}**" if d.variant == r.baseline else d.variant,
+                two(d.output_tok_s, "{:.1f}"),
+                two(d.e2e_p95_ms, "{:.1f}"),
+                two(d.ttft_p50_ms, "{:.1f}"),
+                two(d.usd_per_1m_output_tokens, "${:.2f}"),
+                two(d.j_per_token, "{:.3f}"),
+                ("baseline" if d.variant == r.baseline else d.tier or "not graded")
+                + (f", KL {d.kl_mean:.4f}" if d.kl_mean is not None else ""),
+            ]
+            for d in r.decision
+            if d.scenario == scenario
+        ]
+        out += md_table([*head, "quality vs baseline"], rows)
+    return out
+
+
+def equivalence(r: StudyResult) -> list[str]:
+    """Each variant against the baseline per scenario and metric: tests, effect, TOST and the verdict."""
+    if not r.equivalence:
+        return []
+    counts = Counter(row.verdict for row in r.equivalence)
+    out = [
+        "## Equivalence against the baseline",
+        "Repetitions are the unit (one value per cell). Welch's t and Mann–Whitney U, Holm-adjusted across "
+        f"every comparison; TOST within ±{r.margin_pct:g} %. "
+        + ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+        + ".",
+        "",
+    ]
+    head = ["metric", "variant", "baseline mean", "variant mean", "change", "p (Welch, adj.)", "d", "TOST p"]
+    for scenario in dict.fromkeys(row.scenario for row in r.equivalence):
+        out.append(f"### {scenario}")
+        rows = [
+            [
+                row.metric, row.variant, two(row.mean_baseline), two(row.mean_candidate), pct(row.change_pct),
+                two(row.p_adjusted, "{:.3g}"), two(row.cohens_d), two(row.p_tost, "{:.3g}"),
+                _verdict(row),
+            ]
+            for row in r.equivalence
+            if row.scenario == scenario
+        ]  # fmt: skip
+        out += md_table([*head, "verdict"], rows)
+    return out
+
+
+def _verdict(row: EquivalenceRow) -> str:
+    mde = f" (MDE {row.mde:.3g})" if row.verdict == "inconclusive" and row.mde else ""
+    return f"**{row.verdict}**{mde}"
+
+
+def anova(r: StudyResult) -> list[str]:
+    """One-way ANOVA across every variant."""
+    if not r.anova:
+        return []
+    rows = [[a.scenario, a.metric, f"{a.f:.2f}", f"{a.p:.3g}"] for a in r.anova]
+    return [
+        "One-way ANOVA across the variants (per-cell values):",
+        *md_table(["scenario", "metric", "F", "p"], rows),
+    ]
+
+
+def scaling(r: StudyResult) -> list[str]:
+    """Log-log fits against each numeric axis of the variants."""
+    if not r.scaling:
+        return []
+    rows = []
+    for s in r.scaling:
+        low, high = s.fit.slope_ci
+        verdict = "actionable" if s.fit.actionable else "not actionable"
+        slope = f"{s.fit.slope:.3f} [{low:.3f}, {high:.3f}]"
+        rows.append([s.axis, s.scenario, s.metric, slope, f"{s.fit.r2:.2f}", str(s.fit.n), verdict])
+    head = ["axis", "scenario", "figure", "elasticity [95 % CI]", "R²", "cells", "verdict"]
+    return [
+        "## Scaling",
+        "log(figure) against log(axis): a slope of 1 means the figure grows in proportion. Actionable only "
+        "when R² ≥ 0.2 and the interval excludes 0.",
+        "",
+        *md_table(head, rows),
+    ]
+
+
+def cells(r: StudyResult) -> list[str]:
+    """Every cell with its status and records."""
+    rows = [[c.name, c.status, str(c.records), str(c.ok)] for c in r.cells]
+    return ["## Cells", *md_table(["cell", "status", "records", "ok"], rows)]
+
+
+#: The report's sections, in order.
+SECTIONS: Sequence[Callable[[StudyResult], list[str]]] = (
+    header,
+    recommendations,
+    variants,
+    decision,
+    equivalence,
+    anova,
+    scaling,
+    cells,
+)
+
+
+def study_markdown(result: StudyResult) -> str:
+    """The whole study report as Markdown."""
+    return "\n".join(line for section in SECTIONS for line in section(result)) + "\n"
+
+
+def study_console(result: StudyResult) -> Group:
+    """The recommendation per scenario and the decision matrix, for the terminal."""
+    parts: list[Any] = [
+        Text.assemble(("recommendation ", "bold"), f"{rec.scenario}: {rec.reason}")
+        for rec in result.recommendations
+    ]
+    table = Table(title=f"study {result.name}", box=None, pad_edge=False)
+    for col in ("scenario", "variant", "tok/s", "E2E p95", "$/1M", "tier"):
+        table.add_column(col, justify="left" if col in ("scenario", "variant", "tier") else "right")
+    for d in result.decision:
+        tier = "baseline" if d.variant == result.baseline else d.tier or "—"
+        cost = fmt(d.usd_per_1m_output_tokens, "{:.2f}")
+        table.add_row(d.scenario, d.variant, fmt(d.output_tok_s), fmt(d.e2e_p95_ms), cost, tier)
+    return Group(table, *parts)

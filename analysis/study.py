@@ -1,0 +1,307 @@
+"""A study's analyses, offline, from its cells' run directories (method §3, §4, §6).
+
+Repetitions are the unit: each cell gives one value per metric (the median over its ok steady warm
+requests, or the cell's rate), so pooling requests across repetitions never passes for more evidence than
+there is. Per scenario and metric: one-way ANOVA across variants; each variant against the baseline by
+Welch's t and Mann–Whitney U (Holm across every comparison), Cohen's d, and an equivalence test (TOST)
+within the study's margin. Per scenario: the decision matrix (speed, latency, cost, energy, quality tier
+and drift against the baseline) and the recommendation. Across variants with a numeric axis: log-log fits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.stats as sps
+
+from agent.core.study import Cell, Study, cell_status
+from analysis.analyze import METRICS, metric_values
+from analysis.cost import usd_per_million
+from analysis.inference import anova, cohens_d, holm, min_detectable_d, scaling_fit, tost
+from analysis.quality import Sample, drift, samples_of
+from analysis.results import (
+    CellInfo,
+    DecisionRow,
+    EquivalenceRow,
+    Recommendation,
+    ScalingRow,
+    StudyAnova,
+    StudyResult,
+    VariantInfo,
+)
+from analysis.runs import Run, load_run
+
+__all__ = ["CELL_FIGURES", "STUDY_SCHEMA_VERSION", "analyze_study"]
+
+STUDY_SCHEMA_VERSION = 1
+#: Cell-level figures beside the per-request medians: (name, lower is better).
+CELL_FIGURES: tuple[tuple[str, bool], ...] = (
+    ("output_tok_s", False),
+    ("e2e_p95_ms", True),
+    ("success_rate", False),
+    ("j_per_token", True),
+)
+LOWER_IS_BETTER = {m: lower for m, lower, _ in METRICS} | dict(CELL_FIGURES)
+ACCEPTABLE = ("negligible", "acceptable")
+
+
+def _cell_figures(run: Run) -> dict[str, float | None]:
+    """One value per metric for the cell: request medians, and the cell's rates from its summary."""
+    figures: dict[str, float | None] = {}
+    for metric, _, _ in METRICS:
+        values = metric_values(run.records, metric)
+        figures[metric] = float(np.median(values)) if values else None
+    scenarios = (run.summary or {}).get("scenarios") or {}
+    s: dict[str, Any] = next(iter(scenarios.values()), {}) if scenarios else {}
+    figures["output_tok_s"] = (s.get("throughput") or {}).get("output_tok_s")
+    figures["e2e_p95_ms"] = ((s.get("latency_ms") or {}).get("e2e") or {}).get("p95")
+    figures["success_rate"] = (s.get("requests") or {}).get("success_rate")
+    stages = ((run.summary or {}).get("energy") or {}).get("stages") or []
+    measured = [st for st in stages if st.get("j_per_token") is not None and st.get("output_tokens")]
+    tokens = sum(st["output_tokens"] for st in measured)
+    figures["j_per_token"] = (
+        sum(st["j_per_token"] * st["output_tokens"] for st in measured) / tokens if tokens else None
+    )
+    return figures
+
+
+class _Cells:
+    """The study's cells read from disk, and their values grouped for the tests."""
+
+    def __init__(self, study: Study, root: Path) -> None:
+        self.study = study
+        self.infos: list[CellInfo] = []
+        self.runs: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for cell in sorted(study.cells(), key=lambda c: (c.variant, c.scenario, c.repetition)):
+            self.infos.append(self._read(cell, root / "cells" / cell.name))
+
+    def _read(self, cell: Cell, folder: Path) -> CellInfo:
+        status = cell_status(folder)
+        info = CellInfo(
+            name=cell.name,
+            variant=cell.variant,
+            scenario=cell.scenario,
+            repetition=cell.repetition,
+            status=status,
+        )
+        if status != "completed":
+            return info
+        run = load_run(folder)
+        self.runs[(cell.variant, cell.scenario)].append(run)
+        info.records, info.ok = len(run.records), sum(r.status == "ok" for r in run.records)
+        info.figures = _cell_figures(run)
+        return info
+
+    def values(self, variant: str, scenario: str, metric: str) -> list[float]:
+        """The metric's per-cell values of one variant on one scenario (completed cells only)."""
+        return [
+            v
+            for c in self.infos
+            if c.variant == variant and c.scenario == scenario and (v := c.figures.get(metric)) is not None
+        ]
+
+    def metrics(self) -> list[str]:
+        """Every metric some completed cell has a value for, in a stable order."""
+        names = [m for m, _, _ in METRICS] + [m for m, _ in CELL_FIGURES]
+        return [m for m in names if any(c.figures.get(m) is not None for c in self.infos)]
+
+
+def _compare(study: Study, cells: _Cells, scenario: str, metric: str, variant: str) -> EquivalenceRow:
+    base = np.asarray(cells.values(study.baseline, scenario, metric))
+    cand = np.asarray(cells.values(variant, scenario, metric))
+    row = EquivalenceRow(
+        scenario=scenario, metric=metric, variant=variant, n_baseline=base.size, n_candidate=cand.size,
+        verdict="too few repetitions",
+    )  # fmt: skip
+    if base.size:
+        row.mean_baseline = float(base.mean())
+    if cand.size:
+        row.mean_candidate = float(cand.mean())
+    if base.size and cand.size and row.mean_baseline:
+        row.change_pct = (float(cand.mean()) / float(base.mean()) - 1) * 100
+    if base.size < 2 or cand.size < 2:
+        return row
+    if np.ptp(np.concatenate([base, cand])) == 0:
+        row.p_welch = row.p_mann_whitney = 1.0
+    else:
+        row.p_mann_whitney = float(sps.mannwhitneyu(cand, base, alternative="two-sided").pvalue)
+        if base.var() > 0 or cand.var() > 0:
+            row.p_welch = float(sps.ttest_ind(cand, base, equal_var=False).pvalue)
+    row.cohens_d = cohens_d(base, cand)
+    row.margin = abs(float(base.mean())) * study.equivalence.margin_pct / 100
+    row.p_tost = tost(base, cand, row.margin)
+    d = min_detectable_d(base.size, cand.size, study.alpha)
+    pooled = math.sqrt((base.var(ddof=1) + cand.var(ddof=1)) / 2)
+    row.mde = d * pooled if d is not None else None
+    return row
+
+
+def _verdicts(rows: list[EquivalenceRow], alpha: float) -> None:
+    """Holm across every comparison, then each row's verdict."""
+    for row, p in zip(rows, holm([r.p_welch for r in rows]), strict=True):
+        row.p_adjusted = p
+        if row.n_baseline < 2 or row.n_candidate < 2:
+            row.verdict = "too few repetitions"
+        elif row.p_tost is not None and row.p_tost < alpha:
+            row.verdict = "equivalent"
+        elif p is not None and p < alpha:
+            row.verdict = "different"
+        else:
+            row.verdict = "inconclusive"
+
+
+def _equivalence(study: Study, cells: _Cells) -> tuple[list[EquivalenceRow], list[StudyAnova]]:
+    metrics = [m for m in cells.metrics() if m in study.equivalence.metrics or m in dict(CELL_FIGURES)]
+    rows, tests = [], []
+    for scenario in study.scenarios:
+        for metric in metrics:
+            groups = [cells.values(v, scenario, metric) for v in study.variants]
+            test = anova(groups, min_groups=2)
+            if test is not None:
+                tests.append(StudyAnova(scenario=scenario, metric=metric, f=test["f"], p=test["p"]))
+            rows += [
+                _compare(study, cells, scenario, metric, v) for v in study.variants if v != study.baseline
+            ]
+    _verdicts(rows, study.alpha)
+    return rows, tests
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def _samples(runs: list[Run]) -> list[Sample]:
+    return [s for run in runs for s in samples_of(run.records, run.references)]
+
+
+def _decision(study: Study, cells: _Cells, scenario: str) -> list[DecisionRow]:
+    """The decision matrix of one scenario: one row per variant."""
+    base_samples = _samples(cells.runs.get((study.baseline, scenario), []))
+    rows = []
+    for name, variant in study.variants.items():
+        tok_s = _median(cells.values(name, scenario, "output_tok_s"))
+        price = variant.usd_per_hour or study.usd_per_hour
+        row = DecisionRow(
+            scenario=scenario,
+            variant=name,
+            output_tok_s=tok_s,
+            e2e_p95_ms=_median(cells.values(name, scenario, "e2e_p95_ms")),
+            ttft_p50_ms=_median(cells.values(name, scenario, "ttft_ms")),
+            usd_per_1m_output_tokens=usd_per_million(tok_s, price) if tok_s and price else None,
+            j_per_token=_median(cells.values(name, scenario, "j_per_token")),
+        )
+        samples = _samples(cells.runs.get((name, scenario), []))
+        if base_samples and samples:
+            d = drift(base_samples, samples, None, resamples=1000, seed=study.seed)
+            row.tier, row.identical_rate = d["tier"], d.get("identical_rate")
+            row.kl_mean = (d.get("kl_first_tokens") or {}).get("mean")
+        rows.append(row)
+    return rows
+
+
+def _recommend(study: Study, scenario: str, rows: list[DecisionRow]) -> Recommendation:
+    """The cheapest (else fastest) variant whose quality tier is acceptable or better, with the reason."""
+    graded = any(r.tier is not None for r in rows)
+    ok = [
+        r
+        for r in rows
+        if r.output_tok_s and (not graded or r.variant == study.baseline or r.tier in ACCEPTABLE)
+    ]
+    if not ok:
+        return Recommendation(
+            scenario=scenario, reason="no variant completed a cell with a throughput figure"
+        )
+    priced = all(r.usd_per_1m_output_tokens is not None for r in ok)
+    best = (
+        min(ok, key=lambda r: (r.usd_per_1m_output_tokens or 0.0, -(r.output_tok_s or 0.0)))
+        if priced
+        else max(ok, key=lambda r: r.output_tok_s or 0.0)
+    )
+    by = (
+        f"cheapest at ${best.usd_per_1m_output_tokens:.2f} per 1M output tokens"
+        if priced
+        else f"fastest at {best.output_tok_s:.1f} output tok/s (no price given)"
+    )
+    among = "quality tier acceptable or better against the baseline" if graded else "quality not graded"
+    left = [r.variant for r in rows if r not in ok]
+    reason = f"{best.variant}: {by}, among {len(ok)} variant(s) ({among})"
+    if left:
+        reason += f"; left out for quality: {', '.join(left)}"
+    return Recommendation(scenario=scenario, variant=best.variant, reason=reason)
+
+
+def _scaling(study: Study, cells: _Cells) -> list[ScalingRow]:
+    """log(figure) against log(axis) over every completed cell, per axis, scenario and metric."""
+    axes = sorted({a for v in study.variants.values() for a in v.axis})
+    out = []
+    for axis in axes:
+        with_axis = {
+            n: v.axis[axis] for n, v in study.variants.items() if axis in v.axis and v.axis[axis] > 0
+        }
+        if len(set(with_axis.values())) < 2:
+            continue
+        for scenario in study.scenarios:
+            for metric in ("output_tok_s", "ttft_ms", "e2e_ms", "tpot_ms"):
+                xs, ys = [], []
+                for name, x in with_axis.items():
+                    for y in cells.values(name, scenario, metric):
+                        if y > 0:
+                            xs.append(math.log(x))
+                            ys.append(math.log(y))
+                fit = scaling_fit(xs, ys)
+                if fit is not None:
+                    out.append(
+                        ScalingRow.model_validate(
+                            {"axis": axis, "scenario": scenario, "metric": metric, "fit": fit}
+                        )
+                    )
+    return out
+
+
+def _variants(study: Study, cells: _Cells) -> list[VariantInfo]:
+    infos = []
+    for name, v in study.variants.items():
+        runs = [r for (vn, _), rs in cells.runs.items() if vn == name for r in rs]
+        facts = ((runs[0].manifest or {}).get("backend") or {}) if runs else {}
+        infos.append(
+            VariantInfo(
+                name=name, backend=v.backend, description=v.description, model=v.model, labels=v.labels,
+                axis=v.axis, facts=facts,
+            )
+        )  # fmt: skip
+    return infos
+
+
+def analyze_study(study: Study, root: Path) -> StudyResult:
+    """Every analysis of the study from the cells under ``root/cells``."""
+    cells = _Cells(study, root)
+    equivalence, tests = _equivalence(study, cells)
+    decision = [row for sc in study.scenarios for row in _decision(study, cells, sc)]
+    recommendations = [
+        _recommend(study, sc, [r for r in decision if r.scenario == sc]) for sc in study.scenarios
+    ]
+    return StudyResult(
+        schema_version=STUDY_SCHEMA_VERSION,
+        kind="infermeter-study",
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        name=study.name,
+        description=study.description,
+        order=study.order,
+        seed=study.seed,
+        repetitions=study.repetitions,
+        baseline=study.baseline,
+        alpha=study.alpha,
+        margin_pct=study.equivalence.margin_pct,
+        variants=_variants(study, cells),
+        cells=cells.infos,
+        equivalence=equivalence,
+        anova=tests,
+        decision=decision,
+        recommendations=recommendations,
+        scaling=_scaling(study, cells),
+    )

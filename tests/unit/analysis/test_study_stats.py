@@ -1,0 +1,125 @@
+"""A study's analyses against hand-computed values, with scipy as the reference."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats as sps
+
+from agent.core.study import Study
+from analysis.inference import holm, tost
+from analysis.study import analyze_study
+from analysis.summary import summarize
+from tests.unit.analysis.test_summary import rec
+
+#: per variant, the E2E level of each repetition (ms): b is clearly slower, c within 1 % of a
+LEVELS = {
+    "a": [100.0, 102.0, 98.0, 101.0],
+    "b": [130.0, 128.0, 133.0, 131.0],
+    "c": [100.5, 101.5, 99.0, 100.0],
+}
+AXIS = {"a": 1.0, "b": 2.0, "c": 4.0}
+
+
+def study(**extra: object) -> Study:
+    data = {
+        "name": "t",
+        "baseline": "a",
+        "variants": {v: {"backend": "sim", "axis": {"params_m": AXIS[v]}} for v in LEVELS},
+        "scenarios": ["chat"],
+        "repetitions": 4,
+        "usd_per_hour": 2.0,
+        "equivalence": {"margin_pct": 5, "metrics": ["e2e_ms"]},
+        **extra,
+    }
+    return Study.model_validate(data)
+
+
+def write_cells(root: Path) -> None:
+    for variant, levels in LEVELS.items():
+        for rep, level in enumerate(levels, start=1):
+            folder = root / "cells" / f"{variant}--chat--r{rep}"
+            folder.mkdir(parents=True)
+            records = [rec(i, e2e=level + i % 3 - 1, ttft=level / 10, output_tokens=30) for i in range(9)]
+            (folder / "records.jsonl").write_text("\n".join(r.model_dump_json() for r in records) + "\n")
+            (folder / "summary.json").write_text(json.dumps(summarize(records).dump()))
+            manifest = {"status": "completed", "scenario": {"name": "chat", "normalised": {}}, "backend": {}}
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> object:
+    root = tmp_path_factory.mktemp("study")
+    write_cells(root)
+    return analyze_study(study(), root)
+
+
+def test_tost_is_two_one_sided_welch_tests() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(100, 2, 8), rng.normal(100.5, 2, 6)
+    margin = 5.0
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    diff = b.mean() - a.mean()
+    by_hand = max(sps.t.sf((diff + margin) / se, df), sps.t.cdf((diff - margin) / se, df))
+    assert tost(a, b, margin) == pytest.approx(by_hand, rel=1e-9)
+    assert tost(a, b + 50, margin) > 0.99  # far outside the margin
+    assert tost(a[:1], b, margin) is None
+
+
+def test_each_variant_against_the_baseline_uses_one_value_per_repetition(result: object) -> None:
+    rows = {(r.variant, r.metric): r for r in result.equivalence}  # type: ignore[attr-defined]
+    # each cell's value is the median of its requests' E2E, which is the cell's level here
+    a, b, c = (np.array(LEVELS[v]) for v in "abc")
+    row_b, row_c = rows[("b", "e2e_ms")], rows[("c", "e2e_ms")]
+    assert row_b.n_baseline == row_b.n_candidate == 4
+    assert row_b.mean_candidate == pytest.approx(b.mean())
+    assert row_b.p_welch == pytest.approx(sps.ttest_ind(b, a, equal_var=False).pvalue)
+    assert row_b.p_mann_whitney == pytest.approx(sps.mannwhitneyu(b, a, alternative="two-sided").pvalue)
+    pooled = math.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2))
+    assert row_b.cohens_d == pytest.approx((b.mean() - a.mean()) / pooled)
+    assert row_c.margin == pytest.approx(a.mean() * 0.05)
+    assert row_c.p_tost == pytest.approx(tost(a, c, a.mean() * 0.05))
+    welch = [r.p_welch for r in result.equivalence]  # type: ignore[attr-defined]
+    assert [r.p_adjusted for r in result.equivalence] == pytest.approx(holm(welch))  # type: ignore[attr-defined]
+    assert row_b.verdict == "different" and row_c.verdict == "equivalent"
+
+
+def test_the_anova_runs_across_every_variant(result: object) -> None:
+    test = next(t for t in result.anova if t.metric == "e2e_ms")  # type: ignore[attr-defined]
+    reference = sps.f_oneway(*(LEVELS[v] for v in "abc"))
+    assert test.f == pytest.approx(reference.statistic) and test.p == pytest.approx(reference.pvalue)
+
+
+def test_the_recommendation_is_the_cheapest_variant_and_says_why(result: object) -> None:
+    decision = {d.variant: d for d in result.decision}  # type: ignore[attr-defined]
+    for d in decision.values():  # $/1M output tokens = 1e6 / tok/s / 3600 × $/h
+        assert d.usd_per_1m_output_tokens == pytest.approx(1e6 / d.output_tok_s / 3600 * 2.0)
+    cheapest = min(decision.values(), key=lambda d: d.usd_per_1m_output_tokens)
+    (rec_,) = result.recommendations  # type: ignore[attr-defined]
+    assert (
+        rec_.variant == cheapest.variant and "cheapest" in rec_.reason and "quality not graded" in rec_.reason
+    )
+
+
+def test_scaling_is_a_log_log_fit_over_every_cell(result: object) -> None:
+    row = next(s for s in result.scaling if s.metric == "e2e_ms")  # type: ignore[attr-defined]
+    xs = [math.log(AXIS[v]) for v in LEVELS for _ in LEVELS[v]]
+    ys = [math.log(level) for v in LEVELS for level in LEVELS[v]]
+    reference = sps.linregress(xs, ys)
+    assert row.axis == "params_m" and row.fit.n == 12
+    assert row.fit.slope == pytest.approx(reference.slope) and row.fit.r2 == pytest.approx(
+        reference.rvalue**2
+    )
+
+
+def test_missing_cells_are_reported_not_invented(tmp_path: Path) -> None:
+    out = analyze_study(study(), tmp_path)
+    assert {c.status for c in out.cells} == {"missing"}
+    assert all(r.verdict == "too few repetitions" for r in out.equivalence)
+    assert out.recommendations[0].variant is None

@@ -48,7 +48,14 @@ $(TOOLS)/.alertmanager: $(TOOLS)/.prometheus
 	cp $(TOOLS)/prometheus/usr/share/prometheus/alertmanager/*.tmpl /usr/share/prometheus/alertmanager/
 	@touch $@
 
-tools: $(TOOLS)/.prometheus $(TOOLS)/.pushgateway $(TOOLS)/.alertmanager
+# Chromium, the real headless browser the report.html tests open pages in (Debian's package, as root).
+$(TOOLS)/.chromium:
+	mkdir -p $(TOOLS)
+	command -v chromium >/dev/null || apt-get install -y -q --no-install-recommends chromium \
+		|| (apt-get update -qq && apt-get install -y -q --no-install-recommends chromium)
+	@touch $@
+
+tools: $(TOOLS)/.prometheus $(TOOLS)/.pushgateway $(TOOLS)/.alertmanager $(TOOLS)/.chromium
 
 demo: install
 	$(BIN)/infermeter run chat --requests 16 --concurrency 2

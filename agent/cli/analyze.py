@@ -152,6 +152,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
     from analysis.publish import publish
     from analysis.render import render
     from analysis.render.figures import write_figures
+    from analysis.render.html import analysis_html
 
     err = app.err
     runs, baseline = _runs(ns, err)
@@ -163,6 +164,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
     summary = render(result, "json")
     (out / "summary.json").write_text(summary, encoding="utf-8")
     (out / "report.md").write_text(render(result, "markdown"), encoding="utf-8")
+    (out / "report.html").write_text(analysis_html(result, everyone), encoding="utf-8")
     if ns.json:
         sys.stdout.write(summary)
     else:
@@ -170,7 +172,9 @@ def run(ns: argparse.Namespace, app: App) -> int:
     if ns.pushgateway or ns.textfile:
         for line in publish(result, pushgateway=ns.pushgateway, textfile=ns.textfile, job=ns.push_job):
             err.print(line)
-    err.print(f"report: {out / 'report.md'} ({len(result.figures)} figures), summary: {out / 'summary.json'}")
+    figures = len(result.figures)
+    err.print(f"report: {out / 'report.md'} ({figures} figures) and report.html")
+    err.print(f"summary: {out / 'summary.json'}")
     why = _failed(result, ns.fail_on)
     for line in why:
         err.print(f"[red]{line}[/red]")

@@ -43,6 +43,7 @@ __all__ = [
     "scenario_for",
     "start",
     "targets",
+    "write_html",
 ]
 
 
@@ -297,11 +298,23 @@ def finish(
         err.print(Text.assemble(("error: ", "bold red"), str(result.write_error)), soft_wrap=True)
         err.print(f"run stopped: {result.written} whole records on disk in {launch.out}/ (manifest: failed)")
         return EXIT_FAILED
-    err.print(f"records, manifest and summary in {launch.out}/")
+    write_html(launch.out, err)
+    err.print(f"records, manifest, summary and report.html in {launch.out}/")
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/yellow]: {result.written} records kept")
         return 128 + (result.signal or 2)
     return EXIT_OK
+
+
+def write_html(run_dir: Path, err: Console) -> None:
+    """``report.html`` of a finished run; a page that cannot be written is a warning, never a failed run."""
+    from analysis.render.html import run_html
+    from analysis.runs import load_run
+
+    try:
+        (run_dir / "report.html").write_text(run_html(load_run(run_dir)), encoding="utf-8")
+    except (OSError, ValueError) as e:
+        err.print(Text.assemble(("warning: ", "yellow"), f"report.html not written: {e}"), soft_wrap=True)
 
 
 def targets(scenarios: list[Scenario]) -> dict[str, dict[str, Any]]:

@@ -72,6 +72,7 @@ def _run_cells(study: Study, out: Path, ns: argparse.Namespace, app: App) -> Stu
 
 def run(ns: argparse.Namespace, app: App) -> int:
     """Run the cells not yet completed, then analyse every completed one and write the report."""
+    from analysis.render.html import study_html
     from analysis.render.study import study_console, study_markdown
     from analysis.study import analyze_study
 
@@ -89,11 +90,12 @@ def run(ns: argparse.Namespace, app: App) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "study.json", result.dump())
     (out / "report.md").write_text(study_markdown(result), encoding="utf-8")
+    (out / "report.html").write_text(study_html(result), encoding="utf-8")
     Console().print(study_console(result))
     done = sum(c.status == "completed" for c in result.cells)
     app.err.print(
         f"{done} of {len(result.cells)} cells completed ({len(outcome.ran)} now, {len(outcome.kept)} kept); "
-        f"report: {out / 'report.md'}, results: {out / 'study.json'}"
+        f"report: {out / 'report.md'} and report.html, results: {out / 'study.json'}"
     )
     if outcome.interrupted:
         app.err.print("[yellow]interrupted[/yellow]: run the same command again to resume")

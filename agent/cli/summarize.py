@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from agent.cli.common import EXIT_OK, App, warn
+from agent.cli.launching import write_html
 from agent.run.launch import targets_for
 from analysis.records import load_records
 from analysis.render.summary import render_summary
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The run directory, and whether to print JSON."""
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print summary JSON instead of the table")
+    p.add_argument("--html", action="store_true", help="write the run's report.html again")
 
 
 def run(ns: argparse.Namespace, app: App) -> int:
@@ -51,4 +53,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
         sys.stdout.write(json.dumps(summary.dump(), indent=2) + "\n")
     else:
         Console().print(render_summary(summary))
+    if ns.html:
+        write_html(ns.run_dir, err)
+        err.print(f"wrote {ns.run_dir / 'report.html'}")
     return EXIT_OK

@@ -29,7 +29,7 @@ __all__ = ["CELL_FILES", "StudyOutcome", "StudyRunner", "cell_argv"]
 #: What a cell's folder may hold: everything ``infermeter run`` writes, plus the cell's own log.
 CELL_FILES = frozenset(
     {"records.jsonl", "chains.jsonl", "manifest.json", "summary.json", "engine.log", "simulator.log",
-     "energy.json", "power.csv", "cell.log"}
+     "energy.json", "power.csv", "report.html", "cell.log"}
 )  # fmt: skip
 
 

@@ -1,0 +1,317 @@
+"""``report.html``: one self-contained page per run, analysis or study, with plotly's JavaScript inlined.
+
+Nothing is fetched when the page opens (no CDN), so it works offline and can be mailed. Pictures first:
+latency over time with the stages shaded, CDFs, throughput over time, the energy timeline, the sweep
+curve; then the decision matrix or verdicts. Point clouds are thinned to ``MAX_POINTS`` so a page of a
+100,000-request run stays a few megabytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.core.record import RequestRecord
+from analysis.analyze import metric_values
+from analysis.results import AnalysisResult, StudyResult
+from analysis.runs import Run
+
+__all__ = ["MAX_POINTS", "analysis_html", "run_html", "study_html"]
+
+MAX_POINTS = 20_000
+_CDF_POINTS = 2_000
+_STYLE = """
+body{font:14px system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}.note{color:#555}
+"""
+
+
+def _go() -> Any:
+    import plotly.graph_objects as go
+
+    return go
+
+
+def _page(title: str, parts: Sequence[str]) -> str:
+    """The whole page: plotly's JavaScript inline, then every part."""
+    from plotly.offline import get_plotlyjs
+
+    body = "\n".join(parts)
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head>"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
+def _figure(fig: Any, name: str) -> str:
+    fig.update_layout(margin={"l": 60, "r": 20, "t": 40, "b": 50}, height=380, template="plotly_white")
+    return str(
+        fig.to_html(full_html=False, include_plotlyjs=False, div_id=name, config={"displaylogo": False})
+    )
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('—' if v is None else str(v))}</td>" for v in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _thin(n: int, limit: int = MAX_POINTS) -> np.ndarray:
+    """Indices of at most ``limit`` evenly spread items of ``n``."""
+    return np.unique(np.linspace(0, n - 1, min(n, limit)).astype(int)) if n else np.array([], dtype=int)
+
+
+def _cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
+    xs = np.sort(np.asarray(values, dtype=float))
+    keep = _thin(xs.size, _CDF_POINTS)
+    return xs[keep].tolist(), ((keep + 1) / xs.size).tolist()
+
+
+def _cdf_figure(series: Mapping[str, Sequence[float]], title: str, name: str) -> str | None:
+    go = _go()
+    fig = go.Figure()
+    for label, values in series.items():
+        if len(values):
+            xs, ys = _cdf(values)
+            fig.add_trace(
+                go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv"}, name=f"{label} (n={len(values)})")
+            )
+    if not fig.data:
+        return None
+    fig.update_layout(title=title, xaxis_title="ms", yaxis_title="share of requests")
+    return _figure(fig, name)
+
+
+# --- a run ---------------------------------------------------------------------------------------------
+
+
+def _stage_spans(records: Sequence[RequestRecord]) -> list[tuple[str, float, float]]:
+    """Each stage (warmup, steady, cooldown, sweep stage) and the send-time span it covers, seconds."""
+    spans: dict[str, list[float]] = {}
+    for r in records:
+        label = r.load_stage or r.stage
+        end = (r.intended_offset_ms + (r.e2e_ms or 0.0)) / 1000
+        span = spans.setdefault(label, [r.sent_offset_ms / 1000, end])
+        span[0], span[1] = min(span[0], r.sent_offset_ms / 1000), max(span[1], end)
+    return [(label, lo, hi) for label, (lo, hi) in spans.items()]
+
+
+def _latency_over_time(records: Sequence[RequestRecord]) -> str | None:
+    go = _go()
+    ok = [r for r in records if r.status == "ok"]
+    if not ok:
+        return None
+    keep = [ok[i] for i in _thin(len(ok))]
+    fig = go.Figure()
+    for field, label in (("e2e_ms", "E2E"), ("ttft_ms", "TTFT")):
+        pts = [(r.sent_offset_ms / 1000, getattr(r, field)) for r in keep if getattr(r, field) is not None]
+        fig.add_trace(go.Scattergl(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=label,
+                                   marker={"size": 4, "opacity": 0.6}))  # fmt: skip
+    shades = ("rgba(255,170,0,0.10)", "rgba(0,120,255,0.07)", "rgba(120,120,120,0.10)")
+    for i, (label, lo, hi) in enumerate(_stage_spans(records)):
+        fig.add_vrect(x0=lo, x1=hi, fillcolor=shades[i % len(shades)], line_width=0, annotation_text=label,
+                      annotation_position="top left")  # fmt: skip
+    fig.update_layout(title="latency over time (ok requests at their send time)", xaxis_title="s from start",
+                      yaxis_title="ms")  # fmt: skip
+    return _figure(fig, "latency-over-time")
+
+
+def _throughput_over_time(records: Sequence[RequestRecord]) -> str | None:
+    go = _go()
+    ends = [((r.intended_offset_ms + r.e2e_ms) / 1000, r.output_tokens or 0) for r in records
+            if r.status == "ok" and r.e2e_ms is not None]  # fmt: skip
+    if not ends:
+        return None
+    last = max(t for t, _ in ends)
+    width = max(1.0, last / 200)
+    bins = np.zeros(int(last / width) + 1)
+    for t, tokens in ends:
+        bins[int(t / width)] += tokens
+    xs = (np.arange(bins.size) * width).tolist()
+    fig = go.Figure(go.Bar(x=xs, y=(bins / width).tolist(), name="output tok/s", width=width))
+    fig.update_layout(title=f"throughput over time ({width:g} s bins, by request end)", xaxis_title="s",
+                      yaxis_title="output tok/s")  # fmt: skip
+    return _figure(fig, "throughput-over-time")
+
+
+def _energy_timeline(run_dir: Path, origin_s: float | None) -> str | None:
+    path = run_dir / "power.csv"
+    if not path.is_file() or origin_s is None:
+        return None
+    go = _go()
+    by_gpu: dict[str, tuple[list[float], list[float]]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("power_w"):
+                xs, ys = by_gpu.setdefault(row.get("gpu", "0"), ([], []))
+                xs.append(float(row["timestamp_s"]) - origin_s)
+                ys.append(float(row["power_w"]))
+    if not by_gpu:
+        return None
+    fig = go.Figure(
+        [go.Scattergl(x=xs, y=ys, mode="lines", name=f"GPU {gpu}") for gpu, (xs, ys) in by_gpu.items()]
+    )
+    fig.update_layout(title="GPU power", xaxis_title="s from start", yaxis_title="W")
+    return _figure(fig, "energy-timeline")
+
+
+def _sweep_curve(summary: dict[str, Any] | None) -> str | None:
+    sweep = (summary or {}).get("sweep") or {}
+    points = sweep.get("points") or []
+    if len(points) < 2:
+        return None
+    go = _go()
+    fig = go.Figure(go.Scatter(x=[p["load"] for p in points], y=[p["throughput"] for p in points],
+                               mode="lines+markers", name="throughput"))  # fmt: skip
+    knee = sweep.get("knee")
+    if knee:
+        fig.add_vline(x=knee["load"], line_dash="dash", annotation_text=f"knee ({knee['stage']})")
+    fig.update_layout(title="sweep: throughput against offered load", xaxis_title="offered load",
+                      yaxis_title=points[0].get("throughput_unit", "throughput"))  # fmt: skip
+    return _figure(fig, "sweep-curve")
+
+
+def run_html(run: Run) -> str:
+    """The page of one run directory."""
+    records = run.records
+    ok = [r for r in records if r.status == "ok" and r.stage == "steady"]
+    gaps = [g for r in ok for g in r.itl_ms]
+    cdfs = {"TTFT": [r.ttft_ms for r in ok if r.ttft_ms is not None],
+            "TPOT": [r.tpot_ms for r in ok if r.tpot_ms is not None], "ITL (every gap)": gaps}  # fmt: skip
+    clock = (run.manifest or {}).get("clock") or {}
+    origin = clock.get("origin_perf_counter_ns")
+    parts = [
+        f"<p class='note'>{len(records)} records, {len(ok)} ok steady; backend {', '.join(run.backends)}, "
+        f"model {', '.join(run.models)}.</p>",
+        _latency_over_time(records),
+        _cdf_figure(cdfs, "CDFs of TTFT, TPOT and every inter-token gap (ok steady requests)", "cdfs"),
+        _throughput_over_time(records),
+        _energy_timeline(run.path, origin / 1e9 if origin else None),
+        _sweep_curve(run.summary),
+    ]
+    return _page(f"infermeter run {run.label}", [p for p in parts if p])
+
+
+# --- an analysis ---------------------------------------------------------------------------------------
+
+
+def _quality_deltas(result: AnalysisResult) -> list[str]:
+    go = _go()
+    out = []
+    for label, d in (result.quality.drift if result.quality else {}).items():
+        rows = [
+            (f"{task}/{name}", s.delta)
+            for task, t in d.tasks.items()
+            for name, s in t.scorers.items()
+            if s.delta
+        ]
+        if not rows:
+            continue
+        fig = go.Figure(go.Scatter(
+            x=[r.estimate for _, r in rows], y=[n for n, _ in rows], mode="markers",
+            error_x={"type": "data", "symmetric": False, "array": [r.high - r.estimate for _, r in rows],
+                     "arrayminus": [r.estimate - r.low for _, r in rows]},
+        ))  # fmt: skip
+        fig.add_vline(x=0, line_color="grey")
+        fig.update_layout(title=f"{label}: quality deltas against {result.baseline} (95 % CI)",
+                          xaxis_title="candidate − baseline")  # fmt: skip
+        out.append(_figure(fig, f"quality-{label}"))
+    return out
+
+
+def analysis_html(result: AnalysisResult, runs: Sequence[Run]) -> str:
+    """The page of one analysis: latency CDFs per scenario, verdicts, quality deltas."""
+    parts: list[str] = []
+    scenarios = list(dict.fromkeys(sc for run in runs for sc in run.by_scenario))
+    for sc in scenarios:
+        for metric, label in (("ttft_ms", "TTFT"), ("e2e_ms", "E2E")):
+            series = {run.label: metric_values(run.by_scenario.get(sc, []), metric) for run in runs}
+            fig = _cdf_figure(series, f"{sc}: {label} CDF (ok steady warm requests)", f"cdf-{sc}-{metric}")
+            if fig:
+                parts.append(fig)
+    for label, comp in result.comparisons.items():
+        rows = [[sc, c.metric, c.median_baseline, c.median_candidate, c.change_pct, c.p_adjusted, c.verdict]
+                for sc, cs in comp.scenarios.items() for c in cs]  # fmt: skip
+        head = ["scenario", "metric", "baseline p50", "candidate p50", "change %", "p (adj.)", "verdict"]
+        parts.append(
+            f"<h2>{html.escape(label)} vs {html.escape(str(result.baseline))}</h2>"
+            + _table(head, _round(rows))
+        )
+    parts += _quality_deltas(result)
+    return _page("infermeter analysis", parts)
+
+
+def _round(rows: Sequence[Sequence[object]]) -> list[list[object]]:
+    return [[f"{v:.3g}" if isinstance(v, float) else v for v in row] for row in rows]
+
+
+# --- a study -------------------------------------------------------------------------------------------
+
+
+def _study_bars(result: StudyResult) -> str | None:
+    go = _go()
+    scenarios = list(dict.fromkeys(d.scenario for d in result.decision))
+    fig = go.Figure()
+    for variant in dict.fromkeys(d.variant for d in result.decision):
+        mine = {d.scenario: d.output_tok_s for d in result.decision if d.variant == variant}
+        ys = [mine.get(sc) for sc in scenarios]
+        fig.add_trace(go.Bar(x=scenarios, y=ys, name=variant))
+    if not any(d.output_tok_s for d in result.decision):
+        return None
+    fig.update_layout(title="output tok/s by variant (median over repetitions)", barmode="group")
+    return _figure(fig, "study-throughput")
+
+
+def _study_cells(result: StudyResult, metric: str, title: str) -> str | None:
+    go = _go()
+    fig = go.Figure()
+    for variant in dict.fromkeys(c.variant for c in result.cells):
+        cells = [c for c in result.cells if c.variant == variant and c.figures.get(metric) is not None]
+        fig.add_trace(go.Scatter(x=[c.scenario for c in cells], y=[c.figures[metric] for c in cells],
+                                 mode="markers", name=variant, marker={"size": 9}))  # fmt: skip
+    if not any(len(t.x) for t in fig.data):
+        return None
+    fig.update_layout(title=title, yaxis_title="ms")
+    return _figure(fig, f"study-cells-{metric}")
+
+
+def study_html(result: StudyResult) -> str:
+    """The page of one study: the recommendation, the decision matrix, and every cell's figures."""
+    recs = "".join(
+        f"<li><b>{html.escape(r.scenario)}</b>: {html.escape(r.reason)}</li>" for r in result.recommendations
+    )
+    head = [
+        "scenario",
+        "variant",
+        "output tok/s",
+        "E2E p95 ms",
+        "TTFT p50 ms",
+        "$/1M output",
+        "J/token",
+        "tier",
+    ]
+    rows = [[d.scenario, d.variant, d.output_tok_s, d.e2e_p95_ms, d.ttft_p50_ms, d.usd_per_1m_output_tokens,
+             d.j_per_token, "baseline" if d.variant == result.baseline else d.tier or "not graded"]
+            for d in result.decision]  # fmt: skip
+    parts = [
+        f"<p class='note'>{len(result.variants)} variants, {result.repetitions} repetitions, "
+        f"order {result.order} "
+        f"(seed {result.seed}), baseline {html.escape(result.baseline)}.</p>",
+        f"<h2>Recommendation</h2><ul>{recs}</ul>",
+        "<h2>Decision matrix</h2>" + _table(head, _round(rows)),
+        _study_bars(result),
+        _study_cells(result, "ttft_ms", "TTFT p50 of every cell"),
+        _study_cells(result, "e2e_ms", "E2E p50 of every cell"),
+    ]
+    return _page(f"infermeter study {result.name}", [p for p in parts if p])

@@ -50,6 +50,7 @@ class EmbeddedArgs(HttpBackendArgs):
     )
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: Path | None = Field(None, description="where the engine's own log goes; None discards it")
+    port: int = Field(0, ge=0, le=65535, description="the engine's loopback port; 0 picks a free one")
 
     @classmethod
     def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
@@ -128,6 +129,7 @@ class EmbeddedBackend:
             "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,
             "threads": self.args.threads,
             "chat_template": self._template,
+            "port": self.args.port,
         }
         return await self._child.start(cfg, self.args.startup_timeout_s)
 

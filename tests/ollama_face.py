@@ -1,7 +1,8 @@
 """An Ollama-protocol face over the embedded llama.cpp engine — an EMULATION for tests, not Ollama.
 
 No Ollama server can be installed where these tests run, so this face speaks Ollama's HTTP API
-(``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/version``) and forwards every request to the
+(``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/version``, and the control plane's
+``/api/show`` and ``/api/ps`` with the model file's own GGUF facts) and forwards every request to the
 real embedded engine. Each streamed token is relayed as one NDJSON line the moment it arrives; the final
 object carries llama.cpp's real ``timings`` converted to nanoseconds (``prompt_ms`` →
 ``prompt_eval_duration``, ``predicted_ms`` → ``eval_duration``), the face's own measured
@@ -28,6 +29,7 @@ from aiohttp import web
 
 from agent.backends.builtin_model import ensure_builtin_model
 from agent.backends.child import ChildServer
+from agent.backends.modelfacts import gguf_facts
 from agent.transport.sse import SSEParser
 
 VERSION = "0.0.0-infermeter-emulation"
@@ -68,16 +70,41 @@ class OllamaFace:
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/chat", self._generate)
         app.router.add_post("/api/generate", self._generate)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_get("/api/ps", self._ps)
         return app
 
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": VERSION})
 
+    def _details(self) -> dict[str, Any]:
+        facts = gguf_facts(self.model_path)
+        size = f"{facts['parameters'] / 1e6:.2f}M" if facts.get("parameters") else None
+        return {"parent_model": "", "format": "gguf", "family": facts.get("architecture"),
+                "families": [facts.get("architecture")], "parameter_size": size,
+                "quantization_level": facts.get("quantization")}  # fmt: skip
+
     async def _tags(self, request: web.Request) -> web.Response:
         size = self.model_path.stat().st_size
-        details = {"format": "gguf", "family": "gemma3", "quantization_level": "Q4_K_M"}
-        entry = {"name": MODEL, "model": MODEL, "size": size, "details": details}
+        entry = {"name": MODEL, "model": MODEL, "size": size, "details": self._details()}
         return web.json_response({"models": [entry]})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        req = await request.json()
+        if req.get("model") != MODEL:
+            return web.json_response({"error": f"model '{req.get('model')}' not found"}, status=404)
+        facts = gguf_facts(self.model_path)
+        arch = facts.get("architecture")
+        info = {"general.architecture": arch, "general.parameter_count": facts.get("parameters"),
+                f"{arch}.context_length": facts.get("context_length")}  # fmt: skip
+        body = {"modelfile": f"FROM {self.model_path.name}", "parameters": "", "template": "",
+                "details": self._details(), "model_info": info, "capabilities": ["completion"]}  # fmt: skip
+        return web.json_response(body)
+
+    async def _ps(self, request: web.Request) -> web.Response:
+        entry = {"name": MODEL, "model": MODEL, "size": self.model_path.stat().st_size, "digest": "",
+                 "details": self._details(), "size_vram": 0}  # fmt: skip
+        return web.json_response({"models": [] if self._cold else [entry]})
 
     def _engine_body(self, chat: bool, req: dict[str, Any]) -> dict[str, Any]:
         options = req.get("options") or {}

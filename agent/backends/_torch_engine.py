@@ -23,6 +23,7 @@ from agent.backends.inprocess import (
     native,
     now_ns,
 )
+from agent.backends.modelfacts import gguf_facts
 from agent.core.errors import BackendError, RequestFailedError
 from agent.core.record import GenerationRequest, StreamEvent
 
@@ -194,7 +195,15 @@ class Engine:
             "load_ms": self.load_ms,
             "torch": torch.__version__,
             "compile": self.compile_evidence(),
+            "model_facts": self._facts(),
         }
+
+    def _facts(self) -> dict[str, Any]:
+        """The GGUF file's facts when loaded from one; the dtype is what the weights were turned into."""
+        where, extra = _locate(self.args)
+        if "gguf_file" not in extra:
+            return {"format": "transformers"}
+        return gguf_facts(Path(where) / extra["gguf_file"])
 
     # ---- generation -------------------------------------------------------------------------------
     def encode(self, request: GenerationRequest) -> torch.Tensor:

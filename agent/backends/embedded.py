@@ -21,6 +21,7 @@ from pydantic import Field
 from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model
 from agent.backends.child import ChildServer
+from agent.backends.modelfacts import gguf_facts
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.core.errors import BackendError, BackendUnavailableError
 from agent.core.record import GenerationRequest, StreamEvent
@@ -150,6 +151,7 @@ class EmbeddedBackend:
             "model_path": str(path) if path else None,
             "model_bytes": path.stat().st_size if path and path.is_file() else None,
             "quantisation": _quantisation(path) if path else None,
+            "model_facts": gguf_facts(path) if path else None,
             "chat_template": self._template or "from GGUF",
             "n_parallel": self.args.n_parallel,
             "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,

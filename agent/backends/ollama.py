@@ -174,6 +174,7 @@ class OllamaBackend:
         self._base = args.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._version: str | None = None
+        self._facts: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Open the pooled session, read the server version and, when no model was given, pick one."""
@@ -187,6 +188,7 @@ class OllamaBackend:
         self._version = await self._get_field("/api/version", "version", required=False)
         if not self.model:
             self.model = await self._first_model()
+        self._facts = await model_facts(self._base, self.model, self.args.connect_timeout_s)
 
     async def _get_json(self, path: str) -> Any:
         assert self._session is not None
@@ -229,13 +231,15 @@ class OllamaBackend:
             self._session = None
 
     def describe(self) -> dict[str, Any]:
-        """Manifest facts: server URL, version and the model tag."""
+        """Manifest facts: server URL, version, the model tag and what ``/api/show`` says of it."""
         return {
             "backend": self.name,
             "base_url": self._base,
             "model": self.model,
             "ollama_version": self._version,
             "api": self.args.api or "per request",
+            "quantization": self._facts.get("quantization"),
+            "model_facts": self._facts,
             **clock(),
         }
 
@@ -304,3 +308,30 @@ def _prompt_and_system(req: GenerationRequest) -> tuple[str, str | None]:
     system = "\n\n".join(m.get("content", "") for m in messages if m.get("role") == "system") or None
     prompt = "\n\n".join(m.get("content", "") for m in messages if m.get("role") != "system")
     return prompt, system
+
+
+async def model_facts(base_url: str, model: str, timeout_s: float) -> dict[str, Any]:
+    """What the server says of ``model`` through the official client's ``/api/show``.
+
+    Family, size, quantisation and context length: the control plane only, and never fatal (an old
+    server may not answer it).
+    """
+    import httpx
+    import ollama
+
+    try:
+        async with ollama.AsyncClient(host=base_url, timeout=timeout_s) as client:
+            show = await client.show(model)
+    except (ollama.ResponseError, httpx.HTTPError, ValueError) as e:
+        return {"unavailable": f"/api/show: {e.__class__.__name__}: {e}"}
+    details = show.details
+    info = dict(show.modelinfo or {})
+    arch = info.get("general.architecture")
+    return {
+        "format": details.format if details else None,
+        "family": details.family if details else None,
+        "parameter_size": details.parameter_size if details else None,
+        "quantization": details.quantization_level if details else None,
+        "parameters": info.get("general.parameter_count"),
+        "context_length": info.get(f"{arch}.context_length") if arch else None,
+    }

@@ -375,6 +375,12 @@ class SimServer:
                 ]
             },
             "/api/version": {"version": "infermeter-sim"},
+            "/api/ps": {"models": []},
+            "/api/show": {
+                "details": {"format": "sim", "family": "sim", "quantization_level": "none"},
+                "model_info": {"general.architecture": "sim"},
+                "capabilities": ["completion"],
+            },
             "/health": {"status": "ok", "served": self.served},
         }
         if path not in answers:

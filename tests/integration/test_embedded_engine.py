@@ -58,6 +58,9 @@ def test_chat_run_records_both_clocks(tmp_path: Path, cache_dir: Path) -> None:
     assert m["status"] == "completed" and m["records"] == {"total": 10, "ok": 10}
     assert len(m["scenario"]["sha256"]) == 64 and m["scenario"]["normalised"]["concurrency"] == 2
     assert m["backend"]["model"] == "gemma3-270m" and m["backend"]["quantisation"] == "Q4_K_M"
+    facts = m["backend"]["model_facts"]  # read from the GGUF itself, not its name
+    assert facts["quantization"] == "Q4_K_M" and facts["architecture"] == "gemma3"
+    assert facts["parameters"] == 268_098_176 and facts["context_length"] == 32768
     assert m["backend"]["n_parallel"] == 2 and m["gpu"]["available"] is False
     summary = json.loads((out / "summary.json").read_text())["scenarios"]["chat"]
     assert summary["requests"]["success_rate"] == 1.0 and summary["requests"]["ok"] == 8

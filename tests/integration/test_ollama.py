@@ -62,6 +62,13 @@ def test_chat_through_the_ollama_face_matches_engine_timings(face: tuple[str, Pa
     assert sum(r["cold_start"] for r in records) == 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["backend"]["ollama_version"].endswith("emulation")
+    facts = manifest["backend"]["model_facts"]  # the control plane: /api/show through the ollama package
+    assert facts["quantization"] == "Q4_K_M" == manifest["backend"]["quantization"]
+    assert (
+        facts["family"] == "gemma3"
+        and facts["parameters"] == 268_098_176
+        and facts["context_length"] == 32768
+    )
 
 
 @pytest.mark.slow

@@ -126,6 +126,7 @@ class OllamaScripted:
         app.router.add_get("/api/version", self._version)
         app.router.add_post("/api/chat", self._gen)
         app.router.add_post("/api/generate", self._gen)
+        app.router.add_post("/api/show", self._show)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -142,6 +143,19 @@ class OllamaScripted:
 
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": "0.9.0"})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        self.shown = (await request.json())["model"]
+        if self.mode == "no-show":
+            return web.json_response({"error": "not here"}, status=500)
+        details = {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                   "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}  # fmt: skip
+        info = {
+            "general.architecture": "llama",
+            "general.parameter_count": 3212749888,
+            "llama.context_length": 131072,
+        }
+        return web.json_response({"modelfile": "FROM x", "details": details, "model_info": info})
 
     async def _gen(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(await request.json())
@@ -175,8 +189,11 @@ async def test_backend_streams_chat_and_generate_with_native_fields() -> None:
             gen_events = [e async for e in backend.stream(gen)]
         finally:
             await backend.close()
-    assert backend.model == "llama3.2:latest"
-    assert backend.describe()["ollama_version"] == "0.9.0"
+    assert backend.model == "llama3.2:latest" and srv.shown == "llama3.2:latest"
+    facts = backend.describe()["model_facts"]  # the control plane, read with the ollama package
+    assert backend.describe()["ollama_version"] == "0.9.0" and backend.describe()["quantization"] == "Q4_K_M"
+    assert facts == {"format": "gguf", "family": "llama", "parameter_size": "3.2B", "quantization": "Q4_K_M",
+                     "parameters": 3212749888, "context_length": 131072}  # fmt: skip
     end = events[-1]
     assert (
         isinstance(end, StreamEnd)
@@ -224,3 +241,13 @@ def test_default_url_follows_ollama_host(monkeypatch: pytest.MonkeyPatch) -> Non
     assert OllamaArgs().base_url == "http://127.0.0.1:4000"
     monkeypatch.delenv("OLLAMA_HOST")
     assert json.dumps(OllamaArgs().base_url) == '"http://127.0.0.1:11434"'
+
+
+async def test_a_server_without_api_show_still_runs_and_says_why() -> None:
+    async with OllamaScripted() as srv:
+        srv.mode = "no-show"
+        backend = create("ollama", {"base_url": srv.url})
+        await backend.start()
+        await backend.close()
+    facts = backend.describe()["model_facts"]
+    assert facts["unavailable"].startswith("/api/show: ResponseError")

@@ -322,7 +322,7 @@ async def model_facts(base_url: str, model: str, timeout_s: float) -> dict[str, 
     try:
         async with ollama.AsyncClient(host=base_url, timeout=timeout_s) as client:
             show = await client.show(model)
-    except (ollama.ResponseError, httpx.HTTPError, ValueError) as e:
+    except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:  # any answer but a show
         return {"unavailable": f"/api/show: {e.__class__.__name__}: {e}"}
     details = show.details
     info = dict(show.modelinfo or {})

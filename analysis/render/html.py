@@ -18,6 +18,7 @@ import numpy as np
 
 from agent.core.record import RequestRecord
 from analysis.analyze import metric_values
+from analysis.render.study import DECISION_HEAD, decision_cells
 from analysis.results import AnalysisResult, StudyResult
 from analysis.runs import Run
 
@@ -291,25 +292,14 @@ def study_html(result: StudyResult) -> str:
     recs = "".join(
         f"<li><b>{html.escape(r.scenario)}</b>: {html.escape(r.reason)}</li>" for r in result.recommendations
     )
-    head = [
-        "scenario",
-        "variant",
-        "output tok/s",
-        "E2E p95 ms",
-        "TTFT p50 ms",
-        "$/1M output",
-        "J/token",
-        "tier",
-    ]
-    rows = [[d.scenario, d.variant, d.output_tok_s, d.e2e_p95_ms, d.ttft_p50_ms, d.usd_per_1m_output_tokens,
-             d.j_per_token, "baseline" if d.variant == result.baseline else d.tier or "not graded"]
-            for d in result.decision]  # fmt: skip
+    head = ["scenario", *DECISION_HEAD]
+    rows = [[d.scenario, *decision_cells(d, result.baseline)] for d in result.decision]
     parts = [
         f"<p class='note'>{len(result.variants)} variants, {result.repetitions} repetitions, "
         f"order {result.order} "
         f"(seed {result.seed}), baseline {html.escape(result.baseline)}.</p>",
         f"<h2>Recommendation</h2><ul>{recs}</ul>",
-        "<h2>Decision matrix</h2>" + _table(head, _round(rows)),
+        "<h2>Decision matrix</h2>" + _table(head, rows),
         _study_bars(result),
         _study_cells(result, "ttft_ms", "TTFT p50 of every cell"),
         _study_cells(result, "e2e_ms", "E2E p50 of every cell"),

@@ -11,9 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from analysis.render.text import fmt, md_table, pct, two
-from analysis.results import EquivalenceRow, StudyResult
+from analysis.results import DecisionRow, EquivalenceRow, StudyResult
 
-__all__ = ["SECTIONS", "study_console", "study_markdown"]
+__all__ = ["DECISION_HEAD", "SECTIONS", "decision_cells", "study_console", "study_markdown"]
 
 _ORDER = {
     "interleaved": "interleaved (a seeded shuffle of the cells: drift over time spreads over every variant)",
@@ -42,7 +42,7 @@ def variants(r: StudyResult) -> list[str]:
     rows = []
     for v in r.variants:
         facts = v.facts
-        quant = facts.get("quantization") or facts.get("quantisation") or v.labels.get("quant")
+        quant = _precision(facts) or v.labels.get("quant")
         engine = facts.get("engine") or facts.get("backend") or v.backend
         labels = ", ".join(f"{k}={val}" for k, val in {**v.labels, **v.axis}.items()) or "—"
         rows.append(
@@ -54,6 +54,15 @@ def variants(r: StudyResult) -> list[str]:
     ]
 
 
+def _precision(facts: dict[str, Any]) -> str | None:
+    """How the weights were computed with: the file's quantisation, or the dtype it was loaded into."""
+    source = (facts.get("model_facts") or {}).get("quantization")
+    quant = facts.get("quantization") or facts.get("quantisation")
+    if facts.get("dtype"):  # loaded in-process: the dtype the weights were turned into
+        return f"{facts['dtype']} (from {source})" if source else str(facts["dtype"])
+    return quant or source
+
+
 def recommendations(r: StudyResult) -> list[str]:
     """The answer first: which variant for each scenario, and why."""
     out = ["## Recommendation"]
@@ -61,35 +70,40 @@ def recommendations(r: StudyResult) -> list[str]:
     return [*out, ""]
 
 
+#: The decision matrix's columns, shared by every renderer of it.
+DECISION_HEAD = (
+    "variant",
+    "output tok/s",
+    "E2E p95 ms",
+    "TTFT p50 ms",
+    "$/1M output",
+    "J/token",
+    "quality vs baseline",
+)
+
+
+def decision_cells(d: DecisionRow, baseline: str) -> list[str]:
+    """One variant's row of the decision matrix, formatted."""
+    quality = "baseline" if d.variant == baseline else d.tier or "not graded"
+    return [
+        d.variant,
+        two(d.output_tok_s, "{:.1f}"),
+        two(d.e2e_p95_ms, "{:.1f}"),
+        two(d.ttft_p50_ms, "{:.1f}"),
+        two(d.usd_per_1m_output_tokens, "${:.2f}"),
+        two(d.j_per_token, "{:.3f}"),
+        quality + (f", KL {d.kl_mean:.4f}" if d.kl_mean is not None else ""),
+    ]
+
+
 def decision(r: StudyResult) -> list[str]:
-    """The decision matrix, one table per scenario."""
+    """The decision matrix, one table per scenario (the baseline in bold)."""
     out = ["## Decision matrix", ""]
     for scenario in dict.fromkeys(d.scenario for d in r.decision):
-        out.append(f"### {scenario}")
-        head = [
-            "variant",
-            "output tok/s",
-            "E2E p95 ms",
-            "TTFT p50 ms",
-            "$/1M output",
-            "J/token",
-            "quality tier",
-        ]
-        rows = [
-            [
-                f"**{d.variant}**" if d.variant == r.baseline else d.variant,
-                two(d.output_tok_s, "{:.1f}"),
-                two(d.e2e_p95_ms, "{:.1f}"),
-                two(d.ttft_p50_ms, "{:.1f}"),
-                two(d.usd_per_1m_output_tokens, "${:.2f}"),
-                two(d.j_per_token, "{:.3f}"),
-                ("baseline" if d.variant == r.baseline else d.tier or "not graded")
-                + (f", KL {d.kl_mean:.4f}" if d.kl_mean is not None else ""),
-            ]
-            for d in r.decision
-            if d.scenario == scenario
-        ]
-        out += md_table([*head, "quality vs baseline"], rows)
+        rows = [decision_cells(d, r.baseline) for d in r.decision if d.scenario == scenario]
+        for row in rows:
+            row[0] = f"**{row[0]}**" if row[0] == r.baseline else row[0]
+        out += [f"### {scenario}", *md_table(DECISION_HEAD, rows)]
     return out
 
 

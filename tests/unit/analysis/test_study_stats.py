@@ -123,3 +123,17 @@ def test_missing_cells_are_reported_not_invented(tmp_path: Path) -> None:
     assert {c.status for c in out.cells} == {"missing"}
     assert all(r.verdict == "too few repetitions" for r in out.equivalence)
     assert out.recommendations[0].variant is None
+
+
+def test_the_report_leads_with_the_answer_and_every_table_is_whole(result: object) -> None:
+    from analysis.render.html import study_html
+    from analysis.render.study import DECISION_HEAD, study_markdown
+
+    report = study_markdown(result)  # type: ignore[arg-type]
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["## Recommendation", "## Variants", "## Decision matrix"]
+    matrix = report.split("## Decision matrix", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in matrix.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 3 and all(row.count("|") == len(DECISION_HEAD) + 1 for row in rows)
+    page = study_html(result)  # type: ignore[arg-type]
+    assert "study-throughput" in page and "study-cells-e2e_ms" in page and "Plotly" in page

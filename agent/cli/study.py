@@ -81,7 +81,6 @@ def run(ns: argparse.Namespace, app: App) -> int:
     outcome = StudyOutcome()
     if not ns.analyze_only:
         _check(study, app)
-        StudyRunner(study, out, allow_changed=ns.allow_changed).check_lock()
         try:
             outcome = _run_cells(study, out, ns, app)
         except KeyboardInterrupt:  # between cells: nothing in flight

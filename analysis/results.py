@@ -405,6 +405,7 @@ class CellInfo(Block):
     status: str
     records: int = 0
     ok: int = 0
+    detail: str | None = None
     figures: dict[str, float | None] = Field(default_factory=dict)
 
 

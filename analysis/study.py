@@ -10,6 +10,7 @@ and drift against the baseline) and the recommendation. Across variants with a n
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -70,6 +71,15 @@ def _cell_figures(run: Run) -> dict[str, float | None]:
     return figures
 
 
+def _failure(folder: Path) -> str | None:
+    """Why a failed cell failed, where its manifest says."""
+    try:
+        error = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("error")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(error) if error else None
+
+
 class _Cells:
     """The study's cells read from disk, and their values grouped for the tests."""
 
@@ -90,6 +100,7 @@ class _Cells:
             status=status,
         )
         if status != "completed":
+            info.detail = _failure(folder) if status == "failed" else None
             return info
         run = load_run(folder)
         self.runs[(cell.variant, cell.scenario)].append(run)

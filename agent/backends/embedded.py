@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import Field
@@ -23,6 +23,7 @@ from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_bui
 from agent.backends.child import ChildServer
 from agent.backends.modelfacts import gguf_facts
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
+from agent.backends.requantize import requantize, requantized_path
 from agent.core.errors import BackendError, BackendUnavailableError
 from agent.core.record import GenerationRequest, StreamEvent
 
@@ -52,6 +53,9 @@ class EmbeddedArgs(HttpBackendArgs):
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: Path | None = Field(None, description="where the engine's own log goes; None discards it")
     port: int = Field(0, ge=0, le=65535, description="the engine's loopback port; 0 picks a free one")
+    requantize: Literal["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] | None = Field(
+        None, description="serve the model re-quantised to this type (made once into the cache)"
+    )
 
     @classmethod
     def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
@@ -118,10 +122,13 @@ class EmbeddedBackend:
     def _model_file(self) -> Path:
         path = self.args.model_path
         if path is None:
-            return ensure_builtin_model(self.args.cache_dir)
-        if not path.is_file():
+            path = ensure_builtin_model(self.args.cache_dir)
+        elif not path.is_file():
             raise BackendError(f"model file {path} does not exist; pass an existing GGUF with --model-path")
-        return path
+        if self.args.requantize is None:
+            return path
+        target = requantized_path(path, self.args.requantize, self.args.cache_dir / "models")
+        return requantize(path, self.args.requantize, target)
 
     async def _spawn(self, path: Path) -> str:
         cfg = {
@@ -144,14 +151,16 @@ class EmbeddedBackend:
     def describe(self) -> dict[str, Any]:
         """Manifest facts about the engine and the model it serves."""
         path = self._model_path
+        facts = gguf_facts(path) if path else None
         return {
             "backend": self.name,
             "engine": f"llama.cpp via xllamacpp {_version('xllamacpp')}",
             "model": self.model,
             "model_path": str(path) if path else None,
             "model_bytes": path.stat().st_size if path and path.is_file() else None,
-            "quantisation": _quantisation(path) if path else None,
-            "model_facts": gguf_facts(path) if path else None,
+            "quantisation": (facts or {}).get("quantization") or (_quantisation(path) if path else None),
+            "model_facts": facts,
+            "requantized": self.args.requantize,
             "chat_template": self._template or "from GGUF",
             "n_parallel": self.args.n_parallel,
             "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,

@@ -37,6 +37,7 @@ def _read(path: str, size: int, mtime: float) -> dict[str, Any]:
         )
     except ValueError:
         quant = f"file type {file_type}"
+    source = _scalar(reader, "infermeter.requantized_from")
     return {
         "format": "gguf",
         "architecture": arch,
@@ -47,6 +48,7 @@ def _read(path: str, size: int, mtime: float) -> dict[str, Any]:
         "context_length": _scalar(reader, f"{arch}.context_length") if arch else None,
         "layers": _scalar(reader, f"{arch}.block_count") if arch else None,
         "file_bytes": size,
+        **({"requantized_from": source} if source else {}),
     }
 
 

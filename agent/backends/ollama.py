@@ -1,5 +1,9 @@
 """Ollama's native API: ``/api/chat`` and ``/api/generate`` streamed as newline-delimited JSON.
 
+The control plane (which models the server has, what ``/api/show`` says of one, whether it is loaded, and
+unloading it for a measured cold start) goes through the official ``ollama`` package; the timed data plane
+stays on our own aiohttp client, stamped per socket read.
+
 Native timings come from the final (``done: true``) object, in **nanoseconds** (method §1):
 ``prompt_eval_duration`` → prefill, ``eval_duration`` → decode, ``load_duration`` → load,
 ``total_duration`` → native total. A field the server leaves out (``prompt_eval_count`` and its duration
@@ -31,7 +35,14 @@ from agent.transport.http import (
 )
 from agent.transport.ndjson import LineSplitter
 
-__all__ = ["OllamaArgs", "OllamaBackend", "OllamaStreamState", "options_for", "parse_line"]
+__all__ = [
+    "OllamaArgs",
+    "OllamaBackend",
+    "OllamaControl",
+    "OllamaStreamState",
+    "options_for",
+    "parse_line",
+]
 
 logger = structlog.get_logger(__name__)
 
@@ -74,6 +85,11 @@ class OllamaArgs(HttpBackendArgs):
     think: bool | None = Field(None, description="ask thinking models to think (or not); None leaves it")
     cold_start_load_ms: float = Field(
         500.0, ge=0, description="a load_duration above this marks the record cold_start"
+    )
+    unload_first: bool = Field(
+        False,
+        description="unload the model before the run, so the first request pays the load (a measured "
+        "cold start; with --warmup 0 that request is kept)",
     )
     label: str = Field("ollama", description="the backend name written into records")
 
@@ -175,9 +191,14 @@ class OllamaBackend:
         self._session: aiohttp.ClientSession | None = None
         self._version: str | None = None
         self._facts: dict[str, Any] = {}
+        self._loaded_before: bool | None = None
 
     async def start(self) -> None:
-        """Open the pooled session, read the server version and, when no model was given, pick one."""
+        """Open the pooled session, read the server version, then ask the control plane.
+
+        The model is the first one listed when none was given, else checked against the list; it is
+        unloaded when asked; whether it is loaded and what ``/api/show`` says of it go to the manifest.
+        """
         if self._session is not None:
             return
         self._session = open_session(
@@ -185,44 +206,25 @@ class OllamaBackend:
             max_connections=self.args.max_connections,
             connect_timeout_s=self.args.connect_timeout_s,
         )
-        self._version = await self._get_field("/api/version", "version", required=False)
-        if not self.model:
-            self.model = await self._first_model()
-        self._facts = await model_facts(self._base, self.model, self.args.connect_timeout_s)
+        self._version = await self._get_field("/api/version", "version")
+        control = OllamaControl(self._base, self.args.connect_timeout_s)
+        self.model = control.pick(self.model, await control.models())
+        if self.args.unload_first:
+            await control.unload(self.model)
+        self._loaded_before = await control.loaded(self.model)
+        self._facts = await control.facts(self.model)
 
-    async def _get_json(self, path: str) -> Any:
+    async def _get_field(self, path: str, key: str) -> str | None:
+        """One field of a GET answer; an unreachable server is a clear error."""
         assert self._session is not None
         url = self._base + path
         try:
             async with self._session.get(url) as resp:
-                if resp.status >= 300:
-                    raise BackendError(f"{url} answered HTTP {resp.status}")
-                return await resp.json(content_type=None)
+                body = await resp.json(content_type=None) if resp.status < 300 else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            raise BackendError(
-                f"could not reach Ollama at {url} ({e.__class__.__name__}: {e}); "
-                "start it (`ollama serve`) or set --base-url / OLLAMA_HOST"
-            ) from e
-
-    async def _get_field(self, path: str, key: str, *, required: bool) -> str | None:
-        try:
-            body = await self._get_json(path)
-        except BackendError:
-            if required:
-                raise
-            return None
+            raise BackendError(_unreachable(url, e)) from e
         value = body.get(key) if isinstance(body, dict) else None
         return str(value) if value is not None else None
-
-    async def _first_model(self) -> str:
-        body = await self._get_json("/api/tags")
-        models = body.get("models") if isinstance(body, dict) else None
-        if not models or not isinstance(models, list) or not isinstance(models[0], dict):
-            raise BackendError(f"{self._base}/api/tags lists no models; `ollama pull` one or pass --model")
-        name = models[0].get("model") or models[0].get("name")
-        if not name:
-            raise BackendError(f"{self._base}/api/tags returned a model without a name; pass --model")
-        return str(name)
 
     async def close(self) -> None:
         """Close the session; safe to call twice."""
@@ -240,6 +242,8 @@ class OllamaBackend:
             "api": self.args.api or "per request",
             "quantization": self._facts.get("quantization"),
             "model_facts": self._facts,
+            "unloaded_first": self.args.unload_first,
+            "loaded_before_run": self._loaded_before,
             **clock(),
         }
 
@@ -310,28 +314,96 @@ def _prompt_and_system(req: GenerationRequest) -> tuple[str, str | None]:
     return prompt, system
 
 
-async def model_facts(base_url: str, model: str, timeout_s: float) -> dict[str, Any]:
-    """What the server says of ``model`` through the official client's ``/api/show``.
+def _unreachable(url: str, e: BaseException) -> str:
+    return (
+        f"could not reach Ollama at {url} ({e.__class__.__name__}: {e}); "
+        "start it (`ollama serve`) or set --base-url / OLLAMA_HOST"
+    )
 
-    Family, size, quantisation and context length: the control plane only, and never fatal (an old
-    server may not answer it).
-    """
-    import httpx
-    import ollama
 
-    try:
-        async with ollama.AsyncClient(host=base_url, timeout=timeout_s) as client:
-            show = await client.show(model)
-    except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:  # any answer but a show
-        return {"unavailable": f"/api/show: {e.__class__.__name__}: {e}"}
-    details = show.details
-    info = dict(show.modelinfo or {})
-    arch = info.get("general.architecture")
-    return {
-        "format": details.format if details else None,
-        "family": details.family if details else None,
-        "parameter_size": details.parameter_size if details else None,
-        "quantization": details.quantization_level if details else None,
-        "parameters": info.get("general.parameter_count"),
-        "context_length": info.get(f"{arch}.context_length") if arch else None,
-    }
+class OllamaControl:
+    """Ollama's control plane through the official ``ollama`` package: list, show, ps and unload."""
+
+    def __init__(self, base_url: str, timeout_s: float) -> None:
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+
+    def _client(self) -> Any:
+        import ollama
+
+        return ollama.AsyncClient(host=self.base_url, timeout=self.timeout_s)
+
+    async def models(self) -> list[str]:
+        """The model tags the server has (``/api/tags``)."""
+        import httpx
+        import ollama
+
+        try:
+            async with self._client() as client:
+                listed = await client.list()
+        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:
+            raise BackendError(_unreachable(self.base_url + "/api/tags", e)) from e
+        return [m.model for m in listed.models if m.model]
+
+    def pick(self, wanted: str, names: list[str]) -> str:
+        """``wanted`` as the server names it, or the first listed model when none was asked for."""
+        if not wanted:
+            if not names:
+                raise BackendError(f"{self.base_url} has no models; `ollama pull` one or pass --model")
+            return names[0]
+        for name in (wanted, f"{wanted}:latest"):
+            if name in names:
+                return name
+        have = ", ".join(names[:10]) or "none"
+        raise BackendError(
+            f"model {wanted!r} is not on the server at {self.base_url} (it has: {have}); "
+            f"`ollama pull {wanted}`"
+        )
+
+    async def unload(self, model: str) -> None:
+        """Unload ``model`` now (an empty generate with ``keep_alive: 0``), so the next request loads it."""
+        import httpx
+        import ollama
+
+        try:
+            async with self._client() as client:
+                await client.generate(model=model, keep_alive=0)
+        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:
+            raise BackendError(f"could not unload {model} at {self.base_url}: {e}") from e
+
+    async def loaded(self, model: str) -> bool | None:
+        """Whether ``model`` is loaded (``/api/ps``); None when the server does not say."""
+        import httpx
+        import ollama
+
+        try:
+            async with self._client() as client:
+                running = await client.ps()
+        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError):
+            return None
+        return any(m.model == model or m.name == model for m in running.models)
+
+    async def facts(self, model: str) -> dict[str, Any]:
+        """What ``/api/show`` says of ``model``: family, size, quantisation, context length.
+
+        Never fatal (an old server may not answer it): the reason is kept instead.
+        """
+        import httpx
+        import ollama
+
+        try:
+            async with self._client() as client:
+                show = await client.show(model)
+        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:  # any answer but a show
+            return {"unavailable": f"/api/show: {e.__class__.__name__}: {e}"}
+        details = show.details
+        info = dict(show.modelinfo or {})
+        arch = info.get("general.architecture")
+        return {
+            "format": details.format if details else None,
+            "family": details.family if details else None,
+            "parameter_size": details.parameter_size if details else None,
+            "quantization": details.quantization_level if details else None,
+            "parameters": info.get("general.parameter_count"),
+            "context_length": info.get(f"{arch}.context_length") if arch else None,
+        }

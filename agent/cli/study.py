@@ -49,7 +49,7 @@ def _check(study: Study, app: App) -> None:
         load_scenario(resolve_scenario(str(study.resolve(name))))
     for v in study.variants.values():
         args = [f"{k}={json.dumps(val)}" for k, val in v.args.items()]
-        model_path = study.resolve(v.model_path) if v.model_path else None
+        model_path = study.resolve(v.model_path) if v.model_path and v.serve is None else None
         ns = argparse.Namespace(backend=v.backend, base_url=v.base_url, model=v.model, model_path=model_path,
                                 compile=v.compile, backend_arg=args)  # fmt: skip
         create(v.backend, backend_args(ns, app.settings, Path("."), 1))

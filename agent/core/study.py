@@ -21,9 +21,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent.core.errors import ConfigError
 from agent.core.yamlfile import read_yaml, validate
 
-__all__ = ["Cell", "Study", "Variant", "cell_status", "load_study"]
+__all__ = ["Cell", "Serve", "Study", "Variant", "cell_status", "load_study"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class Serve(BaseModel):
+    """A server the study starts for a variant (``infermeter serve``) and stops when the study ends.
+
+    The API follows the variant's backend: ``openai`` gets llama.cpp's own server, ``ollama`` the
+    Ollama-protocol emulation over the same engine. The variant's ``model_path`` is the file it serves.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    slots: int = Field(4, ge=1, le=64, description="requests the engine serves at once")
+    threads: int | None = Field(None, ge=1, description="CPU threads of the engine")
+    requantize: Literal["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] | None = Field(
+        None, description="serve the model re-quantised to this type"
+    )
+    startup_timeout_s: float = Field(300.0, gt=0, description="how long the server may take to listen")
 
 
 class Variant(BaseModel):
@@ -43,6 +60,17 @@ class Variant(BaseModel):
     usd_per_hour: float | None = Field(
         None, gt=0, description="this variant's worker price (else the study's)"
     )
+    serve: Serve | None = Field(None, description="a server the study starts for this variant")
+
+    @model_validator(mode="after")
+    def _serve_fits(self) -> Variant:
+        if self.serve is None:
+            return self
+        if self.backend not in ("openai", "ollama"):
+            raise ValueError("serve starts an openai or ollama server; use backend: openai or ollama")
+        if self.base_url is not None:
+            raise ValueError("serve starts its own server; drop base_url")
+        return self
 
 
 class Equivalence(BaseModel):

@@ -5,12 +5,17 @@ manifest says ``completed`` is kept on a rerun; an interrupted or failed one is 
 ``DIR/study.lock.json`` holds the study's hash: a changed study file is refused unless allowed, so a
 resumed study never mixes cells of two different plans by accident. Ctrl-C stops the cell in flight (it
 keeps its records, marked interrupted) and the study; the same command resumes it.
+
+A variant with ``serve:`` gets its server started by the study (``infermeter serve`` in its own process,
+its log in ``DIR/servers/``) before its first cell; the server stays up for the rest of the study, so its
+start is never inside a cell, and stops when the study stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import select
 import shutil
 import signal
 import subprocess
@@ -24,7 +29,7 @@ from agent.core.errors import ConfigError
 from agent.core.study import Cell, Study, cell_status
 from agent.run.manifest import write_json_atomic
 
-__all__ = ["CELL_FILES", "StudyOutcome", "StudyRunner", "cell_argv"]
+__all__ = ["CELL_FILES", "Servers", "StudyOutcome", "StudyRunner", "cell_argv", "serve_argv"]
 
 #: What a cell's folder may hold: everything ``infermeter run`` writes, plus the cell's own log.
 CELL_FILES = frozenset(
@@ -37,13 +42,15 @@ def _flag(name: str, value: object) -> list[str]:
     return [] if value is None else [name, str(value)]
 
 
-def cell_argv(study: Study, cell: Cell, out: Path) -> list[str]:
-    """The ``infermeter run`` command line of one cell."""
+def cell_argv(study: Study, cell: Cell, out: Path, base_url: str | None = None) -> list[str]:
+    """The ``infermeter run`` command line of one cell (``base_url``: the variant's started server)."""
     v = study.variants[cell.variant]
     argv = [sys.executable, "-m", "agent.cli", "run", str(study.resolve(cell.scenario))]
     argv += ["--backend", v.backend, "--out", str(out), "--no-progress", "--energy", study.energy]
-    argv += _flag("--model", v.model) + _flag("--base-url", v.base_url) + _flag("--compile", v.compile)
-    argv += _flag("--model-path", study.resolve(v.model_path) if v.model_path else None)
+    argv += _flag("--model", v.model) + _flag("--base-url", base_url or v.base_url)
+    argv += _flag("--compile", v.compile)
+    if v.serve is None:
+        argv += _flag("--model-path", study.resolve(v.model_path) if v.model_path else None)
     for key, value in v.args.items():
         argv += ["--backend-arg", f"{key}={json.dumps(value)}"]  # JSON is YAML: types survive
     argv += _flag("--requests", study.requests) + _flag("--duration", study.duration)
@@ -52,6 +59,84 @@ def cell_argv(study: Study, cell: Cell, out: Path) -> list[str]:
     slo = study.slo
     argv += _flag("--slo-ttft-ms", slo.ttft_ms) + _flag("--slo-tpot-ms", slo.tpot_ms)
     return argv + _flag("--slo-e2e-ms", slo.e2e_ms)
+
+
+def serve_argv(study: Study, variant: str) -> list[str]:
+    """The ``infermeter serve`` command line of a variant's server."""
+    v = study.variants[variant]
+    assert v.serve is not None
+    argv = [sys.executable, "-m", "agent.cli", "serve", "--api", v.backend, "--port", "0"]
+    argv += ["--slots", str(v.serve.slots), *_flag("--threads", v.serve.threads)]
+    argv += _flag("--requantize", v.serve.requantize)
+    return argv + _flag("--model-path", study.resolve(v.model_path) if v.model_path else None)
+
+
+class ServerFailed(Exception):
+    """A variant's server did not start; its cells fail with this reason and the study goes on."""
+
+
+class Servers:
+    """The servers a study started, one per ``serve:`` variant, each up until ``stop_all``."""
+
+    def __init__(self, study: Study, folder: Path) -> None:
+        self.study, self.folder = study, folder
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.urls: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+
+    def url(self, variant: str) -> str | None:
+        """The variant's server URL, starting the server on first use; None for a variant without one.
+
+        A server that did not start raises ``ServerFailed`` now and for the variant's later cells.
+        """
+        spec = self.study.variants[variant].serve
+        if spec is None:
+            return None
+        if variant in self.failed:
+            raise ServerFailed(self.failed[variant])
+        if variant not in self.urls:
+            try:
+                self.urls[variant] = self._start(variant, spec.startup_timeout_s)
+            except ServerFailed as e:
+                self.failed[variant] = str(e)
+                raise
+        return self.urls[variant]
+
+    def _start(self, variant: str, timeout_s: float) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = self.folder / f"{variant}.log"
+        with log.open("ab") as err:
+            proc = subprocess.Popen(
+                serve_argv(self.study, variant), stdout=subprocess.PIPE, stderr=err, start_new_session=True
+            )
+        self.procs[variant] = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+        line = proc.stdout.readline().decode().strip() if ready else ""
+        if not line.startswith("http://"):
+            self._stop(variant)
+            said = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            why = f": {said[-1]}" if said and ready else f" in {timeout_s:.0f} s"
+            raise ServerFailed(f"the server of variant '{variant}' did not start{why} (log: {log})")
+        return line
+
+    def _stop(self, variant: str) -> None:
+        proc = self.procs.pop(variant)
+        self.urls.pop(variant, None)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def stop_all(self) -> None:
+        """Stop every started server (Ctrl-C first, then by force)."""
+        for variant in list(self.procs):
+            self._stop(variant)
 
 
 @dataclass(slots=True)
@@ -71,6 +156,7 @@ class StudyRunner:
         self.study, self.root = study, root
         self.cells_dir = root / "cells"
         self.allow_changed = allow_changed
+        self.servers = Servers(study, root / "servers")
 
     def check_lock(self) -> None:
         """Refuse a folder holding another study, or this study's file changed since the folder began."""
@@ -99,9 +185,15 @@ class StudyRunner:
         write_json_atomic(self.root / "study.lock.json", record)
 
     def run(self, on_cell: Callable[[int, int, Cell, str], None] | None = None) -> StudyOutcome:
-        """Every cell not yet completed, in the study's order."""
+        """Every cell not yet completed, in the study's order; started servers stop at the end."""
         self.check_lock()
         self._write_lock()
+        try:
+            return self._cells(on_cell)
+        finally:
+            self.servers.stop_all()
+
+    def _cells(self, on_cell: Callable[[int, int, Cell, str], None] | None) -> StudyOutcome:
         outcome = StudyOutcome()
         cells = self.study.cells()
         for i, cell in enumerate(cells):
@@ -138,9 +230,16 @@ class StudyRunner:
         self._clear(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         log_path = folder.parent / f"{cell.name}.log"
+        try:
+            base_url = self.servers.url(cell.variant)
+        except ServerFailed as e:  # the cell fails with the reason; the study goes on
+            folder.mkdir()
+            (folder / "cell.log").write_text(f"error: {e}\n", encoding="utf-8")
+            write_json_atomic(folder / "manifest.json", {"status": "failed", "error": str(e)})
+            return "failed"
         with log_path.open("w", encoding="utf-8") as log:
             proc = subprocess.Popen(
-                cell_argv(self.study, cell, folder),
+                cell_argv(self.study, cell, folder, base_url),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -174,7 +174,9 @@ def scaling(r: StudyResult) -> list[str]:
 
 def cells(r: StudyResult) -> list[str]:
     """Every cell with its status and records."""
-    rows = [[c.name, c.status, str(c.records), str(c.ok)] for c in r.cells]
+    rows = [
+        [c.name, c.status + (f": {c.detail}" if c.detail else ""), str(c.records), str(c.ok)] for c in r.cells
+    ]
     return ["## Cells", *md_table(["cell", "status", "records", "ok"], rows)]
 
 

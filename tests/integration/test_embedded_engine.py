@@ -71,6 +71,21 @@ def test_chat_run_records_both_clocks(tmp_path: Path, cache_dir: Path) -> None:
     assert again.returncode == 0 and json.loads(again.stdout)["scenarios"]["chat"]["requests"]["ok"] == 8
 
 
+def test_a_requantized_tier_is_made_once_and_served(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "q4_0"
+    args = ["run", "micro", "--requests", "3", "--warmup", "0", "--max-tokens", "16"]
+    proc = run_cli([*args, "--backend-arg", "requantize=Q4_0", "--out", str(out), "--no-progress"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(r["status"] == "ok" and r["output_tokens"] > 0 for r in read_records(out))
+    backend = manifest(out)["backend"]
+    assert backend["quantisation"] == "Q4_0" and backend["requantized"] == "Q4_0"
+    facts = backend["model_facts"]
+    assert facts["quantization"] == "Q4_0" and facts["requantized_from"] == "gemma3-270m-q4_k_m.gguf (Q4_K_M)"
+    assert facts["parameters"] == 268_098_176 and facts["file_bytes"] < 253_113_024
+    made = list((cache_dir / "models").glob("*.requant-Q4_0-*.gguf"))
+    assert [str(p) for p in made] == [backend["model_path"]]
+
+
 def start_chat(out: Path, requests: int, cache_dir: Path, *, after: int) -> subprocess.Popen[str]:
     """Start a 48-token chat run without warmup and return once ``after`` records are on disk."""
     args = [

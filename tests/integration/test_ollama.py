@@ -1,6 +1,6 @@
 """The ``ollama`` backend end to end: against the Ollama-protocol emulation over the real engine, and live.
 
-The emulation (``tests/ollama_face.py``) is labelled as such everywhere; it exists because no Ollama
+The emulation (``infermeter serve --api ollama``) is labelled as such everywhere; it exists because no Ollama
 server can be installed here. The live test runs whenever ``OLLAMA_HOST`` answers.
 """
 
@@ -23,7 +23,7 @@ from tests.integration.conftest import ROOT, cli_env, read_records, run_cli
 def face(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     log = tmp_path_factory.mktemp("face") / "engine-timings.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.ollama_face", "--cache-dir", str(cache_dir), "--timings-log", str(log)],
+        [sys.executable, "-m", "agent.cli", "serve", "--api", "ollama", "--timings-log", str(log)],
         cwd=ROOT,
         env=cli_env(cache_dir),
         stdout=subprocess.PIPE,
@@ -81,6 +81,26 @@ def test_generate_api_through_the_face(face: tuple[str, Path], tmp_path: Path) -
     records = read_records(out)
     assert [r["status"] for r in records] == ["ok", "ok"]
     assert all(r["decode_ms"] > 0 and r["output_tokens"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_unload_first_measures_a_cold_start_through_the_control_plane(
+    face: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = face
+    out = tmp_path / "cold"
+    args = ["run", "micro", "--backend", "ollama", "--base-url", url, "--requests", "3", "--warmup", "0"]
+    proc = run_cli(
+        [*args, "--backend-arg", "unload_first=true", "--out", str(out), "--no-progress"], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    backend = json.loads((out / "manifest.json").read_text())["backend"]
+    assert backend["unloaded_first"] is True and backend["loaded_before_run"] is False
+    records = sorted(read_records(out), key=lambda r: r["seq"])
+    assert [r["status"] for r in records] == ["ok"] * 3
+    assert records[0]["cold_start"] and records[0]["load_ms"] > 100  # the engine restarted for it
+    assert records[0]["native_total_ms"] <= records[0]["e2e_ms"]  # the load happened inside the request
+    assert not any(r["cold_start"] for r in records[1:])
 
 
 def _live_host() -> str | None:

@@ -87,3 +87,58 @@ def test_a_changed_study_file_is_refused_unless_allowed(tmp_path: Path, cache_di
     assert refused.returncode == 2 and "changed" in refused.stderr and "--allow-changed" in refused.stderr
     allowed = run_cli([*args, "--allow-changed"], cache_dir, timeout=300)
     assert allowed.returncode == 0 and "(0 now, 4 kept)" in allowed.stderr
+
+
+SERVED = """\
+name: served
+baseline: sim
+variants:
+  sim: {backend: sim}
+  face:
+    backend: ollama
+    description: the Ollama emulation, started by the study
+    serve: {slots: 1, threads: 2}
+  broken:
+    backend: openai
+    model_path: nowhere.gguf
+    serve: {startup_timeout_s: 120}
+scenarios: [micro]
+repetitions: 2
+order: blocked
+requests: 3
+warmup: 0
+max_tokens: 8
+"""
+
+
+def test_a_study_starts_and_stops_the_servers_of_served_variants(tmp_path: Path, cache_dir: Path) -> None:
+    study, out = tmp_path / "served.yaml", tmp_path / "study"
+    study.write_text(SERVED)
+    args = ["study", str(study), "--out", str(out), "--no-progress"]
+    proc = start_cli(args, cache_dir)
+    deadline = time.monotonic() + 300
+    while not (out / "cells" / "face--micro--r1" / "summary.json").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C while the face's server is up
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    face_log = out / "servers" / "face.log"
+    assert face_log.read_text().rstrip().endswith("engine stopped")  # stopped with the study
+
+    resumed = run_cli(args, cache_dir, timeout=300)
+    assert resumed.returncode == 1, resumed.stderr[-3000:]  # failed cells: the study says so in its status
+    result = json.loads((out / "study.json").read_text())
+    status = {c["name"]: c["status"] for c in result["cells"]}
+    assert status["face--micro--r1"] == status["face--micro--r2"] == "completed"
+    assert status["broken--micro--r1"] == status["broken--micro--r2"] == "failed"
+    cell = out / "cells" / "face--micro--r2"
+    manifest = json.loads((cell / "manifest.json").read_text())
+    assert manifest["backend"]["ollama_version"] == "0.0.0-infermeter-emulation"
+    assert manifest["backend"]["base_url"].startswith("http://127.0.0.1:")
+    records = [json.loads(line) for line in (cell / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["status"] == "ok" and r["native_source"] == "ollama" for r in records)
+    why = (out / "cells" / "broken--micro--r1" / "cell.log").read_text()
+    assert "the server of variant 'broken' did not start" in why and "does not exist" in why
+    assert face_log.read_text().rstrip().endswith("engine stopped")
+    assert "1 cell(s) failed" not in resumed.stderr and "2 cell(s) failed" in resumed.stderr

@@ -112,12 +112,14 @@ def test_options_map_max_tokens_sampling_and_context() -> None:
 
 
 class OllamaScripted:
-    """/api/chat, /api/generate, /api/tags, /api/version with a scripted body per request."""
+    """/api/chat, /api/generate, /api/tags, /api/version, /api/show, /api/ps with scripted bodies."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.mode = "ok"
         self.url = ""
+        self.loaded = True
+        self.unloads = 0
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> OllamaScripted:
@@ -127,6 +129,7 @@ class OllamaScripted:
         app.router.add_post("/api/chat", self._gen)
         app.router.add_post("/api/generate", self._gen)
         app.router.add_post("/api/show", self._show)
+        app.router.add_get("/api/ps", self._ps)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -139,7 +142,11 @@ class OllamaScripted:
         await self._runner.cleanup()
 
     async def _tags(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": [{"name": "llama3.2:latest"}]})
+        return web.json_response({"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest"}]})
+
+    async def _ps(self, request: web.Request) -> web.Response:
+        models = [{"name": "llama3.2:latest", "model": "llama3.2:latest"}] if self.loaded else []
+        return web.json_response({"models": models})
 
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": "0.9.0"})
@@ -158,11 +165,16 @@ class OllamaScripted:
         return web.json_response({"modelfile": "FROM x", "details": details, "model_info": info})
 
     async def _gen(self, request: web.Request) -> web.StreamResponse:
-        self.bodies.append(await request.json())
+        body = await request.json()
+        if not body.get("prompt") and request.path == "/api/generate" and body.get("keep_alive") == 0:
+            self.loaded, self.unloads = False, self.unloads + 1  # the control plane's unload
+            return web.json_response({"model": body["model"], "done": True, "done_reason": "unload"})
+        self.bodies.append(body)
         if self.mode == "404":
             return web.json_response({"error": 'model "nope" not found, try pulling it first'}, status=404)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
+        self.loaded = True
         body = CHAT_STREAM if request.path == "/api/chat" else GENERATE_STREAM
         if self.mode == "truncated":
             body = body[: body.rindex(b'{"model"')]
@@ -210,7 +222,7 @@ async def test_backend_streams_chat_and_generate_with_native_fields() -> None:
 async def test_backend_maps_http_errors_and_truncation() -> None:
     req = GenerationRequest(request_id="a", prompt="x")
     async with OllamaScripted() as srv:
-        backend = create("ollama", {"base_url": srv.url, "model": "nope"})
+        backend = create("ollama", {"base_url": srv.url, "model": "llama3.2"})
         await backend.start()
         try:
             srv.mode = "404"
@@ -223,6 +235,29 @@ async def test_backend_maps_http_errors_and_truncation() -> None:
             assert info.value.reason == "invalid_response"
         finally:
             await backend.close()
+    assert backend.model == "llama3.2:latest"  # named as the server lists it
+
+
+async def test_a_model_the_server_lacks_is_one_clear_error_before_any_request() -> None:
+    async with OllamaScripted() as srv:
+        backend = create("ollama", {"base_url": srv.url, "model": "qwen3:8b"})
+        with pytest.raises(BackendError, match=r"'qwen3:8b' is not on the server .*llama3.2:latest.*pull"):
+            await backend.start()
+        await backend.close()
+    assert srv.bodies == []
+
+
+async def test_unload_first_makes_the_run_start_cold_and_the_manifest_says_so() -> None:
+    async with OllamaScripted() as srv:
+        warm = create("ollama", {"base_url": srv.url})
+        await warm.start()
+        await warm.close()
+        cold = create("ollama", {"base_url": srv.url, "unload_first": True})
+        await cold.start()
+        await cold.close()
+    assert warm.describe()["loaded_before_run"] is True and warm.describe()["unloaded_first"] is False
+    assert cold.describe()["loaded_before_run"] is False and cold.describe()["unloaded_first"] is True
+    assert srv.unloads == 1
 
 
 async def test_unreachable_server_says_what_to_do() -> None:

@@ -91,7 +91,10 @@ def test_ndjson_parsing_only_ever_fails_as_invalid_response(body: bytes, seeds: 
 
 
 class RawServer:
-    """Answers every request with 200 and the next scripted body, written in the scripted pieces."""
+    """Answers every generation with 200 and the next scripted body, written in the scripted pieces.
+
+    Ollama's control plane (``GET /api/*``, ``POST /api/show``) gets fixed answers naming model ``m``.
+    """
 
     def __init__(self, content_type: bytes) -> None:
         self.content_type = content_type
@@ -114,14 +117,23 @@ class RawServer:
             (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
         )
         await reader.readexactly(length)
-        pieces = self.script.pop(0) if self.script else [b""]
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: " + self.content_type + b"\r\nConnection: close\r\n\r\n"
-        )
+        path = head.split(b" ")[1]
+        control = _CONTROL.get(path)
+        pieces = [control] if control else self.script.pop(0) if self.script else [b""]
+        ctype = b"application/json" if control else self.content_type
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nConnection: close\r\n\r\n")
         for piece in pieces:
             writer.write(piece)
             await writer.drain()
         writer.close()
+
+
+_CONTROL = {
+    b"/api/version": b'{"version": "0.9.0"}',
+    b"/api/tags": b'{"models": [{"name": "m", "model": "m"}]}',
+    b"/api/ps": b'{"models": []}',
+    b"/api/show": b'{"details": {"format": "gguf", "quantization_level": "Q4_0"}, "model_info": {}}',
+}
 
 
 class ListSink:

@@ -8,7 +8,7 @@ import pytest
 
 from agent.core.errors import ConfigError
 from agent.core.study import Cell, Study, cell_status, load_study
-from agent.run.study import cell_argv
+from agent.run.study import cell_argv, serve_argv
 
 ROOT = Path(__file__).resolve().parents[4]
 SMOKE = ROOT / "scenarios" / "studies" / "sim-smoke.yaml"
@@ -45,6 +45,17 @@ def test_every_shipped_study_is_valid() -> None:
         (MINIMAL.replace("  b: {backend: sim,", "  b: {backend: sim, speed: 2,"), 5, "variants.b.speed"),
         (MINIMAL.replace("[chat, micro]", "[chat, chat]"), 1, "listed twice"),
         (MINIMAL.replace("name: t", "name: T!"), 1, "field 'name'"),
+        (
+            MINIMAL.replace("a: {backend: sim}", "a: {backend: sim, serve: {}}"),
+            4,
+            "use backend: openai or ollama",
+        ),
+        (
+            MINIMAL.replace("a: {backend: sim}", "a: {backend: ollama, base_url: 'http://x', serve: {}}"),
+            4,
+            "drop base_url",
+        ),
+        (MINIMAL.replace("a: {backend: sim}", "a: {backend: ollama, serve: {slots: 0}}"), 4, "slots"),
     ],
 )
 def test_bad_studies_are_one_error_with_file_and_line(
@@ -83,6 +94,22 @@ def test_each_cell_is_an_ordinary_run_command(tmp_path: Path) -> None:
     assert "--backend sim" in joined and f"--out {tmp_path / 'cell'}" in joined
     assert '--backend-arg sim={"ttft_ms": 80, "itl_ms": 3, "model_name": "sim-slow"}' in joined
     assert "--requests 8" in joined and "--warmup 1" in joined and "--max-tokens 16" in joined
+
+
+def test_a_served_variant_gets_its_server_command_and_the_cells_get_its_url(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "a: {backend: sim}",
+        "a: {backend: ollama, model_path: m.gguf, serve: {slots: 2, threads: 3, requantize: Q4_0}}",
+    )
+    study = load_study(write(tmp_path, text))
+    argv = serve_argv(study, "a")
+    assert argv[1:6] == ["-m", "agent.cli", "serve", "--api", "ollama"]
+    joined = " ".join(argv)
+    assert "--port 0 --slots 2 --threads 3 --requantize Q4_0" in joined
+    assert f"--model-path {(tmp_path / 'm.gguf').resolve()}" in joined  # the server serves the file
+    cell = " ".join(cell_argv(study, Cell("a", "chat", 1), tmp_path / "c", "http://127.0.0.1:5"))
+    assert "--backend ollama" in cell and "--base-url http://127.0.0.1:5" in cell
+    assert "--model-path" not in cell
 
 
 def test_a_cell_status_comes_from_its_manifest(tmp_path: Path) -> None:

@@ -439,6 +439,16 @@ class StudyAnova(Block):
     p: float
 
 
+class TaskQuality(Block):
+    """One task group's quality against the baseline: the tier and the two deltas it is the worse of."""
+
+    n: int
+    tier: str | None = None
+    benchmark_delta_points: float | None = None
+    generation_delta_pct: float | None = None
+    similarity_rouge_l: float | None = None
+
+
 class DecisionRow(Block):
     """One variant on one scenario: speed, latency, cost, energy and quality against the baseline."""
 
@@ -452,6 +462,9 @@ class DecisionRow(Block):
     tier: str | None = None
     kl_mean: float | None = None
     identical_rate: float | None = None
+    benchmark_delta_points: float | None = None
+    generation_delta_pct: float | None = None
+    quality_by_task: dict[str, TaskQuality] = Field(default_factory=dict)
 
 
 class Recommendation(Block):
@@ -492,3 +505,4 @@ class StudyResult(Block):
     decision: list[DecisionRow] = Field(default_factory=list)
     recommendations: list[Recommendation] = Field(default_factory=list)
     scaling: list[ScalingRow] = Field(default_factory=list)
+    semscore_model: str | None = None

@@ -24,7 +24,7 @@ from agent.core.study import Cell, Study, cell_status
 from analysis.analyze import METRICS, metric_values
 from analysis.cost import usd_per_million
 from analysis.inference import anova, cohens_d, holm, min_detectable_d, scaling_fit, tost
-from analysis.quality import Sample, drift, samples_of
+from analysis.quality import Sample, drift, samples_of, score_samples
 from analysis.results import (
     CellInfo,
     DecisionRow,
@@ -33,9 +33,11 @@ from analysis.results import (
     ScalingRow,
     StudyAnova,
     StudyResult,
+    TaskQuality,
     VariantInfo,
 )
 from analysis.runs import Run, load_run
+from analysis.scorers import SemScorer
 
 __all__ = ["CELL_FIGURES", "STUDY_SCHEMA_VERSION", "analyze_study"]
 
@@ -186,13 +188,37 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _samples(runs: list[Run]) -> list[Sample]:
-    return [s for run in runs for s in samples_of(run.records, run.references)]
+def _samples(runs: list[Run], semscorer: SemScorer | None) -> list[Sample]:
+    """Every kept output of the runs, scored by its task's scorers (SemScore where a scorer is given)."""
+    samples = [s for run in runs for s in samples_of(run.records, run.references)]
+    return score_samples(samples, semscorer) if samples else samples
 
 
-def _decision(study: Study, cells: _Cells, scenario: str) -> list[DecisionRow]:
+def _quality(row: DecisionRow, d: dict[str, Any]) -> None:
+    """Copy a drift result into the row: the tier, the worst deltas, and each task group's."""
+    row.tier, row.identical_rate = d["tier"], d.get("identical_rate")
+    row.kl_mean = (d.get("kl_first_tokens") or {}).get("mean")
+    for task, t in d["tasks"].items():
+        if t["tier"] is None:
+            continue
+        row.quality_by_task[task] = TaskQuality(
+            n=t["n"],
+            tier=t["tier"],
+            benchmark_delta_points=t["benchmark_delta_points"],
+            generation_delta_pct=t["generation_delta_pct"],
+            similarity_rouge_l=t.get("output_rouge_l"),
+        )
+    points = [
+        t.benchmark_delta_points for t in row.quality_by_task.values() if t.benchmark_delta_points is not None
+    ]
+    pct = [t.generation_delta_pct for t in row.quality_by_task.values() if t.generation_delta_pct is not None]
+    row.benchmark_delta_points = min(points) if points else None
+    row.generation_delta_pct = min(pct) if pct else None
+
+
+def _decision(study: Study, cells: _Cells, scenario: str, semscorer: SemScorer | None) -> list[DecisionRow]:
     """The decision matrix of one scenario: one row per variant."""
-    base_samples = _samples(cells.runs.get((study.baseline, scenario), []))
+    base_samples = _samples(cells.runs.get((study.baseline, scenario), []), semscorer)
     rows = []
     for name, variant in study.variants.items():
         tok_s = _median(cells.values(name, scenario, "output_tok_s"))
@@ -206,11 +232,9 @@ def _decision(study: Study, cells: _Cells, scenario: str) -> list[DecisionRow]:
             usd_per_1m_output_tokens=usd_per_million(tok_s, price) if tok_s and price else None,
             j_per_token=_median(cells.values(name, scenario, "j_per_token")),
         )
-        samples = _samples(cells.runs.get((name, scenario), []))
+        samples = _samples(cells.runs.get((name, scenario), []), semscorer)
         if base_samples and samples:
-            d = drift(base_samples, samples, None, resamples=1000, seed=study.seed)
-            row.tier, row.identical_rate = d["tier"], d.get("identical_rate")
-            row.kl_mean = (d.get("kl_first_tokens") or {}).get("mean")
+            _quality(row, drift(base_samples, samples, semscorer, resamples=1000, seed=study.seed))
         rows.append(row)
     return rows
 
@@ -288,11 +312,16 @@ def _variants(study: Study, cells: _Cells) -> list[VariantInfo]:
     return infos
 
 
-def analyze_study(study: Study, root: Path) -> StudyResult:
-    """Every analysis of the study from the cells under ``root/cells``."""
+def analyze_study(study: Study, root: Path, *, semscorer: SemScorer | None = None) -> StudyResult:
+    """Every analysis of the study from the cells under ``root/cells``.
+
+    Kept outputs are scored by their tasks' scorers (reference-based where the scenario has references;
+    SemScore too when ``semscorer`` is given), and each variant's quality tier against the baseline is
+    the worse of its benchmark and generation deltas, per task group.
+    """
     cells = _Cells(study, root)
     equivalence, tests = _equivalence(study, cells)
-    decision = [row for sc in study.scenarios for row in _decision(study, cells, sc)]
+    decision = [row for sc in study.scenarios for row in _decision(study, cells, sc, semscorer)]
     recommendations = [
         _recommend(study, sc, [r for r in decision if r.scenario == sc]) for sc in study.scenarios
     ]
@@ -315,4 +344,5 @@ def analyze_study(study: Study, root: Path) -> StudyResult:
         decision=decision,
         recommendations=recommendations,
         scaling=_scaling(study, cells),
+        semscore_model=semscorer.model_name if semscorer else None,
     )

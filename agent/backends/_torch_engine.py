@@ -12,7 +12,7 @@ import structlog
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agent.backends.builtin_model import ensure_builtin_model
+from agent.backends.builtin_model import GEMMA_CHAT_TEMPLATE, ensure_builtin_model
 from agent.backends.inprocess import (
     BUILTIN_MODEL,
     BatchPrefill,
@@ -86,6 +86,8 @@ class Engine:
         except (OSError, ValueError) as e:
             raise error_for_missing(args.model, e) from e
         model.to(device).eval()
+        if args.model == BUILTIN_MODEL and not getattr(tok, "chat_template", None):
+            tok.chat_template = GEMMA_CHAT_TEMPLATE  # the prompt llama.cpp builds for the same file
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         _sync(device)

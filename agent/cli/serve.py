@@ -56,9 +56,12 @@ def _signals() -> asyncio.Event:
     return stop
 
 
-def _announce(url: str) -> None:
+async def _until_stopped(url: str, how: str, stop: asyncio.Event, app: App) -> None:
+    """Print the URL alone on standard output (for scripts) and how to use it on stderr; wait for stop."""
     sys.stdout.write(url + "\n")
     sys.stdout.flush()
+    app.err.print(how)
+    await stop.wait()
 
 
 async def run(ns: argparse.Namespace, app: App) -> int:
@@ -74,12 +77,9 @@ async def run(ns: argparse.Namespace, app: App) -> int:
         await backend.start()
     try:
         url = str(backend.base_url)  # type: ignore[attr-defined]
-        _announce(url)
-        app.err.print(
-            f"serving {backend.model} at {url} (OpenAI API under /v1, {ns.slots} slots); use it with "
-            f"`--backend openai --base-url {url}`, the daemon or a study; Ctrl-C stops"
-        )
-        await stop.wait()
+        how = (f"serving {backend.model} at {url} (OpenAI API under /v1, {ns.slots} slots); use it with "
+               f"`--backend openai --base-url {url}`, the daemon or a study; Ctrl-C stops")  # fmt: skip
+        await _until_stopped(url, how, stop, app)
     finally:
         await backend.close()
     app.err.print("engine stopped")
@@ -117,12 +117,9 @@ async def _serve_ollama(ns: argparse.Namespace, app: App, stop: asyncio.Event) -
         await site.start()
         sockets: Any = site._server.sockets  # type: ignore[union-attr]
         url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-        _announce(url)
-        app.err.print(
-            f"Ollama EMULATION serving {MODEL} ({path.name}) at {url}; use it with "
-            f"`--backend ollama --base-url {url}`; Ctrl-C stops"
-        )
-        await stop.wait()
+        how = (f"Ollama EMULATION serving {MODEL} ({path.name}) at {url}; use it with "
+               f"`--backend ollama --base-url {url}`; Ctrl-C stops")  # fmt: skip
+        await _until_stopped(url, how, stop, app)
     finally:
         await runner.cleanup()
         await face.stop()

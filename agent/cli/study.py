@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -41,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--analyze-only", action="store_true", help="no new cells: analyse and report what is there"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-semscore", action="store_true", help="grade quality without SemScore")
+    p.add_argument(
+        "--semscore-model", help="sentence-transformers model path or id (default all-MiniLM-L6-v2)"
+    )
 
 
 def _check(study: Study, app: App) -> None:
@@ -70,6 +75,19 @@ def _run_cells(study: Study, out: Path, ns: argparse.Namespace, app: App) -> Stu
         return runner.run(on_cell)
 
 
+def _semscorer(ns: argparse.Namespace, app: App) -> Any:
+    """The SemScore model for grading quality, or None (disabled, or not loadable: said once)."""
+    if ns.no_semscore:
+        return None
+    from analysis.scorers import SemScorer
+
+    try:
+        return SemScorer(ns.semscore_model)
+    except (ImportError, OSError, ValueError) as e:
+        app.err.print(f"[yellow]SemScore unavailable[/yellow] ({e}); quality is graded without it")
+        return None
+
+
 def run(ns: argparse.Namespace, app: App) -> int:
     """Run the cells not yet completed, then analyse every completed one and write the report."""
     from analysis.render.html import study_html
@@ -85,7 +103,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
             outcome = _run_cells(study, out, ns, app)
         except KeyboardInterrupt:  # between cells: nothing in flight
             outcome.interrupted = True
-    result = analyze_study(study, out)
+    result = analyze_study(study, out, semscorer=_semscorer(ns, app))
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "study.json", result.dump())
     (out / "report.md").write_text(study_markdown(result), encoding="utf-8")

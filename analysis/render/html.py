@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.core.record import RequestRecord
 from analysis.analyze import metric_values
-from analysis.render.study import DECISION_HEAD, decision_cells
+from analysis.render.study import DECISION_HEAD, QUALITY_HEAD, decision_cells, quality_rows
 from analysis.results import AnalysisResult, StudyResult
 from analysis.runs import Run
 
@@ -287,6 +287,28 @@ def _study_cells(result: StudyResult, metric: str, title: str) -> str | None:
     return _figure(fig, f"study-cells-{metric}")
 
 
+def _study_quality(result: StudyResult) -> list[str]:
+    """Per scenario: each variant's generation delta per task group (a bar each), then the table."""
+    go = _go()
+    out = []
+    for scenario in dict.fromkeys(d.scenario for d in result.decision):
+        rows = quality_rows(result, scenario)
+        if not rows:
+            continue
+        fig = go.Figure()
+        for d in result.decision:
+            if d.scenario != scenario or d.variant == result.baseline or not d.quality_by_task:
+                continue
+            tasks = list(d.quality_by_task)
+            fig.add_trace(go.Bar(x=tasks, y=[d.quality_by_task[t].generation_delta_pct for t in tasks],
+                                 name=d.variant))  # fmt: skip
+        fig.add_hline(y=0, line_color="grey")
+        fig.update_layout(title=f"{scenario}: quality against {result.baseline} per task group",
+                          yaxis_title="generation delta, %", barmode="group")  # fmt: skip
+        out += [_figure(fig, f"study-quality-{scenario}"), _table(QUALITY_HEAD, rows)]
+    return out
+
+
 def study_html(result: StudyResult) -> str:
     """The page of one study: the recommendation, the decision matrix, and every cell's figures."""
     recs = "".join(
@@ -300,6 +322,7 @@ def study_html(result: StudyResult) -> str:
         f"(seed {result.seed}), baseline {html.escape(result.baseline)}.</p>",
         f"<h2>Recommendation</h2><ul>{recs}</ul>",
         "<h2>Decision matrix</h2>" + _table(head, rows),
+        *_study_quality(result),
         _study_bars(result),
         _study_cells(result, "ttft_ms", "TTFT p50 of every cell"),
         _study_cells(result, "e2e_ms", "E2E p50 of every cell"),

@@ -13,7 +13,15 @@ from rich.text import Text
 from analysis.render.text import fmt, md_table, pct, two
 from analysis.results import DecisionRow, EquivalenceRow, StudyResult
 
-__all__ = ["DECISION_HEAD", "SECTIONS", "decision_cells", "study_console", "study_markdown"]
+__all__ = [
+    "DECISION_HEAD",
+    "QUALITY_HEAD",
+    "SECTIONS",
+    "decision_cells",
+    "quality_rows",
+    "study_console",
+    "study_markdown",
+]
 
 _ORDER = {
     "interleaved": "interleaved (a seeded shuffle of the cells: drift over time spreads over every variant)",
@@ -82,9 +90,23 @@ DECISION_HEAD = (
 )
 
 
+def quality_cell(d: DecisionRow, baseline: str) -> str:
+    """The tier against the baseline with the deltas it came from, e.g. ``acceptable (gen -5.7 %)``."""
+    if d.variant == baseline:
+        return "baseline"
+    if d.tier is None:
+        return "not graded"
+    deltas = []
+    if d.benchmark_delta_points is not None:
+        deltas.append(f"bench {d.benchmark_delta_points:+.1f} pt")
+    if d.generation_delta_pct is not None:
+        deltas.append(f"gen {d.generation_delta_pct:+.1f} %")
+    return d.tier + (f" ({', '.join(deltas)})" if deltas else "")
+
+
 def decision_cells(d: DecisionRow, baseline: str) -> list[str]:
     """One variant's row of the decision matrix, formatted."""
-    quality = "baseline" if d.variant == baseline else d.tier or "not graded"
+    quality = quality_cell(d, baseline)
     return [
         d.variant,
         two(d.output_tok_s, "{:.1f}"),
@@ -104,6 +126,38 @@ def decision(r: StudyResult) -> list[str]:
         for row in rows:
             row[0] = f"**{row[0]}**" if row[0] == r.baseline else row[0]
         out += [f"### {scenario}", *md_table(DECISION_HEAD, rows)]
+    return out
+
+
+QUALITY_HEAD = ("variant", "task", "n", "tier", "benchmark Δ pt", "generation Δ %", "ROUGE-L to baseline")
+
+
+def quality_rows(r: StudyResult, scenario: str) -> list[list[str]]:
+    """Each graded variant's quality per task group on one scenario, against the baseline."""
+    return [
+        [d.variant, task, str(t.n), t.tier or "—", two(t.benchmark_delta_points, "{:+.1f}"),
+         two(t.generation_delta_pct, "{:+.1f}"), two(t.similarity_rouge_l, "{:.2f}")]
+        for d in r.decision
+        if d.scenario == scenario and d.variant != r.baseline
+        for task, t in d.quality_by_task.items()
+    ]  # fmt: skip
+
+
+def quality(r: StudyResult) -> list[str]:
+    """Quality against the baseline per task group: the tier is the worse of the two deltas."""
+    scenarios = [sc for sc in dict.fromkeys(d.scenario for d in r.decision) if quality_rows(r, sc)]
+    if not scenarios:
+        return []
+    sem = f"SemScore model: {r.semscore_model}." if r.semscore_model else "SemScore was not used."
+    out = [
+        "## Quality against the baseline",
+        "Each kept output is scored against its reference; a task group's benchmark delta is in points of "
+        "accuracy, its generation delta the relative change of its key scores, and the tier is the worse "
+        f"of the two (the variant's tier is its worst group's). {sem}",
+        "",
+    ]
+    for scenario in scenarios:
+        out += [f"### {scenario}", *md_table(QUALITY_HEAD, quality_rows(r, scenario))]
     return out
 
 
@@ -186,6 +240,7 @@ SECTIONS: Sequence[Callable[[StudyResult], list[str]]] = (
     recommendations,
     variants,
     decision,
+    quality,
     equivalence,
     anova,
     scaling,
@@ -208,7 +263,7 @@ def study_console(result: StudyResult) -> Group:
     for col in ("scenario", "variant", "tok/s", "E2E p95", "$/1M", "tier"):
         table.add_column(col, justify="left" if col in ("scenario", "variant", "tier") else "right")
     for d in result.decision:
-        tier = "baseline" if d.variant == result.baseline else d.tier or "—"
+        tier = quality_cell(d, result.baseline) if d.tier or d.variant == result.baseline else "—"
         cost = fmt(d.usd_per_1m_output_tokens, "{:.2f}")
         table.add_row(d.scenario, d.variant, fmt(d.output_tok_s), fmt(d.e2e_p95_ms), cost, tier)
     return Group(table, *parts)

@@ -137,3 +137,70 @@ def test_the_report_leads_with_the_answer_and_every_table_is_whole(result: objec
     assert len(rows) == 1 + 3 and all(row.count("|") == len(DECISION_HEAD) + 1 for row in rows)
     page = study_html(result)  # type: ignore[arg-type]
     assert "study-throughput" in page and "study-cells-e2e_ms" in page and "Plotly" in page
+
+
+#: a graded study: four classification prompts (exact match) and two open answers (ROUGE-L)
+PROMPTS = [
+    *({"id": f"c{i}", "task": "classification", "reference": "yes"} for i in range(4)),
+    *({"id": f"q{i}", "task": "qa", "reference": "the cat sat on the mat"} for i in range(2)),
+]
+#: what each variant answers: b misses one classification of four and shortens the answers; c is a
+#: word-for-word copy of the baseline
+ANSWERS = {
+    "a": {
+        **{f"c{i}": "yes" for i in range(4)},
+        "q0": "the cat sat on the mat",
+        "q1": "the cat sat on the mat",
+    },
+    "b": {"c0": "no", **{f"c{i}": "yes" for i in range(1, 4)}, "q0": "the cat sat", "q1": "the cat sat"},
+}
+ANSWERS["c"] = dict(ANSWERS["a"])
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> object:
+    root = tmp_path_factory.mktemp("graded")
+    for variant, answers in ANSWERS.items():
+        for rep in (1, 2):
+            folder = root / "cells" / f"{variant}--chat--r{rep}"
+            folder.mkdir(parents=True)
+            records = [
+                rec(i, e2e=100.0 + i, ttft=10.0, prompt_id=p["id"], output_text=answers[p["id"]])
+                for i, p in enumerate(PROMPTS)
+            ]
+            (folder / "records.jsonl").write_text("\n".join(r.model_dump_json() for r in records) + "\n")
+            (folder / "summary.json").write_text(json.dumps(summarize(records).dump()))
+            scenario = {"name": "chat", "normalised": {"prompts": PROMPTS}}
+            manifest = {"status": "completed", "scenario": scenario, "backend": {}}
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+    return analyze_study(study(repetitions=2), root)
+
+
+def test_quality_tiers_come_from_scored_outputs(graded: object) -> None:
+    from rouge_score import rouge_scorer
+
+    rows = {d.variant: d for d in graded.decision}  # type: ignore[attr-defined]
+    b, c = rows["b"], rows["c"]
+    # classification: accuracy 3/4 against 4/4 is -25 points, which is past the last bound (-10)
+    assert b.quality_by_task["classification"].benchmark_delta_points == pytest.approx(-25.0)
+    assert b.quality_by_task["classification"].tier == "unacceptable"
+    # qa: the key score is ROUGE-L (SemScore off); the library's F-measure is the reference
+    short = rouge_scorer.RougeScorer(["rougeL"]).score("the cat sat on the mat", "the cat sat")["rougeL"]
+    assert b.quality_by_task["qa"].generation_delta_pct == pytest.approx((short.fmeasure - 1.0) * 100)
+    assert b.benchmark_delta_points == pytest.approx(-25.0) and b.tier == "unacceptable"
+    assert c.tier == "negligible" and c.identical_rate == 1.0
+    assert c.generation_delta_pct == 0.0 and c.benchmark_delta_points == 0.0
+    rec_ = graded.recommendations[0]  # type: ignore[attr-defined]
+    assert rec_.variant != "b" and "b" in rec_.reason
+
+
+def test_the_report_shows_quality_per_task_group(graded: object) -> None:
+    from analysis.render.html import study_html
+    from analysis.render.study import study_markdown
+
+    report = study_markdown(graded)  # type: ignore[arg-type]
+    assert "## Quality against the baseline" in report
+    assert "| b | classification | 4 | unacceptable | -25.0 |" in report
+    assert "unacceptable (bench -25.0 pt, gen " in report  # the decision matrix says why
+    page = study_html(graded)  # type: ignore[arg-type]
+    assert "study-quality-chat" in page and "per task group" in page

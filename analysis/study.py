@@ -239,8 +239,15 @@ def _decision(study: Study, cells: _Cells, scenario: str, semscorer: SemScorer |
     return rows
 
 
-def _recommend(study: Study, scenario: str, rows: list[DecisionRow]) -> Recommendation:
-    """The cheapest (else fastest) variant whose quality tier is acceptable or better, with the reason."""
+def _recommend(
+    study: Study, scenario: str, rows: list[DecisionRow], equivalence: list[EquivalenceRow]
+) -> Recommendation:
+    """The cheapest (else fastest) variant whose quality tier is acceptable or better, with the reason.
+
+    A variant whose only lead is throughput (same price per hour as the baseline, or no prices) does not
+    displace the baseline when its output tok/s is *equivalent* to the baseline's within the study's
+    margin: the lead is on paper only. An *inconclusive* lead is named as such.
+    """
     graded = any(r.tier is not None for r in rows)
     ok = [
         r
@@ -265,6 +272,21 @@ def _recommend(study: Study, scenario: str, rows: list[DecisionRow]) -> Recommen
     among = "quality tier acceptable or better against the baseline" if graded else "quality not graded"
     left = [r.variant for r in rows if r not in ok]
     reason = f"{best.variant}: {by}, among {len(ok)} variant(s) ({among})"
+    verdict = next(
+        (e.verdict for e in equivalence
+         if e.scenario == scenario and e.variant == best.variant and e.metric == "output_tok_s"),
+        None,
+    )  # fmt: skip
+    base = next((r for r in ok if r.variant == study.baseline), None)
+    price = {n: v.usd_per_hour or study.usd_per_hour for n, v in study.variants.items()}
+    by_throughput = price[best.variant] == price[study.baseline]
+    if base is not None and best is not base and verdict == "equivalent" and by_throughput:
+        margin = study.equivalence.margin_pct
+        reason = (f"{base.variant} (the baseline): {best.variant} leads only on paper ({by}), its output "
+                  f"tok/s equivalent to the baseline's within ±{margin:g} %")  # fmt: skip
+        best = base
+    elif verdict == "inconclusive" and by_throughput:
+        reason += "; its lead in output tok/s is inconclusive: more repetitions would settle it"
     if left:
         reason += f"; left out for quality: {', '.join(left)}"
     return Recommendation(scenario=scenario, variant=best.variant, reason=reason)
@@ -323,7 +345,8 @@ def analyze_study(study: Study, root: Path, *, semscorer: SemScorer | None = Non
     equivalence, tests = _equivalence(study, cells)
     decision = [row for sc in study.scenarios for row in _decision(study, cells, sc, semscorer)]
     recommendations = [
-        _recommend(study, sc, [r for r in decision if r.scenario == sc]) for sc in study.scenarios
+        _recommend(study, sc, [r for r in decision if r.scenario == sc], equivalence)
+        for sc in study.scenarios
     ]
     return StudyResult(
         schema_version=STUDY_SCHEMA_VERSION,

@@ -94,8 +94,9 @@ def quality_cell(d: DecisionRow, baseline: str) -> str:
     """The tier against the baseline with the deltas it came from, e.g. ``acceptable (gen -5.7 %)``."""
     if d.variant == baseline:
         return "baseline"
-    if d.tier is None:
-        return "not graded"
+    if d.tier is None:  # no references: how alike the outputs are still says something
+        same = f" (identical outputs {d.identical_rate:.0%})" if d.identical_rate is not None else ""
+        return "not graded" + same
     deltas = []
     if d.benchmark_delta_points is not None:
         deltas.append(f"bench {d.benchmark_delta_points:+.1f} pt")
@@ -263,7 +264,7 @@ def study_console(result: StudyResult) -> Group:
     for col in ("scenario", "variant", "tok/s", "E2E p95", "$/1M", "tier"):
         table.add_column(col, justify="left" if col in ("scenario", "variant", "tier") else "right")
     for d in result.decision:
-        tier = quality_cell(d, result.baseline) if d.tier or d.variant == result.baseline else "—"
+        tier = quality_cell(d, result.baseline)
         cost = fmt(d.usd_per_1m_output_tokens, "{:.2f}")
         table.add_row(d.scenario, d.variant, fmt(d.output_tok_s), fmt(d.e2e_p95_ms), cost, tier)
     return Group(table, *parts)

@@ -39,7 +39,7 @@ from analysis.quality import (
 )
 from analysis.results import AnalysisResult
 from analysis.runs import Run
-from analysis.scorers import SemScorer
+from analysis.scorers import load_semscorer
 from analysis.stats import describe
 from analysis.summary import summarize
 
@@ -243,13 +243,7 @@ def _quality(
         per_run[run.label] = samples_of(run.records, run.references)
     if not any(per_run.values()):
         return None
-    semscorer = None
-    sem_error = None
-    if opts.semscore:
-        try:
-            semscorer = SemScorer(opts.semscore_model)
-        except (ImportError, OSError, ValueError) as e:
-            sem_error = str(e)
+    semscorer, sem_error = load_semscorer(opts.semscore_model) if opts.semscore else (None, None)
     total = sum(score_units(s, semscorer) for s in per_run.values())
     done = 0
 

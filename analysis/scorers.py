@@ -31,6 +31,7 @@ __all__ = [
     "extract_choice",
     "lcs_length",
     "length_ratio",
+    "load_semscorer",
     "mc_accuracy",
     "repetition",
     "rouge_l",
@@ -417,3 +418,11 @@ _register(Scorer("exact_match", exact_match, "case-insensitive stripped equality
 _register(Scorer("length_ratio", length_ratio, "min/max length in words", family="shape"))
 _register(Scorer("repetition", repetition, "unique/total word 4-grams", needs="none", family="shape"))
 _register(Scorer("mc_accuracy", mc_accuracy, "option letter extracted by regex", family="accuracy"))
+
+
+def load_semscorer(model: str | None = None) -> tuple[SemScorer | None, str | None]:
+    """The SemScore model, or None and why it could not be loaded (quality is then graded without it)."""
+    try:
+        return SemScorer(model), None
+    except (ImportError, OSError, ValueError) as e:
+        return None, str(e)

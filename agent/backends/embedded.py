@@ -13,18 +13,18 @@ import re
 from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from pydantic import Field
 
 from agent.backends.base import CliContext, HttpBackendArgs, register
-from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model
+from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model, model_file
 from agent.backends.child import ChildServer
 from agent.backends.modelfacts import gguf_facts
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
-from agent.backends.requantize import requantize, requantized_path
-from agent.core.errors import BackendError, BackendUnavailableError
+from agent.backends.requantize import RequantType
+from agent.core.errors import BackendUnavailableError
 from agent.core.record import GenerationRequest, StreamEvent
 
 __all__ = ["BUILTIN_MODEL", "EmbeddedArgs", "EmbeddedBackend", "ensure_builtin_model"]
@@ -53,7 +53,7 @@ class EmbeddedArgs(HttpBackendArgs):
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: Path | None = Field(None, description="where the engine's own log goes; None discards it")
     port: int = Field(0, ge=0, le=65535, description="the engine's loopback port; 0 picks a free one")
-    requantize: Literal["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] | None = Field(
+    requantize: RequantType | None = Field(
         None, description="serve the model re-quantised to this type (made once into the cache)"
     )
 
@@ -120,15 +120,7 @@ class EmbeddedBackend:
         await self._client.start()
 
     def _model_file(self) -> Path:
-        path = self.args.model_path
-        if path is None:
-            path = ensure_builtin_model(self.args.cache_dir)
-        elif not path.is_file():
-            raise BackendError(f"model file {path} does not exist; pass an existing GGUF with --model-path")
-        if self.args.requantize is None:
-            return path
-        target = requantized_path(path, self.args.requantize, self.args.cache_dir / "models")
-        return requantize(path, self.args.requantize, target)
+        return model_file(self.args.model_path, self.args.cache_dir, self.args.requantize)
 
     async def _spawn(self, path: Path) -> str:
         cfg = {

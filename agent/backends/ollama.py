@@ -207,12 +207,12 @@ class OllamaBackend:
             connect_timeout_s=self.args.connect_timeout_s,
         )
         self._version = await self._get_field("/api/version", "version")
-        control = OllamaControl(self._base, self.args.connect_timeout_s)
-        self.model = control.pick(self.model, await control.models())
-        if self.args.unload_first:
-            await control.unload(self.model)
-        self._loaded_before = await control.loaded(self.model)
-        self._facts = await control.facts(self.model)
+        async with OllamaControl(self._base, self.args.connect_timeout_s) as control:
+            self.model = control.pick(self.model, await control.models())
+            if self.args.unload_first:
+                await control.unload(self.model)
+            self._loaded_before = await control.loaded(self.model)
+            self._facts = await control.facts(self.model)
 
     async def _get_field(self, path: str, key: str) -> str | None:
         """One field of a GET answer; an unreachable server is a clear error."""
@@ -322,26 +322,36 @@ def _unreachable(url: str, e: BaseException) -> str:
 
 
 class OllamaControl:
-    """Ollama's control plane through the official ``ollama`` package: list, show, ps and unload."""
+    """Ollama's control plane through the official ``ollama`` package: list, show, ps and unload.
+
+    One client for every call; use it as ``async with OllamaControl(url, timeout) as control``.
+    """
 
     def __init__(self, base_url: str, timeout_s: float) -> None:
-        self.base_url = base_url
-        self.timeout_s = timeout_s
-
-    def _client(self) -> Any:
-        import ollama
-
-        return ollama.AsyncClient(host=self.base_url, timeout=self.timeout_s)
-
-    async def models(self) -> list[str]:
-        """The model tags the server has (``/api/tags``)."""
         import httpx
         import ollama
 
+        self.base_url = base_url
+        self._client = ollama.AsyncClient(host=base_url, timeout=timeout_s)
+        #: any answer but the one asked for
+        self._failed: tuple[type[Exception], ...] = (
+            ollama.ResponseError,
+            httpx.HTTPError,
+            ValueError,
+            TypeError,
+        )
+
+    async def __aenter__(self) -> OllamaControl:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.close()  # type: ignore[no-untyped-call]  # the package leaves it unannotated
+
+    async def models(self) -> list[str]:
+        """The model tags the server has (``/api/tags``)."""
         try:
-            async with self._client() as client:
-                listed = await client.list()
-        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:
+            listed = await self._client.list()
+        except self._failed as e:
             raise BackendError(_unreachable(self.base_url + "/api/tags", e)) from e
         return [m.model for m in listed.models if m.model]
 
@@ -362,24 +372,16 @@ class OllamaControl:
 
     async def unload(self, model: str) -> None:
         """Unload ``model`` now (an empty generate with ``keep_alive: 0``), so the next request loads it."""
-        import httpx
-        import ollama
-
         try:
-            async with self._client() as client:
-                await client.generate(model=model, keep_alive=0)
-        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:
+            await self._client.generate(model=model, keep_alive=0)
+        except self._failed as e:
             raise BackendError(f"could not unload {model} at {self.base_url}: {e}") from e
 
     async def loaded(self, model: str) -> bool | None:
         """Whether ``model`` is loaded (``/api/ps``); None when the server does not say."""
-        import httpx
-        import ollama
-
         try:
-            async with self._client() as client:
-                running = await client.ps()
-        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError):
+            running = await self._client.ps()
+        except self._failed:
             return None
         return any(m.model == model or m.name == model for m in running.models)
 
@@ -388,13 +390,9 @@ class OllamaControl:
 
         Never fatal (an old server may not answer it): the reason is kept instead.
         """
-        import httpx
-        import ollama
-
         try:
-            async with self._client() as client:
-                show = await client.show(model)
-        except (ollama.ResponseError, httpx.HTTPError, ValueError, TypeError) as e:  # any answer but a show
+            show = await self._client.show(model)
+        except self._failed as e:
             return {"unavailable": f"/api/show: {e.__class__.__name__}: {e}"}
         details = show.details
         info = dict(show.modelinfo or {})

@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import structlog
 
 from agent.core.errors import ConfigError
 
-__all__ = ["REQUANT_TYPES", "requantize", "requantized_path"]
+__all__ = ["REQUANT_TYPES", "RequantType", "requantize", "requantized_path"]
 
 logger = structlog.get_logger(__name__)
 
 #: Target types the gguf package can quantise to, and the file type each one names.
-REQUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+RequantType = Literal["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+REQUANT_TYPES: tuple[str, ...] = get_args(RequantType)
 
 #: Tensors that keep their type unless ``pure``: the (tied) embedding / output layer.
 _KEPT = ("token_embd.weight", "output.weight")

@@ -86,27 +86,17 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     return EXIT_OK
 
 
-def _model_file(ns: argparse.Namespace, app: App) -> tuple[Path, str | None]:
-    """The GGUF the face serves (re-quantised when asked) and its chat template."""
-    from agent.backends.builtin_model import ensure_builtin_model
-    from agent.backends.requantize import requantize, requantized_path
-
-    path: Path = ns.model_path or ensure_builtin_model(app.settings.cache_dir)
-    if ns.requantize:
-        target = requantized_path(path, ns.requantize, app.settings.cache_dir / "models")
-        path = requantize(path, ns.requantize, target)
-    return path, ("gemma" if ns.model_path is None else None)
-
-
 async def _serve_ollama(ns: argparse.Namespace, app: App, stop: asyncio.Event) -> int:
     from aiohttp import web
 
+    from agent.backends.builtin_model import model_file
     from agent.backends.ollama_face import MODEL, OllamaFace
 
     if ns.model_path is not None and not ns.model_path.is_file():
         raise ConfigError(f"model file {ns.model_path} does not exist; pass an existing GGUF")
     with app.err.status("starting the engine behind the Ollama face"):
-        path, template = await asyncio.to_thread(_model_file, ns, app)
+        path = await asyncio.to_thread(model_file, ns.model_path, app.settings.cache_dir, ns.requantize)
+        template = "gemma" if ns.model_path is None else None
         face = OllamaFace(path, timings_log=ns.timings_log, n_parallel=ns.slots, threads=ns.threads,
                           chat_template=template)  # fmt: skip
         await face.start()

@@ -79,13 +79,12 @@ def _semscorer(ns: argparse.Namespace, app: App) -> Any:
     """The SemScore model for grading quality, or None (disabled, or not loadable: said once)."""
     if ns.no_semscore:
         return None
-    from analysis.scorers import SemScorer
+    from analysis.scorers import load_semscorer
 
-    try:
-        return SemScorer(ns.semscore_model)
-    except (ImportError, OSError, ValueError) as e:
-        app.err.print(f"[yellow]SemScore unavailable[/yellow] ({e}); quality is graded without it")
-        return None
+    semscorer, why = load_semscorer(ns.semscore_model)
+    if why is not None:
+        app.err.print(f"[yellow]SemScore unavailable[/yellow] ({why}); quality is graded without it")
+    return semscorer
 
 
 def run(ns: argparse.Namespace, app: App) -> int:

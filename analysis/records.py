@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
 from agent.core.record import RequestRecord
 
-__all__ = ["LoadedRecords", "load_records"]
+__all__ = ["MAX_LINE_BYTES", "LoadedRecords", "bounded_lines", "load_records"]
+
+#: Longest record line read; a record is kilobytes (its kept text at most ``max_output_chars``), so a
+#: longer line is damage and is skipped with a warning rather than read whole.
+MAX_LINE_BYTES = 64 << 20
 
 
 @dataclass(slots=True)
@@ -20,6 +26,20 @@ class LoadedRecords:
     warnings: list[str] = field(default_factory=list)
 
 
+def bounded_lines(fh: BinaryIO, cap: int) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, line)`` for each line of a binary file; ``None`` for a line over ``cap`` bytes.
+
+    An over-long line is skipped in pieces of ``cap`` bytes, so no line costs more memory than that.
+    """
+    for lineno, line in enumerate(iter(lambda: fh.readline(cap + 1), b""), 1):
+        if len(line) <= cap or line.endswith(b"\n"):
+            yield lineno, line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = fh.readline(cap)
+        yield lineno, None
+
+
 def load_records(path: Path) -> LoadedRecords:
     """Load ``path`` (a records.jsonl or a run directory holding one)."""
     if path.is_dir():
@@ -27,8 +47,11 @@ def load_records(path: Path) -> LoadedRecords:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a run directory written by `infermeter run`")
     out = LoadedRecords()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, line in bounded_lines(fh, MAX_LINE_BYTES):
+            if line is None:
+                out.warnings.append(f"{path}:{lineno}: skipped a line over {MAX_LINE_BYTES >> 20} MiB")
+                continue
             if not line.strip():
                 continue
             try:

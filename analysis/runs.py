@@ -69,8 +69,8 @@ def _json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     return data if isinstance(data, dict) else None
 

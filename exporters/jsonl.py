@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from types import TracebackType
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from agent.core.errors import RecordWriteError
+from agent.core.text import clean_obj
 
 __all__ = ["JsonlWriter", "LineFile", "RotatingJsonl", "open_new"]
 
@@ -28,7 +31,14 @@ def open_new(path: Path, flags: int = _APPEND) -> int:
 
 
 def _line(record: BaseModel) -> bytes:
-    return record.__pydantic_serializer__.to_json(record) + b"\n"
+    """One JSON line; text that JSON in UTF-8 cannot hold (a lone surrogate) is cleaned, never fatal."""
+    try:
+        return record.__pydantic_serializer__.to_json(record) + b"\n"
+    except (PydanticSerializationError, UnicodeError):
+        data = clean_obj(record.model_dump(mode="python"))
+        if "text_sanitized" in type(record).model_fields:
+            data["text_sanitized"] = True
+        return json.dumps(data, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
 
 
 class LineFile:

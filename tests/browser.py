@@ -45,6 +45,8 @@ class PageReport:
     figures: list[dict[str, Any]] = field(default_factory=list)
     title: str = ""
     screenshot: bytes = b""
+    #: what each expression asked for by ``open_page(..., probes=...)`` evaluated to
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 class _Session:
@@ -92,12 +94,14 @@ class _Session:
         return out
 
 
-def open_page(path: Path, *, settle_s: float = 1.5, width: int = 1280) -> PageReport:
-    """Open ``path`` in a fresh headless Chromium and report what happened."""
-    return asyncio.run(_open(path.absolute().as_uri(), settle_s, width))
+def open_page(
+    path: Path, *, settle_s: float = 1.5, width: int = 1280, probes: dict[str, str] | None = None
+) -> PageReport:
+    """Open ``path`` in a fresh headless Chromium and report what happened (and what ``probes`` read)."""
+    return asyncio.run(_open(path.absolute().as_uri(), settle_s, width, probes or {}))
 
 
-async def _open(url: str, settle_s: float, width: int) -> PageReport:
+async def _open(url: str, settle_s: float, width: int, probes: dict[str, str]) -> PageReport:
     with tempfile.TemporaryDirectory() as profile:
         proc = await asyncio.create_subprocess_exec(
             chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -107,7 +111,7 @@ async def _open(url: str, settle_s: float, width: int) -> PageReport:
         )  # fmt: skip
         try:
             port = await _devtools_port(proc)
-            return await _inspect(port, url, settle_s, width)
+            return await _inspect(port, url, settle_s, width, probes)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -123,7 +127,7 @@ async def _devtools_port(proc: asyncio.subprocess.Process) -> int:
     raise RuntimeError("Chromium exited before its DevTools endpoint was up")
 
 
-async def _inspect(port: int, url: str, settle_s: float, width: int) -> PageReport:
+async def _inspect(port: int, url: str, settle_s: float, width: int, probes: dict[str, str]) -> PageReport:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
             pages = [t for t in await resp.json() if t.get("type") == "page"]
@@ -139,6 +143,9 @@ async def _inspect(port: int, url: str, settle_s: float, width: int) -> PageRepo
             report.figures = json.loads(value["result"]["value"])
             title = await s.call("Runtime.evaluate", expression="document.title", returnByValue=True)
             report.title = title["result"]["value"]
+            for name, expression in probes.items():
+                value = await s.call("Runtime.evaluate", expression=expression, returnByValue=True)
+                report.values[name] = value["result"].get("value")
             height = await s.call(
                 "Runtime.evaluate", expression="document.body.scrollHeight", returnByValue=True
             )

@@ -11,10 +11,11 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.core.errors import BackendError, RequestFailedError
@@ -27,6 +28,7 @@ from agent.core.record import (
     StreamEvent,
     Usage,
 )
+from agent.core.text import clean
 from agent.transport.framing import MAX_EVENT_BYTES, Held
 from agent.transport.http import (
     PushedBody,
@@ -41,6 +43,9 @@ from agent.transport.sse import SSEEvent, SSEParser
 __all__ = ["OpenAIArgs", "OpenAIBackend", "parse_payload"]
 
 logger = structlog.get_logger(__name__)
+
+#: Longest model id taken from a server's ``/v1/models`` (ids are names, never pages of text).
+MAX_MODEL_ID = 256
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -64,6 +69,16 @@ class OpenAIArgs(HttpBackendArgs):
     keep_alive: bool = Field(
         True, description="reuse connections; llama.cpp's server closes them after every stream anyway"
     )
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> OpenAIArgs:
+        """A key and a URL password would both be the Authorization header: one has to go."""
+        if self.api_key is not None and urlsplit(self.base_url).password is not None:
+            raise ValueError(
+                "base_url carries a user:password and an api_key is set too; a request can carry only "
+                "one of them: drop the password from the URL or unset the key"
+            )
+        return self
 
     @classmethod
     def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
@@ -103,21 +118,26 @@ def _logprobs(obj: Any, state: _StreamState) -> None:
 def _usage(obj: dict[str, Any]) -> Usage:
     details = obj.get("prompt_tokens_details") or {}
     return Usage(
-        prompt_tokens=obj.get("prompt_tokens"),
-        output_tokens=obj.get("completion_tokens"),
+        prompt_tokens=_count(obj.get("prompt_tokens")),
+        output_tokens=_count(obj.get("completion_tokens")),
         source="server",
-        cached_prompt_tokens=details.get("cached_tokens") if isinstance(details, dict) else None,
+        cached_prompt_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else None,
     )
 
 
 def _timings(obj: dict[str, Any]) -> NativeTimings:
     return NativeTimings(
         source="llamacpp_timings",
-        prefill_ms=obj.get("prompt_ms"),
-        decode_ms=obj.get("predicted_ms"),
-        prompt_n=obj.get("prompt_n"),
-        predicted_n=obj.get("predicted_n"),
+        prefill_ms=_num(obj.get("prompt_ms")),
+        decode_ms=_num(obj.get("predicted_ms")),
+        prompt_n=_count(obj.get("prompt_n")),
+        predicted_n=_count(obj.get("predicted_n")),
     )
+
+
+def _count(v: Any) -> int | None:
+    """A token count as the server sent it, or None for anything that is not a whole number."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 def _vllm_metrics(obj: dict[str, Any]) -> NativeTimings:
@@ -273,7 +293,7 @@ class OpenAIBackend:
         data = body.get("data") if isinstance(body, dict) else None
         if not data or not isinstance(data, list) or "id" not in data[0]:
             raise BackendError(f"{url} returned no models; pass --model explicitly")
-        return str(data[0]["id"])
+        return clean(str(data[0]["id"]))[:MAX_MODEL_ID]
 
     async def close(self) -> None:
         """Close the session; safe to call twice."""

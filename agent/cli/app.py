@@ -13,6 +13,7 @@ import signal
 from types import ModuleType
 from typing import NoReturn
 
+import structlog
 from rich.console import Console
 
 from agent import __version__
@@ -97,3 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except Exception as e:  # noqa: BLE001 - the last net: a bug ends in one masked line, never a traceback
+        error(
+            app.err, f"internal error: {e.__class__.__name__}: {e} (INFERMETER__LOG_LEVEL=debug logs where)"
+        )
+        structlog.get_logger(__name__).debug("internal error", exc_info=True)
+        return EXIT_FAILED

@@ -1,4 +1,8 @@
-"""Logging: structlog to standard error, every event redacted before it is rendered."""
+"""Logging: structlog to standard error, every event redacted before it is rendered.
+
+Tracebacks are rendered as plain text by ``format_exc_info`` first, so they pass the same redaction as
+every other field; no traceback is ever printed with its frames' local variables.
+"""
 
 from __future__ import annotations
 
@@ -26,10 +30,12 @@ def configure_logging(settings: Settings) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if settings.log_json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[
+            # a traceback becomes plain text (never one with locals) before redaction, so it is masked too
+            structlog.processors.format_exc_info,
             _redact_event,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),

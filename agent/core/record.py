@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.core.text import clean, clean_obj, is_clean
 
 __all__ = [
     "DEFAULT_TEXT_CAP",
@@ -303,6 +305,9 @@ class RequestRecord(BaseModel):
     """True when ``output_text`` was cut at the scenario's ``max_output_chars`` (a runaway answer)."""
     top_logprobs: list[dict[str, float]] | None = None
     """Top-k {token: logprob} for the first output positions (scenario ``logprobs``), for drift's KL."""
+    text_sanitized: bool | None = None
+    """True when text the server sent could not be kept as it was (lone surrogates, NUL or other control
+    characters, bytes that were not UTF-8): each such character is U+FFFD here."""
 
 
 class ChainRecord(BaseModel):
@@ -432,9 +437,13 @@ class Measurement:
         fields.update(_derived(fields))
         if extra:
             fields.update(extra)
+        _sanitize(fields, failure[1] if failure is not None else None)
         if failure is not None:
-            return RequestRecord(status="degraded", reason=failure[0], detail=failure[1] or None, **fields)
-        record = RequestRecord(status="ok", **fields)
+            fields.update(status="degraded", reason=failure[0], detail=fields.pop("detail", None))
+            return _build(fields)
+        record = _build({"status": "ok", **fields})
+        if record.status == "degraded":
+            return record
         broken = check_invariants(record)
         if broken:
             record = record.model_copy(
@@ -472,6 +481,48 @@ class Measurement:
             "output_truncated": True if self.truncated else None,
             "top_logprobs": self.end.logprobs if self.end else None,
         }
+
+
+#: Record fields whose text a server chose (the failure detail can quote it too).
+_SERVER_TEXT = ("output_text", "finish_reason", "model")
+
+
+def _sanitize(fields: dict[str, Any], detail: str | None) -> None:
+    """Clean the text a server chose in ``fields`` (and the failure ``detail``); flag the record if any was.
+
+    Clean text, the usual case, costs one scan of each string.
+    """
+    flagged = False
+    for name in _SERVER_TEXT:
+        value = fields.get(name)
+        if isinstance(value, str) and not is_clean(value):
+            fields[name], flagged = clean(value), True
+    if detail:
+        fields["detail"] = detail if is_clean(detail) else clean(detail)
+    logprobs = fields.get("top_logprobs")
+    if logprobs and not all(is_clean(k) for m in logprobs if isinstance(m, dict) for k in m):
+        fields["top_logprobs"], flagged = clean_obj(logprobs), True
+    if flagged:
+        fields["text_sanitized"] = True
+
+
+def _build(fields: dict[str, Any]) -> RequestRecord:
+    """The record of ``fields``; a value of the wrong type (a server's) is dropped and the record degraded.
+
+    Every field a server fills is optional, so dropping the ones that fail validation always leaves a
+    record to write: what the server sent cannot cost one.
+    """
+    try:
+        return RequestRecord(**fields)
+    except ValidationError as e:
+        bad = sorted({str(err["loc"][0]) for err in e.errors() if err["loc"]})
+    for name in bad:
+        fields.pop(name, None)
+    fields["status"] = "degraded"
+    if not fields.get("reason"):
+        fields["reason"] = "invalid_response"
+        fields["detail"] = f"the server sent values of the wrong type for {', '.join(bad)}"
+    return RequestRecord(**fields)
 
 
 def _identity_fields(ident: RecordIdentity) -> dict[str, Any]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import csv
 import html
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
 
 from agent.core.record import RequestRecord
 from analysis.analyze import metric_values
@@ -40,32 +43,53 @@ def _go() -> Any:
     return go
 
 
+_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+#: Every value a template places is escaped; only figures (plotly's own markup, its JSON escaped by
+#: plotly) and parts built from these templates are marked safe.
+_PAGE = _ENV.from_string(
+    "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{{ title }}</title>"
+    "<style>{{ style }}</style><script>{{ plotly }}</script></head>"
+    "<body><h1>{{ title }}</h1>\n{% for part in parts %}{{ part }}\n{% endfor %}</body></html>\n"
+)
+_TABLE = _ENV.from_string(
+    "<table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>"
+    "{% for row in rows %}<tr>{% for v in row %}<td>{{ '—' if v is none else v }}</td>{% endfor %}</tr>"
+    "{% endfor %}</table>"
+)
+_FRAGMENT = _ENV.from_string("<{{ tag }}{% if cls %} class='{{ cls }}'{% endif %}>{{ text }}</{{ tag }}>")
+_ITEMS = _ENV.from_string(
+    "<ul>{% for head, text in items %}<li><b>{{ head }}</b>: {{ text }}</li>{% endfor %}</ul>"
+)
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
 def _page(title: str, parts: Sequence[str]) -> str:
     """The whole page: plotly's JavaScript inline, then every part."""
     from plotly.offline import get_plotlyjs
 
-    body = "\n".join(parts)
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head>"
-        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
-    )
+    return _PAGE.render(title=title, style=Markup(_STYLE), plotly=Markup(get_plotlyjs()), parts=parts)
 
 
-def _figure(fig: Any, name: str) -> str:
+def _tag(tag: str, text: object, cls: str | None = None) -> Markup:
+    """One element holding ``text``, escaped."""
+    return Markup(_FRAGMENT.render(tag=tag, text=text, cls=cls))
+
+
+def _plot_text(text: object) -> str:
+    """Text for a figure's labels: plotly draws a few HTML tags in them, so ``<`` and ``&`` are escaped."""
+    return html.escape(str(text), quote=False)
+
+
+def _figure(fig: Any, name: str) -> Markup:
     fig.update_layout(margin={"l": 60, "r": 20, "t": 40, "b": 50}, height=380, template="plotly_white")
-    return str(
-        fig.to_html(full_html=False, include_plotlyjs=False, div_id=name, config={"displaylogo": False})
+    div_id = _ID_UNSAFE.sub("_", name)  # an element id from scenario names: never markup
+    return Markup(
+        fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
     )
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('—' if v is None else str(v))}</td>" for v in row) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{cells}</tr>{body}</table>"
+def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> Markup:
+    return Markup(_TABLE.render(head=head, rows=rows))
 
 
 def _thin(n: int, limit: int = MAX_POINTS) -> np.ndarray:
@@ -86,11 +110,17 @@ def _cdf_figure(series: Mapping[str, Sequence[float]], title: str, name: str) ->
         if len(values):
             xs, ys = _cdf(values)
             fig.add_trace(
-                go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv"}, name=f"{label} (n={len(values)})")
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line={"shape": "hv"},
+                    name=_plot_text(f"{label} (n={len(values)})"),
+                )
             )
     if not fig.data:
         return None
-    fig.update_layout(title=title, xaxis_title="ms", yaxis_title="share of requests")
+    fig.update_layout(title=_plot_text(title), xaxis_title="ms", yaxis_title="share of requests")
     return _figure(fig, name)
 
 
@@ -121,8 +151,8 @@ def _latency_over_time(records: Sequence[RequestRecord]) -> str | None:
                                    marker={"size": 4, "opacity": 0.6}))  # fmt: skip
     shades = ("rgba(255,170,0,0.10)", "rgba(0,120,255,0.07)", "rgba(120,120,120,0.10)")
     for i, (label, lo, hi) in enumerate(_stage_spans(records)):
-        fig.add_vrect(x0=lo, x1=hi, fillcolor=shades[i % len(shades)], line_width=0, annotation_text=label,
-                      annotation_position="top left")  # fmt: skip
+        fig.add_vrect(x0=lo, x1=hi, fillcolor=shades[i % len(shades)], line_width=0,
+                      annotation_text=_plot_text(label), annotation_position="top left")  # fmt: skip
     fig.update_layout(title="latency over time (ok requests at their send time)", xaxis_title="s from start",
                       yaxis_title="ms")  # fmt: skip
     return _figure(fig, "latency-over-time")
@@ -161,7 +191,10 @@ def _energy_timeline(run_dir: Path, origin_s: float | None) -> str | None:
     if not by_gpu:
         return None
     fig = go.Figure(
-        [go.Scattergl(x=xs, y=ys, mode="lines", name=f"GPU {gpu}") for gpu, (xs, ys) in by_gpu.items()]
+        [
+            go.Scattergl(x=xs, y=ys, mode="lines", name=_plot_text(f"GPU {gpu}"))
+            for gpu, (xs, ys) in by_gpu.items()
+        ]
     )
     fig.update_layout(title="GPU power", xaxis_title="s from start", yaxis_title="W")
     return _figure(fig, "energy-timeline")
@@ -177,9 +210,9 @@ def _sweep_curve(summary: dict[str, Any] | None) -> str | None:
                                mode="lines+markers", name="throughput"))  # fmt: skip
     knee = sweep.get("knee")
     if knee:
-        fig.add_vline(x=knee["load"], line_dash="dash", annotation_text=f"knee ({knee['stage']})")
+        fig.add_vline(x=knee["load"], line_dash="dash", annotation_text=_plot_text(f"knee ({knee['stage']})"))
     fig.update_layout(title="sweep: throughput against offered load", xaxis_title="offered load",
-                      yaxis_title=points[0].get("throughput_unit", "throughput"))  # fmt: skip
+                      yaxis_title=_plot_text(points[0].get("throughput_unit", "throughput")))  # fmt: skip
     return _figure(fig, "sweep-curve")
 
 
@@ -193,8 +226,12 @@ def run_html(run: Run) -> str:
     clock = (run.manifest or {}).get("clock") or {}
     origin = clock.get("origin_perf_counter_ns")
     parts = [
-        f"<p class='note'>{len(records)} records, {len(ok)} ok steady; backend {', '.join(run.backends)}, "
-        f"model {', '.join(run.models)}.</p>",
+        _tag(
+            "p",
+            f"{len(records)} records, {len(ok)} ok steady; backend {', '.join(run.backends)}, "
+            f"model {', '.join(run.models)}.",
+            "note",
+        ),
         _latency_over_time(records),
         _cdf_figure(cdfs, "CDFs of TTFT, TPOT and every inter-token gap (ok steady requests)", "cdfs"),
         _throughput_over_time(records),
@@ -207,7 +244,7 @@ def run_html(run: Run) -> str:
 # --- an analysis ---------------------------------------------------------------------------------------
 
 
-def _quality_deltas(result: AnalysisResult) -> list[str]:
+def _quality_deltas(result: AnalysisResult) -> list[Markup]:
     go = _go()
     out = []
     for label, d in (result.quality.drift if result.quality else {}).items():
@@ -220,12 +257,12 @@ def _quality_deltas(result: AnalysisResult) -> list[str]:
         if not rows:
             continue
         fig = go.Figure(go.Scatter(
-            x=[r.estimate for _, r in rows], y=[n for n, _ in rows], mode="markers",
+            x=[r.estimate for _, r in rows], y=[_plot_text(n) for n, _ in rows], mode="markers",
             error_x={"type": "data", "symmetric": False, "array": [r.high - r.estimate for _, r in rows],
                      "arrayminus": [r.estimate - r.low for _, r in rows]},
         ))  # fmt: skip
         fig.add_vline(x=0, line_color="grey")
-        fig.update_layout(title=f"{label}: quality deltas against {result.baseline} (95 % CI)",
+        fig.update_layout(title=_plot_text(f"{label}: quality deltas against {result.baseline} (95 % CI)"),
                           xaxis_title="candidate − baseline")  # fmt: skip
         out.append(_figure(fig, f"quality-{label}"))
     return out
@@ -245,10 +282,7 @@ def analysis_html(result: AnalysisResult, runs: Sequence[Run]) -> str:
         rows = [[sc, c.metric, c.median_baseline, c.median_candidate, c.change_pct, c.p_adjusted, c.verdict]
                 for sc, cs in comp.scenarios.items() for c in cs]  # fmt: skip
         head = ["scenario", "metric", "baseline p50", "candidate p50", "change %", "p (adj.)", "verdict"]
-        parts.append(
-            f"<h2>{html.escape(label)} vs {html.escape(str(result.baseline))}</h2>"
-            + _table(head, _round(rows))
-        )
+        parts.append(_tag("h2", f"{label} vs {result.baseline}") + _table(head, _round(rows)))
     parts += _quality_deltas(result)
     return _page("infermeter analysis", parts)
 
@@ -267,7 +301,7 @@ def _study_bars(result: StudyResult) -> str | None:
     for variant in dict.fromkeys(d.variant for d in result.decision):
         mine = {d.scenario: d.output_tok_s for d in result.decision if d.variant == variant}
         ys = [mine.get(sc) for sc in scenarios]
-        fig.add_trace(go.Bar(x=scenarios, y=ys, name=variant))
+        fig.add_trace(go.Bar(x=[_plot_text(sc) for sc in scenarios], y=ys, name=_plot_text(variant)))
     if not any(d.output_tok_s for d in result.decision):
         return None
     fig.update_layout(title="output tok/s by variant (median over repetitions)", barmode="group")
@@ -279,15 +313,15 @@ def _study_cells(result: StudyResult, metric: str, title: str) -> str | None:
     fig = go.Figure()
     for variant in dict.fromkeys(c.variant for c in result.cells):
         cells = [c for c in result.cells if c.variant == variant and c.figures.get(metric) is not None]
-        fig.add_trace(go.Scatter(x=[c.scenario for c in cells], y=[c.figures[metric] for c in cells],
-                                 mode="markers", name=variant, marker={"size": 9}))  # fmt: skip
+        xs, ys = [_plot_text(c.scenario) for c in cells], [c.figures[metric] for c in cells]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=_plot_text(variant), marker={"size": 9}))
     if not any(len(t.x) for t in fig.data):
         return None
     fig.update_layout(title=title, yaxis_title="ms")
     return _figure(fig, f"study-cells-{metric}")
 
 
-def _study_quality(result: StudyResult) -> list[str]:
+def _study_quality(result: StudyResult) -> list[Markup]:
     """Per scenario: each variant's generation delta per task group (a bar each), then the table."""
     go = _go()
     out = []
@@ -300,10 +334,10 @@ def _study_quality(result: StudyResult) -> list[str]:
             if d.scenario != scenario or d.variant == result.baseline or not d.quality_by_task:
                 continue
             tasks = list(d.quality_by_task)
-            fig.add_trace(go.Bar(x=tasks, y=[d.quality_by_task[t].generation_delta_pct for t in tasks],
-                                 name=d.variant))  # fmt: skip
+            ys = [d.quality_by_task[t].generation_delta_pct for t in tasks]
+            fig.add_trace(go.Bar(x=[_plot_text(t) for t in tasks], y=ys, name=_plot_text(d.variant)))
         fig.add_hline(y=0, line_color="grey")
-        fig.update_layout(title=f"{scenario}: quality against {result.baseline} per task group",
+        fig.update_layout(title=_plot_text(f"{scenario}: quality against {result.baseline} per task group"),
                           yaxis_title="generation delta, %", barmode="group")  # fmt: skip
         out += [_figure(fig, f"study-quality-{scenario}"), _table(QUALITY_HEAD, rows)]
     return out
@@ -311,17 +345,18 @@ def _study_quality(result: StudyResult) -> list[str]:
 
 def study_html(result: StudyResult) -> str:
     """The page of one study: the recommendation, the decision matrix, and every cell's figures."""
-    recs = "".join(
-        f"<li><b>{html.escape(r.scenario)}</b>: {html.escape(r.reason)}</li>" for r in result.recommendations
-    )
+    recs = _ITEMS.render(items=[(r.scenario, r.reason) for r in result.recommendations])
     head = ["scenario", *DECISION_HEAD]
     rows = [[d.scenario, *decision_cells(d, result.baseline)] for d in result.decision]
     parts = [
-        f"<p class='note'>{len(result.variants)} variants, {result.repetitions} repetitions, "
-        f"order {result.order} "
-        f"(seed {result.seed}), baseline {html.escape(result.baseline)}.</p>",
-        f"<h2>Recommendation</h2><ul>{recs}</ul>",
-        "<h2>Decision matrix</h2>" + _table(head, rows),
+        _tag(
+            "p",
+            f"{len(result.variants)} variants, {result.repetitions} repetitions, order {result.order} "
+            f"(seed {result.seed}), baseline {result.baseline}.",
+            "note",
+        ),
+        Markup("<h2>Recommendation</h2>" + recs),
+        Markup("<h2>Decision matrix</h2>") + _table(head, rows),
         *_study_quality(result),
         _study_bars(result),
         _study_cells(result, "ttft_ms", "TTFT p50 of every cell"),

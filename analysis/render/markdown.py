@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from analysis.render.text import ci, md_table, oneline, outputs_moved, p50, pct, share, two
+from analysis.render.text import ci, md, md_table, oneline, outputs_moved, p50, pct, share, two
 from analysis.results import AnalysisResult, Drift, Performance, RunComparison
 
 __all__ = ["SECTIONS", "render_markdown"]
@@ -41,7 +41,7 @@ def runs(result: AnalysisResult) -> list[str]:
     )
     warnings = [w for r in result.runs for w in r.warnings]
     if warnings:
-        out += ["Warnings:", *[f"- {w}" for w in warnings], ""]
+        out += ["Warnings:", *[f"- {md(w)}" for w in warnings], ""]
     return out
 
 
@@ -50,7 +50,7 @@ def comparisons(result: AnalysisResult) -> list[str]:
     out: list[str] = []
     for label, comp in result.comparisons.items():
         counts = result.verdicts[label]
-        out.append(f"## Performance: {label} vs {result.baseline}")
+        out.append(f"## Performance: {md(label)} vs {md(result.baseline)}")
         out.append(
             f"{counts['worse']} worse, {counts['better']} better, {counts['no detectable change']} without a "
             f"detectable change (Mann–Whitney U, Holm-adjusted across all {sum(counts.values())} metrics)."
@@ -64,7 +64,7 @@ def _comparison(comp: RunComparison) -> list[str]:
     out: list[str] = []
     head = ["metric", "baseline p50", "candidate p50", "change", "Δ p50 95 % CI", "p (adj.)", "d", "MDE"]
     for sc, rows in comp.scenarios.items():
-        out.append(f"### {sc}")
+        out.append(f"### {md(sc)}")
         out += md_table(
             [*head, "verdict"],
             [
@@ -96,7 +96,7 @@ def performance(result: AnalysisResult) -> list[str]:
     out = ["## Performance per run"]
     for label, perf in result.performance.items():
         for sc, p in perf.items():
-            out.append(f"### {label} / {sc}")
+            out.append(f"### {md(label)} / {md(sc)}")
             out += _performance(p)
     return out
 
@@ -174,7 +174,7 @@ def quality(result: AnalysisResult) -> list[str]:
     sem = q.semscore_model
     out += [f"SemScore model: {sem}" if sem else f"SemScore not computed: {q.semscore_unavailable}", ""]
     for label, tasks in q.runs.items():
-        out.append(f"### {label}")
+        out.append(f"### {md(label)}")
         rows = []
         for task, t in tasks.items():
             rows += [[task, name, str(t.n), ci(interval, "{:.3f}")] for name, interval in t.scorers.items()]
@@ -188,7 +188,7 @@ def quality(result: AnalysisResult) -> list[str]:
 def _drift(label: str, d: Drift) -> list[str]:
     kl = d.kl_first_tokens
     out = [
-        f"### Drift: {label} vs baseline — {outputs_moved(d)}, quality tier **{d.tier or 'n/a'}**",
+        f"### Drift: {md(label)} vs baseline — {outputs_moved(d)}, quality tier **{d.tier or 'n/a'}**",
         f"{d.prompts_shared} shared prompts; identical outputs {share(d.identical_rate)};"
         f" output-vs-baseline ROUGE-L {two(d.output_rouge_l, '{:.3f}')}, SemScore "
         f"{two(d.output_semscore, '{:.3f}')}; KL(baseline ‖ candidate) over the first tokens "
@@ -215,7 +215,7 @@ def _drift(label: str, d: Drift) -> list[str]:
     if d.least_similar:
         out.append("Least similar outputs:")
         out += [
-            f"- `{row['prompt_id']}` ({row['task']}, ROUGE-L {row['output_rouge_l']:.2f}): "
+            f"- {md(row['prompt_id'])} ({md(row['task'])}, ROUGE-L {row['output_rouge_l']:.2f}): "
             f"baseline “{oneline(row['baseline'])}” → candidate “{oneline(row['candidate'])}”"
             for row in d.least_similar
         ]

@@ -10,7 +10,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from analysis.render.text import fmt, md_table, pct, two
+from agent.core.text import for_terminal
+from analysis.render.text import fmt, md, md_table, pct, term, two
 from analysis.results import DecisionRow, EquivalenceRow, StudyResult
 
 __all__ = [
@@ -34,13 +35,13 @@ def header(r: StudyResult) -> list[str]:
     """What the study is and how it was run."""
     done = sum(c.status == "completed" for c in r.cells)
     return [
-        f"# Study: {r.name}",
+        f"# Study: {md(r.name)}",
         "",
         *([r.description, ""] if r.description else []),
         f"{len(r.variants)} variants × {len({c.scenario for c in r.cells})} scenarios × {r.repetitions} "
         f"repetitions; {done} of {len(r.cells)} cells completed. Order: {_ORDER.get(r.order, r.order)}, "
-        f"seed {r.seed}. Baseline: **{r.baseline}**. α = {r.alpha}; equivalence margin ±{r.margin_pct:g} % "
-        f"of the baseline's mean. Created {r.created_at}.",
+        f"seed {r.seed}. Baseline: **{md(r.baseline)}**. α = {r.alpha}; equivalence margin "
+        f"±{r.margin_pct:g} % of the baseline's mean. Created {r.created_at}.",
         "",
     ]
 
@@ -74,7 +75,7 @@ def _precision(facts: dict[str, Any]) -> str | None:
 def recommendations(r: StudyResult) -> list[str]:
     """The answer first: which variant for each scenario, and why."""
     out = ["## Recommendation"]
-    out += [f"- **{rec.scenario}**: {rec.reason}" for rec in r.recommendations]
+    out += [f"- **{md(rec.scenario)}**: {md(rec.reason)}" for rec in r.recommendations]
     return [*out, ""]
 
 
@@ -126,7 +127,7 @@ def decision(r: StudyResult) -> list[str]:
         rows = [decision_cells(d, r.baseline) for d in r.decision if d.scenario == scenario]
         for row in rows:
             row[0] = f"**{row[0]}**" if row[0] == r.baseline else row[0]
-        out += [f"### {scenario}", *md_table(DECISION_HEAD, rows)]
+        out += [f"### {md(scenario)}", *md_table(DECISION_HEAD, rows)]
     return out
 
 
@@ -158,7 +159,7 @@ def quality(r: StudyResult) -> list[str]:
         "",
     ]
     for scenario in scenarios:
-        out += [f"### {scenario}", *md_table(QUALITY_HEAD, quality_rows(r, scenario))]
+        out += [f"### {md(scenario)}", *md_table(QUALITY_HEAD, quality_rows(r, scenario))]
     return out
 
 
@@ -177,7 +178,7 @@ def equivalence(r: StudyResult) -> list[str]:
     ]
     head = ["metric", "variant", "baseline mean", "variant mean", "change", "p (Welch, adj.)", "d", "TOST p"]
     for scenario in dict.fromkeys(row.scenario for row in r.equivalence):
-        out.append(f"### {scenario}")
+        out.append(f"### {md(scenario)}")
         rows = [
             [
                 row.metric, row.variant, two(row.mean_baseline), two(row.mean_candidate), pct(row.change_pct),
@@ -257,14 +258,16 @@ def study_markdown(result: StudyResult) -> str:
 def study_console(result: StudyResult) -> Group:
     """The recommendation per scenario and the decision matrix, for the terminal."""
     parts: list[Any] = [
-        Text.assemble(("recommendation ", "bold"), f"{rec.scenario}: {rec.reason}")
+        Text.assemble(("recommendation ", "bold"), for_terminal(f"{rec.scenario}: {rec.reason}"))
         for rec in result.recommendations
     ]
-    table = Table(title=f"study {result.name}", box=None, pad_edge=False)
+    table = Table(title=term(f"study {result.name}"), box=None, pad_edge=False)
     for col in ("scenario", "variant", "tok/s", "E2E p95", "$/1M", "tier"):
         table.add_column(col, justify="left" if col in ("scenario", "variant", "tier") else "right")
     for d in result.decision:
         tier = quality_cell(d, result.baseline)
         cost = fmt(d.usd_per_1m_output_tokens, "{:.2f}")
-        table.add_row(d.scenario, d.variant, fmt(d.output_tok_s), fmt(d.e2e_p95_ms), cost, tier)
+        table.add_row(
+            term(d.scenario), term(d.variant), fmt(d.output_tok_s), fmt(d.e2e_p95_ms), cost, term(tier)
+        )
     return Group(table, *parts)

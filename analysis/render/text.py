@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich.text import Text
+
+from agent.core.text import for_terminal, md_cell
 from analysis.results import Drift, Interval
 
-__all__ = ["ci", "fmt", "md_table", "oneline", "outputs_moved", "p50", "pct", "share", "two"]
+__all__ = ["ci", "fmt", "md", "md_table", "oneline", "outputs_moved", "p50", "pct", "share", "term", "two"]
+
+#: Text from a run (labels, model ids, outputs, warnings) placed in Markdown: one line, no HTML, no ``|``.
+md = md_cell
+
+
+def term(text: object, style: str = "") -> Text:
+    """Text from a run for the terminal: no markup read into it, no control character let through."""
+    return Text(for_terminal(text), style)
 
 
 def fmt(value: float | None, spec: str = "{:.1f}") -> str:
@@ -43,15 +54,15 @@ def ci(block: Interval | None, spec: str = "{:.1f}") -> str:
 
 
 def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A Markdown table and the blank line after it."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """A Markdown table and the blank line after it; every cell stays one cell, whatever its text."""
+    lines = ["| " + " | ".join(map(md_cell, head)) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(map(md_cell, r)) + " |" for r in rows]
     return [*lines, ""]
 
 
 def oneline(text: str, width: int = 120) -> str:
     """``text`` on one line, cut at ``width`` characters."""
-    flat = " ".join(text.split())
+    flat = md_cell(text)
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

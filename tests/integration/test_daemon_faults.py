@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,39 @@ async def test_every_bad_new_config_keeps_the_old_one(
     assert list(daemon.targets) == ["sim-a"] and daemon.reloads == 0
     ok = daemon.targets["sim-a"].ok
     await until(lambda: daemon.targets["sim-a"].ok > ok, "the old config still probing")
+
+
+async def test_a_target_that_sends_lone_surrogates_is_sampled_like_any_other(tmp_path: Path) -> None:
+    """Every probe of a target whose text holds ``"\\ud800"`` is ok and written as a sample."""
+    frame = b'data: {"choices":[{"index":0,"delta":{"content":"a\\ud800b\\u0000"},"finish_reason":null}]}\n\n'
+    end = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"\\udfff"}]}\n\ndata: [DONE]\n\n'
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                       if h.lower().startswith(b"content-length")), 0)  # fmt: skip
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        writer.write(frame * 3 + end)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = tmp_path / "daemon.yaml"
+    config.write_text(config_text(port, tmp_path / "samples"))
+    daemon = Daemon(config)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await until(lambda: daemon.targets and daemon.targets["sim-a"].ok >= 3, "three ok probes")
+        target = daemon.targets["sim-a"]
+        assert target.up is True and target.probes - target.ok <= 1  # one may still be in flight
+        assert daemon.sample_error is None and errors(daemon, "samples") == 0
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+        server.close()
+    lines = (tmp_path / "samples" / "samples.jsonl").read_bytes().decode("utf-8").splitlines()
+    samples = [json.loads(line) for line in lines]
+    assert len(samples) >= 3 and all(s["status"] == "ok" and s["text_sanitized"] for s in samples)
+    assert all(s["finish_reason"] == "\ufffd" for s in samples)

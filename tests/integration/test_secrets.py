@@ -131,3 +131,40 @@ targets:
         out, err = proc.communicate(timeout=60)
     assert not leaks([shown, metrics, out, err, *files_text(tmp_path / "samples")])
     assert (tmp_path / "samples" / "samples.jsonl").exists()
+
+
+def test_a_key_and_a_url_password_together_are_one_error_before_any_request(
+    tmp_path: Path, cache_dir: Path, sim_host: str
+) -> None:
+    env = cli_env(cache_dir) | {
+        "INFERMETER__OPENAI__API_KEY": "sk-ENVSECRET3",
+        "INFERMETER__LOG_LEVEL": "debug",
+    }
+    args = ["run", "chat", "--requests", "3", "--warmup", "0", "--no-progress", "--backend", "openai",
+            "--base-url", f"http://bob:PASSWORD1@{sim_host}", "--out", str(tmp_path / "both")]  # fmt: skip
+    proc = run(args, env)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "api_key" in errors[0] and "password" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) < 5, proc.stderr
+    assert not (tmp_path / "both").exists()
+    assert not leaks([proc.stdout, proc.stderr])
+
+
+def test_a_logged_traceback_is_plain_and_masked(cache_dir: Path) -> None:
+    """An exception logged with its traceback: no frame's local variables, every secret in it masked."""
+    code = (
+        "import structlog; from agent.cli.logs import configure_logging\n"
+        "from agent.cli.settings import Settings\n"
+        "from agent.core.redact import remember\n"
+        "configure_logging(Settings(log_level='debug')); remember('sk-ARGSECRET2')\n"
+        "def fails(key='sk-ARGSECRET2', url='http://bob:PASSWORD1@host/'):\n"
+        "    raise ValueError(f'cannot use {url} with Bearer {key}')\n"
+        "try:\n    fails()\nexcept ValueError:\n    structlog.get_logger().exception('request raised')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=cli_env(cache_dir))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" in proc.stderr and "ValueError: cannot use http://bob:***@host/" in proc.stderr
+    assert not leaks([proc.stderr]) and "locals" not in proc.stderr.lower()
+    assert len(proc.stderr.splitlines()) < 20, proc.stderr

@@ -26,18 +26,31 @@ class LoadedRecords:
     warnings: list[str] = field(default_factory=list)
 
 
-def bounded_lines(fh: BinaryIO, cap: int) -> Iterator[tuple[int, bytes | None]]:
+def bounded_lines(fh: BinaryIO, cap: int, block: int = 1 << 20) -> Iterator[tuple[int, bytes | None]]:
     """``(line number, line)`` for each line of a binary file; ``None`` for a line over ``cap`` bytes.
 
-    An over-long line is skipped in pieces of ``cap`` bytes, so no line costs more memory than that.
+    The file is read in blocks; an over-long line is dropped as it is read, so no line costs more memory
+    than ``cap`` bytes, whatever its length.
     """
-    for lineno, line in enumerate(iter(lambda: fh.readline(cap + 1), b""), 1):
-        if len(line) <= cap or line.endswith(b"\n"):
-            yield lineno, line
-            continue
-        while line and not line.endswith(b"\n"):
-            line = fh.readline(cap)
-        yield lineno, None
+    pieces: list[bytes] = []
+    lineno, held, over = 0, 0, False
+    while data := fh.read(block):
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            lineno += 1
+            if over or held + end + 1 - start > cap:
+                yield lineno, None
+            else:
+                yield lineno, b"".join([*pieces, data[start : end + 1]])
+            pieces, held, over, start = [], 0, False, end + 1
+        rest = data[start:]
+        if not over and held + len(rest) > cap:
+            pieces, held, over = [], 0, True
+        elif not over and rest:
+            pieces.append(rest)
+            held += len(rest)
+    if pieces or over:
+        yield lineno + 1, None if over else b"".join(pieces)
 
 
 def load_records(path: Path) -> LoadedRecords:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent.cli.common import EXIT_OK, EXIT_REGRESSION, App
+from agent.cli.common import EXIT_OK, EXIT_REGRESSION, App, warn
 from agent.core.errors import ConfigError
+from agent.core.files import write_atomic
 
 if TYPE_CHECKING:
     from analysis.results import AnalysisResult
@@ -106,11 +107,14 @@ def _runs(ns: argparse.Namespace, err: Console) -> tuple[list[Run], Run | None]:
         refs = read_references(ns.references) if ns.references else None
     except ValueError as e:
         raise ConfigError(str(e), location=str(ns.references)) from e
-    runs = [run for p in ns.runs for run in load_runs(p, refs)]
-    baseline = _one_baseline(ns.baseline, refs) if ns.baseline else None
+    try:
+        runs = [run for p in ns.runs for run in load_runs(p, refs)]
+        baseline = _one_baseline(ns.baseline, refs) if ns.baseline else None
+    except FileNotFoundError as e:  # a run that is not there is bad input, like a bad flag
+        raise ConfigError(str(e)) from e
     for run in ([baseline] if baseline else []) + runs:
         for w in run.warnings:
-            err.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+            warn(err, w)
         if not run.records:
             raise ConfigError(f"{run.path} has no readable records")
     return runs, baseline
@@ -157,14 +161,13 @@ def run(ns: argparse.Namespace, app: App) -> int:
     err = app.err
     runs, baseline = _runs(ns, err)
     result = _analyze(ns, err, runs, baseline)
-    out: Path = ns.out or runs[0].path / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(ns.out or runs[0].path / "analysis")
     everyone = ([baseline] if baseline else []) + runs
     result.figures = [] if ns.no_plots else write_figures(everyone, result, out)
     summary = render(result, "json")
-    (out / "summary.json").write_text(summary, encoding="utf-8")
-    (out / "report.md").write_text(render(result, "markdown"), encoding="utf-8")
-    (out / "report.html").write_text(analysis_html(result, everyone), encoding="utf-8")
+    write_atomic(out / "summary.json", summary)
+    write_atomic(out / "report.md", render(result, "markdown"))
+    write_atomic(out / "report.html", analysis_html(result, everyone))
     if ns.json:
         sys.stdout.write(summary)
     else:
@@ -179,6 +182,32 @@ def run(ns: argparse.Namespace, app: App) -> int:
     for line in why:
         err.print(f"[red]{line}[/red]")
     return EXIT_REGRESSION if why else EXIT_OK
+
+
+#: What an analysis folder holds: its own files, and figures (``*.png``); anything else is not ours.
+_OURS = frozenset({"summary.json", "report.md", "report.html"})
+
+
+def _ours(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink() and (path.name in _OURS or path.suffix == ".png")
+
+
+def _out_dir(out: Path) -> Path:
+    """The report folder: new, empty, or an earlier analysis (rewritten); someone else's files refused."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {out} is not a directory; name a new or empty directory")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if not _ours(p)]
+        if foreign:
+            raise ConfigError(
+                f"--out {out} holds files that are not an analysis's ({', '.join(sorted(foreign)[:3])}); "
+                "choose another --out (nothing was overwritten)"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: {e.strerror or e}") from e
+    return out
 
 
 def _one_baseline(path: Path, refs: Any) -> Run:

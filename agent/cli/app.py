@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         error(app.err, e)
         return EXIT_CONFIG
-    except (InfermeterError, OSError) as e:
+    except OSError as e:
+        error(app.err, f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
+        return EXIT_FAILED
+    except InfermeterError as e:
         error(app.err, e)
         return EXIT_FAILED
     except KeyboardInterrupt:

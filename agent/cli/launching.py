@@ -23,6 +23,7 @@ from agent.backends.base import CliContext, args_type
 from agent.cli.common import EXIT_FAILED, EXIT_OK, duration, kv, seconds
 from agent.cli.settings import Settings
 from agent.core.errors import ConfigError
+from agent.core.files import HEADROOM_NAME, Headroom, release_headroom, write_atomic
 from agent.core.redact import is_secret_key, remember
 from agent.core.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, resolve_scenario
 from agent.energy.base import Baseline, EnergyError
@@ -124,7 +125,7 @@ def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
 
 
 #: What a run directory that never got to its first record may hold; such a directory can be reused.
-_UNSTARTED = frozenset({"manifest.json", "engine.log", "simulator.log"})
+_UNSTARTED = frozenset({"manifest.json", "engine.log", "simulator.log", HEADROOM_NAME})
 
 
 def _out_dir(ns: argparse.Namespace, name: str, *, make: bool, path: Path | None = None) -> Path:
@@ -177,6 +178,7 @@ async def start(
             raise ConfigError(f"--metrics-host/--metrics-port: {e}") from e
     try:
         _out_dir(ns, name, make=True, path=out)
+        Headroom.claim(out)  # so a disk that fills up still lets the run say how it ended
         run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         manifest = build_manifest(run_id, first, ["infermeter", *sys.argv[1:]])
         if len(scenarios) > 1:
@@ -294,6 +296,8 @@ def finish(
     except OSError as e:
         err.print(Text.assemble(("error: ", "bold red"), f"cannot write the run's manifest or summary: {e}"))
         return EXIT_FAILED
+    finally:
+        release_headroom(launch.out)
     if result.write_error is not None:
         err.print(Text.assemble(("error: ", "bold red"), str(result.write_error)), soft_wrap=True)
         err.print(f"run stopped: {result.written} whole records on disk in {launch.out}/ (manifest: failed)")
@@ -312,7 +316,7 @@ def write_html(run_dir: Path, err: Console) -> None:
     from analysis.runs import load_run
 
     try:
-        (run_dir / "report.html").write_text(run_html(load_run(run_dir)), encoding="utf-8")
+        write_atomic(run_dir / "report.html", run_html(load_run(run_dir)))
     except (OSError, ValueError) as e:
         err.print(Text.assemble(("warning: ", "yellow"), f"report.html not written: {e}"), soft_wrap=True)
 

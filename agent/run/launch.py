@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from agent.backends.base import Backend
 from agent.core.errors import InfermeterError, RecordWriteError
+from agent.core.files import release_headroom
 from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.core.scenario import Scenario
 from agent.energy.meter import EnergyMeter
@@ -282,6 +283,8 @@ class Launch:
             self._save_manifest()
         except OSError as e:
             logger.error("manifest could not be updated", error=str(e))
+        finally:
+            release_headroom(self.out)
 
     async def _stages(
         self,

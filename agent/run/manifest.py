@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.core.files import write_atomic
 from agent.core.redact import redact_obj
 from agent.core.scenario import Scenario
 
@@ -120,28 +120,9 @@ def build_manifest(run_id: str, scenario: Scenario, argv: list[str]) -> dict[str
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary file and rename it over ``path``, so readers never see half a file.
+    """Write JSON whole or not at all (``agent.core.files.write_atomic``), secrets masked on the way.
 
-    Secrets are masked on the way (``agent.core.redact``): a manifest records the command line and the
-    backend's facts, which may carry an API key or a URL with a password.
-
-    The temporary file is created new (a file or symbolic link already there is removed, never
-    followed or written through) and removed again when the write fails, so no ``*.tmp`` is left.
+    A manifest records the command line and the backend's facts, which may carry an API key or a URL
+    with a password (``agent.core.redact``).
     """
-    tmp = path.with_name(path.name + ".tmp")
-    body = (json.dumps(redact_obj(data), indent=2, default=str) + "\n").encode("utf-8")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_atomic(path, json.dumps(redact_obj(data), indent=2, default=str) + "\n")

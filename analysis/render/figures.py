@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agent.core.files import write_atomic
 from agent.core.record import RequestRecord
 from analysis.analyze import metric_values
 from analysis.results import AnalysisResult, Drift
@@ -33,8 +35,10 @@ def _cdf(ax: Any, values: Sequence[float], label: str) -> None:
 
 def _save(fig: Any, out: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format="png")
     _plt().close(fig)
+    write_atomic(out / name, image.getvalue())
     return name
 
 

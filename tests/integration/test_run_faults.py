@@ -4,9 +4,12 @@ SIGTERM; planted links are never followed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import signal
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +60,46 @@ def test_a_record_file_that_cannot_grow_ends_the_run_cleanly(
     assert sum(s["requests"]["ok"] for s in summary["scenarios"].values()) == len(records)
     # the load stopped: the simulator served about what was written, not the 5,000 asked for
     assert served(sim_url) <= len(records) + manifest["records"]["lost_in_failed_write"] + 8 + 1
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path`` (CI runs as root); without root a file-size limit stands in."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0  # fmt: skip
+    assert mounted or os.geteuid() != 0, "root could not mount a tmpfs"
+    try:
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_ends_the_run_with_a_failed_manifest_and_a_summary(
+    tmp_path: Path, cache_dir: Path, sim_url: str
+) -> None:
+    """ENOSPC, not a size limit: the manifest and summary still fit, through the run's headroom."""
+    with small_disk(tmp_path / "disk", "600k") as disk:
+        out = disk / "run"
+        args = ["run", "chat", "--requests", "5000", "--concurrency", "8", "--warmup", "0", "--max-tokens",
+                "4", "--backend", "sim", "--base-url", sim_url, "--out", str(out), "--no-progress",
+                "--energy", "off"]  # fmt: skip
+        done = run_cli(args, cache_dir, 300, preexec_fn=None if os.geteuid() == 0 else _limit_file_size)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr + done.stdout
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, done.stderr
+        assert str(out / "records.jsonl") in errors[0]
+        assert "No space left on device" in errors[0] or os.geteuid() != 0
+        records = whole_lines(out / "records.jsonl")
+        assert 0 < len(records) < 5000
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "failed" and manifest["records"]["total"] == len(records)
+        summary = json.loads((out / "summary.json").read_text())
+        assert sum(s["requests"]["ok"] for s in summary["scenarios"].values()) == len(records)
+        assert f"run stopped: {len(records)} whole records on disk" in done.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "records.jsonl", "summary.json"]
 
 
 def test_a_planted_link_in_the_run_directory_is_never_followed(tmp_path: Path, cache_dir: Path) -> None:

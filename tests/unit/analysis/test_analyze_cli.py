@@ -162,7 +162,7 @@ def test_daemon_samples_folder_reads_like_a_run(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["analyze", str(tmp_path / "missing"), "--no-progress"]) == 1
+    assert main(["analyze", str(tmp_path / "missing"), "--no-progress"]) == 2  # bad input, like a bad flag
     assert "does not exist" in capsys.readouterr().err
     a = write_run(tmp_path / "x" / "run")
     b = write_run(tmp_path / "y" / "run")
@@ -210,3 +210,51 @@ def test_a_samples_folder_splits_by_target_and_config(
     ]
     assert main(["analyze", str(folder), "--baseline", str(folder), "--no-semscore", "--no-progress"]) == 2
     assert "holds several targets or configs" in capsys.readouterr().err
+
+
+def test_out_over_someone_elses_files_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = write_run(tmp_path / "r")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    (theirs / "report.md").write_text("their own report")
+    args = ["analyze", str(run_dir), "--no-semscore", "--no-progress", "--resamples", "200", "--no-plots"]
+    assert main([*args, "--out", str(theirs)]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "nothing was overwritten" in err
+    assert (theirs / "report.md").read_text() == "their own report"
+    ours = tmp_path / "ours"
+    assert main([*args, "--out", str(ours)]) == 0
+    assert main([*args, "--out", str(ours)]) == 0  # an earlier analysis is rewritten
+    assert sorted(p.name for p in ours.iterdir()) == ["report.html", "report.md", "summary.json"]
+
+
+def test_a_report_that_cannot_be_written_leaves_the_old_one_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails part-way (a full disk) is one error line; the earlier files are intact."""
+    import errno
+    import os
+
+    run_dir = write_run(tmp_path / "r")
+    out = tmp_path / "out"
+    args = ["analyze", str(run_dir), "--no-semscore", "--no-progress", "--resamples", "200", "--no-plots"]
+    assert main([*args, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_write = os.write
+
+    def full(fd: int, data: object) -> int:
+        if os.fstat(fd).st_size > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data[:50])  # type: ignore[index]
+
+    monkeypatch.setattr(os, "write", full)
+    code = main([*args, "--out", str(out)])
+    monkeypatch.setattr(os, "write", real_write)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {out / 'summary.json'}: No space left on device"
+    ]
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no half file, no *.tmp

@@ -459,6 +459,7 @@ class DecisionRow(Block):
     ttft_p50_ms: float | None = None
     usd_per_1m_output_tokens: float | None = None
     j_per_token: float | None = None
+    success_rate: float | None = None
     tier: str | None = None
     kl_mean: float | None = None
     identical_rate: float | None = None

@@ -184,6 +184,11 @@ def _equivalence(study: Study, cells: _Cells) -> tuple[list[EquivalenceRow], lis
     return rows, tests
 
 
+def _lowest(values: list[float]) -> float | None:
+    """The worst cell's figure: a variant is as reliable as its worst repetition."""
+    return min(values) if values else None
+
+
 def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
@@ -231,6 +236,7 @@ def _decision(study: Study, cells: _Cells, scenario: str, semscorer: SemScorer |
             ttft_p50_ms=_median(cells.values(name, scenario, "ttft_ms")),
             usd_per_1m_output_tokens=usd_per_million(tok_s, price) if tok_s and price else None,
             j_per_token=_median(cells.values(name, scenario, "j_per_token")),
+            success_rate=_lowest(cells.values(name, scenario, "success_rate")),
         )
         samples = _samples(cells.runs.get((name, scenario), []), semscorer)
         if base_samples and samples:
@@ -248,16 +254,21 @@ def _recommend(
     displace the baseline when its output tok/s is *equivalent* to the baseline's within the study's
     margin: the lead is on paper only. An *inconclusive* lead is named as such.
     """
+    floor = study.min_success_rate
+    unreliable = [r for r in rows if r.output_tok_s and (r.success_rate or 0.0) < floor]
     graded = any(r.tier is not None for r in rows)
     ok = [
         r
         for r in rows
-        if r.output_tok_s and (not graded or r.variant == study.baseline or r.tier in ACCEPTABLE)
+        if r.output_tok_s
+        and r not in unreliable
+        and (not graded or r.variant == study.baseline or r.tier in ACCEPTABLE)
     ]
     if not ok:
-        return Recommendation(
-            scenario=scenario, reason="no variant completed a cell with a throughput figure"
-        )
+        why = "no variant completed a cell with a throughput figure"
+        if unreliable:
+            why = f"no variant succeeded often enough; left out for success rate: {_rates(unreliable, floor)}"
+        return Recommendation(scenario=scenario, reason=why)
     priced = all(r.usd_per_1m_output_tokens is not None for r in ok)
     best = (
         min(ok, key=lambda r: (r.usd_per_1m_output_tokens or 0.0, -(r.output_tok_s or 0.0)))
@@ -270,7 +281,7 @@ def _recommend(
         else f"fastest at {best.output_tok_s:.1f} output tok/s (no price given)"
     )
     among = "quality tier acceptable or better against the baseline" if graded else "quality not graded"
-    left = [r.variant for r in rows if r not in ok]
+    left = [r.variant for r in rows if r not in ok and r not in unreliable and r.output_tok_s]
     reason = f"{best.variant}: {by}, among {len(ok)} variant(s) ({among})"
     verdict = next(
         (e.verdict for e in equivalence
@@ -289,7 +300,14 @@ def _recommend(
         reason += "; its lead in output tok/s is inconclusive: more repetitions would settle it"
     if left:
         reason += f"; left out for quality: {', '.join(left)}"
+    if unreliable:
+        reason += f"; left out for success rate: {_rates(unreliable, floor)}"
     return Recommendation(scenario=scenario, variant=best.variant, reason=reason)
+
+
+def _rates(rows: list[DecisionRow], floor: float) -> str:
+    """``name (10 % < 95 %)`` for each variant under the study's success floor."""
+    return ", ".join(f"{r.variant} ({(r.success_rate or 0) * 100:.0f} % < {floor * 100:.0f} %)" for r in rows)
 
 
 def _scaling(study: Study, cells: _Cells) -> list[ScalingRow]:

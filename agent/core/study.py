@@ -116,6 +116,9 @@ class Study(BaseModel):
     equivalence: Equivalence = Field(default_factory=Equivalence)
     usd_per_hour: float | None = Field(None, gt=0, description="price of one serving worker")
     energy: str = Field("off", description="--energy for every cell: off, auto, nvml, replay:TRACE.csv")
+    min_success_rate: float = Field(
+        0.95, ge=0, le=1, description="a variant whose cells succeed less often is never recommended"
+    )
     #: where the study file is (relative paths resolve from there); set by ``load_study``
     source: str | None = Field(None, exclude=True)
 
@@ -132,6 +135,14 @@ class Study(BaseModel):
         bad = [name for name in value if not _NAME.match(name)]
         if bad:
             raise ValueError(f"variant names use lower-case letters, digits, '_', '.', '-': {', '.join(bad)}")
+        return value
+
+    @field_validator("energy", mode="before")
+    @classmethod
+    def _energy_words(cls, value: object) -> object:
+        """YAML reads a bare ``off`` (and ``on``) as a boolean: take it as the word that was written."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
         return value
 
     @model_validator(mode="after")

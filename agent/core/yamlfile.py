@@ -55,12 +55,37 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", location=str(path)) from e
     try:
-        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _no_duplicate_keys(node, path)
+        return yaml.safe_load(text), node
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"invalid YAML: {problem}", location=where) from e
+
+
+def _no_duplicate_keys(node: yaml.Node | None, path: Path) -> None:
+    """A key given twice in one mapping is an error: YAML would quietly keep the last one."""
+    import yaml
+
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key, value in current.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name in seen:
+                    raise ConfigError(
+                        f"key '{name}' is given twice (first on line {seen[name]}); keep one",
+                        location=f"{path}:{key.start_mark.line + 1}",
+                    )
+                if name is not None:
+                    seen[name] = key.start_mark.line + 1
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
 
 
 def validate(model: type[M], data: Any, node: yaml.Node | None, path: Path, what: str) -> M:

@@ -14,7 +14,9 @@ start is never inside a cell, and stops when the study stops.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
 import select
 import shutil
 import signal
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.core.errors import ConfigError
+from agent.core.files import write_atomic
+from agent.core.redact import redact
 from agent.core.study import Cell, Study, cell_status
 from agent.run.manifest import write_json_atomic
 
@@ -36,6 +40,30 @@ CELL_FILES = frozenset(
     {"records.jsonl", "chains.jsonl", "manifest.json", "summary.json", "engine.log", "simulator.log",
      "energy.json", "power.csv", "report.html", "cell.log"}
 )  # fmt: skip
+
+
+#: ``prctl`` option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """For ``Popen(preexec_fn=...)``: the child gets SIGTERM when this process dies, even by SIGKILL.
+
+    A killed study then leaves no cell or server running on its own (Linux's parent-death signal; a
+    child whose parent was already gone when it started exits at once). None where there is no such
+    signal.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def _flag(name: str, value: object) -> list[str]:
@@ -107,7 +135,11 @@ class Servers:
         log = self.folder / f"{variant}.log"
         with log.open("ab") as err:
             proc = subprocess.Popen(
-                serve_argv(self.study, variant), stdout=subprocess.PIPE, stderr=err, start_new_session=True
+                serve_argv(self.study, variant),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=dies_with_parent(),
             )
         self.procs[variant] = proc
         assert proc.stdout is not None
@@ -243,6 +275,7 @@ class StudyRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=dies_with_parent(),
             )
             try:
                 proc.wait()
@@ -255,5 +288,7 @@ class StudyRunner:
                     proc.wait()
                 return "interrupted"
         if folder.exists():
-            shutil.move(str(log_path), folder / "cell.log")
+            said = log_path.read_text(encoding="utf-8", errors="replace")
+            write_atomic(folder / "cell.log", redact(said))  # what the cell said, through the same mask
+            log_path.unlink()
         return cell_status(folder)

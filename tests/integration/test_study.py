@@ -142,3 +142,39 @@ def test_a_study_starts_and_stops_the_servers_of_served_variants(tmp_path: Path,
     assert "the server of variant 'broken' did not start" in why and "does not exist" in why
     assert face_log.read_text().rstrip().endswith("engine stopped")
     assert "1 cell(s) failed" not in resumed.stderr and "2 cell(s) failed" in resumed.stderr
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of live processes whose command line holds ``text`` (zombies left out)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_sigkill_of_a_study_leaves_no_cell_running(tmp_path: Path, cache_dir: Path) -> None:
+    study, out = _study(tmp_path, requests=20_000), tmp_path / "study"  # a cell that would run for minutes
+    proc = start_cli(["study", str(study), "--out", str(out), "--no-progress"], cache_dir)
+    cells = str(out / "cells")
+    deadline = time.monotonic() + 120
+    while not [p for p in _processes_naming(cells) if p != proc.pid] and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    running = [p for p in _processes_naming(cells) if p != proc.pid]
+    assert running, "no cell process was seen"
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while _processes_naming(cells) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(cells) == [], "a cell outlived the study"
+    statuses = [json.loads(p.read_text()).get("status") for p in (out / "cells").glob("*/manifest.json")]
+    assert "running" not in statuses  # the cell in flight said how it ended

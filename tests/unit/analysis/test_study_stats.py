@@ -222,3 +222,33 @@ def test_the_report_shows_quality_per_task_group(graded: object) -> None:
     assert "unacceptable (bench -25.0 pt, gen " in report  # the decision matrix says why
     page = study_html(graded)  # type: ignore[arg-type]
     assert "study-quality-chat" in page and "per task group" in page
+
+
+def test_a_variant_that_mostly_failed_is_never_recommended(tmp_path: Path) -> None:
+    """The reported case: the fastest variant's server was down for 90 % of its requests."""
+    levels = {"a": [100.0, 101.0], "down": [10.0, 11.0]}
+    for variant, reps in levels.items():
+        for rep, level in enumerate(reps, start=1):
+            folder = tmp_path / "cells" / f"{variant}--chat--r{rep}"
+            folder.mkdir(parents=True)
+            records = [
+                rec(i, e2e=level, ttft=level / 10, output_tokens=30 if variant == "a" else 3000,
+                    status="degraded" if variant == "down" and i % 10 else "ok")
+                for i in range(20)
+            ]  # fmt: skip
+            (folder / "records.jsonl").write_text("\n".join(r.model_dump_json() for r in records) + "\n")
+            (folder / "summary.json").write_text(json.dumps(summarize(records).dump()))
+            manifest = {"status": "completed", "scenario": {"name": "chat", "normalised": {}}, "backend": {}}
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+    plan = Study.model_validate({"name": "t", "baseline": "a", "scenarios": ["chat"], "repetitions": 2,
+                                 "variants": {v: {"backend": "sim"} for v in levels}})  # fmt: skip
+    result = analyze_study(plan, tmp_path)
+    decision = {d.variant: d for d in result.decision}
+    assert decision["down"].success_rate == pytest.approx(0.10)
+    assert decision["down"].output_tok_s and decision["down"].output_tok_s > (decision["a"].output_tok_s or 0)
+    (rec_,) = result.recommendations
+    assert rec_.variant == "a" and "left out for success rate: down (10 % < 95 %)" in rec_.reason
+    strict = Study.model_validate({**plan.model_dump(), "min_success_rate": 1.0})
+    assert analyze_study(strict, tmp_path).recommendations[0].variant == "a"
+    lax = Study.model_validate({**plan.model_dump(), "min_success_rate": 0.05})
+    assert analyze_study(lax, tmp_path).recommendations[0].variant == "down"

@@ -129,3 +129,23 @@ def test_relative_paths_resolve_from_the_study_file(tmp_path: Path) -> None:
     )
     assert study.resolve("mine.yaml") == (tmp_path / "mine.yaml").resolve()
     assert study.resolve("chat") == "chat"
+
+
+def test_a_variant_given_twice_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: t\nbaseline: a\nscenarios: [chat]\nvariants:\n  a: {backend: sim}\n  b: {backend: sim}\n"
+        "  a: {backend: openai}\n"
+    )
+    with pytest.raises(ConfigError, match=r"key 'a' is given twice \(first on line 5\)") as e:
+        load_study(path)
+    assert e.value.location == f"{path}:7"
+
+
+def test_energy_off_as_yaml_writes_it_is_the_word_off(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: t\nbaseline: a\nscenarios: [chat]\nenergy: off\n"
+        "variants: {a: {backend: sim}, b: {backend: sim}}\n"
+    )
+    assert load_study(path).energy == "off"

@@ -7,18 +7,25 @@ levels off once its bounded structures are full (the exporter's 60-s window hold
 reached after 10,000 probes at this accelerated rate; a real 10-s interval keeps six).
 
 ``python benchmarks/daemon_soak.py`` prints a JSON report; ``--probes`` changes the length.
+
+``--scrapers N`` measures instead whether probing keeps its schedule while it is scraped: the daemon
+probes every 100 ms; its probe rate is taken over ``--phase-s`` seconds alone, then over as long again
+with N threads each fetching ``/metrics`` back to back, whose latencies are reported too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +51,97 @@ def _status(base: str) -> dict[str, Any]:
     return data
 
 
+def _scrape_phase(base: str, scrapers: int, seconds: float) -> dict[str, Any]:
+    """Probes per second over ``seconds`` while ``scrapers`` threads fetch /metrics without pause."""
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                with urllib.request.urlopen(f"{base}/metrics", timeout=30) as r:
+                    r.read()
+            except OSError:
+                continue
+            latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=scrape, daemon=True) for _ in range(scrapers)]
+    for th in threads:
+        th.start()
+    start, t0 = _status(base)["targets"]["soak"]["probes"], time.perf_counter()
+    time.sleep(seconds)
+    end, elapsed = _status(base)["targets"]["soak"]["probes"], time.perf_counter() - t0
+    stop.set()
+    for th in threads:
+        th.join(35)
+    lat = sorted(latencies)
+    return {
+        "scrapers": scrapers,
+        "probes_per_s": round((end - start) / elapsed, 2),
+        "scrapes": len(lat),
+        "scrape_p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
+        "scrape_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None,
+    }
+
+
+def scraped(ns: argparse.Namespace) -> dict[str, Any]:
+    """The daemon's probe rate alone and under ``ns.scrapers`` parallel scrapers."""
+    with _stack(interval="100ms") as base:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _status(base)["targets"]["soak"]["probes"] >= 5:
+                    break
+            except (OSError, KeyError):
+                pass
+            time.sleep(0.2)
+        alone = _scrape_phase(base, 0, ns.phase_s)
+        crowd = _scrape_phase(base, ns.scrapers, ns.phase_s)
+    return {"probe_interval_ms": 100, "alone": alone, "scraped": crowd}
+
+
+@contextlib.contextmanager
+def _stack(interval: str) -> Iterator[str]:
+    """A simulator and a daemon probing it every ``interval``; yields the daemon's base URL."""
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "0", "--itl-ms", "0"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert sim.stdout is not None
+    url = sim.stdout.readline().strip()
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="infermeter-soak-") as d:
+        config = Path(d) / "daemon.yaml"
+        config.write_text(
+            f"metrics: {{port: {port}}}\n"
+            f"probe: {{interval: {interval}, jitter: 0.0, max_concurrency: 1, timeout: 10s, max_tokens: 8}}\n"
+            "targets: [{name: soak, backend: openai, scenario: chat,"
+            f" args: {{base_url: '{url}', model: sim}}}}]\n"
+        )
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "daemon", "--config", str(config)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+            sim.terminate()
+            sim.wait(10)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--probes", type=int, default=20_000)
     p.add_argument("--every", type=int, default=2000, help="read RSS every this many probes")
+    p.add_argument("--scrapers", type=int, default=0, help="measure probing under this many scrapers")
+    p.add_argument("--phase-s", type=float, default=15.0, help="seconds of each scrape-test phase")
     ns = p.parse_args()
+    if ns.scrapers:
+        print(json.dumps(scraped(ns), indent=2))
+        return
     sim = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "0", "--itl-ms", "0"],
         cwd=ROOT,

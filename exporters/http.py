@@ -7,17 +7,23 @@ JSON snapshot (the daemon's last result per target).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from exporters.prometheus import RecordMetrics
 
-__all__ = ["MetricsServer"]
+__all__ = ["RENDER_REUSE_S", "MetricsServer"]
+
+#: Scrapes this close together share one rendering of the metrics (Prometheus scrapes every few seconds;
+#: a crowd of scrapers at once would otherwise each hold the event loop for a whole render).
+RENDER_REUSE_S = 0.5
 
 logger = structlog.get_logger(__name__)
 
@@ -36,6 +42,9 @@ class MetricsServer:
         self._ready = ready or (lambda: True)
         self._status = status or (lambda: {})
         self._runner: web.AppRunner | None = None
+        self._rendering: asyncio.Future[bytes] | None = None
+        self._body: bytes | None = None
+        self._body_at = 0.0
         self.host = ""
         self.port = 0
 
@@ -85,8 +94,31 @@ class MetricsServer:
             self._runner = None
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = self.metrics.render()
+        body = await self.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def exposition(self) -> bytes:
+        """The ``/metrics`` body: at most one render at a time, shared by every scrape that waits for it.
+
+        Gauges are refreshed on the event loop (they read state the loop writes), then the text is
+        generated on a worker thread, so a crowd of scrapers costs one render per ``RENDER_REUSE_S``
+        and the loop keeps serving probes meanwhile.
+        """
+        now = time.monotonic()
+        if self._body is not None and now - self._body_at < RENDER_REUSE_S:
+            return self._body
+        if self._rendering is None:
+            self._rendering = asyncio.ensure_future(self._render())
+        return await asyncio.shield(self._rendering)
+
+    async def _render(self) -> bytes:
+        try:
+            self.metrics.refresh()
+            body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+            self._body, self._body_at = body, time.monotonic()
+            return body
+        finally:
+            self._rendering = None
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")

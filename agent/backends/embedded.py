@@ -94,6 +94,11 @@ class EmbeddedBackend:
         self.base_url: str | None = None
 
     @property
+    def context_tokens(self) -> int:
+        """Tokens one request may hold, prompt and answer together (the engine's context per slot)."""
+        return self.args.ctx_per_slot
+
+    @property
     def engine_pid(self) -> int | None:
         """PID of the engine process while it runs."""
         return self._child.pid

@@ -260,6 +260,8 @@ class OpenAIBackend:
         self._base = args.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._server_header: str | None = None
+        #: tokens one request may hold, where the server says (vLLM's ``max_model_len`` in /v1/models)
+        self.context_tokens: int | None = None
 
     async def start(self) -> None:
         """Open the pooled session and, when no model was given, ask the server for one."""
@@ -293,6 +295,7 @@ class OpenAIBackend:
         data = body.get("data") if isinstance(body, dict) else None
         if not data or not isinstance(data, list) or "id" not in data[0]:
             raise BackendError(f"{url} returned no models; pass --model explicitly")
+        self.context_tokens = _count(data[0].get("max_model_len"))
         return clean(str(data[0]["id"]))[:MAX_MODEL_ID]
 
     async def close(self) -> None:

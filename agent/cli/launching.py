@@ -110,6 +110,27 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _no_conflicts(ns: argparse.Namespace, arrival: str) -> None:
+    """Load flags that contradict the load the run will have are refused, never silently ignored."""
+
+    def given(*flags: str) -> list[str]:
+        return [f"--{f.replace('_', '-')}" for f in flags if getattr(ns, f, None) is not None]
+
+    if arrival == "closed" and (flags := given("rate", "burstiness", "max_concurrency")):
+        raise ConfigError(
+            f"{', '.join(flags)} {'shapes' if len(flags) == 1 else 'shape'} an open loop, but this run is a "
+            "closed loop (its load is "
+            "--concurrency clients); drop the flag, or give --arrival constant|poisson|gamma"
+        )
+    if arrival != "closed" and given("think_time"):
+        raise ConfigError(
+            f"--think-time is a closed loop's pause between a client's requests; this run's arrivals are "
+            f"{arrival} at a rate, so it would not apply"
+        )
+    if arrival not in ("closed", "gamma") and given("burstiness"):
+        raise ConfigError(f"--burstiness shapes gamma arrivals only; add --arrival gamma (not {arrival})")
+
+
 def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
     """A scenario by name or path with the command-line overrides applied.
 
@@ -117,6 +138,7 @@ def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
     ``--requests`` alone makes it count-bound.
     """
     sc = load_scenario(resolve_scenario(name)).with_overrides(**_overrides(ns))
+    _no_conflicts(ns, sc.load.arrival)
     requests, duration = getattr(ns, "requests", None), getattr(ns, "duration", None)
     if (requests is None) != (duration is None):
         drop = "requests" if requests is None else "duration"
@@ -261,8 +283,18 @@ def finish(
 ) -> int:
     """Summary and manifest written, the outcome said in one line; the exit code.
 
-    0 completed; 1 failed (records could not be written); 128 + n stopped by signal n.
+    0 completed; 1 failed (records could not be written); 128 + n stopped by signal n. A stop signal
+    while this runs is noted, never a KeyboardInterrupt half-way through the files.
     """
+    try:
+        return _finish(launch, result, summary, err)
+    finally:
+        launch.release_signals()
+
+
+def _finish(
+    launch: Launch, result: LaunchResult, summary: RunSummary | SweepSummary | None, err: Console
+) -> int:
     outcome = result.outcome
     status = "interrupted" if outcome.interrupted else "completed"
     if result.write_error is not None:

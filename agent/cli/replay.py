@@ -14,7 +14,7 @@ from agent.cli.flags import backend_flags
 from agent.cli.launching import finish, scenario_for, start, targets
 from agent.core.errors import ConfigError
 from agent.core.scenario import MAX_IN_FLIGHT
-from agent.core.trace import PromptSynth, TokenCodec, load_trace, trace_requests
+from agent.core.trace import PromptSynth, TokenCodec, TraceRequest, load_trace, trace_requests
 from agent.run.launch import StagePlan, Tenant
 from analysis.records import load_records
 from analysis.render.summary import render_summary
@@ -60,6 +60,7 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     corpus = "\n\n".join(p.text for p in base.prompt_list())
 
     async def prepare(backend: Backend) -> list[StagePlan]:
+        _fits(items, getattr(backend, "context_tokens", None), ns.trace)
         codec: TokenCodec | None = backend if callable(getattr(backend, "tokenize", None)) else None  # type: ignore[assignment]
         synth = PromptSynth(corpus, codec)
         await synth.prepare()
@@ -73,3 +74,18 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     summary = summarize(load_records(launch.out).records, by_name, launch.out)
     Console().print(render_summary(summary))
     return finish(launch, result, summary, app.err)
+
+
+def _fits(items: list[TraceRequest], context: int | None, path: Path) -> None:
+    """Every request fits the server's context (where the backend knows it), or none is sent."""
+    if not context:
+        return
+    for i, it in enumerate(items, 1):
+        need = (it.prompt_tokens or 0) + it.output_tokens
+        if need > context:
+            raise ConfigError(
+                f"request {i} asks for {it.prompt_tokens or 0} prompt + {it.output_tokens} output tokens, "
+                f"past the server's context of {context} per request; trim the trace or give the server a "
+                "larger context",
+                location=str(path),
+            )

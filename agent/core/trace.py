@@ -28,6 +28,7 @@ from agent.core.scenario import Scenario
 
 __all__ = [
     "HASH_BLOCK_TOKENS",
+    "MAX_TRACE_SPAN_S",
     "PromptSynth",
     "TokenCodec",
     "TraceRequest",
@@ -36,6 +37,9 @@ __all__ = [
     "write_trace",
 ]
 
+#: Longest trace accepted, first request to last: a week. Past it a timestamp is an absolute time or a
+#: unit slip (milliseconds read as seconds), and a replay would wait for it for ever.
+MAX_TRACE_SPAN_S = 7 * 24 * 3600.0
 #: Mooncake traces hash prompts in blocks of this many tokens.
 HASH_BLOCK_TOKENS = 512
 TraceFormat = Literal["auto", "jsonl", "azure", "mooncake"]
@@ -46,7 +50,7 @@ class TraceRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    timestamp: float = Field(ge=0)
+    timestamp: float = Field(ge=0, allow_inf_nan=False)
     prompt: str | None = Field(None, min_length=1)
     prompt_tokens: int | None = Field(None, ge=1)
     output_tokens: int = Field(ge=1)
@@ -118,6 +122,9 @@ def _read_azure(path: Path) -> list[TraceRequest]:
                 prompt, output = int(row["ContextTokens"]), int(row["GeneratedTokens"])
             except (ValueError, TypeError) as e:
                 raise _fail(path, n, f"unreadable row: {e}") from e
+            if prompt < 0 or output < 0:
+                raise _fail(path, n, f"token counts cannot be negative (ContextTokens {prompt}, "
+                                     f"GeneratedTokens {output})")  # fmt: skip
             first = t if first is None else first
             raw = {"timestamp": t - first, "prompt_tokens": max(prompt, 1), "output_tokens": max(output, 1)}
             out.append(_validated(path, n, raw))
@@ -128,14 +135,19 @@ def _read_mooncake(path: Path) -> list[TraceRequest]:
     out: list[TraceRequest] = []
     for n, obj in _read_jsonl(path):
         try:
+            prompt, output = int(obj["input_length"]), int(obj["output_length"])
             raw = {
                 "timestamp": float(obj["timestamp"]) / 1000.0,
-                "prompt_tokens": max(int(obj["input_length"]), 1),
-                "output_tokens": max(int(obj["output_length"]), 1),
+                "prompt_tokens": max(prompt, 1),
+                "output_tokens": max(output, 1),
                 "hash_ids": obj.get("hash_ids"),
             }
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, OverflowError) as e:
             raise _fail(path, n, f"a Mooncake line needs timestamp, input_length, output_length: {e}") from e
+        if prompt < 0 or output < 0:
+            raise _fail(
+                path, n, f"token counts cannot be negative (input_length {prompt}, output_length {output})"
+            )
         out.append(_validated(path, n, raw))
     return out
 
@@ -165,6 +177,13 @@ def load_trace(path: Path, fmt: TraceFormat = "auto", limit: int | None = None) 
         if items[i].timestamp < items[i - 1].timestamp:
             raise ConfigError(
                 f"request {i + 1} goes back in time; sort the trace by timestamp", location=str(path)
+            )
+        if (span := items[i].timestamp - items[0].timestamp) > MAX_TRACE_SPAN_S:
+            raise ConfigError(
+                f"request {i + 1} comes {span:.3g} s after the first, past "
+                f"the {MAX_TRACE_SPAN_S / 86400:.0f}-day horizon; timestamps are seconds from the trace's "
+                "start (Mooncake's are milliseconds)",
+                location=str(path),
             )
     return items[:limit] if limit else items
 

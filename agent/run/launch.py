@@ -163,8 +163,26 @@ class Launch:
         #: when the current stage's load ended (None while it runs): GPU energy after it is not the load's
         self._load_end_ns: int | None = None
         self._started = time.time()
+        #: stop signals received; from the moment the run directory exists each one ends the load
+        #: (never a KeyboardInterrupt), and after the load, until ``release_signals``, it is only noted,
+        #: so the summary and manifest are always written
+        self.received: list[int] = []
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
         if metrics is not None:
             metrics.server.status_from(self.status)
+
+    def _on_signal(self, signum: int) -> None:
+        self.received.append(signum)
+        self._stop.set()
+
+    def release_signals(self) -> None:
+        """Stop signals act as usual again (the run's files are written)."""
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
     def _save_manifest(self) -> None:
         write_json_atomic(self.out / "manifest.json", self.manifest)
@@ -189,16 +207,7 @@ class Launch:
         prepare: Callable[[Backend], Awaitable[list[StagePlan]]] | None = None,
     ) -> LaunchResult:
         """Run every stage in order (``after_stage`` returning a reason stops early); close the backend."""
-        stop = asyncio.Event()
-        received: list[int] = []
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum: int) -> None:
-            received.append(signum)
-            stop.set()
-
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, on_signal, sig)
+        stop, received = self._stop, self.received
         try:
             if self.metrics is not None:
                 if not self.metrics.server.running:
@@ -230,8 +239,6 @@ class Launch:
         finally:
             if self.metrics is not None:
                 await self.metrics.server.close()
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
 
     async def _warm(self, stages: list[StagePlan]) -> None:
         """Let a backend that compiles do so for every request shape before the clock starts.

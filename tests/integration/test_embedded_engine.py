@@ -153,3 +153,21 @@ def test_sigterm_marks_run_interrupted_and_keeps_every_completed_record(
     assert (out / "summary.json").exists()
     assert pid is not None
     wait_for(lambda: not alive(pid), 30, "the engine process to exit")
+
+
+def test_a_trace_past_the_engines_context_is_refused_before_any_request(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        '{"timestamp": 0, "prompt_tokens": 20, "output_tokens": 4}\n'
+        '{"timestamp": 0.5, "prompt_tokens": 300, "output_tokens": 4}\n'
+    )
+    out = tmp_path / "run"
+    proc = run_cli(["replay", str(trace), "--backend-arg", "ctx_per_slot=256", "--out", str(out),
+                    "--no-progress", "--energy", "off"], cache_dir)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "request 2 asks for 300 prompt + 4 output tokens" in errors[0], proc.stderr
+    assert "context of 256" in errors[0] and "Traceback" not in proc.stderr
+    assert not (out / "records.jsonl").exists() or (out / "records.jsonl").read_text() == ""

@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,27 @@ def test_status_shows_the_run_while_it_lasts(tmp_path: Path, cache_dir: Path, si
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("wait_for_records", [False, True])
+def test_ctrl_c_again_and_again_still_ends_interrupted_with_a_summary(
+    tmp_path: Path, cache_dir: Path, sim_url: str, wait_for_records: bool
+) -> None:
+    """A flurry of Ctrl-C from the moment the run directory exists (or once records flow): the load
+    stops at the first; the others, arriving while the summary and manifest are written, are noted."""
+    out = tmp_path / "run"
+    proc = start_cli(["run", "chat", "--requests", "5000", "--concurrency", "4", "--warmup", "0",
+                      "--max-tokens", "8", "--backend", "sim", "--base-url", sim_url, "--out", str(out),
+                      "--no-progress", "--energy", "off"], cache_dir)  # fmt: skip
+    ready = (out / "records.jsonl") if wait_for_records else (out / "manifest.json")
+    wait_for(lambda: ready.exists() and ready.stat().st_size > 0, 60, str(ready))
+    for _ in range(30):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted", manifest["status"]
+    assert (out / "summary.json").is_file()
+    assert manifest["records"]["total"] == len(whole_lines(out / "records.jsonl"))

@@ -77,6 +77,10 @@ BAD_FLAGS = {
     "requests past the bound": (["--requests", str(10**20)], "requests"),
     "concurrency zero": (["--concurrency", "0"], "concurrency"),
     "unbindable metrics host": (["--serve-metrics", "--metrics-host", "203.0.113.7"], "--metrics-host"),
+    "a rate in a closed loop": (["--arrival", "closed", "--rate", "50"], "--rate shapes an open loop"),
+    "an in-flight cap in a closed loop": (["--max-concurrency", "4"], "--max-concurrency"),
+    "think time in an open loop": (["--rate", "5", "--think-time", "1s"], "--think-time"),
+    "burstiness without gamma": (["--arrival", "poisson", "--rate", "5", "--burstiness", "0.5"], "gamma"),
 }
 
 

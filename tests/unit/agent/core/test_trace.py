@@ -56,10 +56,18 @@ def test_mooncake_lines_convert_ms_and_keep_hash_ids(tmp_path: Path) -> None:
             "back in time",
         ),
         ('{"timestamp": 0, "prompt": "x", "output_tokens": 3, "colour": 1}\n', "colour"),
+        (
+            '{"timestamp": 0, "prompt": "x", "output_tokens": 3}\n'
+            '{"timestamp": 1764600000, "prompt": "y", "output_tokens": 1}\n',
+            "7-day horizon",
+        ),
+        ('{"timestamp": Infinity, "prompt": "x", "output_tokens": 3}\n', "timestamp"),
+        ('{"timestamp": 0, "input_length": -5, "output_length": 3}\n', "cannot be negative"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,-3,2\n", "cannot be negative"),
     ],
 )
 def test_bad_traces_name_the_problem_and_line(tmp_path: Path, body: str, message: str) -> None:
-    path = tmp_path / "bad.jsonl"
+    path = tmp_path / ("bad.csv" if body.startswith("TIMESTAMP") else "bad.jsonl")
     path.write_text(body)
     with pytest.raises(ConfigError, match=message) as info:
         load_trace(path)

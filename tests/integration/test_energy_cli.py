@@ -50,11 +50,22 @@ def test_a_replayed_trace_is_gated_per_request_and_phase(tmp_path: Path, cache_d
     assert stage["j_per_token"] == pytest.approx(130.0 * stage["duration_s"] / tokens, rel=1e-6)
     recs = read_records(out)
     # a ~420 ms request and its ~390 ms decode are bracketed closely by 100 ms samples (the counter), or,
-    # at the very end of the run where no sample follows, hold several (polled); a 30 ms prefill never
+    # at the very end of the run where no sample follows, hold several (polled): whatever the machine's
+    # load stretches them to, they stay measured, and what is measured is right
     measured = ("counter", "good")
     assert all(r["energy_quality"] in measured and r["power_delta_w"] == pytest.approx(130.0) for r in recs)
     assert sum(r["energy_quality"] == "counter" for r in recs) >= len(recs) // 2
-    assert all(r["prefill_energy_quality"] == "no_data" and r["prefill_energy_j"] is None for r in recs)
     assert all(r["decode_energy_quality"] in measured and r["decode_energy_j"] > 0 for r in recs)
+    # a prefill shorter than half a poll period can hold neither two samples nor a close bracket: never
+    # measured (a busy machine can stretch a 30 ms prefill past that; then the gate judges it as any other)
+    short = [r for r in recs if r["ttft_ms"] - r["schedule_lag_ms"] < 50]
+    assert short and all(
+        r["prefill_energy_quality"] == "no_data" and r["prefill_energy_j"] is None for r in short
+    )
+    for r in recs:
+        if r["prefill_energy_quality"] != "no_data":
+            prefill_s = (r["ttft_ms"] - r["schedule_lag_ms"]) / 1000
+            assert r["prefill_energy_j"] == pytest.approx(130.0 * prefill_s, rel=0.25)
     assert (out / "power.csv").read_text().startswith("timestamp_s,gpu,power_w")
-    assert json.loads((out / "manifest.json").read_text())["energy"]["poller"]["gaps_over_2x"] == 0
+    poller = json.loads((out / "manifest.json").read_text())["energy"]["poller"]
+    assert poller["gaps_over_2x"] <= max(1, poller["ticks"] // 20), poller  # a loaded machine may miss a few

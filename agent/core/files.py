@@ -111,7 +111,9 @@ def _write_once(path: Path, data: bytes) -> None:
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` whole or not at all; on a full disk, with the directory's headroom."""
-    body = data.encode("utf-8") if isinstance(data, str) else data
+    # text that UTF-8 cannot hold (a lone surrogate a server sent, read back from a manifest) is never
+    # a reason to lose a report: it is written as "?"
+    body = data.encode("utf-8", errors="replace") if isinstance(data, str) else data
     try:
         try:
             _write_once(path, body)

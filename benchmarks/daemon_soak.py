@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from local_sim import local_sim
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -87,7 +89,7 @@ def _scrape_phase(base: str, scrapers: int, seconds: float) -> dict[str, Any]:
 
 def scraped(ns: argparse.Namespace) -> dict[str, Any]:
     """The daemon's probe rate alone and under ``ns.scrapers`` parallel scrapers."""
-    with _stack(interval="100ms") as base:
+    with _stack(interval="100ms") as (base, _, _):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -102,21 +104,16 @@ def scraped(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _stack(interval: str) -> Iterator[str]:
-    """A simulator and a daemon probing it every ``interval``; yields the daemon's base URL."""
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "0", "--itl-ms", "0"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert sim.stdout is not None
-    url = sim.stdout.readline().strip()
+def _stack(interval: str, sampling: str = "") -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """A simulator and a daemon probing it every ``interval``; yields its URL, process and folder."""
     port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="infermeter-soak-") as d:
+    with local_sim() as url, tempfile.TemporaryDirectory(prefix="infermeter-soak-") as d:
         config = Path(d) / "daemon.yaml"
         config.write_text(
             f"metrics: {{port: {port}}}\n"
             f"probe: {{interval: {interval}, jitter: 0.0, max_concurrency: 1, timeout: 10s, max_tokens: 8}}\n"
-            "targets: [{name: soak, backend: openai, scenario: chat,"
+            + (f"sampling: {{{sampling.format(dir=d)}}}\n" if sampling else "")
+            + "targets: [{name: soak, backend: openai, scenario: chat,"
             f" args: {{base_url: '{url}', model: sim}}}}]\n"
         )
         daemon = subprocess.Popen(
@@ -124,12 +121,10 @@ def _stack(interval: str) -> Iterator[str]:
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", daemon, Path(d)
         finally:
             daemon.terminate()
             daemon.wait(30)
-            sim.terminate()
-            sim.wait(10)
 
 
 def main() -> None:
@@ -142,55 +137,24 @@ def main() -> None:
     if ns.scrapers:
         print(json.dumps(scraped(ns), indent=2))
         return
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "0", "--itl-ms", "0"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert sim.stdout is not None
-    url = sim.stdout.readline().strip()
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="infermeter-soak-") as d:
-        config = Path(d) / "daemon.yaml"
-        config.write_text(
-            f"metrics: {{port: {port}}}\n"
-            "probe: {interval: 1ms, jitter: 0.0, max_concurrency: 1, timeout: 10s, max_tokens: 8}\n"
-            f"sampling: {{every: 10, dir: {d}/samples, max_bytes: 100000, keep: 3}}\n"
-            "targets: [{name: soak, backend: openai, scenario: chat,"
-            f" args: {{base_url: '{url}', model: sim}}}}]\n"
-        )
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "daemon", "--config", str(config)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    sampling = "every: 10, dir: {dir}/samples, max_bytes: 100000, keep: 3"
+    with _stack("1ms", sampling) as (base, daemon, folder):
         points: list[dict[str, float]] = []
         t0 = time.perf_counter()
-        try:
-            mark = ns.every
-            deadline = time.monotonic() + 1800
-            while mark <= ns.probes and time.monotonic() < deadline:
-                try:
-                    probes = _status(base)["targets"]["soak"]["probes"]
-                except (OSError, KeyError):
-                    time.sleep(0.5)
-                    continue
-                if probes >= mark:
-                    points.append({"probes": probes, "rss_mb": round(_rss_mb(daemon.pid), 2)})
-                    mark += ns.every
-                time.sleep(0.2)
-            status = _status(base)["targets"]["soak"]
-            sample_files = sorted(p.name for p in (Path(d) / "samples").glob("*.jsonl"))
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
-            sim.terminate()
-            sim.wait(10)
+        mark = ns.every
+        deadline = time.monotonic() + 1800
+        while mark <= ns.probes and time.monotonic() < deadline:
+            try:
+                probes = _status(base)["targets"]["soak"]["probes"]
+            except (OSError, KeyError):
+                time.sleep(0.5)
+                continue
+            if probes >= mark:
+                points.append({"probes": probes, "rss_mb": round(_rss_mb(daemon.pid), 2)})
+                mark += ns.every
+            time.sleep(0.2)
+        status = _status(base)["targets"]["soak"]
+        sample_files = sorted(p.name for p in (folder / "samples").glob("*.jsonl"))
     elapsed = time.perf_counter() - t0
     first, last = points[0], points[-1]
     report = {

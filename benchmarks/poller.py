@@ -13,12 +13,13 @@ and without the poller.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from local_sim import local_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,22 +78,12 @@ def main() -> None:
     from agent.energy.base import Baseline
     from agent.energy.meter import EnergyMeter
 
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "0", "--itl-ms", "0"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert sim.stdout is not None
-    url = sim.stdout.readline().strip()
-    try:
-        with tempfile.TemporaryDirectory(prefix="infermeter-poller-") as d:
-            plain = uvloop.run(load(url, Path(d) / "a.jsonl", 4096, None))
-            meter = EnergyMeter(SyntheticGpu(), interval_s=0.1, baseline=Baseline(20.0, 1.0, 100))
-            polled = uvloop.run(load(url, Path(d) / "b.jsonl", 4096, meter))
-            lines = (Path(d) / "b.jsonl").read_text().splitlines()
-            qualities = [json.loads(line)["energy_quality"] for line in lines]
-    finally:
-        sim.terminate()
-        sim.wait(10)
+    with local_sim() as url, tempfile.TemporaryDirectory(prefix="infermeter-poller-") as d:
+        plain = uvloop.run(load(url, Path(d) / "a.jsonl", 4096, None))
+        meter = EnergyMeter(SyntheticGpu(), interval_s=0.1, baseline=Baseline(20.0, 1.0, 100))
+        polled = uvloop.run(load(url, Path(d) / "b.jsonl", 4096, meter))
+        lines = (Path(d) / "b.jsonl").read_text().splitlines()
+        qualities = [json.loads(line)["energy_quality"] for line in lines]
     q = meter.poller.quality()
     report = {
         "client_chunks_per_s_without_poller": round(plain["chunks_per_s"]),

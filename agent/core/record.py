@@ -498,7 +498,7 @@ def _sanitize(fields: dict[str, Any], detail: str | None) -> None:
         if isinstance(value, str) and not is_clean(value):
             fields[name], flagged = clean(value), True
     if detail:
-        fields["detail"] = detail if is_clean(detail) else clean(detail)
+        fields["detail"] = clean(detail)
     logprobs = fields.get("top_logprobs")
     if logprobs and not all(is_clean(k) for m in logprobs if isinstance(m, dict) for k in m):
         fields["top_logprobs"], flagged = clean_obj(logprobs), True

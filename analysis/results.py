@@ -348,6 +348,60 @@ class Tokens(Block):
     server_vs_chunk_mismatch: int = 0
 
 
+class LengthCheck(Block):
+    """Lengths a workload asked for against the lengths the server counted, over the same ok requests."""
+
+    n: int
+    requested: Distribution
+    measured: Distribution | None = None
+    requested_min: float
+    measured_min: float | None = None
+    #: requests whose measured length equals the requested one, and within one token
+    exact: int = 0
+    within_one: int = 0
+    #: chat template (and system prompt) tokens the server added, measured apart
+    template: Distribution | None = None
+
+
+class Workload(Block):
+    """What a workload asked for and what the server measured: prompt and output lengths."""
+
+    prompt: LengthCheck | None = None
+    output: LengthCheck | None = None
+
+
+class PrefixCache(Block):
+    """The server's prefix cache: share of prompts and tokens it served, TTFT of hits against misses."""
+
+    requests: int
+    hits: int
+    hit_rate: float
+    cached_tokens: int
+    prompt_tokens: int
+    token_hit_rate: float | None = None
+    ttft_hit_ms: Distribution | None = None
+    ttft_miss_ms: Distribution | None = None
+    groups: int = 0
+
+
+class TurnStats(Block):
+    """One turn position (or one context-length band) of the conversations."""
+
+    key: str
+    n: int
+    ttft_ms: Distribution | None = None
+    prompt_tokens: Distribution | None = None
+
+
+class Conversations(Block):
+    """Conversations replayed turn by turn: how many, and TTFT as the context grows."""
+
+    conversations: int
+    turns: int
+    by_turn: list[TurnStats] = Field(default_factory=list)
+    by_context: list[TurnStats] = Field(default_factory=list)
+
+
 class ScenarioSummary(Block):
     """One scenario (or one sweep stage) of a run: steady ok records only, degraded ones counted apart."""
 
@@ -362,6 +416,11 @@ class ScenarioSummary(Block):
     decode_fraction: Distribution | None = None
     warmup: Warmup
     tokens: Tokens
+    workload: Workload | None = None
+    prefix_cache: PrefixCache | None = None
+    conversations: Conversations | None = None
+    #: several models (LoRA adapters) in one run: each one's summary of the same blocks
+    by_model: dict[str, ScenarioSummary] | None = None
 
 
 class RunSummary(Block):

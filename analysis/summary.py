@@ -115,6 +115,116 @@ def _scenario(recs: list[RequestRecord], target: dict[str, Any]) -> dict[str, An
         "decode_fraction": describe(r.decode_fraction for r in ok),
         "warmup": _warmup(warm_ok, ok),
         "tokens": _tokens(ok, target),
+        **_workload_blocks(ok, target),
+    }
+
+
+def _workload_blocks(ok: list[RequestRecord], target: dict[str, Any]) -> dict[str, Any]:
+    """Requested against measured lengths, the prefix cache and conversations, where a run has them."""
+    out: dict[str, Any] = {}
+    prompt = _length_check([(r.requested_prompt_tokens, r.prompt_tokens, r.template_tokens) for r in ok])
+    output = _length_check([(r.requested_output_tokens, r.output_tokens, None) for r in ok])
+    if prompt is not None or (output is not None and target.get("workload")):
+        out["workload"] = {"prompt": prompt, "output": output}
+    cache = _prefix_cache(ok)
+    if cache is not None:
+        out["prefix_cache"] = cache
+    talks = _conversations(ok)
+    if talks is not None:
+        out["conversations"] = talks
+    models = {r.model for r in ok}
+    if target.get("models") and len(models) > 1:
+        out["by_model"] = {m: _scenario([r for r in ok if r.model == m], {}) for m in sorted(models)}
+    return out
+
+
+def _length_check(pairs: list[tuple[int | None, int | None, int | None]]) -> dict[str, Any] | None:
+    asked = [(a, m, t) for a, m, t in pairs if a is not None]
+    if not asked:
+        return None
+    measured = [(a, m) for a, m, _ in asked if m is not None]
+    return {
+        "n": len(asked),
+        "requested": describe(a for a, _, _ in asked),
+        "measured": describe(m for _, m in measured),
+        "requested_min": float(min(a for a, _, _ in asked)),
+        "measured_min": float(min(m for _, m in measured)) if measured else None,
+        "exact": sum(1 for a, m in measured if a == m),
+        "within_one": sum(1 for a, m in measured if abs(a - m) <= 1),
+        "template": describe(t for _, _, t in asked),
+    }
+
+
+#: Fewest cached tokens that make a request a prefix-cache hit, beyond the chat template's own tokens: a
+#: server always finds the template's opening tokens in its cache, which is not a shared prefix.
+PREFIX_HIT_MIN_TOKENS = 16
+
+
+def _is_hit(r: RequestRecord) -> bool:
+    return (r.cached_prompt_tokens or 0) >= max(PREFIX_HIT_MIN_TOKENS, (r.template_tokens or 0) + 1)
+
+
+def _prefix_cache(ok: list[RequestRecord]) -> dict[str, Any] | None:
+    """Hits: requests whose cached prompt tokens reach ``PREFIX_HIT_MIN_TOKENS`` past the template's own."""
+    seen = [r for r in ok if r.cached_prompt_tokens is not None]
+    hits = [r for r in seen if _is_hit(r)]
+    groups = {r.prefix_group for r in ok if r.prefix_group is not None}
+    if not seen or (not hits and not groups):
+        return None
+    misses = [r for r in seen if not _is_hit(r)]
+    cached = sum(r.cached_prompt_tokens or 0 for r in seen)
+    prompt = sum(r.prompt_tokens or 0 for r in seen)
+    return {
+        "requests": len(seen),
+        "hits": len(hits),
+        "hit_rate": len(hits) / len(seen),
+        "cached_tokens": cached,
+        "prompt_tokens": prompt,
+        "token_hit_rate": cached / prompt if prompt else None,
+        "ttft_hit_ms": describe(r.ttft_ms for r in hits),
+        "ttft_miss_ms": describe(r.ttft_ms for r in misses),
+        "groups": len(groups),
+    }
+
+
+#: Context-length bands of the conversation summary, in prompt tokens (upper bounds).
+CONTEXT_BANDS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def _band(tokens: int) -> str:
+    lo = 0
+    for hi in CONTEXT_BANDS:
+        if tokens <= hi:
+            return f"{lo + 1}-{hi}"
+        lo = hi
+    return f">{CONTEXT_BANDS[-1]}"
+
+
+def _turn_stats(key: str, recs: list[RequestRecord]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "n": len(recs),
+        "ttft_ms": describe(r.ttft_ms for r in recs),
+        "prompt_tokens": describe(r.prompt_tokens for r in recs),
+    }
+
+
+def _conversations(ok: list[RequestRecord]) -> dict[str, Any] | None:
+    turns = [r for r in ok if r.turn is not None]
+    if not turns:
+        return None
+    by_turn: dict[int, list[RequestRecord]] = defaultdict(list)
+    by_band: dict[str, list[RequestRecord]] = defaultdict(list)
+    for r in turns:
+        by_turn[r.turn or 0].append(r)
+        if r.prompt_tokens is not None:
+            by_band[_band(r.prompt_tokens)].append(r)
+    order = {(_band(hi)): i for i, hi in enumerate((*CONTEXT_BANDS, CONTEXT_BANDS[-1] + 1))}
+    return {
+        "conversations": len({r.conversation_id for r in turns}),
+        "turns": len(turns),
+        "by_turn": [_turn_stats(str(k), v) for k, v in sorted(by_turn.items())],
+        "by_context": [_turn_stats(k, by_band[k]) for k in sorted(by_band, key=order.__getitem__)],
     }
 
 
@@ -229,6 +339,8 @@ def _tokens(ok: list[RequestRecord], target: dict[str, Any]) -> dict[str, Any]:
         "source": dict(Counter(r.token_source or "unknown" for r in ok)),
         "cached_prompt_tokens": sum(r.cached_prompt_tokens or 0 for r in ok),
         "server_vs_chunk_mismatch": sum(
-            1 for r in ok if r.token_source == "server" and r.output_tokens != r.chunks
+            1
+            for r in ok
+            if r.token_source == "server" and r.output_tokens != r.chunks and r.streamed is not False
         ),
     }

@@ -27,6 +27,8 @@ def _params(cfg: dict[str, Any]) -> Any:
     if cfg.get("threads"):
         p.cpuparams.n_threads = int(cfg["threads"])
         p.cpuparams_batch.n_threads = int(cfg["threads"])
+    if cfg.get("swa_full"):
+        p.swa_full = True  # sliding-window layers keep every position, so a cached prefix can be reused
     if cfg.get("chat_template"):
         p.use_jinja = False
         p.chat_template = cfg["chat_template"]

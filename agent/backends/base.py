@@ -70,6 +70,8 @@ class CliContext:
     #: the most requests the run keeps in flight, and whether that is an uncapped open loop's ceiling
     in_flight: int
     uncapped: bool
+    #: some scenario of the run reuses the server's prompt cache (``cache_prompt``)
+    cache_prompt: bool = False
 
 
 class BackendArgs(BaseModel):

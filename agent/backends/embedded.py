@@ -53,6 +53,11 @@ class EmbeddedArgs(HttpBackendArgs):
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: Path | None = Field(None, description="where the engine's own log goes; None discards it")
     port: int = Field(0, ge=0, le=65535, description="the engine's loopback port; 0 picks a free one")
+    swa_full: bool = Field(
+        False,
+        description="keep the whole context of sliding-window layers (Gemma 3) in the cache, so a shared "
+        "prefix is reused; on when a scenario asks for the prompt cache (more KV memory)",
+    )
     requantize: RequantType | None = Field(
         None, description="serve the model re-quantised to this type (made once into the cache)"
     )
@@ -69,6 +74,8 @@ class EmbeddedArgs(HttpBackendArgs):
                 "log_path": ctx.out / "engine.log"}  # fmt: skip
         if ctx.model_path is not None:
             args["model_path"] = ctx.model_path
+        if ctx.cache_prompt:
+            args["swa_full"] = True
         return args
 
 
@@ -135,6 +142,7 @@ class EmbeddedBackend:
             "threads": self.args.threads,
             "chat_template": self._template,
             "port": self.args.port,
+            "swa_full": self.args.swa_full,
         }
         return await self._child.start(cfg, self.args.startup_timeout_s)
 
@@ -161,6 +169,7 @@ class EmbeddedBackend:
             "chat_template": self._template or "from GGUF",
             "n_parallel": self.args.n_parallel,
             "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,
+            "swa_full": self.args.swa_full,
             "base_url": self.base_url,
             "engine_pid": self.engine_pid,
         }
@@ -176,6 +185,20 @@ class EmbeddedBackend:
         if self._client is None:
             raise RuntimeError("backend not started: call start() first")
         return await self._client.detokenize(ids)
+
+    async def token_pieces(self, text: str) -> list[tuple[int, str]] | None:
+        """Each token's id and text from the engine's tokenizer."""
+        if self._client is None:
+            raise RuntimeError("backend not started: call start() first")
+        return await self._client.token_pieces(text)
+
+    async def count_prompt(
+        self, *, text: str | None = None, messages: list[dict[str, str]] | None = None
+    ) -> int | None:
+        """Tokens the engine counts for a prompt, its chat template and BOS included."""
+        if self._client is None:
+            raise RuntimeError("backend not started: call start() first")
+        return await self._client.count_prompt(text=text, messages=messages)
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Stream through the OpenAI-compatible client bound to the engine."""

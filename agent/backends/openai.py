@@ -6,8 +6,10 @@ One pooled ``aiohttp`` session per backend. Native timings are read from llama.c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -333,14 +335,58 @@ class OpenAIBackend:
             raise BackendError(f"{url} did not return a JSON object")
         return out
 
-    async def tokenize(self, text: str) -> list[int]:
-        """Token ids from the server's ``/tokenize`` (llama.cpp and vLLM both have one)."""
-        body = {"content": text, "prompt": text, "model": self._request_model, "add_special": False}
+    async def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids from the server's ``/tokenize`` (llama.cpp and vLLM both have one).
+
+        ``special`` adds what the server adds to a raw prompt (a BOS token), as a completion request gets.
+        """
+        return [t for t, _ in await self._tokens(text, special=special)]
+
+    async def _tokens(self, text: str, *, special: bool, pieces: bool = False) -> list[tuple[int, Any]]:
+        body = {
+            "content": text,
+            "prompt": text,
+            "model": self._request_model,
+            "add_special": special,
+            "add_special_tokens": special,
+        }
+        if pieces:
+            body["with_pieces"] = True
         out = await self._post_json("/tokenize", body)
         tokens = out.get("tokens")
         if not isinstance(tokens, list):
             raise BackendError("/tokenize returned no token list")
-        return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
+        return [(int(t["id"]), t.get("piece")) if isinstance(t, dict) else (int(t), None) for t in tokens]
+
+    async def token_pieces(self, text: str) -> list[tuple[int, str]] | None:
+        """Each token's id and text, where the server gives them (llama.cpp), so text can be cut locally."""
+        got = await self._tokens(text, special=False, pieces=True)
+        if not got or not all(isinstance(p, str) for _, p in got):
+            return None  # a piece that is not whole UTF-8 comes as bytes: cut on the server instead
+        return [(t, str(p)) for t, p in got]
+
+    async def count_prompt(
+        self, *, text: str | None = None, messages: list[dict[str, str]] | None = None
+    ) -> int | None:
+        """Tokens the server counts for a prompt: the template and special tokens included; None if unknown.
+
+        vLLM's ``/tokenize`` takes chat messages; llama.cpp applies its template at ``/apply-template``.
+        """
+        try:
+            if messages is None:
+                return len(await self.tokenize(text or "", special=True))
+            with contextlib.suppress(BackendError):
+                out = await self._post_json(
+                    "/tokenize",
+                    {"model": self._request_model, "messages": messages, "add_generation_prompt": True},
+                )
+                if isinstance(out.get("count"), int):  # vLLM's answer (llama.cpp ignores messages)
+                    return int(out["count"])
+            out = await self._post_json("/apply-template", {"messages": messages})
+            prompt = out.get("prompt")
+            return len(await self.tokenize(prompt, special=True)) if isinstance(prompt, str) else None
+        except BackendError:
+            return None
 
     async def detokenize(self, ids: list[int]) -> str:
         """Text from the server's ``/detokenize`` (``content`` from llama.cpp, ``prompt`` from vLLM)."""
@@ -351,8 +397,10 @@ class OpenAIBackend:
         return text
 
     def _body(self, req: GenerationRequest, endpoint: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self._request_model, "max_tokens": req.max_tokens, "stream": True}
-        body["stream_options"] = {"include_usage": True}
+        model = req.model or self._request_model
+        body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens, "stream": req.stream}
+        if req.stream:
+            body["stream_options"] = {"include_usage": True}
         if endpoint == "chat":
             body["messages"] = req.messages or [{"role": "user", "content": req.prompt or ""}]
         else:
@@ -369,6 +417,9 @@ class OpenAIBackend:
             body["cache_prompt"] = req.cache_prompt
             if req.ignore_eos:
                 body["ignore_eos"] = True
+                body["min_tokens"] = req.max_tokens  # vLLM: the length is enforced, not only capped
+        if req.extra_body:
+            body.update(req.extra_body)
         return body
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -387,9 +438,15 @@ class OpenAIBackend:
             max_event_bytes=self.args.max_event_bytes,
         )
         end_ns = 0
+        url = self._base + _PATHS[endpoint]
+        headers = {"X-Request-Id": request.request_id}
+        if request.headers:
+            headers = {**request.headers, **headers}
+        if not request.stream:
+            async for event in self._whole(url, payload, headers, state):
+                yield event
+            return
         try:
-            url = self._base + _PATHS[endpoint]
-            headers = {"X-Request-Id": request.request_id}
             async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
                 if resp.status >= 300:
                     raise await read_error_body(resp)
@@ -404,6 +461,42 @@ class OpenAIBackend:
             raise failure_from(e) from e
         if not state.done and state.finish_reason is None:
             raise RequestFailedError("invalid_response", "stream ended without [DONE] or finish_reason")
+        yield StreamEnd(
+            end_ns,
+            usage=state.usage,
+            native=state.native,
+            finish_reason=state.finish_reason,
+            logprobs=state.logprobs or None,
+        )
+
+    async def _whole(
+        self, url: str, payload: bytes, headers: dict[str, str], state: _StreamState
+    ) -> AsyncIterator[StreamEvent]:
+        """A non-streaming request: the answer comes in one body, stamped when its last byte was read."""
+        assert self._session is not None
+        try:
+            async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
+                if resp.status >= 300:
+                    raise await read_error_body(resp)
+                raw = await resp.content.read(self.args.max_event_bytes + 1)
+                if len(raw) > self.args.max_event_bytes:
+                    raise RequestFailedError(
+                        "invalid_response", "the response is larger than max_event_bytes"
+                    )
+        except aiohttp.ClientError as e:
+            raise failure_from(e) from e
+        end_ns = time.perf_counter_ns()
+        try:
+            obj = json.loads(raw)
+        except ValueError as e:
+            raise RequestFailedError("invalid_response", f"malformed JSON: {raw[:120]!r}") from e
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict) and "message" in choices[0]:
+            choices[0] = {**choices[0], "delta": choices[0]["message"]}  # read as one last stream event
+        for chunk in parse_payload(json.dumps(obj), end_ns, state):
+            yield chunk
+        if state.finish_reason is None:
+            raise RequestFailedError("invalid_response", "the response has no finish_reason")
         yield StreamEnd(
             end_ns,
             usage=state.usage,

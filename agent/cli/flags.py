@@ -8,7 +8,7 @@ from pathlib import Path
 from agent.backends import available
 from agent.cli.common import port
 
-__all__ = ["backend_flags", "energy_flags", "load_flags"]
+__all__ = ["backend_flags", "energy_flags", "load_flags", "request_flags", "workload_flags"]
 
 
 def energy_flags(p: argparse.ArgumentParser) -> None:
@@ -76,3 +76,92 @@ def load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-ttft-ms", type=float, help="goodput: TTFT objective")
     p.add_argument("--slo-tpot-ms", type=float, help="goodput: TPOT objective")
     p.add_argument("--slo-e2e-ms", type=float, help="goodput: E2E objective")
+    workload_flags(p)
+
+
+def workload_flags(p: argparse.ArgumentParser) -> None:
+    """The common workloads without a scenario file: synthetic lengths, shared prefixes, a dataset file."""
+    g = p.add_argument_group("workload (instead of the scenario's prompts; see docs/scenarios.md)")
+    g.add_argument("--input-tokens", metavar="LEN", help="synthetic prompts: 512, 512+-64 (normal), 256-1024")
+    g.add_argument(
+        "--output-tokens",
+        dest="workload_output",
+        metavar="LEN",
+        help="output lengths of a workload: 128, 128+-16, 64-256",
+    )
+    g.add_argument(
+        "--length-of",
+        choices=["prompt", "content"],
+        help="chat: the drawn length is the whole prompt at the server (default) or the user's content only",
+    )
+    g.add_argument("--prefix-groups", type=int, metavar="G", help="shared prefixes: this many groups")
+    g.add_argument("--prefix-tokens", type=int, metavar="P", help="shared prefixes: tokens each group shares")
+    g.add_argument(
+        "--suffix-tokens", metavar="LEN", help="shared prefixes: each prompt's own tokens (default 32)"
+    )
+    g.add_argument("--prompts-per-group", type=int, help="shared prefixes: prompts per group (default 8)")
+    g.add_argument("--workload-seed", type=int, help="seed of the workload's lengths, texts and sample")
+    g.add_argument("--tokenizer", type=Path, help="a local tokenizer.json for servers without /tokenize")
+    _dataset_flags(g)
+    request_flags(p)
+
+
+def _dataset_flags(g: argparse._ArgumentGroup) -> None:
+    """A dataset file and how to read it."""
+    g.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="PATH",
+        help="ShareGPT JSON, JSONL, JSON, CSV, Parquet, or a Hugging Face dataset folder",
+    )
+    g.add_argument("--dataset-format", choices=["auto", "sharegpt", "jsonl", "json", "csv", "parquet", "hf"])
+    g.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
+        help="which column holds prompt, answer, system, output_tokens, messages, conversation, "
+        "turn, timestamp or id",
+    )
+    g.add_argument(
+        "--turns",
+        choices=["first", "all"],
+        help="a conversation dataset: first turns as prompts "
+        "(default), or whole conversations replayed turn by turn",
+    )
+    g.add_argument(
+        "--answers",
+        choices=["server", "dataset"],
+        help="conversations: later turns see the server's answers (default) or the dataset's",
+    )
+    g.add_argument("--sample", type=int, metavar="N", help="a dataset: N conversations drawn with the seed")
+
+
+def request_flags(p: argparse.ArgumentParser) -> None:
+    """What every request carries: endpoint, headers, extra body fields, streaming, models and weights."""
+    g = p.add_argument_group("request shape")
+    g.add_argument("--endpoint", choices=["chat", "completions"], help="the API requests go to")
+    g.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an HTTP header on every request (secret ones are masked; ${VAR} reads the environment)",
+    )
+    g.add_argument(
+        "--extra-body",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a JSON body field on every request, e.g. min_tokens=16 or model=my-lora",
+    )
+    g.add_argument(
+        "--no-stream", action="store_true", help="ask for whole answers: TTFT is the whole response"
+    )
+    g.add_argument(
+        "--model-weight",
+        action="append",
+        default=[],
+        metavar="NAME=WEIGHT",
+        help="spread requests over several models (LoRA adapters) by weight; figures per model",
+    )

@@ -57,7 +57,9 @@ def in_flight(sc: Scenario) -> int:
     return sc.concurrency
 
 
-def backend_args(ns: argparse.Namespace, settings: Settings, out: Path, in_flight: int) -> dict[str, Any]:
+def backend_args(
+    ns: argparse.Namespace, settings: Settings, out: Path, in_flight: int, *, cache_prompt: bool = False
+) -> dict[str, Any]:
     """Backend arguments for ``in_flight`` requests, with ``--backend-arg`` values laid over them.
 
     Each backend reads the common flags itself (its Args model's ``from_cli``); nothing here knows a
@@ -75,6 +77,7 @@ def backend_args(ns: argparse.Namespace, settings: Settings, out: Path, in_fligh
         out=out,
         in_flight=in_flight,
         uncapped=in_flight >= MAX_IN_FLIGHT,
+        cache_prompt=cache_prompt,
     )
     args = {**args_type(ns.backend).from_cli(ctx), **kv(ns.backend_arg, "--backend-arg")}
     for key, value in args.items():
@@ -135,15 +138,112 @@ def scenario_for(name: str, ns: argparse.Namespace) -> Scenario:
     """A scenario by name or path with the command-line overrides applied.
 
     ``--duration`` alone makes the run time-bound (the scenario's request count no longer applies), and
-    ``--requests`` alone makes it count-bound.
+    ``--requests`` alone makes it count-bound. Workload flags replace the scenario's prompts (or change
+    its workload), and a dataset they name is read here, before any run directory exists.
     """
     sc = load_scenario(resolve_scenario(name)).with_overrides(**_overrides(ns))
     _no_conflicts(ns, sc.load.arrival)
+    data = sc.normalised()
+    changed = _workload_overrides(ns, data)
     requests, duration = getattr(ns, "requests", None), getattr(ns, "duration", None)
     if (requests is None) != (duration is None):
-        drop = "requests" if requests is None else "duration"
-        return sc.derive(sc.normalised() | {drop: None}, location="command line")
+        data[("requests" if requests is None else "duration")] = None
+        changed = True
+    if changed:
+        sc = sc.derive(data, location="command line")
+        sc.load_data(Path.cwd())
     return sc
+
+
+#: Flags that set one field of whatever workload the run has: destination → (flag, workload field).
+_WORKLOAD_FIELDS = {
+    "workload_output": ("--output-tokens", "output_tokens"),
+    "workload_seed": ("--workload-seed", "seed"),
+    "length_of": ("--length-of", "length_of"),
+    "suffix_tokens": ("--suffix-tokens", "suffix_tokens"),
+    "prompts_per_group": ("--prompts-per-group", "prompts_per_group"),
+    "sample": ("--sample", "sample"),
+    "turns": ("--turns", "turns"),
+    "answers": ("--answers", "answers"),
+    "dataset_format": ("--dataset-format", "format"),
+}
+
+
+def _new_workload(ns: argparse.Namespace) -> dict[str, Any] | None:
+    """The workload a flag chooses: synthetic lengths, shared prefixes or a dataset (at most one)."""
+
+    def get(name: str) -> Any:
+        return getattr(ns, name, None)
+
+    chosen: dict[str, dict[str, Any]] = {}
+    if get("input_tokens") is not None:
+        chosen["--input-tokens"] = {"kind": "synthetic", "input_tokens": ns.input_tokens}
+    if get("prefix_groups") is not None or get("prefix_tokens") is not None:
+        if get("prefix_groups") is None or get("prefix_tokens") is None:
+            raise ConfigError("a shared-prefix workload needs both --prefix-groups and --prefix-tokens")
+        chosen["--prefix-groups"] = {
+            "kind": "shared_prefix",
+            "groups": ns.prefix_groups,
+            "prefix_tokens": ns.prefix_tokens,
+            "suffix_tokens": "32",
+        }
+    if get("dataset") is not None:
+        chosen["--dataset"] = {"kind": "dataset", "path": str(ns.dataset.expanduser().absolute())}
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} each choose a workload; give one of them")
+    return next(iter(chosen.values()), None)
+
+
+def _workload_overrides(ns: argparse.Namespace, data: dict[str, Any]) -> bool:
+    """Lay the workload and request flags over a scenario's normalised ``data``; True if any applied."""
+    new = _new_workload(ns)
+    given = [dest for dest in _WORKLOAD_FIELDS if getattr(ns, dest, None) is not None]
+    fields = {_WORKLOAD_FIELDS[dest][1]: getattr(ns, dest) for dest in given}
+    if getattr(ns, "tokenizer", None) is not None:
+        fields["tokenizer"] = str(ns.tokenizer.expanduser().absolute())
+    if getattr(ns, "column", None):
+        fields["columns"] = {k: str(v) for k, v in kv(ns.column, "--column").items()}
+    changed = False
+    if new is not None:
+        data.pop("prompts", None)
+        data["workload"] = new
+        changed = True
+    if fields:
+        if data.get("workload") is None:
+            flags = ", ".join(_WORKLOAD_FIELDS[dest][0] for dest in given)
+            raise ConfigError(
+                f"{flags or '--tokenizer/--column'} shape a workload, and this scenario has a prompt "
+                "list; add --input-tokens, --prefix-groups with --prefix-tokens, or --dataset"
+            )
+        data["workload"] = {**data["workload"], **fields}
+        changed = True
+    extras = {
+        "headers": {k: str(v) for k, v in kv(getattr(ns, "header", []), "--header").items()},
+        "body": kv(getattr(ns, "extra_body", []), "--extra-body"),
+    }
+    if extras["headers"] or extras["body"]:
+        old = data.get("request") or {"body": {}, "headers": {}}
+        data["request"] = {
+            "body": {**old["body"], **extras["body"]},
+            "headers": {**old["headers"], **extras["headers"]},
+        }
+        changed = True
+    return _request_overrides(ns, data) or changed
+
+
+def _request_overrides(ns: argparse.Namespace, data: dict[str, Any]) -> bool:
+    """``--endpoint``, ``--no-stream`` and ``--model-weight`` laid over ``data``; True if any applied."""
+    changed = False
+    if getattr(ns, "endpoint", None) is not None:
+        data["endpoint"] = ns.endpoint
+        changed = True
+    if getattr(ns, "no_stream", False):
+        data["stream"] = False
+        changed = True
+    if getattr(ns, "model_weight", None):
+        data["models"] = kv(ns.model_weight, "--model-weight")
+        changed = True
+    return changed
 
 
 #: What a run directory that never got to its first record may hold; such a directory can be reused.
@@ -192,7 +292,8 @@ async def start(
     energy = energy_plan(ns, settings)
     metrics = _metrics(ns)
     out = _out_dir(ns, name, make=False)
-    backend = create(ns.backend, backend_args(ns, settings, out, in_flight))  # its arguments checked
+    cache = any(sc.cache_prompt for sc in scenarios)
+    backend = create(ns.backend, backend_args(ns, settings, out, in_flight, cache_prompt=cache))  # checked
     if metrics is not None:
         try:
             await metrics.server.start(metrics.host, metrics.port)

@@ -19,7 +19,15 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
-__all__ = ["ArrivalKind", "burstiness_of", "geometric_series", "schedule", "trace_schedule"]
+__all__ = [
+    "ArrivalKind",
+    "burstiness_of",
+    "geometric_series",
+    "ramp_rate",
+    "ramped",
+    "schedule",
+    "trace_schedule",
+]
 
 ArrivalKind = Literal["constant", "poisson", "gamma"]
 
@@ -53,6 +61,35 @@ def schedule(kind: ArrivalKind, rate: float, *, burstiness: float = 1.0, seed: i
     while True:
         yield offset
         offset += next(gaps)
+
+
+def ramp_rate(t: float, rate: float, ramp_s: float, start: float) -> float:
+    """The rate ``t`` seconds into a stage whose rate rises linearly from ``start`` over ``ramp_s``."""
+    if t >= ramp_s or ramp_s <= 0:
+        return rate
+    return start + (rate - start) * max(t, 0.0) / ramp_s
+
+
+def ramped(offsets: Iterable[float], rate: float, ramp_s: float, start: float = 0.0) -> Iterator[float]:
+    """Arrival offsets at ``rate``, warped so the rate rises linearly from ``start`` over ``ramp_s``.
+
+    The process keeps its shape (Poisson stays Poisson, gamma keeps its burstiness): each offset ``s``
+    of the steady process is the time by which ``rate · s`` arrivals are expected, and the ramp's
+    cumulative rate ``Λ(t)`` is solved for that count.
+    """
+    if ramp_s <= 0:
+        yield from offsets
+        return
+    slope = (rate - start) / ramp_s
+    full = start * ramp_s + slope * ramp_s**2 / 2  # arrivals expected during the ramp
+    for s in offsets:
+        u = rate * s
+        if u >= full:
+            yield ramp_s + (u - full) / rate
+        elif slope == 0:
+            yield u / start
+        else:  # slope/2 · t² + start · t − u = 0
+            yield (-start + math.sqrt(start * start + 2 * slope * u)) / slope
 
 
 def trace_schedule(offsets: Iterable[float], speed: float = 1.0) -> Iterator[float]:

@@ -32,6 +32,7 @@ __all__ = [
     "RequestRecord",
     "StreamEnd",
     "StreamEvent",
+    "Turn",
     "Usage",
     "check_invariants",
     "meets_slo",
@@ -63,6 +64,19 @@ REASONS: dict[str, str] = {
 Stage = Literal["warmup", "steady", "cooldown"]
 
 
+@dataclass(slots=True, frozen=True)
+class Turn:
+    """A later turn of a conversation: what the user says next, and what the dataset answered."""
+
+    text: str
+    #: the dataset's own answer to this turn (sent as the assistant's turn when answers come from the data)
+    answer: str | None = None
+    #: the answer length to ask for (None: the scenario's)
+    output_tokens: int | None = None
+    #: the user's pause before this turn, seconds (None: the workload's think time)
+    think_s: float | None = None
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     """One request as the runner hands it to a backend."""
@@ -84,6 +98,21 @@ class GenerationRequest:
     want_text: bool = True
     #: top-k alternatives to record per position for the first LOGPROB_POSITIONS output tokens (0 = none)
     top_logprobs: int = 0
+    #: shared-prefix workloads: the group whose prefix this prompt shares
+    prefix_group: str | None = None
+    #: tokens the chat template adds around the content, as measured at the server (None: not measured)
+    template_tokens: int | None = None
+    #: conversations: the turns after this first one, sent in order with the context growing
+    turns: tuple[Turn, ...] = ()
+    #: conversations: the first turn's dataset answer (kept for answers taken from the data)
+    answer: str | None = None
+    #: the model this request names, where a run spreads its traffic over several (None: the backend's)
+    model: str | None = None
+    #: False: ask for the whole answer in one response (no stream); TTFT is then the whole response
+    stream: bool = True
+    #: extra JSON body fields and HTTP headers the scenario asks for (OpenAI-compatible servers)
+    extra_body: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -167,6 +196,12 @@ class RecordIdentity:
     batch_size: int | None = None
     cold_cause: Literal["first_request", "idle_gap"] | None = None
     requested_prompt_tokens: int | None = None
+    prefix_group: str | None = None
+    template_tokens: int | None = None
+    conversation_id: str | None = None
+    turn: int | None = None
+    streamed: bool | None = None
+    clients: int | None = None
 
 
 class RequestRecord(BaseModel):
@@ -197,6 +232,16 @@ class RequestRecord(BaseModel):
     """Agent chains: the step within its chain, from 0."""
     chain_id: str | None = None
     """Agent chains: the chain it belongs to (a trace's session id in a replay)."""
+    conversation_id: str | None = None
+    """Conversations: the conversation (one user's session) this turn belongs to."""
+    turn: int | None = None
+    """Conversations: the turn within its conversation, from 0; its prompt holds every turn before it."""
+    streamed: bool | None = None
+    """False for a non-streaming request: its answer came whole, so TTFT is the whole response."""
+    clients: int | None = None
+    """Closed-loop ramps: how many clients were running when the request was due."""
+    prefix_group: str | None = None
+    """Shared-prefix workloads: the group whose prefix the prompt shares."""
     load_stage: str | None = None
     """Sweeps: the load stage, e.g. ``concurrency=8``."""
     target_rate: float | None = None
@@ -260,7 +305,9 @@ class RequestRecord(BaseModel):
     prompt_tokens: int | None = None
     """Prompt tokens as the server or engine counted them."""
     requested_prompt_tokens: int | None = None
-    """Prompt length the scenario or trace asked for."""
+    """Prompt length the scenario, workload or trace asked for."""
+    template_tokens: int | None = None
+    """Chat: tokens the server's chat template adds around the content, measured apart."""
     cached_prompt_tokens: int | None = None
     """Prompt tokens the server served from its cache."""
     output_tokens: int | None = None
@@ -542,6 +589,12 @@ def _identity_fields(ident: RecordIdentity) -> dict[str, Any]:
         "batch_id": ident.batch_id,
         "batch_size": ident.batch_size,
         "requested_prompt_tokens": ident.requested_prompt_tokens,
+        "prefix_group": ident.prefix_group,
+        "template_tokens": ident.template_tokens,
+        "conversation_id": ident.conversation_id,
+        "turn": ident.turn,
+        "streamed": ident.streamed,
+        "clients": ident.clients,
         "backend": ident.backend,
         "model": ident.model,
         "endpoint": ident.endpoint,

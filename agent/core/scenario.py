@@ -5,23 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
 
-from agent.core.arrivals import geometric_series
+from agent.core.arrivals import geometric_series, ramp_rate
+from agent.core.durations import Duration, PositiveDuration, parse_duration
 from agent.core.errors import ConfigError, UnknownNameError
 from agent.core.record import DEFAULT_TEXT_CAP, GenerationRequest
+from agent.core.redact import is_secret_key, remember
+from agent.core.workload import DatasetWorkload, Workload, WorkPrompt
 from agent.core.yamlfile import describe_error, line_of, read_yaml, validate
 
 if TYPE_CHECKING:
@@ -35,10 +37,12 @@ __all__ = [
     "Load",
     "PositiveDuration",
     "Prompt",
+    "RequestExtras",
     "Scenario",
     "Slo",
     "Sweep",
     "Task",
+    "builtin_corpus",
     "builtin_dir",
     "list_builtin",
     "load_scenario",
@@ -50,43 +54,6 @@ __all__ = [
 MAX_IN_FLIGHT = 4096
 #: Most requests one run may ask for (a billion: days of load at any rate a client reaches).
 MAX_REQUESTS = 1_000_000_000
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-#: Longest duration accepted anywhere (a year): beyond it a value is a typo, not a plan.
-MAX_DURATION_S = 366 * 86400.0
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from ``30``, ``"30s"``, ``"500ms"``, ``"2m"`` or ``"1h"``; None stays None.
-
-    Negative, infinite, NaN and absurdly long (over a year) values are refused.
-    """
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"not a duration: {value!r} (use seconds or a number with ms, s, m or h)")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not 0 <= seconds <= MAX_DURATION_S:  # NaN fails this too
-        raise ValueError(f"not a usable duration: {value!r} (from 0 to a year)")
-    return seconds
-
-
-def _positive(value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise ValueError("must be a positive duration")
-    return value
-
-
-Duration = Annotated[float | None, BeforeValidator(parse_duration)]
-#: A duration that must be more than zero when given (intervals, timeouts, back-off).
-PositiveDuration = Annotated[float | None, BeforeValidator(parse_duration), AfterValidator(_positive)]
 
 
 class _Strict(BaseModel):
@@ -148,6 +115,12 @@ class Load(_Strict):
     idle_gap: Duration = Field(
         None, description="a request sent after this long with nothing in flight counts as a cold start"
     )
+    ramp: Duration = Field(
+        None,
+        description="rise linearly to the load over this long at the start of the measured stage: clients "
+        "join one by one (closed loop), or the rate climbs from ramp_from (open loop)",
+    )
+    ramp_from: float = Field(0.0, ge=0, description="open loop: the rate a ramp starts from")
 
     @model_validator(mode="after")
     def _rate_for_open_loop(self) -> Load:
@@ -155,7 +128,15 @@ class Load(_Strict):
             raise ValueError(f"arrival '{self.arrival}' needs a rate (requests per second)")
         if self.think_time is not None and self.think_time < 0:
             raise ValueError("think_time must not be negative")
+        if self.rate is not None and self.ramp_from > self.rate:
+            raise ValueError("ramp_from must not be above the rate it ramps to")
         return self
+
+    def rate_at(self, t: float) -> float | None:
+        """Open loop: the rate in effect ``t`` seconds into the measured stage (a ramp rises to ``rate``)."""
+        if self.rate is None:
+            return None
+        return ramp_rate(t, self.rate, self.ramp or 0.0, self.ramp_from)
 
     @property
     def open_loop(self) -> bool:
@@ -234,6 +215,31 @@ class PromptFile(_Strict):
         return [self.file] if isinstance(self.file, str) else list(self.file)
 
 
+class RequestExtras(_Strict):
+    """What every request carries besides the prompt: extra JSON body fields and HTTP headers.
+
+    For example vLLM's ``min_tokens`` or ``repetition_penalty``, or a LoRA adapter's name as ``model``.
+    A header whose name says it holds a secret (``Authorization``, ``X-Api-Key``) is masked wherever it
+    would be shown; write ``${VAR}`` to take a value from the environment instead of the file.
+    """
+
+    body: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def resolved_headers(self) -> dict[str, str]:
+        """Headers with ``${VAR}`` taken from the environment; secret ones remembered for masking."""
+        import os
+
+        out: dict[str, str] = {}
+        for key, value in self.headers.items():
+            value = re.sub(r"\$\{(\w+)\}", lambda m: os.environ.get(m[1], ""), value)
+            if is_secret_key(key) or key.lower() == "authorization":
+                remember(value.removeprefix("Bearer ").strip())
+                remember(value)
+            out[key] = value
+        return out
+
+
 class Scenario(_Strict):
     """A workload: what to send, how much, how fast, and what to keep."""
 
@@ -241,7 +247,21 @@ class Scenario(_Strict):
     description: str = ""
     endpoint: Literal["chat", "completions"] = "chat"
     system: str | None = None
-    prompts: Annotated[list[Prompt | Annotated[str, Field(pattern=r"\S")]], Field(min_length=1)] | PromptFile
+    prompts: (
+        Annotated[list[Prompt | Annotated[str, Field(pattern=r"\S")]], Field(min_length=1)]
+        | PromptFile
+        | None
+    ) = None
+    workload: Workload | None = Field(
+        None, description="synthetic lengths, shared prefixes or a dataset, instead of a prompt list"
+    )
+    request: RequestExtras = RequestExtras()
+    models: dict[Annotated[str, Field(min_length=1)], Annotated[float, Field(gt=0)]] | None = Field(
+        None,
+        description="several model names (LoRA adapters) with traffic weights, drawn per request with the "
+        "load seed; figures per model in the summary",
+    )
+    stream: bool = Field(True, description="False: ask for whole answers (TTFT is then the whole response)")
     prompt_tokens: int | None = Field(None, ge=1, description="target prompt length, reported against")
     output_tokens: int = Field(128, ge=1, le=32768, description="max_tokens sent with each request")
     requests: int | None = Field(32, ge=1, le=MAX_REQUESTS)
@@ -272,9 +292,19 @@ class Scenario(_Strict):
         "0 = none. Streams that ask for them are parsed in full, so keep it off in load tests",
     )
     source: str | None = Field(None, exclude=True)
+    #: the workload's prompts once made with the server's tokenizer (``agent.run.prompts``)
+    _made: list[WorkPrompt] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _bounded(self) -> Scenario:
+        if (self.prompts is None) == (self.workload is None):
+            raise ValueError("give prompts or a workload (one of them)")
+        if self.conversations and (self.agent is not None or self.batch is not None):
+            raise ValueError("conversations are their own shape; drop the agent or batch block")
+        if self.conversations and self.load.open_loop:
+            raise ValueError(
+                "conversations run closed loop (concurrency is concurrent users); drop load.arrival"
+            )
         if self.requests is None and self.duration is None:
             raise ValueError("set requests, duration or both: a run must be bounded")
         if self.duration is not None and self.duration <= 0:
@@ -286,12 +316,40 @@ class Scenario(_Strict):
         return self
 
     @property
-    def shape(self) -> Literal["single", "agent", "batch"]:
-        """How each unit of work is sent: single requests, agent chains or batches."""
+    def conversations(self) -> bool:
+        """True when the workload replays whole conversations, one user per client."""
+        return isinstance(self.workload, DatasetWorkload) and self.workload.turns == "all"
+
+    @property
+    def shape(self) -> Literal["single", "agent", "batch", "conversation"]:
+        """How each unit of work is sent: single requests, agent chains, batches or conversations."""
+        if self.conversations:
+            return "conversation"
         return "agent" if self.agent is not None else "batch" if self.batch is not None else "single"
 
+    @property
+    def made(self) -> list[WorkPrompt] | None:
+        """The workload's prompts once made (None before, or without a workload)."""
+        return self._made
+
+    def use_prompts(self, made: list[WorkPrompt]) -> None:
+        """Send these prompts (made from the workload) in order, cycling."""
+        if not made:
+            raise ConfigError("the workload made no prompts", location=self.source)
+        self._made = made
+
+    def load_data(self, base: Path) -> None:
+        """Read a dataset workload's file (a relative path from ``base``); errors before any run starts."""
+        if isinstance(self.workload, DatasetWorkload):
+            self.workload.load(base)
+
     def prompt_list(self) -> list[Prompt]:
-        """Prompts with ids (inline strings get ``<name>-NNN``); file prompts must be resolved first."""
+        """Prompts with ids (inline strings get ``<name>-NNN``); file prompts must be resolved first.
+
+        A workload's prompts once made (their first turns), else none.
+        """
+        if self.prompts is None:
+            return [Prompt(id=p.id, text=p.text) for p in self._made or []]
         if isinstance(self.prompts, PromptFile):
             raise ConfigError("prompt file not resolved; load scenarios with load_scenario()")
         return [
@@ -302,7 +360,14 @@ class Scenario(_Strict):
     def normalised(self) -> dict[str, Any]:
         """The fully resolved config (defaults filled, prompts inlined) that the hash covers."""
         data = self.model_dump(mode="json")
-        data["prompts"] = [p.model_dump(exclude_none=True) for p in self.prompt_list()]
+        if self.prompts is not None:
+            data["prompts"] = [p.model_dump(exclude_none=True) for p in self.prompt_list()]
+        else:
+            data.pop("prompts")
+        if self.workload is None:
+            data.pop("workload")
+        if data.get("request") == {"body": {}, "headers": {}}:  # unused: the hash stays what it was
+            data.pop("request")
         if not data.get("logprobs"):  # off: the hash stays what it was before the field existed
             data.pop("logprobs", None)
         if data.get("max_output_chars") == DEFAULT_TEXT_CAP:  # likewise at its default
@@ -343,33 +408,63 @@ class Scenario(_Strict):
         except ValidationError as e:
             raise ConfigError("; ".join(describe_error(err) for err in e.errors()), location=location) from e
         out.source = self.source
+        old, new = self.workload, out.workload
+        if isinstance(old, DatasetWorkload) and isinstance(new, DatasetWorkload) and new.path == old.path:
+            new._data = old._data  # the same file: not read again
         return out
 
     def requests_iter(self) -> Iterator[GenerationRequest]:
-        """Endless requests cycling through the prompts in order."""
-        prompts = self.prompt_list()
+        """Endless requests cycling through the prompts (or the workload's made prompts) in order."""
+        if self.workload is not None and self._made is None:
+            raise ConfigError("the workload's prompts are made once the backend is up", location=self.source)
+        made = self._made or [WorkPrompt(p.id, p.text) for p in self.prompt_list()]
         sampling = self.sampling.model_dump(exclude_none=True)
+        extra_body = dict(self.request.body) or None
+        headers = self.request.resolved_headers() or None
+        pick = self._model_picker()
         seq = 0
         while True:
-            p = prompts[seq % len(prompts)]
+            p = made[seq % len(made)]
+            system = p.system if p.system is not None else self.system
             messages = None
             if self.endpoint == "chat":
                 messages = [{"role": "user", "content": p.text}]
-                if self.system:
-                    messages.insert(0, {"role": "system", "content": self.system})
+                if system:
+                    messages.insert(0, {"role": "system", "content": system})
             yield GenerationRequest(
                 request_id=f"{self.name}-{seq:06d}",
-                prompt=p.text if self.endpoint == "completions" else None,
+                prompt=((system + "\n\n" if system and p.system is not None else "") + p.text)
+                if self.endpoint == "completions"
+                else None,
                 messages=messages,
-                max_tokens=self.output_tokens,
+                max_tokens=p.max_tokens or self.output_tokens,
                 sampling=sampling,
                 ignore_eos=self.ignore_eos,
                 cache_prompt=self.cache_prompt,
                 endpoint=self.endpoint,
                 prompt_id=p.id,
+                prompt_tokens_target=p.prompt_tokens,
                 top_logprobs=self.logprobs,
+                prefix_group=p.group,
+                template_tokens=p.template_tokens,
+                turns=p.turns,
+                answer=p.answer,
+                extra_body=extra_body,
+                headers=headers,
+                model=pick(),
+                stream=self.stream,
             )
             seq += 1
+
+    def _model_picker(self) -> Callable[[], str | None]:
+        """Draws each request's model by weight (seeded), or None when the backend's model serves all."""
+        if not self.models:
+            return lambda: None
+        import random
+
+        rng = random.Random(self.load.seed)
+        names, weights = list(self.models), list(self.models.values())
+        return lambda: rng.choices(names, weights)[0]
 
 
 def builtin_dir() -> Path:
@@ -434,4 +529,15 @@ def load_scenario(path: Path) -> Scenario:
     if isinstance(scenario.prompts, PromptFile):
         scenario.prompts = list(_load_prompt_files(path, scenario.prompts, node))
     scenario.source = str(path)
+    scenario.load_data(path.parent)
     return scenario
+
+
+#: The built-in prose prompts are cut from: the shipped documents, chat questions and agent tasks.
+CORPUS_FILES = ("documents.yaml", "chat.yaml", "agent.yaml")
+
+
+def builtin_corpus() -> str:
+    """The prose synthetic prompts are cut from, when a workload names no corpus of its own."""
+    data = builtin_dir() / "data"
+    return "\n\n".join(p.text for name in CORPUS_FILES for p in _load_prompt_file(data / name))

@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.core.durations import Duration, PositiveDuration
 from agent.core.errors import ConfigError
-from agent.core.scenario import Duration, PositiveDuration
 
 __all__ = ["DaemonConfig", "TargetConfig", "load_daemon_config"]
 

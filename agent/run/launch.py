@@ -27,6 +27,7 @@ from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.core.scenario import Scenario
 from agent.energy.meter import EnergyMeter
 from agent.run.manifest import write_json_atomic
+from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
 from agent.run.writer import RunOutcome, wait_ready
 from exporters.http import MetricsServer
@@ -80,6 +81,8 @@ def targets_for(normalised: dict[str, Any]) -> dict[str, Any]:
     """What a summary reports against, from a scenario's normalised config."""
     load = normalised.get("load") or {}
     return {
+        "workload": normalised.get("workload") is not None,
+        "models": sorted(normalised.get("models") or {}),
         "prompt_tokens": normalised.get("prompt_tokens"),
         "output_tokens": normalised.get("output_tokens"),
         "slo": normalised.get("slo") or {},
@@ -217,6 +220,7 @@ class Launch:
                 self.manifest["metrics_url"] = f"{url}/metrics"
             await self.start_backend()
             try:
+                await self._make_prompts(stages)
                 if prepare is not None:
                     with self.err.status("preparing requests"):
                         stages = await prepare(self.backend)
@@ -239,6 +243,22 @@ class Launch:
         finally:
             if self.metrics is not None:
                 await self.metrics.server.close()
+
+    async def _make_prompts(self, stages: list[StagePlan]) -> None:
+        """Every workload's prompts made with the server's tokenizer before the clock; facts to manifest."""
+        scenarios = [t.scenario for plan in stages for t in plan.tenants if t.scenario.workload is not None]
+        if not scenarios:
+            return
+        with self.err.status("making the workload's prompts with the server's tokenizer"):
+            facts = await prepare_workloads(scenarios, self.backend)
+        self.manifest["workload"] = facts
+        for name, f in facts.items():
+            exact = f" ({f['exact']} exact)" if "exact" in f else ""
+            self.err.print(
+                f"{name}: {f['prompts']} prompts made in {f['made_s']:.1f} s, lengths from the "
+                f"{f['lengths']}{exact}"
+            )
+        self._save_manifest()
 
     async def _warm(self, stages: list[StagePlan]) -> None:
         """Let a backend that compiles do so for every request shape before the clock starts.

@@ -167,10 +167,21 @@ def request_shapes(
 
 
 def expected_records(sc: Scenario) -> int | None:
-    """How many records a count-bounded run writes (None when bounded by time)."""
+    """How many records a count-bounded run writes (None when bounded by time).
+
+    Conversations count as many records as they have turns (known once the workload's prompts are made).
+    """
     units = _units(sc, sc.requests)
     if units is None:
         return None
+    if sc.conversations:
+        made = sc.made
+        if made is None:
+            return None
+        units += sc.cooldown
+        turns = [1 + len(p.turns) for p in made]
+        whole, part = divmod(units, len(turns))
+        return sc.warmup + whole * sum(turns) + sum(turns[:part])
     units += sc.cooldown
     if sc.agent is not None:
         units *= sc.agent.steps
@@ -356,6 +367,7 @@ class Runner:
         *,
         chain: tuple[str, int] | None = None,
         batch: tuple[str, int] | None = None,
+        conversation: tuple[str, int] | None = None,
     ) -> RecordIdentity:
         seq = self._seq
         self._seq += 1
@@ -365,7 +377,7 @@ class Runner:
             request_id=request.request_id,
             seq=seq,
             backend=self.backend.name,
-            model=self.backend.model,
+            model=request.model or self.backend.model,
             endpoint=request.endpoint,
             stage=stage,
             prompt_id=request.prompt_id,
@@ -377,7 +389,24 @@ class Runner:
             batch_id=batch[0] if batch else None,
             batch_size=batch[1] if batch else None,
             requested_prompt_tokens=request.prompt_tokens_target,
+            prefix_group=request.prefix_group,
+            template_tokens=request.template_tokens,
+            conversation_id=conversation[0] if conversation else None,
+            turn=conversation[1] if conversation else None,
+            streamed=None if request.stream else False,
+            **(self._ramp_level() if stage == "steady" else {}),
         )
+
+    def _ramp_level(self) -> dict[str, Any]:
+        """During a ramp: the rate (open loop) or clients (closed loop) in effect now, for the record."""
+        load = self.scenario.load
+        start = self.outcome.steady_start_ns
+        if not load.ramp or not start or self.offsets is not None:
+            return {}
+        t = (time.perf_counter_ns() - start) / 1e9
+        if load.open_loop:
+            return {"target_rate": load.rate_at(t)}
+        return {"clients": min(self.scenario.concurrency, 1 + int(t / load.ramp * self.scenario.concurrency))}
 
     async def one(
         self,
@@ -388,9 +417,10 @@ class Runner:
         chain: tuple[str, int] | None = None,
         batch: tuple[str, int] | None = None,
         keep_text: bool | None = None,
+        conversation: tuple[str, int] | None = None,
     ) -> RequestRecord | None:
-        """Send and measure one request; its record for a chain step, else queued for the writer (None)."""
-        ident = self._identity(request, stage, chain=chain, batch=batch)
+        """Send and measure one request; its record for a chain step or turn, else queued (None)."""
+        ident = self._identity(request, stage, chain=chain, batch=batch, conversation=conversation)
         every = self.scenario.keep_output_every
         keep = keep_text if keep_text is not None else every > 0 and ident.seq % every == 0
         request.want_text = keep  # the runner made this request; the backend may skip decoding text
@@ -399,7 +429,11 @@ class Runner:
             await self._consume(request, m)
 
         return await self._measure(
-            ident, consume, intended_ns=intended_ns, keep_text=keep, defer=chain is None
+            ident,
+            consume,
+            intended_ns=intended_ns,
+            keep_text=keep,
+            defer=chain is None and conversation is None,
         )
 
     async def _measure(

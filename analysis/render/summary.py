@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from analysis.render.text import fmt
-from analysis.results import Distribution, LoadFidelity, RunSummary, ScenarioSummary
+from analysis.results import Distribution, LengthCheck, LoadFidelity, RunSummary, ScenarioSummary
 
 __all__ = ["energy_line", "render_summary", "render_sweep"]
 
@@ -79,9 +79,50 @@ def _condition_lines(s: ScenarioSummary) -> list[str]:
         lines.append(
             f"token counts    {s.tokens.server_vs_chunk_mismatch} records where server count ≠ chunks"
         )
+    lines += _workload_lines(s)
     if s.requests.degraded_by_reason:
         reasons = ", ".join(f"{k} × {v}" for k, v in s.requests.degraded_by_reason.items())
         lines.append(f"degraded        {reasons}")
+    return lines
+
+
+def _length_line(label: str, check: LengthCheck | None) -> list[str]:
+    if check is None:
+        return []
+    got = check.measured
+    asked = (
+        f"requested p50 {fmt(check.requested.p50)} [{fmt(check.requested_min)}–{fmt(check.requested.max)}]"
+    )
+    seen = f"measured p50 {fmt(_p50(got))} [{fmt(check.measured_min)}–{fmt(got.max if got else None)}]"
+    template = f", template {fmt(check.template.mean)} tokens apart" if check.template else ""
+    return [f"{label} {asked}, {seen}, exact {check.exact}/{check.n}{template}"]
+
+
+def _workload_lines(s: ScenarioSummary) -> list[str]:
+    """Requested against measured lengths, the prefix cache, conversations by turn, per-model medians."""
+    lines: list[str] = []
+    if s.workload is not None:
+        lines += _length_line("prompt length  ", s.workload.prompt) + _length_line(
+            "output length  ", s.workload.output
+        )
+    cache = s.prefix_cache
+    if cache is not None:
+        lines.append(
+            f"prefix cache    {cache.hits}/{cache.requests} requests hit ({fmt(cache.hit_rate * 100)} %), "
+            f"{fmt((cache.token_hit_rate or 0) * 100)} % of prompt tokens cached; TTFT p50 hit "
+            f"{fmt(_p50(cache.ttft_hit_ms))} ms, miss {fmt(_p50(cache.ttft_miss_ms))} ms"
+        )
+    talk = s.conversations
+    if talk is not None:
+        turns = ", ".join(f"{t.key}: {fmt(_p50(t.ttft_ms))}" for t in talk.by_turn[:8])
+        lines.append(
+            f"conversations   {talk.conversations} ({talk.turns} turns); TTFT p50 by turn {turns} ms"
+        )
+    for model, sub in (s.by_model or {}).items():
+        lines.append(
+            f"model {model}: {sub.requests.ok} ok, TTFT p50 {fmt(_p50(sub.latency_ms.get('ttft')))} ms, "
+            f"E2E p50 {fmt(_p50(sub.latency_ms.get('e2e')))} ms"
+        )
     return lines
 
 

@@ -42,7 +42,7 @@ def test_every_command_module_is_registered_and_has_the_command_shape() -> None:
 
 def test_every_load_shape_module_registers_and_every_scenario_finds_its_shape() -> None:
     modules = {m.name for m in pkgutil.iter_modules(agent.run.shapes.__path__)} - {"base"}
-    assert set(SHAPES) == {"closed", "open", "trace", "chain", "batch"}
+    assert set(SHAPES) == {"closed", "open", "trace", "chain", "batch", "conversation"}
     assert {fn.__module__.rsplit(".", 1)[1] for fn in SHAPES.values()} == modules
     base = {"name": "s", "prompts": ["hi"], "requests": 4}
     cases = {
@@ -50,6 +50,7 @@ def test_every_load_shape_module_registers_and_every_scenario_finds_its_shape() 
         "open": {**base, "load": {"arrival": "poisson", "rate": 5.0}},
         "chain": {**base, "agent": {"steps": 2, "tool_results": ["ok"]}},
         "batch": {**base, "batch": {"size": 2}},
+        "conversation": {"name": "s", "requests": 4, "workload": {"kind": "dataset", "path": "x.json", "turns": "all"}},
     }
     for expected, data in cases.items():
         assert shape_name(Scenario.model_validate(data)) == expected

@@ -73,8 +73,9 @@ class Driver(Protocol):
         chain: tuple[str, int] | None = None,
         batch: tuple[str, int] | None = None,
         keep_text: bool | None = None,
+        conversation: tuple[str, int] | None = None,
     ) -> RequestRecord | None:
-        """Send and measure one request; its record (a chain step's), or None when queued for writing."""
+        """Send and measure one request; its record (a chain step's or a turn's), or None when queued."""
 
     async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: tuple[str, int]) -> None:
         """Send ``requests`` as one batched call of the backend and measure it as one record."""
@@ -115,6 +116,8 @@ def shape_name(sc: Scenario, *, replay: bool = False) -> str:
     """Which load shape a scenario's measured stage uses."""
     if sc.agent is not None:
         return "chain"
+    if sc.conversations:
+        return "conversation"
     if sc.batch is not None:
         return "batch"
     if replay:

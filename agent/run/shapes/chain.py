@@ -67,4 +67,4 @@ async def chains(driver: Driver, plan: Plan, origin_ns: int) -> None:
     async def unit(stage: Stage) -> bool:
         return await _chain(driver, stage)
 
-    await clients(plan, driver.scenario.concurrency, 0.0, unit)
+    await clients(plan, driver.scenario.concurrency, 0.0, unit, driver.scenario.load.ramp or 0.0)

@@ -18,10 +18,16 @@ __all__ = ["clients", "closed"]
 Unit = Callable[[Stage], Awaitable[bool]]
 
 
-async def clients(plan: Plan, concurrency: int, think_s: float, unit: Unit) -> None:
-    """Run ``concurrency`` clients (fewer when the plan is smaller) until the plan or the work runs out."""
+async def clients(plan: Plan, concurrency: int, think_s: float, unit: Unit, ramp_s: float = 0.0) -> None:
+    """Run ``concurrency`` clients (fewer when the plan is smaller) until the plan or the work runs out.
 
-    async def client() -> None:
+    With ``ramp_s``, client k joins ``k · ramp_s / concurrency`` seconds in: the load rises linearly.
+    """
+    start = time.perf_counter()
+
+    async def client(k: int) -> None:
+        if ramp_s:
+            await asyncio.sleep(max(0.0, start + k * ramp_s / concurrency - time.perf_counter()))
         while (stage := plan.take(time.perf_counter_ns())) is not None:
             if await unit(stage) is False:
                 return
@@ -31,8 +37,8 @@ async def clients(plan: Plan, concurrency: int, think_s: float, unit: Unit) -> N
     bound = plan.bound()
     count = min(concurrency, bound) if bound is not None else concurrency
     async with asyncio.TaskGroup() as tg:
-        for _ in range(count):
-            tg.create_task(client())
+        for k in range(count):
+            tg.create_task(client(k))
 
 
 def single(driver: Driver) -> Unit:
@@ -52,4 +58,4 @@ def single(driver: Driver) -> Unit:
 async def closed(driver: Driver, plan: Plan, origin_ns: int) -> None:
     """The scenario's clients, each with its think time between requests."""
     sc = driver.scenario
-    await clients(plan, sc.concurrency, sc.load.think_time or 0.0, single(driver))
+    await clients(plan, sc.concurrency, sc.load.think_time or 0.0, single(driver), sc.load.ramp or 0.0)

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from agent.core.arrivals import schedule
+from agent.core.arrivals import ramped, schedule
 from agent.core.record import GenerationRequest, Stage
 from agent.core.scenario import MAX_IN_FLIGHT
 from agent.run.shapes.base import Driver, Plan, register, until
@@ -64,6 +64,8 @@ async def open_loop(driver: Driver, plan: Plan, origin_ns: int) -> None:
     load = driver.scenario.load
     assert load.rate is not None  # the scenario validator requires it for open loop
     offsets = schedule(load.arrival, load.rate, burstiness=load.burstiness, seed=load.seed)  # type: ignore[arg-type]
+    if load.ramp:
+        offsets = ramped(offsets, load.rate, load.ramp, load.ramp_from)
     await dispatch(driver, plan, origin_ns, offsets)
 
 

@@ -261,7 +261,8 @@ def _rate(offsets_ms: list[float]) -> float | None:
 
 def _load(steady: list[RequestRecord], load: dict[str, Any]) -> dict[str, Any] | None:
     """Rate fidelity of an open-loop stage: requested, scheduled and achieved rate, schedule lag."""
-    target = next((r.target_rate for r in steady if r.target_rate is not None), None)
+    rates = [r.target_rate for r in steady if r.target_rate is not None]
+    target = max(rates) if rates else None  # a ramp's records carry the rate as it rose
     if target is None and load.get("arrival") in (None, "closed"):
         return None
     intended = [r.intended_offset_ms for r in steady]

@@ -301,10 +301,6 @@ class Scenario(_Strict):
             raise ValueError("give prompts or a workload (one of them)")
         if self.conversations and (self.agent is not None or self.batch is not None):
             raise ValueError("conversations are their own shape; drop the agent or batch block")
-        if self.conversations and self.load.open_loop:
-            raise ValueError(
-                "conversations run closed loop (concurrency is concurrent users); drop load.arrival"
-            )
         if self.requests is None and self.duration is None:
             raise ValueError("set requests, duration or both: a run must be bounded")
         if self.duration is not None and self.duration <= 0:

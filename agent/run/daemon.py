@@ -32,6 +32,7 @@ from agent.core.record import RequestRecord
 from agent.core.redact import is_secret_key, redact_obj, remember
 from agent.core.scenario import Scenario, load_scenario, resolve_scenario
 from agent.run.daemon_config import DaemonConfig, TargetConfig, load_daemon_config
+from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner
 from exporters.http import MetricsServer
 from exporters.jsonl import RotatingJsonl
@@ -43,7 +44,7 @@ logger = structlog.get_logger(__name__)
 
 #: Degraded reasons that mean the backend was not reached at all (an HTTP 500 or a slow first token
 #: means it answered: up, but degraded).
-DOWN_REASONS = frozenset({"connection", "connection_reset", "timeout_connect", "backend_start"})
+DOWN_REASONS = frozenset({"connection", "connection_reset", "timeout_connect", "backend_start", "workload"})
 
 
 @dataclass(slots=True)
@@ -202,7 +203,7 @@ class Daemon:
             backend=backend,
             scenario=sc,
             interval_s=cfg.interval or probe.interval or 10.0,
-            requests=sc.requests_iter(),
+            requests=None if sc.workload is not None else sc.requests_iter(),
             cold=ColdTracker(None),
         )
 
@@ -281,6 +282,13 @@ class Daemon:
                     await t.backend.close()
                 self._result(t, status="degraded", reason="backend_start", detail=str(e))
                 return
+        if t.requests is None:  # a workload's prompts are made once, with the target's own tokenizer
+            try:
+                await prepare_workloads([t.scenario], t.backend)
+            except InfermeterError as e:
+                self._result(t, status="degraded", reason="workload", detail=str(e))
+                return
+            t.requests = t.scenario.requests_iter()
         context = RunContext(f"daemon-{t.cfg.name}-{self.config_id}", cold=t.cold)
         runner = Runner(t.scenario, t.backend, _Sink(self, t), context, requests=t.requests, freeze_gc=False)
         await runner.run()

@@ -371,6 +371,7 @@ class Runner:
     ) -> RecordIdentity:
         seq = self._seq
         self._seq += 1
+        level = self._ramp_level() if stage == "steady" else {}
         return RecordIdentity(
             run_id=self.run_id,
             scenario=self.scenario.name,
@@ -385,7 +386,7 @@ class Runner:
             step=chain[1] if chain else None,
             chain_id=chain[0] if chain else request.session_id,
             load_stage=self.load_stage,
-            target_rate=self._target_rate,
+            target_rate=level.get("target_rate", self._target_rate),
             batch_id=batch[0] if batch else None,
             batch_size=batch[1] if batch else None,
             requested_prompt_tokens=request.prompt_tokens_target,
@@ -394,7 +395,7 @@ class Runner:
             conversation_id=conversation[0] if conversation else None,
             turn=conversation[1] if conversation else None,
             streamed=None if request.stream else False,
-            **(self._ramp_level() if stage == "steady" else {}),
+            clients=level.get("clients"),
         )
 
     def _ramp_level(self) -> dict[str, Any]:

@@ -50,7 +50,11 @@ def test_every_load_shape_module_registers_and_every_scenario_finds_its_shape() 
         "open": {**base, "load": {"arrival": "poisson", "rate": 5.0}},
         "chain": {**base, "agent": {"steps": 2, "tool_results": ["ok"]}},
         "batch": {**base, "batch": {"size": 2}},
-        "conversation": {"name": "s", "requests": 4, "workload": {"kind": "dataset", "path": "x.json", "turns": "all"}},
+        "conversation": {
+            "name": "s",
+            "requests": 4,
+            "workload": {"kind": "dataset", "path": "x.json", "turns": "all"},
+        },
     }
     for expected, data in cases.items():
         assert shape_name(Scenario.model_validate(data)) == expected

@@ -13,6 +13,7 @@ from agent.core.record import GenerationRequest, Stage
 from agent.core.workload import DatasetWorkload
 from agent.run.shapes.base import Driver, Plan, register
 from agent.run.shapes.closed import clients
+from agent.run.shapes.open import arrivals, dispatch
 
 __all__ = ["conversations"]
 
@@ -35,6 +36,14 @@ async def _conversation(driver: Driver, stage: Stage) -> bool:
     base = driver.next_request()
     if base is None:
         return False
+    await _turns(driver, base, stage)
+    return True
+
+
+async def _turns(
+    driver: Driver, base: GenerationRequest, stage: Stage, intended_ns: int | None = None
+) -> None:
+    """Every turn of the conversation ``base`` opens (its first turn due at ``intended_ns``)."""
     wl = driver.scenario.workload
     from_data = isinstance(wl, DatasetWorkload) and wl.answers == "dataset"
     conv_id = f"{base.prompt_id}~{driver.next_unit():05d}"
@@ -42,10 +51,11 @@ async def _conversation(driver: Driver, stage: Stage) -> bool:
     answers = [base.answer, *(t.answer for t in base.turns)]
     request = dataclasses.replace(base, request_id=f"{conv_id}-t0", turns=())
     for turn in range(len(base.turns) + 1):
-        rec = await driver.one(request, stage, conversation=(conv_id, turn), keep_text=True)
+        due = intended_ns if turn == 0 else None
+        rec = await driver.one(request, stage, intended_ns=due, conversation=(conv_id, turn), keep_text=True)
         assert rec is not None  # turns are never deferred: the next prompt needs the answer
         if rec.status != "ok" or turn == len(base.turns):
-            return True
+            return
         nxt = base.turns[turn]
         answer = (answers[turn] if from_data else None) or rec.output_text or ""
         messages, prompt = _next_turn(base, messages, prompt, answer, nxt.text)
@@ -61,12 +71,23 @@ async def _conversation(driver: Driver, stage: Stage) -> bool:
             turns=(),
             answer=None,
         )
-    return True
 
 
 @register("conversation")
 async def conversations(driver: Driver, plan: Plan, origin_ns: int) -> None:
-    """``concurrency`` users, each replaying one conversation after another."""
+    """``concurrency`` users, each replaying one conversation after another; open loop: users arrive.
+
+    In an open loop each arrival is a new user starting a conversation at its due time, so the rate is
+    one of sessions and the turns of many users overlap.
+    """
+    load = driver.scenario.load
+    if load.open_loop:
+
+        async def start(request: GenerationRequest, stage: Stage, due_ns: int) -> None:
+            await _turns(driver, request, stage, due_ns)
+
+        await dispatch(driver, plan, origin_ns, arrivals(load), send=start)
+        return
 
     async def unit(stage: Stage) -> bool:
         return await _conversation(driver, stage)

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from agent.core.arrivals import ramped, schedule
 from agent.core.record import GenerationRequest, Stage
-from agent.core.scenario import MAX_IN_FLIGHT
+from agent.core.scenario import MAX_IN_FLIGHT, Load
 from agent.run.shapes.base import Driver, Plan, register, until
 
-__all__ = ["dispatch", "open_loop", "trace"]
+__all__ = ["Send", "arrivals", "dispatch", "open_loop", "trace"]
 
 
-async def dispatch(driver: Driver, plan: Plan, origin_ns: int, offsets: Iterable[float]) -> None:
-    """Send each request at ``origin_ns`` + its offset, up to the in-flight cap."""
+#: What an arrival starts: one request (the default), or a whole unit such as a conversation.
+Send = Callable[[GenerationRequest, Stage, int], Awaitable[object]]
+
+
+async def dispatch(
+    driver: Driver, plan: Plan, origin_ns: int, offsets: Iterable[float], send: Send | None = None
+) -> None:
+    """Send each request at ``origin_ns`` + its offset, up to the in-flight cap.
+
+    ``send`` starts what an arrival stands for (a conversation's first turn and the turns after it).
+    """
     cap = driver.scenario.load.max_concurrency or MAX_IN_FLIGHT
     queue: asyncio.Queue[tuple[GenerationRequest, Stage, int] | None] = asyncio.Queue()
     idle = 0
@@ -37,7 +46,10 @@ async def dispatch(driver: Driver, plan: Plan, origin_ns: int, offsets: Iterable
             if plan.deadline_ns is not None and time.perf_counter_ns() >= plan.deadline_ns:
                 driver.not_sent()  # the run's time is up: never sent, so never recorded
                 continue
-            await driver.one(item[0], item[1], intended_ns=item[2])
+            if send is None:
+                await driver.one(item[0], item[1], intended_ns=item[2])
+            else:
+                await send(*item)
 
     async with asyncio.TaskGroup() as tg:
         for offset in offsets:
@@ -61,12 +73,14 @@ async def dispatch(driver: Driver, plan: Plan, origin_ns: int, offsets: Iterable
 @register("open")
 async def open_loop(driver: Driver, plan: Plan, origin_ns: int) -> None:
     """Arrivals from the scenario's process and rate."""
-    load = driver.scenario.load
+    await dispatch(driver, plan, origin_ns, arrivals(driver.scenario.load))
+
+
+def arrivals(load: Load) -> Iterator[float]:
+    """The open-loop schedule of a load: its process at its rate, ramped where it asks."""
     assert load.rate is not None  # the scenario validator requires it for open loop
     offsets = schedule(load.arrival, load.rate, burstiness=load.burstiness, seed=load.seed)  # type: ignore[arg-type]
-    if load.ramp:
-        offsets = ramped(offsets, load.rate, load.ramp, load.ramp_from)
-    await dispatch(driver, plan, origin_ns, offsets)
+    return ramped(offsets, load.rate, load.ramp, load.ramp_from) if load.ramp else offsets
 
 
 @register("trace")

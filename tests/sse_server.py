@@ -44,6 +44,7 @@ class ScriptedServer:
         #: the id ``/v1/models`` lists (llama.cpp's server lists its GGUF's path)
         self.model_id = "scripted-model"
         self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.close_after_stream = False
         #: mode "paced": seconds between events, and whether comment lines come between words
         self.gap_s = 0.04
@@ -72,10 +73,20 @@ class ScriptedServer:
         return web.json_response({"object": "list", "data": [{"id": self.model_id}]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        self.bodies.append(await request.json())
+        body_in = await request.json()
+        self.bodies.append(body_in)
+        self.headers.append(dict(request.headers))
         mode = self.mode
         if mode.startswith("http_"):
             return web.Response(status=int(mode[5:]), text='{"error": "scripted"}')
+        if body_in.get("stream") is False:  # the whole answer in one body
+            message = {"role": "assistant", "content": "Hello there friend"}
+            return web.json_response(
+                {
+                    "choices": [{"index": 0, "message": message, "finish_reason": "length"}],
+                    "usage": FINAL["usage"],
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         if self.close_after_stream:
             resp.force_close()

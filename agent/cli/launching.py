@@ -185,7 +185,6 @@ def _new_workload(ns: argparse.Namespace) -> dict[str, Any] | None:
             "kind": "shared_prefix",
             "groups": ns.prefix_groups,
             "prefix_tokens": ns.prefix_tokens,
-            "suffix_tokens": "32",
         }
     if get("dataset") is not None:
         chosen["--dataset"] = {"kind": "dataset", "path": str(ns.dataset.expanduser().absolute())}
@@ -206,6 +205,11 @@ def _workload_overrides(ns: argparse.Namespace, data: dict[str, Any]) -> bool:
     changed = False
     if new is not None:
         data.pop("prompts", None)
+        old = data.get("workload") or {}
+        if old.get("kind") == new["kind"]:  # the scenario's own workload, with the flags over it
+            new = {**old, **new}
+        elif new["kind"] == "shared_prefix":
+            new["suffix_tokens"] = "32"
         data["workload"] = new
         changed = True
     if fields:

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ __all__ = [
 MAX_ROW_BYTES = 16 * 1024 * 1024
 #: Largest single-document JSON file read whole (ShareGPT's full release is about 650 MB).
 MAX_JSON_BYTES = 2 * 1024 * 1024 * 1024
+
+#: Files a folder of data files (``load_dataset`` over local files) may hold.
+_DATA_FILES = frozenset({".parquet", ".jsonl", ".json", ".csv", ".arrow"})
 
 DatasetFormat = Literal["auto", "sharegpt", "jsonl", "json", "csv", "parquet", "hf"]
 
@@ -242,9 +246,20 @@ def _read_hf(path: Path, split: str | None) -> Iterator[tuple[int, dict[str, Any
         raise _fail(
             path, "reading a Hugging Face dataset needs `datasets`: pip install 'infermeter[datasets]'"
         ) from e
+    datasets.disable_progress_bars()
     saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+    if not saved and not any(p.suffix.lower() in _DATA_FILES for p in path.rglob("*") if p.is_file()):
+        raise _fail(
+            path,
+            "not a Hugging Face dataset on disk: no dataset_info.json (save_to_disk) and no data "
+            f"files ({', '.join(sorted(_DATA_FILES))}) in it",
+        )
     try:
-        ds = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
+        if saved:
+            ds = datasets.load_from_disk(str(path))
+        else:
+            with tempfile.TemporaryDirectory(prefix="infermeter-dataset-") as cache:
+                ds = datasets.load_dataset(str(path), cache_dir=cache, keep_in_memory=True)
     except Exception as e:  # datasets raises many kinds (FileNotFoundError, DataFilesNotFoundError, …)
         raise _fail(
             path,

@@ -364,6 +364,13 @@ class Scenario(_Strict):
             data.pop("workload")
         if data.get("request") == {"body": {}, "headers": {}}:  # unused: the hash stays what it was
             data.pop("request")
+        for key, default in (("models", None), ("stream", True)):  # likewise
+            if data.get(key, default) == default:
+                data.pop(key, None)
+        load = data["load"]
+        if load.get("ramp") is None and not load.get("ramp_from"):
+            load.pop("ramp", None)
+            load.pop("ramp_from", None)
         if not data.get("logprobs"):  # off: the hash stays what it was before the field existed
             data.pop("logprobs", None)
         if data.get("max_output_chars") == DEFAULT_TEXT_CAP:  # likewise at its default

@@ -105,6 +105,9 @@ class Cutter:
     #: prompts whose count came out exact, and off by how much when not
     exact: int = 0
     off: dict[int, int] = field(default_factory=dict)
+    #: counts a text as the server will see it inside its chat template (the template's own tokens taken
+    #: off), where tokens can merge across the template's edges; None: the text alone is counted
+    in_context: Callable[[str], Awaitable[int | None]] | None = None
 
     async def prepare(self) -> None:
         """Tokenise the corpus once (with each token's text where the codec gives it)."""
@@ -148,6 +151,14 @@ class Cutter:
             return None
         return len(await self.codec.tokenize(text))
 
+    async def count_cut(self, text: str) -> int | None:
+        """Tokens a cut text adds where it will be sent: in its chat template when that can be counted."""
+        if self.in_context is not None:
+            got = await self.in_context(text)
+            if got is not None:
+                return got
+        return await self.count(text)
+
     async def cut(self, n: int, start: int, head: tuple[int, int] | None = None) -> str:
         """Text of exactly ``n`` tokens when the tokenizer allows; ``head`` (start, length) is cut first.
 
@@ -163,7 +174,7 @@ class Cutter:
         got: int | None = None
         for _ in range(TRIM_TRIES):
             text = await self._text(head, max(0, want - head_n), start)
-            got = await self.count(text)
+            got = await self.count_cut(text)
             assert got is not None
             if got == n:
                 self.exact += 1
@@ -193,6 +204,19 @@ async def _bounded(jobs: Iterable[Callable[[], Awaitable[Any]]]) -> list[Any]:
             return await job()
 
     return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+
+def _in_template(backend: Any, system: str | None, overhead: int) -> Callable[[str], Awaitable[int | None]]:
+    """Counts user content as the server's chat template holds it, less the template's own tokens."""
+
+    async def count(text: str) -> int | None:
+        messages = [{"role": "user", "content": text}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        whole = await backend.count_prompt(messages=messages)
+        return None if whole is None else whole - overhead
+
+    return count
 
 
 async def _overhead(backend: Any, cutter: Cutter, sc: Scenario, system: str | None) -> int | None:
@@ -265,6 +289,7 @@ async def _shared_prefix(
     chat = sc.endpoint == "chat"
     if system and chat:  # the shared system prompt is part of what the template wraps
         overhead = await _overhead(backend, cutter, sc, system)
+        cutter.in_context = _in_template(backend, system, overhead) if overhead is not None else None
     order = (
         [(g, j) for j in range(wl.prompts_per_group) for g in range(wl.groups)]
         if wl.order == "interleaved"
@@ -413,6 +438,8 @@ async def make_prompts(sc: Scenario, backend: Any) -> dict[str, Any]:
     try:
         await cutter.prepare()
         overhead = await _overhead(backend, cutter, sc, sc.system)
+        if sc.endpoint == "chat" and overhead is not None:
+            cutter.in_context = _in_template(backend, sc.system, overhead)
         if isinstance(wl, SyntheticWorkload):
             made = await _synthetic(wl, sc, cutter, overhead)
         elif isinstance(wl, SharedPrefixWorkload):

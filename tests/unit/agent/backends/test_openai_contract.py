@@ -148,3 +148,42 @@ async def test_requests_still_name_the_servers_own_model_id() -> None:
             await backend.close()
     assert backend.model == "tiny"
     assert srv.bodies[0]["model"] == "/models/tiny.gguf"
+
+
+async def test_a_request_carries_its_headers_extra_body_model_and_length_floor() -> None:
+    async with ScriptedServer() as srv:
+        backend = create("openai", {"base_url": srv.url})
+        await backend.start()
+        try:
+            req = GenerationRequest(
+                request_id="r9",
+                prompt="hi",
+                max_tokens=3,
+                ignore_eos=True,
+                endpoint="chat",
+                model="my-lora",
+                headers={"X-Tenant": "blue"},
+                extra_body={"repetition_penalty": 1.1},
+            )
+            await collect(backend, req)
+        finally:
+            await backend.close()
+    body, headers = srv.bodies[0], srv.headers[0]
+    assert body["model"] == "my-lora" and body["repetition_penalty"] == 1.1
+    assert body["min_tokens"] == 3  # vLLM enforces the length only with a floor
+    assert headers["X-Tenant"] == "blue" and headers["X-Request-ID"] == "r9"
+
+
+async def test_a_non_streaming_request_is_one_chunk_at_the_end_of_the_body() -> None:
+    async with ScriptedServer() as srv:
+        backend = create("openai", {"base_url": srv.url})
+        await backend.start()
+        try:
+            events = await collect(backend, GenerationRequest(request_id="r10", prompt="hi", stream=False))
+        finally:
+            await backend.close()
+    assert srv.bodies[0]["stream"] is False and "stream_options" not in srv.bodies[0]
+    (chunk,) = [e for e in events if isinstance(e, Chunk)]
+    end = events[-1]
+    assert chunk.text == "Hello there friend" and isinstance(end, StreamEnd) and end.t_ns == chunk.t_ns
+    assert end.usage is not None and end.usage.output_tokens == 3 and end.finish_reason == "length"

@@ -216,3 +216,65 @@ def test_generated_scenarios_load_or_fail_with_one_config_error(fields: dict[str
     assert sc.requests is not None or sc.duration is not None
     sc.config_hash()
     sc.prompt_list()
+
+
+def _dataset(tmp_path: Path, name: str, content: bytes | None) -> Path:
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+        (path / "notes.txt").write_text("not a dataset")
+    else:
+        path.write_bytes(content)
+    return path
+
+
+BAD_DATASETS = {
+    "missing columns": ("rows.jsonl", b'{"body": "no prompt here"}\n', "no prompt column"),
+    "empty conversations": (
+        "sg.json",
+        b'[{"conversations": []}, {"conversations": []}]',
+        "none with a usable",
+    ),
+    "not UTF-8": ("u.jsonl", b'{"prompt": "caf\xe9"}\n', "UTF-8"),
+    "a 100 MB row": ("big.jsonl", b'{"prompt": "' + b"x" * (100 << 20) + b'"}\n', "MiB"),
+    "a folder that is not a dataset": ("folder", None, "not a Hugging Face dataset"),
+    "a file that is not there": ("missing.json", b"", "never fetches"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATASETS))
+def test_a_bad_dataset_file_is_one_line_and_exit_2_before_any_run_directory(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, content, words = BAD_DATASETS[case]
+    path = _dataset(tmp_path, name, content)
+    if case == "a file that is not there":
+        path.unlink()
+    out = tmp_path / "run"
+    assert main(["run", "chat", "--dataset", str(path), *DOWN, "--out", str(out)]) == 2
+    assert words in one_error(capsys)
+    assert not out.exists()
+
+
+BAD_WORKLOAD_FLAGS = {
+    "a length that is not one": (["--input-tokens", "lots"], "not a length"),
+    "two workloads at once": (
+        ["--input-tokens", "64", "--prefix-groups", "2", "--prefix-tokens", "8"],
+        "give one",
+    ),
+    "a prefix without its size": (["--prefix-groups", "4"], "--prefix-tokens"),
+    "a workload field on a prompt list": (["--sample", "5"], "--sample"),
+    "an extra body that is not KEY=VALUE": (["--extra-body", "min_tokens"], "--extra-body"),
+    "a weight that is not positive": (["--model-weight", "a=0"], "models"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_WORKLOAD_FLAGS))
+def test_a_bad_workload_flag_is_one_line_and_exit_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags, words = BAD_WORKLOAD_FLAGS[case]
+    out = tmp_path / "run"
+    assert main(["run", "chat", *flags, *DOWN, "--out", str(out)]) == 2
+    assert words in one_error(capsys)
+    assert not out.exists()

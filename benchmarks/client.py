@@ -122,20 +122,33 @@ async def raw_client(url: str, concurrency: int, requests: int, tokens: int) -> 
     return {"wall_s": wall, "cpu_s": cpu, "chunks": chunks, "requests": len(times), "times": times}
 
 
+#: The synthetic workload the infermeter client sends: seeded lengths cut from the built-in prose with the
+#: simulator's own ``/tokenize``, made before the clock starts (this many distinct prompts, cycled).
+SYNTHETIC = {"kind": "synthetic", "input_tokens": "64+-16", "seed": 1}
+SYNTHETIC_PROMPTS = 1000
+
+
+def _prompts(kind: str, distinct: int) -> dict[str, Any]:
+    if kind == "fixed":
+        return {"prompts": [PROMPT]}
+    return {"workload": {**SYNTHETIC, "prompts": distinct}}
+
+
 async def infermeter_client(
-    url: str, concurrency: int, requests: int, tokens: int, out: Path
+    url: str, concurrency: int, requests: int, tokens: int, out: Path, prompts: str = "synthetic"
 ) -> dict[str, Any]:
     """The real thing: scenario → runner → openai backend → records written to JSONL."""
     sys.path.insert(0, str(ROOT))
     from agent.backends import create
     from agent.core.scenario import Scenario
+    from agent.run.prompts import prepare_workloads
     from agent.run.runner import RunContext, Runner
     from exporters.jsonl import JsonlWriter
 
     sc = Scenario.model_validate(
         {
             "name": "bench",
-            "prompts": [PROMPT],
+            **_prompts(prompts, min(requests, SYNTHETIC_PROMPTS)),
             "requests": requests,
             "concurrency": concurrency,
             "warmup": 0,
@@ -146,6 +159,9 @@ async def infermeter_client(
     )
     backend = create("openai", {"base_url": url, "model": "sim", "max_connections": concurrency})
     await backend.start()
+    t_make = time.perf_counter()
+    await prepare_workloads([sc], backend)  # off the clock, as in a real run
+    make_s = time.perf_counter() - t_make
     with JsonlWriter(out) as writer:
         runner = Runner(sc, backend, writer, RunContext("bench"))
         t0, c0 = time.perf_counter(), time.process_time()
@@ -165,6 +181,31 @@ async def infermeter_client(
         "backlog_max": runner.outcome.backlog_max,
         "write_delay_ms_max": runner.outcome.write_delay_ms_max,
         "run_maxrss_mb": run_rss_mb,
+        "make_s": make_s,
+    }
+
+
+async def make_only(url: str, count: int) -> dict[str, Any]:
+    """Make ``count`` synthetic prompts with the simulator's tokenizer, and nothing else."""
+    sys.path.insert(0, str(ROOT))
+    from agent.backends import create
+    from agent.core.scenario import Scenario
+    from agent.run.prompts import make_prompts
+
+    sc = Scenario.model_validate({"name": "make", "requests": count, "warmup": 0, "workload": {**SYNTHETIC}})
+    backend = create("openai", {"base_url": url, "model": "sim"})
+    await backend.start()
+    t0, c0 = time.perf_counter(), time.process_time()
+    facts = await make_prompts(sc, backend)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await backend.close()
+    return {
+        "prompts": facts["prompts"],
+        "exact": facts.get("exact"),
+        "counted": facts.get("counted"),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "prompts_per_s": facts["prompts"] / wall,
     }
 
 
@@ -192,8 +233,12 @@ def client_main(ns: argparse.Namespace) -> None:
     pss = PeakPss() if ns.pss else None
     if ns.client == "raw":
         result = uvloop.run(raw_client(ns.url, ns.concurrency, ns.requests, ns.tokens))
+    elif ns.client == "make":
+        result = uvloop.run(make_only(ns.url, ns.requests))
     else:
-        result = uvloop.run(infermeter_client(ns.url, ns.concurrency, ns.requests, ns.tokens, Path(ns.out)))
+        result = uvloop.run(
+            infermeter_client(ns.url, ns.concurrency, ns.requests, ns.tokens, Path(ns.out), ns.prompts)
+        )
     result["peak_pss_mb"] = pss.stop() if pss is not None else None
     result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(ns.result).write_text(json.dumps(result))
@@ -244,13 +289,22 @@ class Simulator:
 
 
 def run_client(
-    kind: str, url: str, core: int | None, c: int, n: int, tokens: int, tmp: Path, *, pss: bool = False
+    kind: str,
+    url: str,
+    core: int | None,
+    c: int,
+    n: int,
+    tokens: int,
+    tmp: Path,
+    *,
+    pss: bool = False,
+    prompts: str = "synthetic",
 ) -> dict[str, Any]:
     result = tmp / f"{kind}-{c}-{n}.json"
     records = tmp / f"records-{kind}-{c}.jsonl"
     records.unlink(missing_ok=True)  # the writer appends; each run counts only its own records
     cmd = [*_pin(core), sys.executable, __file__, "--client", kind, "--url", url]
-    cmd += ["--concurrency", str(c), "--requests", str(n), "--tokens", str(tokens)]
+    cmd += ["--concurrency", str(c), "--requests", str(n), "--tokens", str(tokens), "--prompts", prompts]
     cmd += ["--out", str(records), "--result", str(result)] + (["--pss"] if pss else [])
     subprocess.run(cmd, cwd=ROOT, check=True)
     data: dict[str, Any] = json.loads(result.read_text())
@@ -273,7 +327,7 @@ def against_simulator(
     """One client run against its own pinned simulator: the client's result and the emission log."""
     sim = Simulator(ns.server_core, tmp / log, ttft=ttft, itl=itl)
     try:
-        result = run_client(kind, sim.url, ns.client_core, c, n, tokens, tmp, pss=pss)
+        result = run_client(kind, sim.url, ns.client_core, c, n, tokens, tmp, pss=pss, prompts=ns.prompts)
     finally:
         sim.close()
     return result, sim.emissions()
@@ -442,9 +496,18 @@ def memory(ns: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def workload(ns: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Making ``--make-prompts`` synthetic prompts with the simulator's tokenizer: time, CPU, exactness."""
+    sim = Simulator(ns.server_core, tmp / "make.log", ttft=0, itl=0)
+    try:
+        return run_client("make", sim.url, ns.client_core, 1, ns.make_prompts, 1, tmp)
+    finally:
+        sim.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--client", choices=["raw", "infermeter"], help=argparse.SUPPRESS)
+    p.add_argument("--client", choices=["raw", "infermeter", "make"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
     p.add_argument("--requests", type=int, help=argparse.SUPPRESS)
@@ -461,6 +524,13 @@ def main() -> None:
     p.add_argument("--memory-concurrency", type=int, nargs="*", default=[512])
     p.add_argument("--durability-concurrency", type=int, nargs="*", default=[64, 256, 512])
     p.add_argument("--durability-requests", type=int, default=100_000)
+    p.add_argument(
+        "--prompts",
+        choices=["synthetic", "fixed"],
+        default="synthetic",
+        help="infermeter's prompts: a synthetic workload made before the clock (default), or a fixed one",
+    )
+    p.add_argument("--make-prompts", type=int, default=100_000, help="workload: synthetic prompts to make")
     p.add_argument("--quick", action="store_true")
     ns = p.parse_args()
     if ns.client:
@@ -468,6 +538,7 @@ def main() -> None:
         return
     if ns.quick:
         ns.rounds, ns.repeat = 4, 1
+        ns.make_prompts = min(ns.make_prompts, 10_000)
     if (os.cpu_count() or 1) < 2:
         ns.client_core = ns.server_core = None
     with tempfile.TemporaryDirectory(prefix="infermeter-bench-") as d:
@@ -477,6 +548,7 @@ def main() -> None:
             "timing": timing(ns, Path(d)),
             "memory": memory(ns, Path(d)),
             "durability": durability(ns, Path(d)),
+            "workload": workload(ns, Path(d)),
         }
     print(json.dumps(report, indent=2))
 

@@ -200,6 +200,12 @@ class EmbeddedBackend:
             raise RuntimeError("backend not started: call start() first")
         return await self._client.count_prompt(text=text, messages=messages)
 
+    async def render_prompt(self, messages: list[dict[str, str]]) -> str | None:
+        """The prompt text the engine's chat template makes of ``messages``."""
+        if self._client is None:
+            raise RuntimeError("backend not started: call start() first")
+        return await self._client.render_prompt(messages)
+
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Stream through the OpenAI-compatible client bound to the engine."""
         if self._client is None:

@@ -382,11 +382,19 @@ class OpenAIBackend:
                 )
                 if isinstance(out.get("count"), int):  # vLLM's answer (llama.cpp ignores messages)
                     return int(out["count"])
-            out = await self._post_json("/apply-template", {"messages": messages})
-            prompt = out.get("prompt")
-            return len(await self.tokenize(prompt, special=True)) if isinstance(prompt, str) else None
+            prompt = await self.render_prompt(messages)
+            return len(await self.tokenize(prompt, special=True)) if prompt is not None else None
         except BackendError:
             return None
+
+    async def render_prompt(self, messages: list[dict[str, str]]) -> str | None:
+        """The prompt text the chat template makes of ``messages`` (llama.cpp: ``/apply-template``)."""
+        try:
+            out = await self._post_json("/apply-template", {"messages": messages})
+        except BackendError:
+            return None
+        prompt = out.get("prompt")
+        return prompt if isinstance(prompt, str) else None
 
     async def detokenize(self, ids: list[int]) -> str:
         """Text from the server's ``/detokenize`` (``content`` from llama.cpp, ``prompt`` from vLLM)."""

@@ -108,6 +108,17 @@ class TransformersBackend:
             raise RuntimeError("backend not started: call start() first")
         return list(self._engine.tok.encode(text, add_special_tokens=False))
 
+    async def count_prompt(
+        self, *, text: str | None = None, messages: list[dict[str, str]] | None = None
+    ) -> int | None:
+        """Tokens the model is given for a prompt: its chat template and special tokens included."""
+        if self._engine is None:
+            raise RuntimeError("backend not started: call start() first")
+        request = GenerationRequest(
+            request_id="count", prompt=text, messages=messages, endpoint="chat" if messages else "completions"
+        )
+        return int(self._engine.encode(request).shape[1])
+
     async def detokenize(self, ids: list[int]) -> str:
         """Text of token ids."""
         if self._engine is None:

@@ -24,9 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace, app: App) -> int:
     """A table of the built-in scenarios; an invalid one is listed with its error."""
     console = Console()
-    table = Table(
-        "name", "workload", "requests", "conc.", "prompt tok", "output tok", "description", box=None
-    )
+    table = Table(box=None)
+    table.add_column("name", no_wrap=True)  # names are what a user types: never cut
+    for head in ("workload", "requests", "conc.", "prompt tok", "output tok"):
+        table.add_column(head)
+    table.add_column("description", ratio=1)
     for path in list_builtin():
         try:
             sc = load_scenario(path)

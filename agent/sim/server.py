@@ -1,7 +1,9 @@
 """The simulator's server: HTTP/1.1 on a bare ``asyncio.Protocol``, chunks pre-encoded, times logged.
 
 Routes: ``POST /v1/chat/completions``, ``/v1/completions`` (SSE), ``/api/chat``, ``/api/generate``
-(NDJSON), ``GET /v1/models``, ``/api/tags``, ``/api/version``, ``/health``. Each request follows the
+(NDJSON), ``GET /v1/models``, ``/api/tags``, ``/api/version``, ``/health``, and llama.cpp's
+``POST /tokenize`` and ``/detokenize`` (tokens are runs of ``chars_per_token`` characters, the way
+the simulator counts a prompt, and ``<s>``). Each request follows the
 declared :class:`~agent.sim.model.SimModel`: tokens are scheduled at absolute times (arrival + TTFT,
 then + ITL each), so a late wake-up never shifts the tokens after it, and chunks due together leave in
 one write. Native timing fields report what the simulator actually did: prefill = arrival → first
@@ -282,6 +284,9 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     return parts[0], parts[1].split("?", 1)[0], headers
 
 
+#: The simulator's one special token, which its ``/tokenize`` splits text at (as real tokenizers do).
+BOS = "<s>"
+
 _ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
@@ -303,6 +308,9 @@ class SimServer:
         self.served = 0
         self._loaded = model.load_ms <= 0
         self._frames = {r: _Frames(r, model.model_name, model.tokens_per_chunk) for r in _ROUTES.values()}
+        #: the simulator's token vocabulary: each run of characters it has seen, by id
+        self._vocab: dict[str, int] = {BOS: 0}
+        self._pieces: list[str] = []
 
     async def handle(self, conn: _Conn, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         """Answer one request."""
@@ -311,6 +319,9 @@ class SimServer:
         route = _ROUTES.get(path)
         if path == "/sim/model":
             self._model(conn, method, body)
+            return
+        if path in ("/tokenize", "/detokenize") and method == "POST":
+            self._tokens(conn, path, body)
             return
         if route is None:
             self._info(conn, method, path)
@@ -331,6 +342,29 @@ class SimServer:
             self.served += 1
         if self.log is not None:
             self._log(headers.get("x-request-id"), path, arrival_ns, plan, result)
+
+    def _tokens(self, conn: _Conn, path: str, body: bytes) -> None:
+        """``/tokenize`` (``content``, optionally ``with_pieces``) and ``/detokenize`` (``tokens``)."""
+        try:
+            req = json.loads(body or b"{}")
+            if path == "/tokenize":
+                step = max(1, round(self.model.chars_per_token))
+                pieces = []
+                for k, text in enumerate(str(req["content"]).split(BOS)):  # a special token splits the text
+                    pieces += ([BOS] if k else []) + [text[i : i + step] for i in range(0, len(text), step)]
+                ids = [self._vocab.setdefault(p, len(self._vocab)) for p in pieces]
+                tokens: list[Any] = (
+                    [{"id": i, "piece": p} for i, p in zip(ids, pieces, strict=True)]
+                    if req.get("with_pieces")
+                    else ids
+                )
+                conn.reply_json(200, {"tokens": tokens})
+                return
+            if len(self._pieces) != len(self._vocab):
+                self._pieces = sorted(self._vocab, key=self._vocab.__getitem__)
+            conn.reply_json(200, {"content": "".join(self._pieces[int(i)] for i in req["tokens"])})
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            conn.reply_json(400, {"error": f"invalid {path} body: {e}"})
 
     def _model(self, conn: _Conn, method: str, body: bytes) -> None:
         """Show the model, or change its fields for the requests that come next."""

@@ -249,8 +249,8 @@ class OllamaBackend:
 
     def _body(self, req: GenerationRequest, api: str) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": self.model,
-            "stream": True,
+            "model": req.model or self.model,
+            "stream": req.stream,
             "options": options_for(req, self.args.num_ctx),
         }
         if api == "chat":
@@ -265,6 +265,10 @@ class OllamaBackend:
             body["keep_alive"] = self.args.keep_alive
         if self.args.think is not None:
             body["think"] = self.args.think
+        if req.extra_body:  # Ollama's own fields (``options`` merged, anything else as given)
+            extra = dict(req.extra_body)
+            body["options"] = {**body["options"], **(extra.pop("options", None) or {})}
+            body.update(extra)
         return body
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -280,6 +284,8 @@ class OllamaBackend:
         try:
             url = f"{self._base}/api/{api}"
             headers = {"X-Request-Id": request.request_id}
+            if request.headers:
+                headers = {**request.headers, **headers}
             async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
                 if resp.status >= 300:
                     raise await read_error_body(resp)

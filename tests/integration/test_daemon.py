@@ -178,3 +178,34 @@ def test_check_validates_a_config_and_names_the_bad_field(tmp_path: Path, cache_
     )  # fmt: skip
     assert res.returncode == 2
     assert "probe.interval" in res.stderr and "targets" in res.stderr
+
+
+def test_a_probe_with_a_workload_makes_its_prompts_with_the_targets_tokenizer(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    sim = SimServer(free_port())
+    sim.start()
+    port = free_port()
+    config = tmp_path / "daemon.yaml"
+    write_config(config, port, sim.port, tmp_path / "samples", interval="0.3s")
+    config.write_text(config.read_text().replace("scenario: micro", "scenario: synthetic"))
+    proc = start_cli(["daemon", "--config", str(config)], cache_dir)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(base), 60, "the daemon's /readyz")
+        wait_for(lambda: (metric(base, "infermeter_requests_total", "sim-a") or 0) >= 4, 30, "probes")
+        status = get_json(f"{base}/status")["targets"]["sim-a"]
+        assert status["up"] is True and status["last"]["status"] == "ok", status
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        sim.kill()
+    assert proc.returncode == 0 and "Traceback" not in err
+    probes = [
+        json.loads(line)
+        for f in sorted((tmp_path / "samples").glob("samples*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    assert probes and all(p["status"] == "ok" for p in probes)
+    for p in probes:  # drawn lengths, cut with the simulator's own /tokenize
+        assert 320 <= p["requested_prompt_tokens"] <= 704 and p["prompt_id"].startswith("synthetic-")

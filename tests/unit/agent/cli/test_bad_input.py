@@ -278,3 +278,17 @@ def test_a_bad_workload_flag_is_one_line_and_exit_2(
     assert main(["run", "chat", *flags, *DOWN, "--out", str(out)]) == 2
     assert words in one_error(capsys)
     assert not out.exists()
+
+
+def test_a_secret_header_never_reaches_the_manifest_or_the_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    secret = "sk-header-secret-4711"
+    flags = ["--header", f"Authorization=Bearer {secret}", "--header", "X-Tenant=blue", "--requests", "2"]
+    main(["run", "micro", *flags, "--warmup", "0", *DOWN, "--energy", "off", "--out", str(out)])
+    captured = capsys.readouterr()
+    manifest = (out / "manifest.json").read_text()
+    assert secret not in manifest and secret not in captured.err + captured.out
+    assert "blue" in manifest  # an ordinary header is kept as given
+    assert secret not in (out / "records.jsonl").read_text()

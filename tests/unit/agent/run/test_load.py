@@ -12,6 +12,7 @@ import pytest
 from agent.core.errors import ConfigError
 from agent.core.record import ChainRecord
 from agent.core.scenario import Scenario
+from agent.core.workload import WorkPrompt
 from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
 from tests.fakes import BatchingBackend, ListSink, ScriptedBackend
 
@@ -176,3 +177,57 @@ def test_request_shapes_are_one_per_prompt_and_every_distinct_batch() -> None:
     singles, batches = request_shapes(sc)
     # three prompts in twos repeat after six requests: three distinct batches
     assert singles == [] and batches == [["a", "bb"], ["ccc", "a"], ["bb", "ccc"]]
+
+
+async def test_a_closed_loop_ramp_adds_clients_one_by_one_and_records_how_many() -> None:
+    sc = scenario(requests=80, concurrency=4, load={"ramp": "0.4s"})
+    backend = ScriptedBackend(tokens=2, gap_s=0.005)
+    _, sink, _ = await run(sc, backend)
+    recs = sorted(sink.records, key=lambda r: r.sent_offset_ms)
+    levels = [r.clients for r in recs]
+    assert levels[0] == 1 and levels[-1] == 4 and levels == sorted(levels)
+    first_at = {n: next(r.sent_offset_ms for r in recs if r.clients == n) for n in (1, 2, 3, 4)}
+    assert first_at[4] - first_at[1] >= 250  # the fourth client joined about 0.3 s after the first
+
+
+async def test_an_open_loop_ramp_climbs_to_its_rate_and_each_record_carries_the_rate_when_due() -> None:
+    sc = scenario(requests=60, load={"arrival": "constant", "rate": 100.0, "ramp": "0.5s", "ramp_from": 10})
+    _, sink, _ = await run(sc, ScriptedBackend(tokens=2, gap_s=0.001))
+    recs = sorted(sink.records, key=lambda r: r.intended_offset_ms)
+    rates = [r.target_rate for r in recs]
+    assert rates[0] is not None and rates[0] < 20 and rates[-1] == 100.0 and rates == sorted(rates)
+    early = recs[1].intended_offset_ms - recs[0].intended_offset_ms
+    late = recs[-1].intended_offset_ms - recs[-2].intended_offset_ms
+    assert early > 4 * late
+
+
+async def test_conversations_carry_each_turns_context_and_arrive_as_users_in_an_open_loop(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "A1"},'
+        ' {"role": "user", "content": "two"}, {"role": "assistant", "content": "A2"},'
+        ' {"role": "user", "content": "three"}]}\n'
+    )
+    for load, answers in (({}, "server"), ({"arrival": "poisson", "rate": 50.0}, "dataset")):
+        wl = {"kind": "dataset", "path": str(path), "turns": "all", "answers": answers, "think_time": "10ms"}
+        sc = Scenario.model_validate(
+            {"name": "c", "requests": 3, "concurrency": 2, "warmup": 0, "workload": wl, "load": load}
+        )
+        sc.load_data(tmp_path)
+        first = sc.workload.data.conversations[0]  # type: ignore[union-attr]
+        sc.use_prompts(
+            [WorkPrompt("c0", first.turns[0].text, turns=first.turns[1:], answer=first.turns[0].answer)]
+        )
+        backend = ScriptedBackend(tokens=2, gap_s=0.001)
+        _, sink, _ = await run(sc, backend)
+        assert expected_records(sc) == 9 and len(sink.records) == 9
+        by_conv: dict[str, list[Any]] = {}
+        for r in sink.records:
+            by_conv.setdefault(r.conversation_id, []).append(r)
+        assert len(by_conv) == 3 and all(sorted(r.turn for r in v) == [0, 1, 2] for v in by_conv.values())
+        last = [req for req in backend.requests if req.messages and req.messages[-1]["content"] == "three"]
+        assert last and len(last[0].messages) == 5
+        said = last[0].messages[1]["content"]
+        assert (said == "A1") if answers == "dataset" else (said != "A1")

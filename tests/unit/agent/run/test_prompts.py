@@ -174,3 +174,19 @@ def test_identical_workloads_of_several_stages_are_made_once() -> None:
     asyncio.run(prepare_workloads(stages, codec))
     calls = codec.calls
     assert all(s.made is stages[0].made for s in stages) and calls > 0
+
+
+def test_a_local_tokenizer_file_cuts_exact_lengths_for_a_server_without_one(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([PROSE] * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "<s>"]))
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    sc = scenario({"kind": "synthetic", "input_tokens": "20-60", "tokenizer": str(path)})
+    facts = asyncio.run(make_prompts(sc, object()))  # a backend with no tokenizer of its own
+    assert facts["lengths"] == "local tokenizer" and facts["exact"] == 40
+    for p in sc.made or []:
+        assert len(tok.encode(p.text, add_special_tokens=False).ids) == p.prompt_tokens

@@ -44,6 +44,7 @@ __all__ = [
     "Task",
     "builtin_corpus",
     "builtin_dir",
+    "corpus_from_prompts",
     "list_builtin",
     "load_scenario",
     "parse_duration",
@@ -536,11 +537,20 @@ def load_scenario(path: Path) -> Scenario:
     return scenario
 
 
-#: The built-in prose prompts are cut from: the shipped documents, chat questions and agent tasks.
+#: The prompt files whose prose makes the built-in corpus (``scenarios/data/corpus.txt``, kept equal to
+#: them by a test): the shipped documents, chat questions and agent tasks.
 CORPUS_FILES = ("documents.yaml", "chat.yaml", "agent.yaml")
 
 
-def builtin_corpus() -> str:
-    """The prose synthetic prompts are cut from, when a workload names no corpus of its own."""
+def corpus_from_prompts() -> str:
+    """The built-in corpus as the prompt files make it (what ``corpus.txt`` holds)."""
     data = builtin_dir() / "data"
-    return "\n\n".join(p.text for name in CORPUS_FILES for p in _load_prompt_file(data / name))
+    return "\n\n".join(p.text for name in CORPUS_FILES for p in _load_prompt_file(data / name)) + "\n"
+
+
+def builtin_corpus() -> str:
+    """The prose synthetic prompts are cut from, when a workload names no corpus of its own.
+
+    Plain text, so making prompts needs no YAML parser in a client that never loaded a scenario file.
+    """
+    return (builtin_dir() / "data" / "corpus.txt").read_text(encoding="utf-8")

@@ -9,12 +9,13 @@ server's tokenizer once the backend is up (``agent.run.prompts``).
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from agent.core.datasets import Columns, DatasetFormat, LoadedDataset, read_dataset
@@ -134,23 +135,23 @@ class Lengths(BaseModel):
             return min(self.values), max(self.values)
         if self.mean is not None:
             sd = self.stddev or 0.0
-            lo = self.min if self.min is not None else max(1, int(np.floor(self.mean - 3 * sd)))
-            hi = self.max if self.max is not None else int(np.ceil(self.mean + 3 * sd))
+            lo = self.min if self.min is not None else max(1, math.floor(self.mean - 3 * sd))
+            hi = self.max if self.max is not None else math.ceil(self.mean + 3 * sd)
             return lo, hi
         assert self.min is not None and self.max is not None  # the validator requires them
         return self.min, self.max
 
-    def draw(self, rng: np.random.Generator, n: int) -> list[int]:
+    def draw(self, rng: random.Random, n: int) -> list[int]:
         """``n`` lengths; the same generator state always gives the same lengths, on every machine."""
         lo, hi = self.bounds()
         if self.value is not None:
             return [self.value] * n
         if self.values is not None:
-            return [int(v) for v in rng.choice(np.asarray(self.values), size=n)]
+            return rng.choices(self.values, k=n)
         if self.mean is not None:
-            raw = rng.normal(self.mean, self.stddev or 0.0, size=n)
-            return [int(v) for v in np.clip(np.rint(raw), lo, hi)]
-        return [int(v) for v in rng.integers(lo, hi + 1, size=n)]
+            sd = self.stddev or 0.0
+            return [min(hi, max(lo, round(rng.gauss(self.mean, sd)))) for _ in range(n)]
+        return [rng.randint(lo, hi) for _ in range(n)]
 
     def label(self) -> str:
         """A short description, e.g. ``512±64 [384, 640]``."""

@@ -10,14 +10,16 @@ whole prompt at the server or the user's content alone. All of it happens before
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import functools
+import gc
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
 
 from agent.core.errors import BackendError, ConfigError
 from agent.core.record import Turn
@@ -303,14 +305,21 @@ async def enable_batches(cutter: Cutter, render: Callable[[str], Awaitable[str |
 
 
 async def _bounded(jobs: Iterable[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    """Run the jobs a few at a time, results in order."""
-    sem = asyncio.Semaphore(CONCURRENT_COUNTS)
+    """Run the jobs ``CONCURRENT_COUNTS`` at a time, results in order.
 
-    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
-        async with sem:
-            return await job()
+    A fixed set of workers takes the jobs one after another, so a hundred thousand prompts never mean a
+    hundred thousand tasks alive at once.
+    """
+    todo = list(jobs)
+    results: list[Any] = [None] * len(todo)
+    queue = iter(enumerate(todo))
 
-    return list(await asyncio.gather(*(one(j) for j in jobs)))
+    async def worker() -> None:
+        for i, job in queue:  # one shared iterator: each job is taken by exactly one worker
+            results[i] = await job()
+
+    await asyncio.gather(*(worker() for _ in range(min(CONCURRENT_COUNTS, len(todo)))))
+    return results
 
 
 @runtime_checkable
@@ -370,7 +379,7 @@ async def _overhead(backend: Any, cutter: Cutter, sc: Scenario, system: str | No
     return max(0, whole - content)
 
 
-def _outputs(lengths: Lengths | None, rng: np.random.Generator, n: int) -> list[int | None]:
+def _outputs(lengths: Lengths | None, rng: random.Random, n: int) -> list[int | None]:
     return list(lengths.draw(rng, n)) if lengths is not None else [None] * n
 
 
@@ -386,10 +395,11 @@ async def _synthetic(
     wl: SyntheticWorkload, sc: Scenario, cutter: Cutter, overhead: int | None
 ) -> list[WorkPrompt]:
     count = _count_wanted(sc, wl.prompts)
-    rng = np.random.default_rng(wl.seed)
+    rng = random.Random(wl.seed)
     inputs = wl.input_tokens.draw(rng, count)
     outputs = _outputs(wl.output_tokens, rng, count)
-    starts = rng.integers(0, max(1, len(cutter.ids) or len(cutter.corpus)), size=count)
+    span = max(1, len(cutter.ids) or len(cutter.corpus))
+    starts = [rng.randrange(span) for _ in range(count)]
     minus = overhead if wl.length_of == "prompt" and overhead is not None else 0
 
     def job(i: int) -> Callable[[], Awaitable[WorkPrompt]]:
@@ -411,14 +421,14 @@ async def _synthetic(
 async def _shared_prefix(
     wl: SharedPrefixWorkload, sc: Scenario, cutter: Cutter, backend: Any, overhead: int | None
 ) -> list[WorkPrompt]:
-    rng = np.random.default_rng(wl.seed)
+    rng = random.Random(wl.seed)
     span = max(1, len(cutter.ids) or len(cutter.corpus))
-    group_starts = rng.integers(0, span, size=wl.groups)
+    group_starts = [rng.randrange(span) for _ in range(wl.groups)]
     total = wl.groups * wl.prompts_per_group
     suffixes = wl.suffix_tokens.draw(rng, total)
     outputs = _outputs(wl.output_tokens, rng, total)
-    starts = rng.integers(0, span, size=total)
-    system = await cutter.cut(wl.system_tokens, int(rng.integers(0, span))) if wl.system_tokens else None
+    starts = [rng.randrange(span) for _ in range(total)]
+    system = await cutter.cut(wl.system_tokens, rng.randrange(span)) if wl.system_tokens else None
     chat = sc.endpoint == "chat"
     if system and chat:  # the shared system prompt is part of what the template wraps
         overhead = await _overhead(backend, cutter, sc, system)
@@ -476,7 +486,7 @@ class _DatasetPrompts:
         got = await self.cutter.count(text)
         return got if got is not None else max(1, round(len(text) / CHARS_PER_TOKEN))
 
-    async def answer_len(self, turn: Turn, rng: np.random.Generator) -> int | None:
+    async def answer_len(self, turn: Turn, rng: random.Random) -> int | None:
         """The output length to ask of one turn: drawn, the scenario's, or the dataset's answer length."""
         if isinstance(self.wl.output_tokens, Lengths):
             return self.wl.output_tokens.draw(rng, 1)[0]
@@ -484,7 +494,7 @@ class _DatasetPrompts:
             return None
         return turn.output_tokens or await self.length(turn.answer)
 
-    async def later_turns(self, turns: tuple[Turn, ...], rng: np.random.Generator) -> tuple[Turn, ...]:
+    async def later_turns(self, turns: tuple[Turn, ...], rng: random.Random) -> tuple[Turn, ...]:
         """A conversation's turns after the first, each with its output length and think time."""
         think = self.wl.think_time
         return tuple(
@@ -501,7 +511,7 @@ class _DatasetPrompts:
     async def one(self, index: int) -> WorkPrompt | None:
         """The prompt of conversation ``index``, or None when a length filter leaves it out."""
         wl, conv = self.wl, self.wl.data.conversations[index]
-        rng = np.random.default_rng([wl.seed, index])  # its own draws, whatever order prompts are made in
+        rng = random.Random(f"{wl.seed}/{index}")  # its own draws, whatever order prompts are made in
         first = conv.turns[0]
         p_len, o_len = await self.length(first.text), await self.answer_len(first, rng)
         if not _within(p_len, wl.min_prompt_tokens, wl.max_prompt_tokens) or not _within(
@@ -528,8 +538,10 @@ class _DatasetPrompts:
 
 async def _dataset(wl: DatasetWorkload, sc: Scenario, cutter: Cutter, backend: Any) -> list[WorkPrompt]:
     data = wl.data
-    rng = np.random.default_rng(wl.seed)
-    indices = rng.permutation(len(data.conversations)) if wl.sample else np.arange(len(data.conversations))
+    rng = random.Random(wl.seed)
+    indices = list(range(len(data.conversations)))
+    if wl.sample:
+        rng.shuffle(indices)
     want = wl.sample or len(indices)
     maker = _DatasetPrompts(wl, sc, cutter, backend)
     out: list[WorkPrompt] = []
@@ -650,4 +662,16 @@ async def prepare_workloads(scenarios: Iterable[Scenario], backend: Any) -> dict
             assert sc.made is not None
             done[key] = (sc.made, got)
         facts[sc.name] = done[key][1]
+    if done:
+        _give_back_memory()
     return facts
+
+
+def _give_back_memory() -> None:
+    """Return the heap that making prompts used for a while (corpus tokens, large responses) to the system.
+
+    Without it the load runs with those pages still resident: a few MB of a client's footprint.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc only; elsewhere nothing to do

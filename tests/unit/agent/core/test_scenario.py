@@ -124,3 +124,9 @@ def test_a_derived_scenario_is_validated_like_a_file_and_keeps_its_source() -> N
         ConfigError, match=r"^sweep stage 0: field 'concurrency': .*greater than or equal to 1"
     ):
         base.derive(base.normalised() | {"concurrency": 0}, location="sweep stage 0")
+
+
+def test_the_shipped_corpus_is_the_prose_of_the_shipped_prompt_files() -> None:
+    from agent.core.scenario import builtin_corpus, corpus_from_prompts
+
+    assert builtin_corpus() == corpus_from_prompts()  # regenerate corpus.txt when a prompt file changes

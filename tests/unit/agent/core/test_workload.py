@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import statistics
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_every_way_of_writing_a_length_reads_as_its_distribution(
 ) -> None:
     lengths = Lengths.model_validate(spec)
     assert lengths.kind == kind and lengths.bounds() == bounds
-    drawn = lengths.draw(np.random.default_rng(0), 2000)
+    drawn = lengths.draw(random.Random(0), 2000)
     assert min(drawn) >= bounds[0] and max(drawn) <= bounds[1]
     if kind in ("uniform", "empirical"):
         assert min(drawn) == bounds[0] and max(drawn) == bounds[1]
@@ -60,9 +61,9 @@ def test_a_length_that_makes_no_sense_is_refused(spec: object) -> None:
 
 def test_draws_are_seeded_and_a_normal_keeps_its_mean_and_spread() -> None:
     lengths = Lengths.model_validate("1024+-100")
-    first = lengths.draw(np.random.default_rng(42), 5000)
-    assert first == lengths.draw(np.random.default_rng(42), 5000)
-    assert first != lengths.draw(np.random.default_rng(43), 5000)
+    first = lengths.draw(random.Random(42), 5000)
+    assert first == lengths.draw(random.Random(42), 5000)
+    assert first != lengths.draw(random.Random(43), 5000)
     assert abs(statistics.fmean(first) - 1024) < 10 and abs(statistics.stdev(first) - 100) < 10
 
 

@@ -115,12 +115,15 @@ def test_a_real_prometheus_sees_what_the_records_say(metrics_run: Any, tmp_path:
 
         wait_for(up, 60, "Prometheus scraping the run")
 
-        # constant 10/s for 12 s is 120 requests; the run then lingers, still scraped, with all of them
+        # constant 10/s for 12 s is 120 requests; the run then lingers, still scraped, with all of them.
+        # A scrape can fall between a record's counter and its histograms (the client library updates
+        # them one by one), so the run is settled once one later scrape shows both whole.
         def settled() -> bool:
             n = sum(1 for r in read_records(out) if r["stage"] == "steady")  # warmup is not exported
             return (
                 n >= 120
                 and scalar(api, "sum(infermeter_requests_total)") == n
+                and scalar(api, "sum(infermeter_ttft_seconds_count)") == n
                 and scalar(api, "sum(infermeter_in_flight_requests)") == 0
             )
 

@@ -98,6 +98,16 @@ class _StreamState:
     native: NativeTimings | None = None
     logprobs: list[dict[str, float]] | None = None
 
+    def end(self, t_ns: int) -> StreamEnd:
+        """The stream's end event at ``t_ns``, carrying what the stream reported."""
+        return StreamEnd(
+            t_ns,
+            usage=self.usage,
+            native=self.native,
+            finish_reason=self.finish_reason,
+            logprobs=self.logprobs or None,
+        )
+
 
 def _logprobs(obj: Any, state: _StreamState) -> None:
     """Keep the top-k alternatives of the first output positions (chat and completions formats)."""
@@ -469,13 +479,7 @@ class OpenAIBackend:
             raise failure_from(e) from e
         if not state.done and state.finish_reason is None:
             raise RequestFailedError("invalid_response", "stream ended without [DONE] or finish_reason")
-        yield StreamEnd(
-            end_ns,
-            usage=state.usage,
-            native=state.native,
-            finish_reason=state.finish_reason,
-            logprobs=state.logprobs or None,
-        )
+        yield state.end(end_ns)
 
     async def _whole(
         self, url: str, payload: bytes, headers: dict[str, str], state: _StreamState
@@ -505,13 +509,7 @@ class OpenAIBackend:
             yield chunk
         if state.finish_reason is None:
             raise RequestFailedError("invalid_response", "the response has no finish_reason")
-        yield StreamEnd(
-            end_ns,
-            usage=state.usage,
-            native=state.native,
-            finish_reason=state.finish_reason,
-            logprobs=state.logprobs or None,
-        )
+        yield state.end(end_ns)
 
 
 _ANSWER_RE = re.compile(rb'"(?:content|text)":"([^"]*)"')

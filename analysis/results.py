@@ -430,6 +430,8 @@ class RunSummary(Block):
     run_id: str | None = None
     scenarios: dict[str, ScenarioSummary]
     energy: dict[str, Any] | None = None
+    #: the server's own figures per stage, from its scraped metrics (``analysis.server``)
+    server: dict[str, Any] | None = None
 
 
 class SweepSummary(Block):
@@ -439,6 +441,7 @@ class SweepSummary(Block):
     run_id: str | None = None
     sweep: dict[str, Any]
     stages: dict[str, ScenarioSummary]
+    server: dict[str, Any] | None = None
 
 
 class VariantInfo(Block):

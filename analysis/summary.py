@@ -16,6 +16,7 @@ from agent.core.arrivals import burstiness_of
 from agent.core.record import RequestRecord, meets_slo
 from analysis.energy import energy_summary
 from analysis.results import SUMMARY_SCHEMA_VERSION, RunSummary, ScenarioSummary
+from analysis.server import server_summary
 from analysis.stats import describe, median
 
 __all__ = [
@@ -37,7 +38,8 @@ def summarize(
 ) -> RunSummary:
     """Summaries keyed by scenario; ``targets`` maps scenario → {prompt_tokens, output_tokens}.
 
-    With ``run_dir``, the run's energy block (macro windows, request-window coverage) is added.
+    With ``run_dir``, the run's energy block (macro windows, request-window coverage) and the server's
+    own figures (from its scraped metrics) are added.
     """
     by_scenario: dict[str, list[RequestRecord]] = defaultdict(list)
     everything: list[RequestRecord] = []
@@ -53,6 +55,9 @@ def summarize(
         energy = energy_summary(run_dir, everything)
         if energy is not None:
             out["energy"] = energy
+        server = server_summary(run_dir, everything)
+        if server is not None:
+            out["server"] = server
     return RunSummary.model_validate(out)
 
 
@@ -169,7 +174,7 @@ def _prefix_cache(ok: list[RequestRecord]) -> dict[str, Any] | None:
     seen = [r for r in ok if r.cached_prompt_tokens is not None]
     hits = [r for r in seen if _is_hit(r)]
     groups = {r.prefix_group for r in ok if r.prefix_group is not None}
-    if not seen or (not hits and not groups):
+    if not seen:
         return None
     misses = [r for r in seen if not _is_hit(r)]
     cached = sum(r.cached_prompt_tokens or 0 for r in seen)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from analysis.results import Distribution, ScenarioSummary
+from analysis.server import saturation_cause
 
-__all__ = ["SweepPoint", "analyse", "point", "saturation"]
+__all__ = ["SweepPoint", "analyse", "explain_knee", "point", "saturation"]
 
 SweepPoint = dict[str, Any]
 
@@ -85,3 +86,33 @@ def analyse(points: list[SweepPoint], slo: dict[str, Any], min_gain: float) -> d
             None if saturated_at is None else {"stage": points[saturated_at]["stage"], "why": reason}
         ),
     }
+
+
+def explain_knee(curve: dict[str, Any], server: dict[str, Any] | None) -> None:
+    """Add to the saturated stage what the server's own series say filled up (queue, KV cache, preemption).
+
+    The saturated stage's figures and those of the stage before it come from ``server``'s stages; each
+    sweep point gains its server figures (peak waiting, peak KV use, preemptions) for the table.
+    """
+    if not server or not server.get("stages"):
+        return
+    by_stage = {st["stage"]: st for st in server["stages"]}
+    for p in curve.get("points") or []:
+        st = by_stage.get(p["stage"])
+        if st is not None:
+            p["server"] = {
+                "waiting_peak": (st.get("waiting") or {}).get("peak"),
+                "running_peak": (st.get("running") or {}).get("peak"),
+                "kv_usage_peak": (st.get("kv_usage") or {}).get("peak"),
+                "preemptions": st.get("preemptions"),
+                "prefix_hit_ratio": st.get("prefix_hit_ratio"),
+            }
+    sat = curve.get("saturated")
+    if not sat:
+        return
+    names = [p["stage"] for p in curve.get("points") or []]
+    i = names.index(sat["stage"]) if sat["stage"] in names else -1
+    before = by_stage.get(names[i - 1]) if i > 0 else None
+    cause = saturation_cause(before, by_stage.get(sat["stage"]))
+    if cause:
+        sat["server"] = cause

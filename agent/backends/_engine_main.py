@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from typing import Any
 
 __all__ = ["main"]
@@ -24,6 +25,12 @@ def _params(cfg: dict[str, Any]) -> Any:
     p.port = int(cfg.get("port", 0))
     p.n_parallel = int(cfg["n_parallel"])
     p.n_ctx = int(cfg["n_ctx"])
+    # the server's own Prometheus series (requests processing and deferred, token counters, KV use)
+    # and its slots, whose prompt caches a run can erase between stages
+    p.endpoint_metrics = True
+    p.endpoint_slots = True
+    # llama.cpp answers the slot actions (erase among them) only with a save folder; nothing is saved
+    p.slot_save_path = tempfile.mkdtemp(prefix="infermeter-slots-")
     if cfg.get("threads"):
         p.cpuparams.n_threads = int(cfg["threads"])
         p.cpuparams_batch.n_threads = int(cfg["threads"])

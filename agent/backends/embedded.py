@@ -206,6 +206,17 @@ class EmbeddedBackend:
             raise RuntimeError("backend not started: call start() first")
         return await self._client.render_prompt(messages)
 
+    @property
+    def metrics_url(self) -> str | None:
+        """The engine's own Prometheus series (llama.cpp's ``/metrics``), while it runs."""
+        return self._client.metrics_url if self._client is not None else None
+
+    async def reset_prefix_cache(self) -> dict[str, Any]:
+        """Erase every slot's cached prompt (the engine's prefix cache)."""
+        if self._client is None:
+            raise RuntimeError("backend not started: call start() first")
+        return await self._client.reset_prefix_cache()
+
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Stream through the OpenAI-compatible client bound to the engine."""
         if self._client is None:

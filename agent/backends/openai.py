@@ -274,6 +274,8 @@ class OpenAIBackend:
         self._server_header: str | None = None
         #: tokens one request may hold, where the server says (vLLM's ``max_model_len`` in /v1/models)
         self.context_tokens: int | None = None
+        #: the prefix-cache reset that worked last
+        self._reset_way: str | None = None
 
     async def start(self) -> None:
         """Open the pooled session and, when no model was given, ask the server for one."""
@@ -327,6 +329,71 @@ class OpenAIBackend:
             "server": self._server_header,
             **clock(),
         }
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the server's own Prometheus series would be (vLLM, SGLang, TGI, llama.cpp ``--metrics``)."""
+        return self._base + "/metrics"
+
+    async def reset_prefix_cache(self) -> dict[str, Any]:
+        """Empty the server's prefix cache, the way its engine offers; what was done, for the manifest.
+
+        vLLM: ``POST /reset_prefix_cache`` (the server runs with ``VLLM_SERVER_DEV_MODE=1``); SGLang:
+        ``POST /flush_cache``; llama.cpp: erase every slot (``POST /slots/{id}?action=erase``, the
+        server started with ``--slot-save-path``). The way that worked is tried first next time.
+        """
+        if self._session is None:
+            raise RuntimeError("backend not started: call start() first")
+        ways = [self._reset_vllm, self._reset_sglang, self._reset_llamacpp]
+        if self._reset_way is not None:
+            ways.sort(key=lambda w: w.__name__ != self._reset_way)
+        tried: list[str] = []
+        for way in ways:
+            try:
+                done = await way()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                tried.append(f"{way.__name__.removeprefix('_reset_')}: {e.__class__.__name__}")
+                continue
+            if isinstance(done, str):
+                self._reset_way = way.__name__
+                return {"ok": True, "how": done}
+            tried.append(done[1])
+        return {"ok": False, "how": None, "why": "no way to reset the prefix cache: " + "; ".join(tried)}
+
+    async def _answer(self, method: str, path: str) -> tuple[int, Any]:
+        assert self._session is not None
+        async with self._session.request(method, self._base + path) as resp:
+            body = await resp.read()
+            try:
+                return resp.status, json.loads(body) if body else None
+            except ValueError:
+                return resp.status, None
+
+    async def _reset_vllm(self) -> str | tuple[bool, str]:
+        status, _ = await self._answer("POST", "/reset_prefix_cache")
+        if status < 300:
+            return "vllm: POST /reset_prefix_cache"
+        return False, f"POST /reset_prefix_cache answered {status} (vLLM needs VLLM_SERVER_DEV_MODE=1)"
+
+    async def _reset_sglang(self) -> str | tuple[bool, str]:
+        status, _ = await self._answer("POST", "/flush_cache")
+        return (
+            "sglang: POST /flush_cache" if status < 300 else (False, f"POST /flush_cache answered {status}")
+        )
+
+    async def _reset_llamacpp(self) -> str | tuple[bool, str]:
+        status, slots = await self._answer("GET", "/slots")
+        if status >= 300 or not isinstance(slots, list):
+            return False, f"GET /slots answered {status}"
+        ids = [s["id"] for s in slots if isinstance(s, dict) and isinstance(s.get("id"), int)]
+        for i in ids:
+            status, _ = await self._answer("POST", f"/slots/{i}?action=erase")
+            if status >= 300:
+                return (
+                    False,
+                    f"POST /slots/{i}?action=erase answered {status} (llama.cpp needs --slot-save-path)",
+                )
+        return f"llama.cpp: erased {len(ids)} slots"
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self._session is None:

@@ -8,13 +8,16 @@ from pathlib import Path
 from agent.backends import available
 from agent.cli.common import port
 
-__all__ = ["backend_flags", "energy_flags", "load_flags", "request_flags", "workload_flags"]
+__all__ = ["backend_flags", "energy_flags", "load_flags", "request_flags", "server_flags", "workload_flags"]
 
 
 def energy_flags(p: argparse.ArgumentParser) -> None:
     """``--energy``, ``--energy-interval``, ``--energy-baseline``."""
     p.add_argument(
-        "--energy", default="auto", help="power source: auto (NVML if present), nvml, off, replay:TRACE.csv"
+        "--energy",
+        default="auto",
+        help="power source: auto (NVML if present), nvml, off, replay:TRACE.csv, dcgm:URL (a DCGM "
+        "exporter on the GPU host), infermeter:URL (an infermeter daemon beside the GPUs)",
     )
     p.add_argument("--energy-interval", default="100ms", help="power poll period (default 100ms)")
     p.add_argument(
@@ -43,6 +46,7 @@ def backend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     energy_flags(p)
+    server_flags(p)
     p.add_argument(
         "--serve-metrics", action="store_true", help="expose Prometheus /metrics while the run lasts"
     )
@@ -54,6 +58,28 @@ def backend_flags(p: argparse.ArgumentParser) -> None:
         "--metrics-linger",
         default="0s",
         help="keep serving /metrics this long after the run ends, e.g. 30s (one last scrape)",
+    )
+
+
+def server_flags(p: argparse.ArgumentParser) -> None:
+    """The server's own side: its Prometheus endpoints scraped beside the run, and its prefix cache."""
+    g = p.add_argument_group("the server's side (see docs/backends.md)")
+    g.add_argument(
+        "--server-metrics",
+        action="append",
+        default=[],
+        metavar="URL|auto|off",
+        help="scrape this Prometheus endpoint while the run works (repeat for several); auto (default): "
+        "the backend's own /metrics when it serves one; off: none",
+    )
+    g.add_argument(
+        "--server-metrics-interval", default="1s", help="how often the server's metrics are read (default 1s)"
+    )
+    g.add_argument(
+        "--prefix-cache",
+        choices=["reset", "keep"],
+        default="reset",
+        help="reset the server's prefix cache before each stage where it has a way (default), or keep it",
     )
 
 

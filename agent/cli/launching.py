@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.text import Text
@@ -29,7 +30,7 @@ from agent.core.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, resolve_
 from agent.energy.base import Baseline, EnergyError
 from agent.energy.meter import EnergyMeter
 from agent.energy.sources import open_source
-from agent.run.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, targets_for
+from agent.run.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, ServerPlan, targets_for
 from agent.run.manifest import build_manifest, write_json_atomic
 from analysis.results import RunSummary, SweepSummary
 from exporters.http import MetricsServer
@@ -294,6 +295,7 @@ async def start(
     first = scenarios[0]
     name = "+".join(sc.name for sc in scenarios)
     energy = energy_plan(ns, settings)
+    server = server_plan(ns)
     metrics = _metrics(ns)
     out = _out_dir(ns, name, make=False)
     cache = any(sc.cache_prompt for sc in scenarios)
@@ -332,6 +334,30 @@ async def start(
         progress=not ns.no_progress,
         metrics=metrics,
         energy=energy,
+        server=server,
+    )
+
+
+def server_plan(ns: argparse.Namespace) -> ServerPlan:
+    """``--server-metrics``, ``--server-metrics-interval`` and ``--prefix-cache``, checked."""
+    given = [u.strip() for u in getattr(ns, "server_metrics", []) or [] if u.strip()]
+    urls = [u for u in given if u not in ("auto", "off")]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"--server-metrics {url!r}: give an http(s) URL of a metrics endpoint, auto or off"
+            )
+    if "off" in given and len(given) > 1:
+        raise ConfigError("--server-metrics off cannot be given with other endpoints")
+    interval = seconds(getattr(ns, "server_metrics_interval", "1s"), "--server-metrics-interval")
+    if interval < 0.1:
+        raise ConfigError("--server-metrics-interval: at least 100ms (each scrape reads the whole endpoint)")
+    return ServerPlan(
+        endpoints=urls,
+        discover="off" not in given and (not urls or "auto" in given),
+        interval_s=interval,
+        reset_prefix_cache=getattr(ns, "prefix_cache", "reset") == "reset",
     )
 
 
@@ -368,10 +394,15 @@ def stored_baseline(settings: Settings, source: dict[str, Any]) -> Baseline | No
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("source") != source:
+    if not isinstance(data.get("source"), dict) or _identity(data["source"]) != _identity(source):
         return None
     b = data.get("baseline", {})
     return Baseline(float(b["mean_w"]), float(b["sd_w"]), int(b["n"]), str(b.get("source", "")))
+
+
+def _identity(source: dict[str, Any]) -> dict[str, Any]:
+    """What makes two power sources the same GPUs (a remote one's scrape figures change every read)."""
+    return {k: source.get(k) for k in ("source", "available", "gpus", "url", "trace", "energy_counter")}
 
 
 def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:

@@ -16,10 +16,11 @@ from agent.core.record import RequestRecord
 from agent.core.scenario import Scenario
 from agent.run.launch import StagePlan, Tenant
 from analysis.records import load_records
-from analysis.render.summary import render_sweep
+from analysis.render.summary import render_sweep, server_lines
 from analysis.results import SUMMARY_SCHEMA_VERSION, SweepSummary
+from analysis.server import server_summary
 from analysis.summary import summarize_stages
-from analysis.sweep import analyse, point, saturation
+from analysis.sweep import analyse, explain_knee, point, saturation
 
 NAME = "sweep"
 HELP = "run a scenario at rising load until it saturates; report the knee"
@@ -119,7 +120,12 @@ async def run(ns: argparse.Namespace, app: App) -> int:
 
     result = await launch.run(plans, after_stage=after)
     curve = analyse(points, slo, sw.min_gain)
-    stages = summarize_stages(load_records(launch.out).records, by_name)
-    summary = SweepSummary(schema_version=SUMMARY_SCHEMA_VERSION, sweep=curve, stages=stages)
+    records = load_records(launch.out).records
+    stages = summarize_stages(records, by_name)
+    server = server_summary(launch.out, records)
+    explain_knee(curve, server)
+    summary = SweepSummary(schema_version=SUMMARY_SCHEMA_VERSION, sweep=curve, stages=stages, server=server)
     Console().print(render_sweep(curve, sw.over, sc.slo.percentile))
+    if server is not None:
+        Console().print("\n".join(server_lines(server)), highlight=False)
     return finish(launch, result, summary, app.err)

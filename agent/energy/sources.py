@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import structlog
 
 from agent.energy.base import EnergyError, PowerSample
+from agent.energy.remote import RemoteSource
 
 __all__ = ["NullSource", "NvmlSource", "ReplaySource", "open_source"]
 
@@ -242,14 +243,28 @@ def _shift(s: PowerSample, origin_ns: int) -> PowerSample:
     return replace(s, t_ns=s.t_ns + origin_ns)
 
 
-def open_source(spec: str) -> NullSource | NvmlSource | ReplaySource:
-    """``auto`` (NVML when it loads, else null with the reason), ``nvml``, ``off``, or ``replay:PATH``."""
+def open_source(spec: str) -> NullSource | NvmlSource | ReplaySource | RemoteSource:
+    """The power source a ``--energy`` value names.
+
+    ``auto`` (NVML when it loads, else null with the reason), ``nvml``, ``off``, ``replay:PATH``,
+    ``dcgm:URL`` (a DCGM exporter) or ``infermeter:URL`` (another infermeter's metrics endpoint).
+    """
     if spec == "off":
         return NullSource("energy measurement turned off (--energy off)")
     if spec.startswith("replay:"):
         return ReplaySource(Path(spec.removeprefix("replay:")))
+    for flavour in ("dcgm", "infermeter"):
+        if spec.startswith(flavour + ":"):
+            url = spec.removeprefix(flavour + ":")
+            if not url.startswith(("http://", "https://")):
+                raise EnergyError(
+                    f"--energy {flavour}: needs an http(s) URL of a metrics endpoint, got {url!r}"
+                )
+            return RemoteSource(url, "dcgm" if flavour == "dcgm" else "infermeter")
     if spec not in ("auto", "nvml"):
-        raise EnergyError(f"unknown energy source {spec!r}; use auto, nvml, off or replay:PATH")
+        raise EnergyError(
+            f"unknown energy source {spec!r}; use auto, nvml, off, replay:PATH, dcgm:URL or infermeter:URL"
+        )
     try:
         import pynvml  # noqa: F401 - only probing whether the library is installed
     except ImportError:

@@ -29,11 +29,12 @@ from agent.energy.meter import EnergyMeter
 from agent.run.manifest import write_json_atomic
 from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
+from agent.run.serverside import ServerPlan, ServerSide
 from agent.run.writer import RunOutcome, wait_ready
 from exporters.http import MetricsServer
 from exporters.jsonl import JsonlWriter
 
-__all__ = ["EnergyPlan", "Launch", "MetricsEndpoint", "StagePlan", "Tenant", "targets_for"]
+__all__ = ["EnergyPlan", "Launch", "MetricsEndpoint", "ServerPlan", "StagePlan", "Tenant", "targets_for"]
 
 logger = structlog.get_logger(__name__)
 
@@ -149,6 +150,7 @@ class Launch:
         progress: bool = True,
         metrics: MetricsEndpoint | None = None,
         energy: EnergyPlan | None = None,
+        server: ServerPlan | None = None,
     ) -> None:
         self.backend = backend
         self.out = out
@@ -158,6 +160,7 @@ class Launch:
         self.show_progress = progress
         self.metrics = metrics
         self.energy = energy
+        self.server = ServerSide(server, backend, out, err) if server is not None else None
         #: live state for ``/status`` while the run lasts
         self.counts = {"ok": 0, "degraded": 0}
         self.stage: str | None = None
@@ -225,11 +228,13 @@ class Launch:
                     with self.err.status("preparing requests"):
                         stages = await prepare(self.backend)
                 await self._warm(stages)
+                await self._start_server()
                 await self._start_energy()
                 try:
                     result = await self._stages(stages, stop, received, after_stage)
                 finally:
                     self._finish_energy()
+                    self._finish_server()
             finally:
                 await self.backend.close()
             if self.metrics is not None and self.metrics.linger_s and not stop.is_set():
@@ -375,12 +380,27 @@ class Launch:
         self._runners, self._load_end_ns = runners, None
         if self.metrics is not None:
             self._watch(runners)
+        if self.server is not None:
+            await self.server.before_stage(self.stage)
         stage_start = time.perf_counter_ns()
         outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
         self._load_end_ns = time.perf_counter_ns()
+        if self.server is not None:
+            await self.server.after_stage(self.stage)
         shared.bar.show()
         await self._energy_stage(plan.label or "steady", outcomes, stage_start)
         return outcomes, stage_records
+
+    async def _start_server(self) -> None:
+        if self.server is not None:
+            await self.server.start()
+
+    def _finish_server(self) -> None:
+        if self.server is None:
+            return
+        self.server.stop()
+        self.manifest.update(self.server.describe())
+        self._save_manifest()
 
     async def _start_energy(self) -> None:
         """Idle baseline (stored or measured now, with the model loaded and idle), then the poller."""

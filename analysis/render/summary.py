@@ -11,7 +11,7 @@ from rich.text import Text
 from analysis.render.text import fmt
 from analysis.results import Distribution, LengthCheck, LoadFidelity, RunSummary, ScenarioSummary
 
-__all__ = ["energy_line", "render_summary", "render_sweep"]
+__all__ = ["energy_line", "render_summary", "render_sweep", "server_lines"]
 
 _LATENCY_ROWS = (
     ("TTFT", "latency_ms", "ttft"),
@@ -175,7 +175,41 @@ def render_summary(summary: RunSummary) -> Group:
     energy = summary.energy
     if energy is not None:
         parts.append(Text(energy_line(energy)))
+    if summary.server is not None:
+        parts.append(Text("\n".join(server_lines(summary.server))))
     return Group(*parts)
+
+
+def _peak(block: Any, scale: float = 1.0, unit: str = "") -> str:
+    if not isinstance(block, dict):
+        return "—"
+    return f"mean {fmt(block['mean'] * scale)}{unit} peak {fmt(block['peak'] * scale)}{unit}"
+
+
+def server_lines(server: dict[str, Any]) -> list[str]:
+    """The server's own view of each stage: queue, KV cache, preemptions, prefix hits, its TTFT."""
+    if server.get("status") != "scraped":
+        return [f"server          {server.get('status')}"]
+    lines = []
+    for st in server.get("stages") or []:
+        ratio = st.get("prefix_hit_ratio")
+        line = (
+            f"server          {st['stage']} ({st.get('engine') or 'unknown engine'}): running "
+            f"{_peak(st.get('running'))}, waiting {_peak(st.get('waiting'))}, KV cache "
+            f"{_peak(st.get('kv_usage'), 100, ' %')}, preemptions {fmt(st.get('preemptions'), '{:g}')}, "
+            f"prefix hits {fmt(ratio * 100 if isinstance(ratio, float) else None, '{:.1f}')} %"
+        )
+        if "ttft_server_mean_ms" in st:
+            line += (
+                f"\n                TTFT mean: server {fmt(st['ttft_server_mean_ms'])} ms, wall "
+                f"{fmt(st['ttft_wall_mean_ms'])} ms, client and network "
+                f"{fmt(st['ttft_client_and_network_ms'])} ms"
+            )
+        lines.append(line)
+    if not server.get("stages"):
+        lines.append("server          scraped, but no stage window was kept")
+    lines += [f"WARNING         {flag}" for flag in server.get("flags") or []]
+    return lines
 
 
 def energy_line(energy: dict[str, Any]) -> str:
@@ -231,5 +265,7 @@ def render_sweep(curve: dict[str, Any], over: str, percentile: float) -> Table:
     caption += (
         f"; saturated at {sat['stage']}: {sat['why']}" if sat else "; not saturated within the stages run"
     )
+    if sat and sat.get("server"):
+        caption += f"; the server says: {sat['server']}"
     table.caption = caption
     return table

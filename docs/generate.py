@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import BaseModel  # noqa: E402 - after the path set-up a script needs
 
+from agent.core import server_metrics  # noqa: E402
 from agent.core.record import ChainRecord, RequestRecord  # noqa: E402
 from exporters import names  # noqa: E402
 
@@ -105,8 +106,31 @@ def metrics() -> str:
         "",
         *_metric_rows(names.ANALYZER),
         "",
+        "## What is read from the server's own endpoint",
+        "",
+        "A run scrapes the server's Prometheus endpoint beside the load (`--server-metrics`, see",
+        "[backends.md](backends.md)) and maps each engine's series onto these concepts, from",
+        "`agent/core/server_metrics.py`. A counter's `_total` and a histogram's `_bucket`, `_sum` and",
+        "`_count` are implied; where two names are given, the first is the engine's current one. Every",
+        "other gauge and counter is kept raw in `server_metrics.csv`; unmapped histograms keep their sum",
+        "and count only.",
+        "",
+        *_server_rows(),
+        "",
     ]
     return "\n".join(lines)
+
+
+def _server_rows() -> list[str]:
+    rows = ["| concept | meaning | " + " | ".join(server_metrics.ENGINES) + " |"]
+    rows.append("|---|---|" + "---|" * len(server_metrics.ENGINES))
+    for concept, meaning in server_metrics.CONCEPTS.items():
+        cells = []
+        for specs in server_metrics.ENGINES.values():
+            names_ = [f"`{s.name}`" for s in specs if s.concept == concept]
+            cells.append(" or ".join(names_) or "—")
+        rows.append(f"| {concept} | {_cell(meaning)} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def render() -> dict[str, str]:

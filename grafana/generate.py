@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "grafana"))
 
 import rules  # noqa: E402 - after the path set-up a script needs
 
+from agent.core import server_metrics  # noqa: E402
 from exporters import names  # noqa: E402
 
 RULES = ROOT / "grafana" / "prometheus" / "rules.yml"
@@ -268,7 +269,39 @@ def fleet() -> dict[str, Any]:
             ("scrape_duration_seconds{job=~\".*infermeter.*|daemon\"}", "scrape s {{instance}}"),
         ], pos=(12, 8, 12, 8)),
     ]  # fmt: skip
-    return _dashboard("infermeter-fleet", "infermeter — fleet and daemon health", p, ["daemon"])
+    return _dashboard("infermeter-fleet", "infermeter — fleet and daemon health", p + _server_panels(5, 16),
+                      ["daemon"])  # fmt: skip
+
+
+def _vllm(concept: str) -> str:
+    """VLLM's own series for a concept, from the one map the scraper reads too."""
+    return next(s.name for s in server_metrics.ENGINES["vllm"] if s.concept == concept)
+
+
+def _server_panels(first: int, y: int) -> list[dict[str, Any]]:
+    """The canary's latency beside the server's own series, where Prometheus scrapes both (vLLM's names)."""
+    ttft = _vllm("ttft")
+    return [
+        _panel(first, "Canary TTFT p95 beside the server's own TTFT p95", [
+            (f"histogram_quantile(0.95, sum by (le, backend) (rate({names.TTFT.name}_bucket{{{SEL}}}"
+             "[$__rate_interval])))", "canary {{backend}}"),
+            (f"histogram_quantile(0.95, sum by (le, instance) (rate({ttft}_bucket[$__rate_interval])))",
+             "server {{instance}}"),
+        ], unit="s", pos=(0, y, 12, 8),
+            description="The gap between the two lines is the client's and the network's share."),
+        _panel(first + 1, "Server queue: running and waiting", [
+            (f"sum by (instance) ({_vllm('running')})", "running {{instance}}"),
+            (f"sum by (instance) ({_vllm('waiting')})", "waiting {{instance}}"),
+        ], pos=(12, y, 12, 8)),
+        _panel(first + 2, "Server KV cache use and prefix-cache hit rate", [
+            (f"avg by (instance) ({_vllm('kv_usage')})", "KV cache {{instance}}"),
+            (f"sum by (instance) (rate({_vllm('prefix_hits')}_total[$__rate_interval])) / sum by (instance) "
+             f"(rate({_vllm('prefix_queries')}_total[$__rate_interval]))", "prefix hits {{instance}}"),
+        ], unit="percentunit", pos=(0, y + 8, 12, 8)),
+        _panel(first + 3, "Server preemptions per second", [
+            (f"sum by (instance) (rate({_vllm('preemptions')}_total[$__rate_interval]))", "{{instance}}"),
+        ], unit="ops", pos=(12, y + 8, 12, 8)),
+    ]  # fmt: skip
 
 
 DASHBOARDS = {"overview": overview, "phases": phases, "energy": energy, "quality": quality, "fleet": fleet}

@@ -110,6 +110,7 @@ ENGINES: dict[str, tuple[SeriesSpec, ...]] = {
             ("prefix_hits", "vllm:gpu_prefix_cache_hits", "counter"),
             ("preemptions", "vllm:num_preemptions", "counter"),
             ("prompt_tokens", "vllm:prompt_tokens", "counter"),
+            ("cached_prompt_tokens", "vllm:prompt_tokens_cached", "counter"),
             ("generation_tokens", "vllm:generation_tokens", "counter"),
             ("ttft", "vllm:time_to_first_token_seconds", "histogram"),
             ("itl", "vllm:inter_token_latency_seconds", "histogram"),
@@ -269,6 +270,8 @@ def parse_exposition(text: str) -> list[Sample]:
             raise ConfigError(f"not a Prometheus text exposition (line {number}: {line[:80]!r})") from None
         if math.isnan(value):
             continue
+        if kind == "counter" and name == family and not name.endswith("_total"):
+            name += "_total"  # as the client library names a counter typed without its suffix
         out.append(Sample(name, _labels(m.group(2)), value))
     return out
 

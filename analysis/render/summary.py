@@ -244,9 +244,23 @@ def render_sweep(curve: dict[str, Any], over: str, percentile: float) -> Table:
         "lag p99",
     ):
         table.add_column(col, justify="right")
+    served = any(p.get("server") for p in curve["points"])
+    if served:  # the server's own view of each stage, from its scraped metrics
+        for col in ("server queue peak", "KV peak", "preempted"):
+            table.add_column(col, justify="right")
     knee = (curve.get("knee") or {}).get("stage")
     for p in curve["points"]:
         mark = " ◀ knee" if p["stage"] == knee else ""
+        srv = p.get("server") or {}
+        extra = (
+            [
+                fmt(srv.get("waiting_peak"), "{:g}"),
+                fmt(srv["kv_usage_peak"] * 100 if srv.get("kv_usage_peak") is not None else None, "{:.1f} %"),
+                fmt(srv.get("preemptions"), "{:g}"),
+            ]
+            if served
+            else []
+        )
         table.add_row(
             f"{p['load']:g}{mark}",
             f"{fmt(p['throughput'])} {p['throughput_unit']}",
@@ -257,6 +271,7 @@ def render_sweep(curve: dict[str, Any], over: str, percentile: float) -> Table:
             fmt(p["e2e_ms_pslo"]),
             fmt(p["goodput_share"] * 100 if p["goodput_share"] is not None else None, "{:.0f} %"),
             fmt(p["lag_ms_p99"], "{:.2f}"),
+            *extra,
         )
     sat = curve.get("saturated")
     caption = (

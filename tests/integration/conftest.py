@@ -123,3 +123,16 @@ def pushgateway(tmp_path: Path) -> Any:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real vLLM (CPU build) serving the built-in Gemma 3 270M, started once for the session."""
+    from tests.vllm.server import VllmServer
+
+    server = VllmServer(tmp_path_factory.mktemp("vllm") / "vllm.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

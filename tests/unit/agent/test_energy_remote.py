@@ -1,0 +1,147 @@
+"""GPU power from another host: a labelled stand-in DCGM exporter (DCGM's real series names and labels,
+its counter in millijoules since boot, refreshed on its own period) replaying a power trace on loopback,
+and another infermeter's GPU gauge. The same baseline, counter-first and gate rules as NVML apply."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agent.energy.base import Baseline, EnergyError
+from agent.energy.meter import EnergyMeter
+from agent.energy.remote import RemoteSource
+from agent.energy.sources import open_source
+
+
+class StandInExporter:
+    """NOT a DCGM exporter: serves its series from a trace (watts by time), two GPUs, on loopback.
+
+    Power steps from 50 W to 250 W on GPU 0 when ``busy`` is set and back when it is cleared; the
+    counter integrates what was served, refreshed every ``period_s`` as the real exporter does.
+    """
+
+    def __init__(self, period_s: float = 0.05, flavour: str = "dcgm") -> None:
+        self.period_s = period_s
+        self.flavour = flavour
+        self.power = [50.0, 40.0]
+        self.energy_mj = [1.0e9, 2.0e9]
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, daemon=True)
+        self.ticker.start()
+
+    def _tick(self) -> None:
+        last = time.perf_counter()
+        while not self.stop.wait(self.period_s):
+            now = time.perf_counter()
+            with self.lock:
+                for g, p in enumerate(self.power):
+                    self.energy_mj[g] += p * (now - last) * 1000
+            last = now
+
+    def set_power(self, gpu: int, watts: float) -> int:
+        """Switch a GPU's draw; returns the moment on the records' clock."""
+        with self.lock:
+            self.power[gpu] = watts
+            return time.perf_counter_ns()
+
+    def body(self) -> str:
+        with self.lock:
+            power, energy = list(self.power), list(self.energy_mj)
+        if self.flavour == "infermeter":
+            lines = ["# TYPE infermeter_gpu_power_watts gauge"]
+            lines += [f'infermeter_gpu_power_watts{{gpu="{g}"}} {p}' for g, p in enumerate(power)]
+            return "\n".join(lines) + "\n"
+        labels = [
+            f'gpu="{g}",UUID="GPU-standin-{g}",device="nvidia{g}",modelName="Stand-in H100",'
+            'Hostname="gpu-host-1"'
+            for g in range(2)
+        ]
+        out = ["# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).", "# TYPE DCGM_FI_DEV_POWER_USAGE gauge"]
+        out += [f"DCGM_FI_DEV_POWER_USAGE{{{lab}}} {p:.3f}" for lab, p in zip(labels, power, strict=True)]
+        out += [
+            "# HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).",
+            "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter",
+        ]
+        out += [
+            f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{lab}}} {int(e)}"
+            for lab, e in zip(labels, energy, strict=True)
+        ]
+        out += ["# TYPE DCGM_FI_DEV_GPU_UTIL gauge"] + [f"DCGM_FI_DEV_GPU_UTIL{{{lab}}} 87" for lab in labels]
+        return "\n".join(out) + "\n"
+
+
+@pytest.fixture(params=["dcgm", "infermeter"])
+def exporter(request: pytest.FixtureRequest) -> Iterator[tuple[str, StandInExporter]]:
+    standin = StandInExporter(flavour=request.param)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = standin.body().encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", standin
+    finally:
+        standin.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_remote_window_measures_what_the_gpu_drew(exporter: tuple[str, StandInExporter]) -> None:
+    url, standin = exporter
+    source = open_source(f"{standin.flavour}:{url}")
+    assert isinstance(source, RemoteSource) and source.gpus() == [0, 1]
+    meter = EnergyMeter(source, interval_s=0.05, baseline=Baseline(90.0, 0.5, 100, standin.flavour))
+    meter.start()
+    try:
+        time.sleep(0.3)
+        on = standin.set_power(0, 250.0)
+        time.sleep(0.8)
+        off = standin.set_power(0, 50.0)
+        time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while not meter.ready(off) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        w = meter.window(on, off)
+    finally:
+        meter.stop()
+    assert w is not None
+    seconds = (off - on) / 1e9
+    expected = (250.0 + 40.0 - 90.0) * seconds  # both GPUs over the two-GPU baseline
+    assert w.energy_j == pytest.approx(expected, rel=0.15), (w, expected)
+    assert w.quality == ("counter" if standin.flavour == "dcgm" else "good")
+    facts = source.describe()
+    assert facts["scrape_ms_p50"] >= 0 and facts["url"] == url
+    if standin.flavour == "dcgm":
+        assert facts["energy_counter"] == [True, True]
+        assert facts["gpus"][0] == {
+            "gpu": 0,
+            "host": "gpu-host-1",
+            "name": "Stand-in H100",
+            "uuid": "GPU-standin-0",
+        }
+        assert source.read()[0].util_pct == 87
+
+
+def test_an_endpoint_without_the_series_is_one_clear_error(exporter: tuple[str, StandInExporter]) -> None:
+    url, standin = exporter
+    other = "infermeter" if standin.flavour == "dcgm" else "dcgm"
+    with pytest.raises(EnergyError, match="serves no"):
+        open_source(f"{other}:{url}")
+    with pytest.raises(EnergyError, match="could not be read"):
+        open_source("dcgm:http://127.0.0.1:9/metrics")
+    with pytest.raises(EnergyError, match="needs an http"):
+        open_source("dcgm:gpu-host:9400")

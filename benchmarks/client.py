@@ -28,12 +28,14 @@ import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +137,26 @@ def _prompts(kind: str, distinct: int) -> dict[str, Any]:
 
 
 async def infermeter_client(
-    url: str, concurrency: int, requests: int, tokens: int, out: Path, prompts: str = "synthetic"
+    url: str,
+    concurrency: int,
+    requests: int,
+    tokens: int,
+    out: Path,
+    prompts: str = "synthetic",
+    scrape: str | None = None,
+    scrape_interval_s: float = 1.0,
 ) -> dict[str, Any]:
-    """The real thing: scenario → runner → openai backend → records written to JSONL."""
+    """The real thing: scenario → runner → openai backend → records written to JSONL.
+
+    With ``scrape``, the server scraper reads that metrics endpoint on its thread while the load runs,
+    as a run does beside a vLLM server.
+    """
     sys.path.insert(0, str(ROOT))
     from agent.backends import create
     from agent.core.scenario import Scenario
     from agent.run.prompts import prepare_workloads
     from agent.run.runner import RunContext, Runner
+    from agent.transport.scrape import Endpoint, ServerScraper
     from exporters.jsonl import JsonlWriter
 
     sc = Scenario.model_validate(
@@ -162,10 +176,19 @@ async def infermeter_client(
     t_make = time.perf_counter()
     await prepare_workloads([sc], backend)  # off the clock, as in a real run
     make_s = time.perf_counter() - t_make
+    scraper = None
+    if scrape:
+        scraper = ServerScraper(
+            [Endpoint(scrape, True)], out.with_suffix(".scrape.csv"), interval_s=scrape_interval_s
+        )
     with JsonlWriter(out) as writer:
         runner = Runner(sc, backend, writer, RunContext("bench"))
         t0, c0 = time.perf_counter(), time.process_time()
+        if scraper is not None:
+            scraper.start()
         await runner.run()
+        if scraper is not None:
+            scraper.stop()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     # the peak so far is the run's own (reading the records back below builds objects of its own); the
     # kernel's high-water mark of this process image, not ru_maxrss, which a child inherits from its parent
@@ -237,7 +260,16 @@ def client_main(ns: argparse.Namespace) -> None:
         result = uvloop.run(make_only(ns.url, ns.requests))
     else:
         result = uvloop.run(
-            infermeter_client(ns.url, ns.concurrency, ns.requests, ns.tokens, Path(ns.out), ns.prompts)
+            infermeter_client(
+                ns.url,
+                ns.concurrency,
+                ns.requests,
+                ns.tokens,
+                Path(ns.out),
+                ns.prompts,
+                ns.scrape_url,
+                ns.scrape_interval,
+            )
         )
     result["peak_pss_mb"] = pss.stop() if pss is not None else None
     result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -288,6 +320,34 @@ class Simulator:
                 self.proc.kill()
 
 
+#: the metrics endpoint infermeter's client scrapes while it runs (``--scrape``), set by ``main``
+SCRAPE: dict[str, Any] = {"url": None, "interval": 1.0}
+
+
+class MetricsEndpoint:
+    """A real vLLM exposition (``tests/data``) served as ``/metrics`` by a plain file server (pinned)."""
+
+    def __init__(self, core: int | None, folder: Path) -> None:
+        (folder / "metrics").write_text((ROOT / "tests/data/vllm_0.32_metrics.txt").read_text())
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [*_pin(core), sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+        self.proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(self.url, timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the metrics endpoint did not start")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def run_client(
     kind: str,
     url: str,
@@ -306,6 +366,8 @@ def run_client(
     cmd = [*_pin(core), sys.executable, __file__, "--client", kind, "--url", url]
     cmd += ["--concurrency", str(c), "--requests", str(n), "--tokens", str(tokens), "--prompts", prompts]
     cmd += ["--out", str(records), "--result", str(result)] + (["--pss"] if pss else [])
+    if SCRAPE["url"] and kind == "infermeter":
+        cmd += ["--scrape-url", SCRAPE["url"], "--scrape-interval", str(SCRAPE["interval"])]
     subprocess.run(cmd, cwd=ROOT, check=True)
     data: dict[str, Any] = json.loads(result.read_text())
     return data
@@ -532,6 +594,15 @@ def main() -> None:
     )
     p.add_argument("--make-prompts", type=int, default=100_000, help="workload: synthetic prompts to make")
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--scrape",
+        action="store_true",
+        help="infermeter's client scrapes a server metrics endpoint (a real vLLM exposition) while it runs",
+    )
+    p.add_argument(
+        "--scrape-interval", type=float, default=1.0, help="the scrape period, seconds (default 1)"
+    )
+    p.add_argument("--scrape-url", help=argparse.SUPPRESS)
     ns = p.parse_args()
     if ns.client:
         client_main(ns)
@@ -542,7 +613,10 @@ def main() -> None:
     if (os.cpu_count() or 1) < 2:
         ns.client_core = ns.server_core = None
     with tempfile.TemporaryDirectory(prefix="infermeter-bench-") as d:
+        endpoint = MetricsEndpoint(ns.server_core, Path(d)) if ns.scrape else None
+        SCRAPE.update(url=endpoint.url if endpoint else None, interval=ns.scrape_interval)
         report = {
+            "scrape": {"url": SCRAPE["url"], "interval_s": ns.scrape_interval} if endpoint else None,
             "cores": {"client": ns.client_core, "simulator": ns.server_core},
             "throughput": throughput(ns, Path(d)),
             "timing": timing(ns, Path(d)),
@@ -550,6 +624,8 @@ def main() -> None:
             "durability": durability(ns, Path(d)),
             "workload": workload(ns, Path(d)),
         }
+        if endpoint is not None:
+            endpoint.close()
     print(json.dumps(report, indent=2))
 
 

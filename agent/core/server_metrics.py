@@ -36,6 +36,7 @@ __all__ = [
     "SeriesFile",
     "SeriesSpec",
     "detect_engine",
+    "gauge_over_time",
     "label_text",
     "parse_exposition",
     "read_series",
@@ -442,6 +443,17 @@ def _bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:
             return lower + (b - lower) * ((rank - below) / span if span else 1.0)
         lower, below = b, buckets[b]
     return None
+
+
+def gauge_over_time(f: SeriesFile, concept: str) -> tuple[list[float], list[float]]:
+    """A gauge concept at every scrape (unix seconds), summed across its series; empty when not served."""
+    engine = f.engine()
+    for spec in _specs_for(engine, concept):
+        found = [s for _, s in f.matching(spec)]
+        if found:
+            times = [t for t in f.scrapes if any(s.times and s.times[0] <= t for s in found)]
+            return times, [sum(s.at(t) or 0.0 for s in found) for t in times]
+    return [], []
 
 
 def window_figures(f: SeriesFile, start: float, end: float) -> dict[str, object]:

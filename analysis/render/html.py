@@ -20,6 +20,7 @@ import numpy as np
 from markupsafe import Markup
 
 from agent.core.record import RequestRecord
+from agent.core.server_metrics import gauge_over_time, read_series
 from analysis.analyze import metric_values
 from analysis.render.study import DECISION_HEAD, QUALITY_HEAD, decision_cells, quality_rows
 from analysis.results import AnalysisResult, StudyResult
@@ -200,6 +201,33 @@ def _energy_timeline(run_dir: Path, origin_s: float | None) -> str | None:
     return _figure(fig, "energy-timeline")
 
 
+def _server_timeline(run_dir: Path, records: Sequence[RequestRecord]) -> str | None:
+    """The server's own requests running and waiting and its KV-cache use, on the latency figure's clock."""
+    path = run_dir / "server_metrics.csv"
+    if not path.is_file() or not records:
+        return None
+    f = read_series(path)
+    first = records[0]
+    origin = first.sent_unix_s - first.sent_offset_ms / 1000
+    go = _go()
+    fig = go.Figure()
+    for concept, label, axis in (("running", "running", "y"), ("waiting", "waiting", "y"),
+                                 ("kv_usage", "KV cache %", "y2")):  # fmt: skip
+        times, values = gauge_over_time(f, concept)
+        if not times:
+            continue
+        scale = 100.0 if concept == "kv_usage" else 1.0
+        fig.add_trace(go.Scatter(x=[t - origin for t in times], y=[v * scale for v in values], mode="lines",
+                                 line_shape="hv", name=label, yaxis=axis))  # fmt: skip
+    if not fig.data:
+        return None
+    engine = f.engine() or "server"
+    right = {"title": "KV cache %", "overlaying": "y", "side": "right", "rangemode": "tozero"}
+    fig.update_layout(title=_plot_text(f"the server's own state ({engine} metrics, same clock as latency)"),
+                      xaxis_title="s from start", yaxis_title="requests", yaxis2=right)  # fmt: skip
+    return _figure(fig, "server-timeline")
+
+
 def _sweep_curve(summary: dict[str, Any] | None) -> str | None:
     sweep = (summary or {}).get("sweep") or {}
     points = sweep.get("points") or []
@@ -233,6 +261,7 @@ def run_html(run: Run) -> str:
             "note",
         ),
         _latency_over_time(records),
+        _server_timeline(run.path, records),
         _cdf_figure(cdfs, "CDFs of TTFT, TPOT and every inter-token gap (ok steady requests)", "cdfs"),
         _throughput_over_time(records),
         _energy_timeline(run.path, origin / 1e9 if origin else None),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import read_records, run_cli, start_cli, wait_for
+from tests.integration.test_html_report import check
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +125,8 @@ def test_a_sweep_knee_is_explained_by_the_servers_own_queue(
     assert points["concurrency=4"]["server"]["waiting_peak"] >= 1
     stages = {st["stage"]: st for st in summary["server"]["stages"]}
     assert stages["concurrency=4"]["queue_time"]["mean_s"] > stages["concurrency=2"]["queue_time"]["mean_s"]
+    # the page a browser renders puts the server's own state on the latency figure's clock
+    check(out / "report.html", {"latency-over-time", "server-timeline", "sweep-curve"}, "vllm-sweep")
     saturated = summary["sweep"]["saturated"]
     if saturated is not None:  # throughput stopped rising: the server's queue is named as the cause
         assert "queued at the server" in saturated["server"], saturated

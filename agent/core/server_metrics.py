@@ -20,7 +20,7 @@ import csv
 import itertools
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -208,6 +208,9 @@ def label_text(labels: dict[str, str]) -> str:
     return "{" + inner + "}"
 
 
+#: lines parsed between two ``pause`` calls (about 0.3 ms of work)
+PAUSE_EVERY = 64
+
 _LINE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?[ \t]+([^ \t]+)')
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 _ESCAPES = {"n": "\n", "\\": "\\", '"': '"'}
@@ -232,17 +235,21 @@ def _labels(inner: str | None) -> str:
     return label_text(pairs)
 
 
-def parse_exposition(text: str) -> list[Sample]:
+def parse_exposition(text: str, pause: Callable[[], None] | None = None) -> list[Sample]:
     """The samples worth keeping from a Prometheus text exposition.
 
     Mapped series are kept whole; other gauges and counters raw; the buckets of unmapped histograms and
     every ``_created`` sample are dropped. A line-by-line reader (the client library's parser spends
     most of a scrape on the buckets it would drop); a test holds it equal to that parser. A malformed
-    exposition raises ``ConfigError`` with the line.
+    exposition raises ``ConfigError`` with the line. ``pause`` is called every ``PAUSE_EVERY`` lines: a
+    scraper thread passes ``time.sleep(0)`` there, so the event loop beside it never waits for the
+    interpreter lock longer than a slice of the parse.
     """
     out: list[Sample] = []
     family, kind, drop_buckets = "", "untyped", False
     for number, line in enumerate(text.splitlines(), 1):
+        if pause is not None and number % PAUSE_EVERY == 0:
+            pause()
         if not line or line.isspace():
             continue
         if line[0] == "#":

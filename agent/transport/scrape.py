@@ -40,6 +40,11 @@ MAX_SAMPLES = 20_000
 _KEEP_TIMES = 4096
 
 
+def _yield() -> None:
+    """Let the event loop's thread run (the parse holds the interpreter lock between these)."""
+    time.sleep(0)
+
+
 def metrics_url_of(base_url: str) -> str:
     """The ``/metrics`` URL at the root of an OpenAI-compatible base URL (``…/v1`` dropped)."""
     parts = urlsplit(base_url)
@@ -165,7 +170,7 @@ class ServerScraper:
         t_unix = time.time()
         try:
             text = fetch(ep.url, self.timeout_s)
-            samples = parse_exposition(text)
+            samples = parse_exposition(text, pause=_yield)
         except ConfigError as e:
             ep.errors += 1
             ep.last_error = str(e)

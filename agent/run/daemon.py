@@ -34,6 +34,7 @@ from agent.core.scenario import Scenario, load_scenario, resolve_scenario
 from agent.run.daemon_config import DaemonConfig, TargetConfig, load_daemon_config
 from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner
+from agent.transport.scrape import Endpoint, ServerScraper
 from exporters.http import MetricsServer
 from exporters.jsonl import RotatingJsonl
 from exporters.prometheus import RecordMetrics
@@ -69,6 +70,9 @@ class _Target:
     #: the probe loop's last unexpected error while it waits to be restarted (readiness is red)
     loop_error: dict[str, Any] | None = None
     loop_failures: int = 0
+    #: the target's own metrics endpoint(s), scraped into the sampling directory once it answered
+    scraper: ServerScraper | None = None
+    scrape_note: str | None = None
 
 
 class Daemon:
@@ -221,6 +225,9 @@ class Daemon:
             await asyncio.gather(*pending, return_exceptions=True)
         for n in names:
             target = self.targets.get(n)
+            if target is not None and target.scraper is not None:
+                await asyncio.to_thread(target.scraper.stop)
+                target.scraper = None
             if target is not None and target.started:
                 with contextlib.suppress(Exception):
                     await target.backend.close()
@@ -277,6 +284,7 @@ class Daemon:
             try:
                 await t.backend.start()
                 t.started = True
+                await self._start_scraper(t)
             except InfermeterError as e:
                 with contextlib.suppress(Exception):
                     await t.backend.close()
@@ -292,6 +300,35 @@ class Daemon:
         context = RunContext(f"daemon-{t.cfg.name}-{self.config_id}", cold=t.cold)
         runner = Runner(t.scenario, t.backend, _Sink(self, t), context, requests=t.requests, freeze_gc=False)
         await runner.run()
+
+    async def _start_scraper(self, t: _Target) -> None:
+        """Scrape the target's own metrics beside its probes (``server_metrics-<name>.csv``), once."""
+        if t.scraper is not None or self.config is None or not t.cfg.server_metrics:
+            return
+        urls = [u for u in t.cfg.server_metrics if u != "auto"]
+        own = getattr(t.backend, "metrics_url", None)
+        if "auto" in t.cfg.server_metrics and isinstance(own, str) and own not in urls:
+            why = await asyncio.to_thread(ServerScraper.probe, own)
+            if why is None:
+                urls.append(own)
+            else:
+                t.scrape_note = f"not scraped: {why}"
+        if not urls:
+            return
+        cfg, folder = self.config.server_metrics, self.config.sampling.dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            scraper = ServerScraper(
+                [Endpoint(u, given=u in t.cfg.server_metrics) for u in urls],
+                folder / f"server_metrics-{t.cfg.name}.csv",
+                interval_s=cfg.interval or 15.0,
+                max_bytes=cfg.max_bytes,
+            )
+            await asyncio.to_thread(scraper.start)
+        except OSError as e:
+            t.scrape_note = f"not scraped: {folder}: {e.strerror or e}"
+            return
+        t.scraper, t.scrape_note = scraper, None
 
     def record_probe(self, t: _Target, record: RequestRecord) -> None:
         """A finished probe: metrics under the target's name, status, sampling."""
@@ -383,6 +420,7 @@ class Daemon:
                     "last": t.last,
                     "loop_failures": t.loop_failures,
                     "loop_error": t.loop_error,
+                    "server": t.scraper.describe() if t.scraper is not None else t.scrape_note,
                 }
                 for name, t in self.targets.items()
             },

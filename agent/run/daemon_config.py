@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.core.durations import Duration, PositiveDuration
 from agent.core.errors import ConfigError
 
-__all__ = ["DaemonConfig", "TargetConfig", "load_daemon_config"]
+__all__ = ["DaemonConfig", "ServerMetricsConfig", "TargetConfig", "load_daemon_config"]
 
 
 class _Strict(BaseModel):
@@ -73,12 +73,34 @@ class SamplingConfig(_Strict):
     keep: int = Field(5, ge=1, description="rotated files kept beside the live one")
 
 
+class ServerMetricsConfig(_Strict):
+    """The targets' own Prometheus endpoints, scraped beside the probes into the sampling directory."""
+
+    interval: PositiveDuration = Field(15.0, description="how often each target's server is scraped")
+    max_bytes: int = Field(20_000_000, ge=4096, description="rotate a target's series file at this size")
+
+
 class TargetConfig(_Strict):
     """One thing to probe: a backend (any registered one, with its Args) and a scenario's prompts."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str
     args: dict[str, Any] = Field(default_factory=dict)
+    server_metrics: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="endpoints of the target's own metrics: auto (the backend's /metrics when it serves "
+        "one), URLs, or [] for none",
+    )
+
+    @field_validator("server_metrics")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        """``auto`` or http(s) URLs."""
+        for v in value:
+            if v != "auto" and not v.startswith(("http://", "https://")):
+                raise ValueError(f"{v!r} is neither auto nor an http(s) URL of a metrics endpoint")
+        return value
+
     scenario: str = "micro"
     interval: PositiveDuration = None
     max_tokens: int | None = Field(None, ge=1)
@@ -91,6 +113,7 @@ class DaemonConfig(_Strict):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    server_metrics: ServerMetricsConfig = Field(default_factory=ServerMetricsConfig)
     targets: list[TargetConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 
 from agent.core.errors import ConfigError
-from agent.core.server_metrics import FILE_HEADER, Sample, detect_engine, parse_exposition
+from agent.core.server_metrics import FILE_HEADER, Sample, detect_engine, parse_exposition, series_spec
 
 __all__ = ["MAX_BODY_BYTES", "MAX_SAMPLES", "Endpoint", "ServerScraper", "fetch", "metrics_url_of"]
 
@@ -38,6 +38,16 @@ MAX_BODY_BYTES = 16 * 2**20
 MAX_SAMPLES = 20_000
 #: scrape times kept per endpoint for the manifest's percentiles
 _KEEP_TIMES = 4096
+
+
+def _gauges(samples: list[Sample]) -> dict[str, float]:
+    """The scrape's running, waiting and KV-cache gauges in common concepts (summed over label sets)."""
+    out: dict[str, float] = {}
+    for s in samples:
+        spec = series_spec(s.name)
+        if spec is not None and spec.kind == "gauge" and spec.concept in ("running", "waiting", "kv_usage"):
+            out[spec.concept] = out.get(spec.concept, 0.0) + s.value
+    return out
 
 
 def _yield() -> None:
@@ -80,6 +90,8 @@ class Endpoint:
     cut: int = 0
     last_error: str | None = None
     series: int = 0
+    #: the latest scrape's gauges in common concepts (running, waiting, kv_usage), for a live status
+    latest: dict[str, float] = field(default_factory=dict)
     times_ms: list[float] = field(default_factory=list)
     #: each series' last written value, to write only changes
     last: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -100,6 +112,8 @@ class Endpoint:
             out["scrape_ms_max"] = round(times[-1], 2)
         if self.cut:
             out["cut_scrapes"] = self.cut
+        if self.latest:
+            out["latest"] = self.latest
         if self.last_error:
             out["last_error"] = self.last_error
         return out
@@ -109,9 +123,18 @@ class ServerScraper:
     """Reads every endpoint each ``interval_s`` on a daemon thread into ``path`` (CSV, changes only)."""
 
     def __init__(
-        self, endpoints: list[Endpoint], path: Path, *, interval_s: float = 1.0, timeout_s: float = 2.0
+        self,
+        endpoints: list[Endpoint],
+        path: Path,
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 2.0,
+        max_bytes: int | None = None,
     ) -> None:
         self.endpoints = endpoints
+        #: past this size the file moves to ``<name>.1.csv`` and a new one starts with a full scrape
+        self.max_bytes = max_bytes
+        self._full_next = False
         self.path = path
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -160,9 +183,12 @@ class ServerScraper:
         with self._lock:
             if self._fh.closed:
                 return
+            full, self._full_next = full or self._full_next, False
             for ep in self.endpoints:
                 self._scrape_one(ep, full)
             self._fh.flush()
+            if self.max_bytes is not None and self._fh.tell() > self.max_bytes:
+                self._rotate()
         self.cpu_ns += time.thread_time_ns() - cpu0
 
     def _scrape_one(self, ep: Endpoint, full: bool) -> None:
@@ -184,7 +210,17 @@ class ServerScraper:
         if ep.engine is None:
             ep.engine = detect_engine(s.name for s in samples)
         ep.series = len(samples)
+        ep.latest = _gauges(samples)
         self._write(ep, samples, f"{t_unix:.3f}", full)
+
+    def _rotate(self) -> None:
+        self._fh.close()
+        self.path.replace(self.path.with_suffix(".1.csv"))
+        self._fh = self.path.open("a", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._fh)
+        self._csv.writerow(FILE_HEADER)
+        self._fh.flush()
+        self._full_next = True  # the new file opens with every series' value
 
     def _write(self, ep: Endpoint, samples: list[Sample], t: str, full: bool) -> None:
         last = ep.last

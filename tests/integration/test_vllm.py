@@ -142,6 +142,8 @@ def test_the_daemon_probes_vllm(vllm: Any, tmp_path: Path, cache_dir: Path) -> N
         f"""
 metrics: {{host: 127.0.0.1, port: {port}}}
 probe: {{interval: 1s, jitter: 0.1, max_concurrency: 1, timeout: 60s, max_tokens: 2, grace: 5s}}
+sampling: {{every: 1, dir: {tmp_path / "samples"}}}
+server_metrics: {{interval: 0.5s}}
 targets:
   - name: vllm
     backend: openai
@@ -164,10 +166,21 @@ targets:
     try:
         wait_for(lambda: (probes().get("last") or {}).get("status") == "ok", 120, "a good probe of vLLM")
         assert probes()["up"] is True
+
+        # the daemon scrapes vLLM's own metrics beside its probes, and /status shows the latest
+        def scrapes() -> int:
+            endpoints = (probes().get("server") or {}).get("endpoints") or [{}]
+            return int(endpoints[0].get("scrapes", 0))
+
+        wait_for(lambda: scrapes() >= 3, 30, "three scrapes of vLLM's metrics")
+        server = probes()["server"]["endpoints"][0]
+        assert server["engine"] == "vllm" and server["errors"] == 0 and "waiting" in server["latest"]
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in err
+    series = (tmp_path / "samples" / "server_metrics-vllm.csv").read_text()
+    assert "vllm:num_requests_running" in series and "vllm:time_to_first_token_seconds_bucket" in series
 
 
 def test_a_study_variant_served_by_vllm(vllm: Any, tmp_path: Path, cache_dir: Path) -> None:

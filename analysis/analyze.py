@@ -40,6 +40,7 @@ from analysis.quality import (
 from analysis.results import AnalysisResult
 from analysis.runs import Run
 from analysis.scorers import load_semscorer
+from analysis.server import server_summary
 from analysis.stats import describe
 from analysis.summary import summarize
 
@@ -179,8 +180,18 @@ def _cost(run: Run, perf: dict[str, Any], opts: Options) -> dict[str, Any] | Non
     )
 
 
+def _server(run: Run) -> dict[str, Any] | None:
+    """The run's server block: from its summary, else read again from its scraped series."""
+    stored = (run.summary or {}).get("server")
+    if isinstance(stored, dict):
+        return stored
+    return server_summary(run.path, run.records) if run.path.is_dir() else None
+
+
 def _run_info(run: Run) -> dict[str, Any]:
     manifest = run.manifest or {}
+    server = _server(run)
+    flags = [f"{run.label}: {flag}" for flag in (server or {}).get("flags") or []]
     return {
         "label": run.label,
         "path": str(run.path),
@@ -192,7 +203,8 @@ def _run_info(run: Run) -> dict[str, Any]:
         "ok": sum(1 for r in run.records if r.status == "ok"),
         "config_sha256": (manifest.get("scenario") or {}).get("sha256"),
         "started_at": manifest.get("started_at"),
-        "warnings": run.warnings,
+        "warnings": [*run.warnings, *flags],
+        "server": server,
     }
 
 

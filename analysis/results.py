@@ -169,6 +169,8 @@ class RunInfo(Block):
     config_sha256: str | None = None
     started_at: str | None = None
     warnings: list[str] = Field(default_factory=list)
+    #: the server's own figures per stage, where the run scraped them (``analysis.server``)
+    server: dict[str, Any] | None = None
 
 
 class AnalysisOptions(Block):

@@ -4,7 +4,6 @@ and another infermeter's GPU gauge. The same baseline, counter-first and gate ru
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from agent.energy.base import Baseline, EnergyError
 from agent.energy.meter import EnergyMeter
 from agent.energy.remote import RemoteSource
 from agent.energy.sources import open_source
+from tests.standin_http import serving
 
 
 class StandInExporter:
@@ -79,25 +79,11 @@ class StandInExporter:
 def exporter(request: pytest.FixtureRequest) -> Iterator[tuple[str, StandInExporter]]:
     standin = StandInExporter(flavour=request.param)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = standin.body().encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", standin
+        with serving(lambda: (200, standin.body())) as url:
+            yield url, standin
     finally:
         standin.stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_remote_window_measures_what_the_gpu_drew(exporter: tuple[str, StandInExporter]) -> None:

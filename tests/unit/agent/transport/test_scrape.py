@@ -3,7 +3,6 @@ when an exposition is too big, errors counted and never fatal, and every row on 
 
 from __future__ import annotations
 
-import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from agent.core.server_metrics import read_series, window_figures
 from agent.transport import scrape
 from agent.transport.scrape import Endpoint, ServerScraper, metrics_url_of
+from tests.standin_http import serving
 
 DATA = Path(__file__).resolve().parents[3] / "data"
 
@@ -30,27 +30,12 @@ class Exposition:
 def endpoint() -> Iterator[tuple[str, Exposition]]:
     state = Exposition()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.hits += 1
-            body = state.body.encode()
-            self.send_response(state.status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer() -> tuple[int, str]:
+        state.hits += 1
+        return state.status, state.body
 
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(answer) as url:
+        yield url, state
 
 
 def gauge(waiting: float, hits: float) -> str:

@@ -417,7 +417,7 @@ def _histogram(f: SeriesFile, engine: str | None, concept: str, start: float, en
             if le is not None and (d := s.increase(start, end, from_zero=z)) is not None:
                 buckets[le] = buckets.get(le, 0.0) + d
         out = {"count": count, "mean_s": total / count}
-        for q in (0.5, 0.9, 0.99):
+        for q in (0.5, 0.9, 0.95, 0.99):
             if (v := _bucket_quantile(q, buckets)) is not None:
                 out[f"p{round(q * 100)}_s"] = v
         return out

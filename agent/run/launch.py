@@ -387,6 +387,8 @@ class Launch:
         self._load_end_ns = time.perf_counter_ns()
         if self.server is not None:
             await self.server.after_stage(self.stage)
+            self.manifest.update(self.server.describe())  # each window on disk as it closes (kill -9)
+            self._save_manifest()
         shared.bar.show()
         await self._energy_stage(plan.label or "steady", outcomes, stage_start)
         return outcomes, stage_records

@@ -39,10 +39,14 @@ VARIABLES = {
     "$__rate_interval": WINDOW,
     "$__range": WINDOW,
 }
+SERVER_PANELS_CHECKED = "vLLM's own series against vLLM itself (tests/integration/test_vllm.py)"
 #: panels whose figures do not come from a load run's records, and where they are checked instead
 NOT_FROM_RECORDS = {
     "quality": "published by `infermeter analyze` (tests/integration/test_analyze_publish.py)",
     "fleet / Scrape health": "Prometheus' own view of its scrapes",
+    # the server's own series: a real vLLM scraped by a real Prometheus (tests/integration/test_vllm.py)
+    "fleet / Canary TTFT p95 beside the server's own TTFT p95 / B": SERVER_PANELS_CHECKED,
+    "fleet / Server ": SERVER_PANELS_CHECKED,
 }
 #: Prometheus scales a rate's increase to its window's end (by up to half a scrape interval, here over a
 #: series about 25 s long): a few percent above the records' count
@@ -183,6 +187,10 @@ def test_every_panel_equals_the_records(finished_run: Any) -> None:
             1e-9,
         ),
         "fleet / Backend up / A": (1.0, 0),
+        "fleet / Canary TTFT p95 beside the server's own TTFT p95 / A": (
+            quantile_of("ttft_ms", 0.95),
+            quantile,
+        ),
         "fleet / Probe rate / A": (rate(len(steady)), relative),
         "overview / Tokens per second: native vs wall / A": (
             sum(r["output_tokens"] for r in native) / (sum(r["decode_ms"] for r in native) / ms),

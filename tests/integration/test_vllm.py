@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,62 @@ max_tokens: 2
     manifest = json.loads((cell / "manifest.json").read_text())
     assert manifest["server_metrics"]["endpoints"][0]["engine"] == "vllm"
     assert manifest["prefix_cache"]["resets"][0]["ok"] is True
+
+
+def test_the_fleet_dashboards_server_panels_read_vllms_own_series(
+    vllm: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    """A real Prometheus scrapes vLLM from before a run to after it: each server panel of the fleet
+    dashboard, asked over that span, equals what the run's own scrape of vLLM says, or vLLM itself."""
+    from agent.core.server_metrics import parse_exposition
+    from agent.transport.scrape import fetch
+    from tests.integration.test_dashboard_figures import panels
+    from tests.integration.test_prometheus import free_port, promql
+    from tests.promtools import Prometheus
+
+    def one(query: str) -> float:
+        values = [float(series["value"][1]) for series in promql(prom.api, query)]
+        assert len(values) == 1, (query, values)
+        return values[0]
+
+    def scraped() -> bool:
+        try:
+            return bool(promql(prom.api, 'up{job="vllm"} == 1'))
+        except OSError:
+            return False
+
+    prom = Prometheus(tmp_path, free_port(), [vllm.url.removeprefix("http://")], job="vllm")
+    try:
+        wait_for(scraped, 60, "a first scrape of vLLM")
+        time.sleep(2.5)  # scrapes before the load: every rate starts from the counters' values then
+        out = tmp_path / "run"
+        args = [
+            "run",
+            "synthetic",
+            *small(4, tokens="300", out="2"),
+            "--concurrency",
+            "2",
+            "--prefix-cache",
+            "keep",
+        ]
+        done = run_cli([*args, *against(vllm), *QUIET, "--out", str(out)], cache_dir, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+        time.sleep(3.5)  # scrapes after it
+        stage = json.loads((out / "summary.json").read_text())["server"]["stages"][0]
+        now = {s.name: s.value for s in parse_exposition(fetch(vllm.url + "/metrics", 5))}
+        fleet = {k.removeprefix("fleet / "): v for k, v in panels().items() if k.startswith("fleet / ")}
+        ttft_p95 = one(fleet["Canary TTFT p95 beside the server's own TTFT p95 / B"])
+        assert ttft_p95 == pytest.approx(stage["ttft"]["p95_s"], rel=1e-3)
+        hit_rate = one(fleet["Server KV cache use and prefix-cache hit rate / B"])
+        assert hit_rate == pytest.approx(stage["prefix_hit_ratio"], rel=1e-3, abs=1e-6)
+        assert (
+            one(fleet["Server KV cache use and prefix-cache hit rate / A"]) == now["vllm:kv_cache_usage_perc"]
+        )
+        assert one(fleet["Server queue: running and waiting / A"]) == now["vllm:num_requests_running"] == 0
+        assert one(fleet["Server queue: running and waiting / B"]) == now["vllm:num_requests_waiting"] == 0
+        assert one(fleet["Server preemptions per second / A"]) == stage["preemptions"] == 0
+    finally:
+        prom.stop()
 
 
 def test_a_vllm_killed_mid_run_leaves_degraded_records(vllm: Any, tmp_path: Path, cache_dir: Path) -> None:

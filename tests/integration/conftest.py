@@ -125,14 +125,42 @@ def pushgateway(tmp_path: Path) -> Any:
         proc.wait(30)
 
 
+#: a vLLM started as the session begins, when it will be needed and its environment is there already:
+#: its two minutes of start-up overlap the tests that come before the vLLM ones
+_EARLY: dict[str, Any] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start vLLM now if a selected test uses it and ``make vllm`` has finished."""
+    if not any("vllm" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    import tempfile
+
+    from tests.vllm import server as vllm_server
+
+    try:
+        vllm_server.home(timeout_s=0)
+    except FileNotFoundError:
+        return  # still being made, or missing: the fixture waits for it, or says why
+    log = Path(tempfile.mkdtemp(prefix="infermeter-vllm-")) / "vllm.log"
+    _EARLY["server"] = vllm_server.VllmServer(log)
+
+
 @pytest.fixture(scope="session")
 def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real vLLM (CPU build) serving the built-in Gemma 3 270M, started once for the session."""
     from tests.vllm.server import VllmServer
 
-    server = VllmServer(tmp_path_factory.mktemp("vllm") / "vllm.log")
+    server = _EARLY.pop("server", None) or VllmServer(tmp_path_factory.mktemp("vllm") / "vllm.log")
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A vLLM started early whose tests never ran (deselected, or the run stopped) is stopped."""
+    early = _EARLY.pop("server", None)
+    if early is not None:
+        early.stop()

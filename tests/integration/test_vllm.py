@@ -241,7 +241,7 @@ def test_the_fleet_dashboards_server_panels_read_vllms_own_series(
         args = [
             "run",
             "synthetic",
-            *small(4, tokens="300", out="2"),
+            *small(2, tokens="300", out="2"),
             "--concurrency",
             "2",
             "--prefix-cache",

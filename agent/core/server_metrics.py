@@ -37,6 +37,7 @@ __all__ = [
     "SeriesSpec",
     "detect_engine",
     "gauge_over_time",
+    "label_pairs",
     "label_text",
     "parse_exposition",
     "read_series",
@@ -228,11 +229,15 @@ def _unescape(value: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), "\\" + m.group(1)), value)
 
 
+def label_pairs(text: str | None) -> dict[str, str]:
+    """Labels as written in an exposition or in ``label_text`` form (braces optional), unescaped."""
+    if not text:
+        return {}
+    return {k: _unescape(v) for k, v in _LABEL.findall(text.strip("{}"))}
+
+
 def _labels(inner: str | None) -> str:
-    if not inner:
-        return ""
-    pairs = {k: _unescape(v) for k, v in _LABEL.findall(inner)}
-    return label_text(pairs)
+    return label_text(label_pairs(inner)) if inner else ""
 
 
 def parse_exposition(text: str, pause: Callable[[], None] | None = None) -> list[Sample]:
@@ -425,14 +430,10 @@ def _histogram(f: SeriesFile, engine: str | None, concept: str, start: float, en
 
 
 def _le(labels: str) -> float | None:
-    for part in labels.strip("{}").split(","):
-        key, _, value = part.partition("=")
-        if key == "le":
-            try:
-                return float(value.strip('"'))
-            except ValueError:
-                return None
-    return None
+    try:
+        return float(label_pairs(labels)["le"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:

@@ -20,7 +20,7 @@ import time
 from typing import Any, Literal
 
 from agent.core.errors import ConfigError
-from agent.core.server_metrics import parse_exposition
+from agent.core.server_metrics import label_pairs, parse_exposition
 from agent.energy.base import EnergyError, PowerSample
 from agent.transport.scrape import fetch
 
@@ -39,15 +39,6 @@ _DCGM_DETAIL = {
 _KEEP_TIMES = 4096
 
 Flavour = Literal["dcgm", "infermeter"]
-
-
-def _labels(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.strip("{}").split('",'):
-        key, _, value = part.partition("=")
-        if key:
-            out[key.strip()] = value.strip().strip('"')
-    return out
 
 
 class RemoteSource:
@@ -86,7 +77,7 @@ class RemoteSource:
         labels_of: dict[int, dict[str, str]] = {}
         power = DCGM_POWER if self.flavour == "dcgm" else INFERMETER_POWER
         for s in samples:
-            labels = _labels(s.labels)
+            labels = label_pairs(s.labels)
             if "gpu" not in labels:
                 continue
             try:

@@ -51,22 +51,34 @@ def _server_table(result: AnalysisResult) -> list[str]:
     for r in result.runs:
         for st in (r.server or {}).get("stages") or []:
             ratio = st.get("prefix_hit_ratio")
-            rows.append([
-                r.label,
-                oneline(str(st.get("stage"))),
-                oneline(str(st.get("engine") or "—")),
-                two((st.get("running") or {}).get("peak")),
-                two((st.get("waiting") or {}).get("peak")),
-                share((st.get("kv_usage") or {}).get("peak")),
-                two(st.get("preemptions")),
-                share(ratio),
-                two(st.get("ttft_server_mean_ms")),
-                two(st.get("ttft_client_and_network_ms")),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    r.label,
+                    oneline(str(st.get("stage"))),
+                    oneline(str(st.get("engine") or "—")),
+                    two((st.get("running") or {}).get("peak")),
+                    two((st.get("waiting") or {}).get("peak")),
+                    share((st.get("kv_usage") or {}).get("peak")),
+                    two(st.get("preemptions")),
+                    share(ratio),
+                    two(st.get("ttft_server_mean_ms")),
+                    two(st.get("ttft_client_and_network_ms")),
+                ]
+            )
     if not rows:
         return []
-    head = ["run", "stage", "engine", "running peak", "waiting peak", "KV peak", "preempted",
-            "prefix hits", "server TTFT mean ms", "client + network ms"]  # fmt: skip
+    head = [
+        "run",
+        "stage",
+        "engine",
+        "running peak",
+        "waiting peak",
+        "KV peak",
+        "preempted",
+        "prefix hits",
+        "server TTFT mean ms",
+        "client + network ms",
+    ]
     return ["### The server's own view", *md_table(head, rows)]
 
 

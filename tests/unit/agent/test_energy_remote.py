@@ -4,6 +4,7 @@ and another infermeter's GPU gauge. The same baseline, counter-first and gate ru
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -94,14 +95,19 @@ def test_a_remote_window_measures_what_the_gpu_drew(exporter: tuple[str, StandIn
         while not meter.ready(off) and time.monotonic() < deadline:
             time.sleep(0.02)
         w = meter.window(on, off)
+        samples = [s for s in meter.poller.between(0, 2**63 - 1) if s.gpu == 0]
     finally:
         meter.stop()
     assert w is not None
     seconds = (off - on) / 1e9
     expected = (250.0 + 40.0 - 90.0) * seconds  # both GPUs over the two-GPU baseline
-    assert w.energy_j == pytest.approx(expected, rel=0.1), (w, expected)
-    assert w.quality == ("counter" if standin.flavour == "dcgm" else "good")
+    # Each edge of the step can be off by what the machine allowed: half the widest gap between the
+    # samples that bracket it (the counter is interpolated across it) plus half the slowest scrape.
     facts = source.describe()
+    gap_s = max(b.t_ns - a.t_ns for a, b in itertools.pairwise(samples)) / 1e9
+    edge_j = 200.0 * (gap_s / 2 + facts["scrape_ms_max"] / 2000)
+    assert w.energy_j == pytest.approx(expected, rel=0.03, abs=2 * edge_j), (w, expected, gap_s, facts)
+    assert w.quality == ("counter" if standin.flavour == "dcgm" else "good")
     assert facts["scrape_ms_p50"] >= 0 and facts["url"] == url
     if standin.flavour == "dcgm":
         assert facts["energy_counter"] == [True, True]

@@ -12,6 +12,7 @@ flagged, never turned into negative joules.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import statistics
@@ -184,26 +185,41 @@ def _by_counter(
     wrap_mj: int,
     flags: list[str],
 ) -> tuple[float, float] | None:
-    """(energy over the baseline, mean power) from the counter readings that bracket the window."""
-    before = [(t, c) for t, _, c in ticks if t <= start_ns and c is not None]
-    after = [(t, c) for t, _, c in ticks if t >= end_ns and c is not None]
-    if not before or not after:
+    """(energy over the baseline, mean power) from the counter, read at each edge of the window.
+
+    The counter is cumulative, so its value at an edge is interpolated between the readings on either
+    side: the window gets the readings inside it whole, and only the share of the two edge intervals
+    that falls inside. A step in power near an edge then costs at most a part of one interval.
+    """
+    readings = [(t, c) for t, _, c in ticks if c is not None]
+    first = next((i for i, (t, _) in enumerate(readings) if t > start_ns), len(readings)) - 1
+    last = next((i for i, (t, _) in enumerate(readings) if t >= end_ns), None)
+    if first < 0 or last is None:
         return None
-    (t0, c0), (t1, c1) = before[-1], after[0]
-    delta_mj = c1 - c0
-    wrapped = delta_mj < 0  # the counter wrapped between the two readings
-    if wrapped:
-        delta_mj += wrap_mj
-    span_s = (t1 - t0) / 1e9
-    duration_s = (end_ns - start_ns) / 1e9
-    if span_s <= 0 or span_s > 2 * duration_s:
+    span = readings[first : last + 1]
+    if span[-1][0] - span[0][0] > 2 * (end_ns - start_ns):
         return None  # a bracket much wider than the event says more about its neighbours than about it
+    total, wrapped = [0.0], False
+    for (_, a), (_, b) in itertools.pairwise(span):
+        step = b - a
+        if step < 0:  # the counter wrapped between these two readings
+            step, wrapped = step + wrap_mj, True
+        total.append(total[-1] + step)
+    times = [t for t, _ in span]
+    delta_mj = _at(end_ns, times, total) - _at(start_ns, times, total)
     if wrapped:
         flags.append("counter_wrapped")
-    # the counter integrates the bracket; the window's share assumes steady power across it
-    mean_w = delta_mj / 1000 / span_s
+    duration_s = (end_ns - start_ns) / 1e9
+    mean_w = delta_mj / 1000 / duration_s
     energy = (mean_w - baseline.mean_w) * duration_s
     if energy < 0:
         flags.append("below_baseline")
         energy = 0.0
     return energy, mean_w
+
+
+def _at(t: int, times: list[int], total: list[float]) -> float:
+    """The cumulative counter at ``t``, linear between the readings on either side (``t`` is within)."""
+    i = max(0, min(len(times) - 2, bisect.bisect_right(times, t) - 1))
+    (t0, t1), (c0, c1) = times[i : i + 2], total[i : i + 2]
+    return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1

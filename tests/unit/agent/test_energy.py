@@ -100,6 +100,28 @@ def test_counter_and_polling_agree_on_a_long_window() -> None:
     assert by_counter.energy_j / 1.5 == pytest.approx(polled_w.energy_j / 1.6, rel=0.01)
 
 
+def test_a_step_at_the_edges_of_a_long_window_costs_at_most_part_of_an_interval() -> None:
+    """A GPU steps from 50 W to 250 W and back between two readings 100 ms apart.
+
+    The window gets the readings inside it whole and only its share of the two edge intervals, so the
+    50 W outside the window is not spread over it (spreading the whole bracket evenly reads 10 % low).
+    """
+    samples, energy = [], 0.0
+    on, off = 1030, 1830  # ms
+    for t in range(0, 3001):  # the counter integrates each millisecond exactly
+        if t % 100 == 0:
+            samples.append(PowerSample(t * MS, 0, None, int(energy)))
+        energy += 250.0 if on <= t < off else 50.0
+    w = window(samples, on * MS, off * MS, IDLE, interval_s=0.1)
+    assert w.quality == "counter"
+    exact = (250.0 - 20.0) * 0.8
+    # a step at fraction f of an interval misplaces (250 - 50) W x 100 ms x f(1 - f): a quarter at most
+    worst = 2 * (250.0 - 50.0) * 0.1 / 4
+    assert abs(w.energy_j - exact) <= worst
+    spread = ((samples[19].energy_mj - samples[10].energy_mj) / 1000 / 0.9 - 20.0) * 0.8  # type: ignore[operator]
+    assert abs(w.energy_j - exact) < abs(spread - exact) / 2
+
+
 def test_the_counter_wins_over_an_averaged_power_reading() -> None:
     """A burst the power reading smooths away (NVML averages power over about 1 s on an H100).
 

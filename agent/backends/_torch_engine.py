@@ -13,9 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agent.backends.builtin_model import GEMMA_CHAT_TEMPLATE, ensure_builtin_model
+from agent.backends.capabilities import BatchPrefill, WarmPass
 from agent.backends.inprocess import (
     BUILTIN_MODEL,
-    BatchPrefill,
     TransformersArgs,
     chunk,
     end_event,
@@ -139,7 +139,7 @@ class Engine:
             out["compiles_measured"] = counts["frames_compiled"] - self._frames_warm
         return out
 
-    def warm(self, requests: Sequence[GenerationRequest], batches: Sequence[list[str]]) -> dict[str, Any]:
+    def warm(self, requests: Sequence[GenerationRequest], batches: Sequence[list[str]]) -> WarmPass | None:
         """Compile and run every shape the run will meet before its clock starts (only with ``compile``).
 
         Each distinct prompt shape gets a prefill and one decode step; the longest prompt then decodes
@@ -147,7 +147,7 @@ class Engine:
         shape gets its batched prefill. The figures go to the manifest apart from every request's timings.
         """
         if not self.args.compile or not (requests or batches):
-            return {}
+            return None
         before = _dynamo_counts()
         seconds = _compile_seconds()
         t0 = now_ns()
@@ -168,17 +168,17 @@ class Engine:
             batch_shapes.add((result.prompts, result.padded_len))
         after = _dynamo_counts()
         self._frames_warm = after["frames_compiled"]
-        warm = {
-            "ms": (now_ns() - t0) / 1e6,
-            "compile_s": _compile_seconds() - seconds,
-            "prompt_shapes": len(shapes),
-            "batch_shapes": len(batch_shapes),
-            "frames_compiled": after["frames_compiled"] - before["frames_compiled"],
-            "graphs": after["unique_graphs"] - before["unique_graphs"],
-            "recompiles": after["recompiles"] - before["recompiles"],
-            "graph_breaks": after["graph_breaks"] - before["graph_breaks"],
-        }
-        self.compile["warm"] = warm
+        warm = WarmPass(
+            ms=(now_ns() - t0) / 1e6,
+            compile_s=_compile_seconds() - seconds,
+            prompt_shapes=len(shapes),
+            batch_shapes=len(batch_shapes),
+            frames_compiled=after["frames_compiled"] - before["frames_compiled"],
+            graphs=after["unique_graphs"] - before["unique_graphs"],
+            recompiles=after["recompiles"] - before["recompiles"],
+            graph_breaks=after["graph_breaks"] - before["graph_breaks"],
+        )
+        self.compile["warm"] = warm.to_dict()
         return warm
 
     def _quiet(self, request: GenerationRequest) -> None:

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model, model_file
+from agent.backends.capabilities import CacheReset
 from agent.backends.child import ChildServer
 from agent.backends.modelfacts import gguf_facts
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
@@ -211,7 +212,7 @@ class EmbeddedBackend:
         """The engine's own Prometheus series (llama.cpp's ``/metrics``), while it runs."""
         return self._client.metrics_url if self._client is not None else None
 
-    async def reset_prefix_cache(self) -> dict[str, Any]:
+    async def reset_prefix_cache(self) -> CacheReset:
         """Erase every slot's cached prompt (the engine's prefix cache)."""
         if self._client is None:
             raise RuntimeError("backend not started: call start() first")

@@ -7,7 +7,6 @@ worker thread once torch is known to be there) both import this module and never
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +19,6 @@ from agent.core.record import Chunk, NativeTimings, StreamEnd, Usage
 
 __all__ = [
     "BUILTIN_MODEL",
-    "BatchPrefill",
     "TransformersArgs",
     "chunk",
     "end_event",
@@ -56,16 +54,6 @@ class TransformersArgs(BackendArgs):
         """``--model`` and ``--compile`` where given (no connection pool: the model runs in-process)."""
         given = {"model": ctx.model, "compile": ctx.compile}
         return {k: v for k, v in given.items() if v is not None}
-
-
-@dataclass(slots=True, frozen=True)
-class BatchPrefill:
-    """One batched prefill: how many prompts, their padded shape, real tokens and the forward time."""
-
-    prompts: int
-    padded_len: int
-    prompt_tokens: int
-    prefill_ms: float
 
 
 def native(

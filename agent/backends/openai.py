@@ -20,6 +20,7 @@ import structlog
 from pydantic import Field, SecretStr, model_validator
 
 from agent.backends.base import CliContext, HttpBackendArgs, register
+from agent.backends.capabilities import CacheReset
 from agent.core.errors import BackendError, RequestFailedError
 from agent.core.record import (
     LOGPROB_POSITIONS,
@@ -335,7 +336,7 @@ class OpenAIBackend:
         """Where the server's own Prometheus series would be (vLLM, SGLang, TGI, llama.cpp ``--metrics``)."""
         return self._base + "/metrics"
 
-    async def reset_prefix_cache(self) -> dict[str, Any]:
+    async def reset_prefix_cache(self) -> CacheReset:
         """Empty the server's prefix cache, the way its engine offers; what was done, for the manifest.
 
         vLLM: ``POST /reset_prefix_cache`` (the server runs with ``VLLM_SERVER_DEV_MODE=1``); SGLang:
@@ -356,9 +357,9 @@ class OpenAIBackend:
                 continue
             if isinstance(done, str):
                 self._reset_way = way.__name__
-                return {"ok": True, "how": done}
+                return CacheReset(ok=True, how=done)
             tried.append(done[1])
-        return {"ok": False, "how": None, "why": "no way to reset the prefix cache: " + "; ".join(tried)}
+        return CacheReset(ok=False, how=None, why="no way to reset the prefix cache: " + "; ".join(tried))
 
     async def _answer(self, method: str, path: str) -> tuple[int, Any]:
         assert self._session is not None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 
 from agent.backends.base import register
-from agent.backends.inprocess import BUILTIN_MODEL, BatchPrefill, TransformersArgs, now_ns
+from agent.backends.capabilities import BatchPrefill, WarmPass
+from agent.backends.inprocess import BUILTIN_MODEL, TransformersArgs, now_ns
 from agent.core.errors import BackendUnavailableError, RequestFailedError
 from agent.core.record import GenerationRequest, StreamEnd, StreamEvent
 
@@ -94,12 +95,14 @@ class TransformersBackend:
         result: BatchPrefill = await loop.run_in_executor(self._pool, self._engine.prefill_batch, prompts)
         return result
 
-    async def warm(self, requests: list[GenerationRequest], batches: list[list[str]]) -> dict[str, Any]:
+    async def warm(
+        self, requests: Sequence[GenerationRequest], batches: Sequence[list[str]]
+    ) -> WarmPass | None:
         """With ``compile``: compile and run every shape the run will meet, before its clock starts."""
         if self._engine is None or self._pool is None:
             raise RuntimeError("backend not started: call start() first")
         loop = asyncio.get_running_loop()
-        result: dict[str, Any] = await loop.run_in_executor(self._pool, self._engine.warm, requests, batches)
+        result: WarmPass | None = await loop.run_in_executor(self._pool, self._engine.warm, requests, batches)
         return result
 
     async def tokenize(self, text: str) -> list[int]:

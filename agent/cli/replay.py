@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent.backends.base import Backend
+from agent.backends.capabilities import ContextBound
 from agent.cli.common import App
 from agent.cli.flags import backend_flags
 from agent.cli.launching import finish, scenario_for, start, targets
@@ -60,8 +61,8 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     corpus = "\n\n".join(p.text for p in base.prompt_list())
 
     async def prepare(backend: Backend) -> list[StagePlan]:
-        _fits(items, getattr(backend, "context_tokens", None), ns.trace)
-        codec: TokenCodec | None = backend if callable(getattr(backend, "tokenize", None)) else None  # type: ignore[assignment]
+        _fits(items, backend.context_tokens if isinstance(backend, ContextBound) else None, ns.trace)
+        codec = backend if isinstance(backend, TokenCodec) else None
         synth = PromptSynth(corpus, codec)
         await synth.prepare()
         launch.manifest["trace"]["prompt_lengths"] = "backend tokenizer" if synth.exact else "estimated"

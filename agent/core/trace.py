@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -64,6 +64,7 @@ class TraceRequest(BaseModel):
         return self
 
 
+@runtime_checkable
 class TokenCodec(Protocol):
     """A backend's tokenizer, used to build prompts of exact token lengths."""
 

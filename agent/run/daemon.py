@@ -27,6 +27,7 @@ import structlog
 from agent import __version__
 from agent.backends import create
 from agent.backends.base import Backend
+from agent.backends.capabilities import ServesMetrics
 from agent.core.errors import ConfigError, InfermeterError, RecordWriteError
 from agent.core.record import RequestRecord
 from agent.core.redact import is_secret_key, redact_obj, remember
@@ -306,8 +307,8 @@ class Daemon:
         if t.scraper is not None or self.config is None or not t.cfg.server_metrics:
             return
         urls = [u for u in t.cfg.server_metrics if u != "auto"]
-        own = getattr(t.backend, "metrics_url", None)
-        if "auto" in t.cfg.server_metrics and isinstance(own, str) and own not in urls:
+        own = t.backend.metrics_url if isinstance(t.backend, ServesMetrics) else None
+        if "auto" in t.cfg.server_metrics and own is not None and own not in urls:
             why = await asyncio.to_thread(ServerScraper.probe, own)
             if why is None:
                 urls.append(own)

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from agent.backends.base import Backend
+from agent.backends.capabilities import Warming
 from agent.core.errors import InfermeterError, RecordWriteError
 from agent.core.files import release_headroom
 from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
@@ -270,8 +271,7 @@ class Launch:
 
         What it took goes to the manifest and to the console, apart from every request's timings.
         """
-        warm = getattr(self.backend, "warm", None)
-        if not callable(warm):
+        if not isinstance(self.backend, Warming):
             return
         requests: list[GenerationRequest] = []
         batches: dict[tuple[str, ...], list[str]] = {}  # a sweep's stages repeat the same batches
@@ -280,14 +280,9 @@ class Launch:
             requests += singles
             batches.update((tuple(b), b) for b in batched)
         with self.err.status("compiling and warming every request shape before the clock starts"):
-            facts = await warm(requests, list(batches.values()))
-        if facts:
-            self.err.print(
-                f"compiled and warmed before the clock: {facts['ms'] / 1000:.1f} s "
-                f"({facts['compile_s']:.1f} s compiling), {facts['prompt_shapes']} prompt shapes, "
-                f"{facts['batch_shapes']} batch shapes, {facts['frames_compiled']} frames compiled, "
-                f"{facts['graph_breaks']} graph breaks"
-            )
+            facts = await self.backend.warm(requests, list(batches.values()))
+        if facts is not None:
+            self.err.print(facts.line())
             self.manifest["backend"] = self.backend.describe()
             self._save_manifest()
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import structlog
 
 from agent.backends.base import Backend
+from agent.backends.capabilities import BatchPrefilling
 from agent.core.errors import ConfigError, RequestFailedError
 from agent.core.record import (
     ChainRecord,
@@ -248,11 +249,7 @@ class Runner:
     async def run(self, stop: asyncio.Event | None = None) -> RunOutcome:
         """Run to completion or until ``stop`` is set; return the outcome."""
         batch = self.scenario.batch
-        if (
-            batch is not None
-            and batch.mode == "batched"
-            and not callable(getattr(self.backend, "prefill_batch", None))
-        ):
+        if batch is not None and batch.mode == "batched" and not isinstance(self.backend, BatchPrefilling):
             raise ConfigError(
                 f"backend '{self.backend.name}' has no batched call; use batch.mode: concurrent"
             )
@@ -346,14 +343,15 @@ class Runner:
 
     async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: tuple[str, int]) -> None:
         """One batched call of the backend, measured as one record."""
-        call = getattr(self.backend, "prefill_batch")  # noqa: B009 - checked in run(); not on the protocol
+        backend = self.backend
+        assert isinstance(backend, BatchPrefilling)  # checked in run()
         prompts = [_batch_text(r) for r in requests]
         ident = self._identity(requests[0], stage, batch=batch)
         ident = dataclasses.replace(ident, request_id=batch[0], endpoint="prefill_batch")
 
         async def call_once(m: Measurement) -> None:
             async with asyncio.timeout(self.scenario.timeout.total_s):
-                result = await call(prompts)
+                result = await backend.prefill_batch(prompts)
             usage = Usage(result.prompt_tokens, 0, source="engine")
             native = NativeTimings(source=self.backend.name, prefill_ms=result.prefill_ms)
             m.observe(StreamEnd(time.perf_counter_ns(), usage=usage, native=native, finish_reason="length"))

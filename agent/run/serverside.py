@@ -20,6 +20,7 @@ import structlog
 from rich.console import Console
 
 from agent.backends.base import Backend
+from agent.backends.capabilities import CacheReset, PrefixCacheResetting, ServesMetrics
 from agent.core.errors import InfermeterError
 from agent.transport.scrape import Endpoint, ServerScraper
 
@@ -58,8 +59,8 @@ class ServerSide:
     async def start(self) -> None:
         """Probe the endpoints and start scraping (a given one that does not answer yet is kept)."""
         endpoints = [Endpoint(url, given=True) for url in self.plan.endpoints]
-        own = getattr(self.backend, "metrics_url", None)
-        if self.plan.discover and isinstance(own, str) and own not in self.plan.endpoints:
+        own = self.backend.metrics_url if isinstance(self.backend, ServesMetrics) else None
+        if self.plan.discover and own is not None and own not in self.plan.endpoints:
             why = await asyncio.to_thread(ServerScraper.probe, own)
             if why is None:
                 endpoints.append(Endpoint(own, given=False))
@@ -84,21 +85,20 @@ class ServerSide:
         self._stage_start = time.time()
 
     async def _reset(self, label: str) -> None:
-        reset = getattr(self.backend, "reset_prefix_cache", None)
-        if not callable(reset):
+        if not isinstance(self.backend, PrefixCacheResetting):
             self.resets.append(
                 {"stage": label, "ok": False, "why": f"backend '{self.backend.name}' has no way"}
             )
             return
         t0 = time.perf_counter()
         try:
-            done: dict[str, Any] = await reset()
+            done = await self.backend.reset_prefix_cache()
         except (InfermeterError, OSError, RuntimeError, ValueError) as e:  # the manifest says why
-            done = {"ok": False, "how": None, "why": f"{e.__class__.__name__}: {e}"}
-        done = {"stage": label, **done, "ms": round((time.perf_counter() - t0) * 1000, 1)}
-        if not done.get("ok") and not self.resets:
-            self.err.print(f"prefix cache: not reset ({done.get('why')})")
-        self.resets.append(done)
+            done = CacheReset(ok=False, how=None, why=f"{e.__class__.__name__}: {e}")
+        if not done.ok and not self.resets:
+            self.err.print(f"prefix cache: not reset ({done.why})")
+        ms = round((time.perf_counter() - t0) * 1000, 1)
+        self.resets.append({"stage": label, **done.to_dict(), "ms": ms})
 
     async def after_stage(self, label: str) -> None:
         """Mark the window's end and keep the window."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from agent.backends import create
+from agent.backends.capabilities import Warming
 from agent.core.errors import BackendError
 from agent.core.record import Chunk, GenerationRequest, RequestRecord, StreamEnd
 from agent.core.scenario import Scenario
@@ -229,16 +230,17 @@ async def test_warm_compiles_every_shape_before_the_clock(tiny: Path) -> None:
         evidence = backend.describe()["compile"]
     finally:
         await backend.close()
-    assert warm["prompt_shapes"] == 2 and warm["batch_shapes"] == 0 and warm["ms"] > 0
+    assert warm is not None and isinstance(backend, Warming)
+    assert warm.prompt_shapes == 2 and warm.batch_shapes == 0 and warm.ms > 0
     # the second prompt length and the growing KV cache each made dynamo compile again
-    assert warm["compile_s"] > 0 and warm["frames_compiled"] >= 2 and warm["graphs"] >= 2
-    assert evidence["warm"] == warm and evidence["compiles_measured"] == 0
+    assert warm.compile_s > 0 and warm.frames_compiled >= 2 and warm.graphs >= 2
+    assert evidence["warm"] == warm.to_dict() and evidence["compiles_measured"] == 0
 
 
 async def test_warm_is_a_no_op_without_compile(tiny: Path) -> None:
     backend = await started(tiny)
     try:
-        assert await backend.warm([_req("a", PROMPT, 4)], [[PROMPT, PROMPT]]) == {}
+        assert await backend.warm([_req("a", PROMPT, 4)], [[PROMPT, PROMPT]]) is None
         assert "compiles_measured" not in backend.describe()["compile"]
     finally:
         await backend.close()

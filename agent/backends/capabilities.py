@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from agent.core.record import GenerationRequest
+from agent.transport.probe import ArrivalProbe
 
 __all__ = [
     "BatchPrefill",
@@ -23,6 +24,7 @@ __all__ = [
     "ServesMetrics",
     "WarmPass",
     "Warming",
+    "WatchesArrivals",
 ]
 
 
@@ -121,3 +123,12 @@ class ContextBound(Protocol):
     @property
     def context_tokens(self) -> int | None:
         """The context length, or None when the server does not say."""
+
+
+@runtime_checkable
+class WatchesArrivals(Protocol):
+    """A backend whose connections report to an arrival probe; the runner calls it between its steps."""
+
+    @property
+    def arrivals(self) -> ArrivalProbe:
+        """The probe its connections watch with."""

@@ -27,6 +27,7 @@ from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.backends.requantize import RequantType
 from agent.core.errors import BackendUnavailableError
 from agent.core.record import GenerationRequest, StreamEvent
+from agent.transport.probe import ArrivalProbe
 
 __all__ = ["BUILTIN_MODEL", "EmbeddedArgs", "EmbeddedBackend", "ensure_builtin_model"]
 
@@ -98,6 +99,8 @@ class EmbeddedBackend:
         self._template = args.chat_template or ("gemma" if builtin else None)
         self._child = ChildServer("agent.backends._engine_main", "engine", log_path=args.log_path)
         self._client: OpenAIBackend | None = None
+        #: the probe the client's connections report to, the same before and after start
+        self.arrivals = ArrivalProbe()
         self._model_path: Path | None = None
         self.base_url: str | None = None
 
@@ -129,7 +132,7 @@ class EmbeddedBackend:
             connect_timeout_s=self.args.connect_timeout_s,
             max_connections=max(self.args.max_connections, self.args.n_parallel),
         )
-        self._client = OpenAIBackend(client_args)
+        self._client = OpenAIBackend(client_args, arrivals=self.arrivals)
         await self._client.start()
 
     def _model_file(self) -> Path:

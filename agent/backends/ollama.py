@@ -25,15 +25,10 @@ from pydantic import Field
 from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.core.errors import BackendError, RequestFailedError
 from agent.core.record import Chunk, GenerationRequest, NativeTimings, StreamEnd, StreamEvent, Usage
-from agent.transport.http import (
-    PushedBody,
-    clock,
-    failure_from,
-    open_session,
-    post_once_more_if_stale,
-    read_error_body,
-)
+from agent.transport.http import failure_from, open_session, post_once_more_if_stale, read_error_body
 from agent.transport.ndjson import LineSplitter
+from agent.transport.probe import ArrivalProbe
+from agent.transport.socket_clock import PushedBody, clock
 
 __all__ = [
     "OllamaArgs",
@@ -183,8 +178,10 @@ def options_for(req: GenerationRequest, num_ctx: int | None) -> dict[str, Any]:
 class OllamaBackend:
     """Streams from an Ollama server (or anything speaking its API) through one pooled session."""
 
-    def __init__(self, args: OllamaArgs) -> None:
+    def __init__(self, args: OllamaArgs, *, arrivals: ArrivalProbe | None = None) -> None:
         self.args = args
+        #: the probe this backend's connections report to (one a wrapping backend shares, or its own)
+        self.arrivals = arrivals or ArrivalProbe()
         self.name = args.label
         self.model = args.model or ""
         self._base = args.base_url.rstrip("/")
@@ -203,6 +200,7 @@ class OllamaBackend:
             return
         self._session = open_session(
             {"Content-Type": "application/json"},
+            probe=self.arrivals,
             max_connections=self.args.max_connections,
             connect_timeout_s=self.args.connect_timeout_s,
         )
@@ -286,7 +284,9 @@ class OllamaBackend:
             headers = {"X-Request-Id": request.request_id}
             if request.headers:
                 headers = {**request.headers, **headers}
-            async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
+            async with await post_once_more_if_stale(
+                self._session, url, payload, headers, probe=self.arrivals
+            ) as resp:
                 if resp.status >= 300:
                     raise await read_error_body(resp)
 

@@ -33,14 +33,9 @@ from agent.core.record import (
 )
 from agent.core.text import clean
 from agent.transport.framing import MAX_EVENT_BYTES, Held
-from agent.transport.http import (
-    PushedBody,
-    clock,
-    failure_from,
-    open_session,
-    post_once_more_if_stale,
-    read_error_body,
-)
+from agent.transport.http import failure_from, open_session, post_once_more_if_stale, read_error_body
+from agent.transport.probe import ArrivalProbe
+from agent.transport.socket_clock import PushedBody, clock
 from agent.transport.sse import SSEEvent, SSEParser
 
 __all__ = ["OpenAIArgs", "OpenAIBackend", "parse_payload"]
@@ -264,8 +259,10 @@ def model_label(model_id: str) -> str:
 class OpenAIBackend:
     """Streams from an OpenAI-compatible HTTP server through one shared connection pool."""
 
-    def __init__(self, args: OpenAIArgs) -> None:
+    def __init__(self, args: OpenAIArgs, *, arrivals: ArrivalProbe | None = None) -> None:
         self.args = args
+        #: the probe this backend's connections report to (one a wrapping backend shares, or its own)
+        self.arrivals = arrivals or ArrivalProbe()
         self.name = args.label
         self.model = args.model or ""
         #: what requests name as their model: the server's own id (the label may be shorter)
@@ -287,6 +284,7 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.args.api_key.get_secret_value()}"
         self._session = open_session(
             headers,
+            probe=self.arrivals,
             max_connections=self.args.max_connections,
             connect_timeout_s=self.args.connect_timeout_s,
             keep_alive=self.args.keep_alive,
@@ -533,7 +531,9 @@ class OpenAIBackend:
                 yield event
             return
         try:
-            async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
+            async with await post_once_more_if_stale(
+                self._session, url, payload, headers, probe=self.arrivals
+            ) as resp:
                 if resp.status >= 300:
                     raise await read_error_body(resp)
                 body = PushedBody(reader.feed)
@@ -555,7 +555,9 @@ class OpenAIBackend:
         """A non-streaming request: the answer comes in one body, stamped when its last byte was read."""
         assert self._session is not None
         try:
-            async with await post_once_more_if_stale(self._session, url, payload, headers) as resp:
+            async with await post_once_more_if_stale(
+                self._session, url, payload, headers, probe=self.arrivals
+            ) as resp:
                 if resp.status >= 300:
                     raise await read_error_body(resp)
                 raw = await resp.content.read(self.args.max_event_bytes + 1)

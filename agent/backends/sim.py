@@ -18,7 +18,8 @@ from agent.backends.ollama import OllamaArgs, OllamaBackend
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.core.record import GenerationRequest, StreamEvent
 from agent.sim.model import SimModel
-from agent.transport.http import clock
+from agent.transport.probe import ArrivalProbe
+from agent.transport.socket_clock import clock
 
 __all__ = ["SimArgs", "SimBackend"]
 
@@ -68,6 +69,8 @@ class SimBackend:
         self.model = args.sim.model_name
         self._child = ChildServer("agent.sim.server", "simulator", log_path=args.log_path)
         self._client: Backend | None = None
+        #: the probe the client's connections report to, the same before and after start
+        self.arrivals = ArrivalProbe()
         self.base_url = args.base_url
         self._vocab: dict[str, int] = {}
         self._pieces: list[str] = []
@@ -91,10 +94,11 @@ class SimBackend:
         }
         client: Backend
         if self.args.protocol == "openai":
-            client = OpenAIBackend(OpenAIArgs(**common))
+            client = OpenAIBackend(OpenAIArgs(**common), arrivals=self.arrivals)
         else:
             client = OllamaBackend(
-                OllamaArgs(**common, cold_start_load_ms=self.args.sim.load_ms / 2 or 500.0)
+                OllamaArgs(**common, cold_start_load_ms=self.args.sim.load_ms / 2 or 500.0),
+                arrivals=self.arrivals,
             )
         await client.start()
         self._client = client

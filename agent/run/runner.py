@@ -22,7 +22,7 @@ from typing import Any, Literal
 import structlog
 
 from agent.backends.base import Backend
-from agent.backends.capabilities import BatchPrefilling
+from agent.backends.capabilities import BatchPrefilling, WatchesArrivals
 from agent.core.errors import ConfigError, RequestFailedError
 from agent.core.record import (
     ChainRecord,
@@ -41,7 +41,6 @@ from agent.core.scenario import Scenario
 from agent.run.shapes import Plan, shape, shape_name
 from agent.run.shapes.closed import clients, single
 from agent.run.writer import Annotator, Finished, RecordSink, RecordWriter, RunOutcome
-from agent.transport.probe import ARRIVALS
 
 __all__ = [
     "ColdTracker",
@@ -234,12 +233,17 @@ class Runner:
         self.start_ns = context.origin_ns or 0
         self._start_unix = 0.0
         self.outcome = RunOutcome(started_unix=time.time())
+        #: the backend's arrival probe, called at each request's start and end
+        self.arrivals: Callable[[], None] = (
+            backend.arrivals if isinstance(backend, WatchesArrivals) else (lambda: None)
+        )
         self.writer = RecordWriter(
             sink,
             self.outcome,
             annotator=context.annotator,
             on_record=context.on_record,
             chain_sink=context.chain_sink,
+            probe=self.arrivals,
         )
         load = scenario.load
         self._target_rate = load.rate if load.open_loop and offsets is None else None
@@ -449,7 +453,7 @@ class Runner:
         Request starts and ends, and records being written, are where a long loop turn spends its
         time; each lets the arrival probe note bytes that came meanwhile (``agent.transport.probe``).
         """
-        ARRIVALS()
+        self.arrivals()
         now = time.perf_counter_ns()
         cause = self.cold.begin(now)
         if cause is not None:
@@ -480,7 +484,7 @@ class Runner:
             logger.exception("request raised", request_id=ident.request_id)
             failure = ("client_error", redact(f"{e.__class__.__name__}: {e}"))
         end = time.perf_counter_ns()
-        ARRIVALS()
+        self.arrivals()
         self.in_flight -= 1
         self.cold.end(end)
         finished = Finished(m, ident, failure, end)

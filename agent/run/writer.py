@@ -20,7 +20,6 @@ import structlog
 
 from agent.core.errors import RecordWriteError
 from agent.core.record import ChainRecord, Measurement, RecordIdentity, RequestRecord
-from agent.transport.probe import ARRIVALS
 
 __all__ = [
     "BACKLOG_AGE_NS",
@@ -147,8 +146,11 @@ class RecordWriter:
         annotator: Annotator | None = None,
         on_record: Callable[[RequestRecord], None] | None = None,
         chain_sink: Callable[[ChainRecord], None] | None = None,
+        probe: Callable[[], None] = lambda: None,
     ) -> None:
         self.sink = sink
+        #: the backend's arrival probe, called after each record written (a long loop turn's steps)
+        self.probe = probe
         self.outcome = outcome
         self.annotator = annotator
         self.on_record = on_record
@@ -197,7 +199,7 @@ class RecordWriter:
                 waiting = True
                 break
             self.write(backlog.popleft())
-            ARRIVALS()
+            self.probe()
         self.flush()
         return waiting
 
@@ -224,7 +226,7 @@ class RecordWriter:
         backlog = self._backlog
         while backlog and self._behind(now_ns):
             self.write(backlog.popleft())
-            ARRIVALS()
+            self.probe()
         self.flush()
 
     def drain(self) -> None:

@@ -2,7 +2,7 @@
 
 An event loop reads its sockets only between turns. A turn that runs hundreds of request ends and starts
 (a closed loop's whole wave changing over) can last tens of milliseconds, and bytes that arrive meanwhile
-would be stamped when the turn ends. The probe (``ARRIVALS()``), called between steps of work, asks
+would be stamped when the turn ends. The probe, called between steps of work, asks
 an edge-triggered epoll set which watched connections received bytes since the last probe, asks each
 of those how many bytes it holds unread (``FIONREAD``), and tells the connection: everything up to
 that offset had arrived by now. The connection stamps those bytes with that time when it reads them.
@@ -31,7 +31,6 @@ import time
 from typing import Any, Protocol
 
 __all__ = [
-    "ARRIVALS",
     "MARK_AGAIN_NS",
     "PROBE_AFTER_NS",
     "PROBE_EVERY_NS",
@@ -71,7 +70,11 @@ class Watched(Protocol):
 
 
 class ArrivalProbe:
-    """The process's watched connections, and the probe itself (``ARRIVALS``; call it to probe)."""
+    """One backend's watched connections, and the probe itself (call it to probe).
+
+    The backend that opens the connections owns it (``arrivals``); the runner that drives the backend
+    and the writer of its records call it between their steps of work.
+    """
 
     def __init__(self) -> None:
         self._epoll: Any = None
@@ -136,7 +139,3 @@ class ArrivalProbe:
         t_ns = time.perf_counter_ns()  # after every count: the bytes counted had all arrived by now
         for conn, unread in found:
             conn.arrived(unread, t_ns)
-
-
-#: The process's probe: connections register with it; the runner and the connections call it.
-ARRIVALS = ArrivalProbe()

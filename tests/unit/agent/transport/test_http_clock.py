@@ -10,7 +10,8 @@ from aiohttp import web
 
 from agent.backends import create
 from agent.core.record import Chunk, GenerationRequest, StreamEnd, StreamEvent
-from agent.transport import http
+from agent.transport import http, socket_clock
+from agent.transport.probe import ArrivalProbe
 from tests.sse_server import ScriptedServer
 
 REQ = GenerationRequest(request_id="r1", prompt="hi", max_tokens=3, endpoint="chat")
@@ -42,7 +43,7 @@ def gaps_ms(events: list[StreamEvent]) -> list[float]:
 
 
 async def test_a_stalled_reader_still_sees_when_each_event_arrived() -> None:
-    assert http.STAMPING, "this aiohttp's connection protocol changed shape; socket stamps are off"
+    assert socket_clock.STAMPING, "this aiohttp's connection protocol changed shape; socket stamps are off"
     async with ScriptedServer() as srv:
         srv.mode, srv.gap_s = "paced", GAP_S
         events = await slow_consumer(srv.url)
@@ -59,12 +60,12 @@ def test_the_manifest_says_which_clock_stamped(monkeypatch: pytest.MonkeyPatch) 
 
     backend = create("openai", {"base_url": "http://127.0.0.1:9", "model": "m"})
     assert backend.describe()["clock"] == "socket" and backend.describe()["aiohttp"] == aiohttp.__version__
-    monkeypatch.setattr(http, "STAMPING", False)
+    monkeypatch.setattr(socket_clock, "STAMPING", False)
     assert backend.describe()["clock"] == "task"
 
 
 async def test_without_socket_stamps_the_reader_stamps_what_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http, "STAMPING", False)
+    monkeypatch.setattr(socket_clock, "STAMPING", False)
     async with ScriptedServer() as srv:
         srv.mode, srv.gap_s = "paced", GAP_S
         events = await slow_consumer(srv.url)
@@ -86,11 +87,11 @@ async def test_plain_bodies_larger_than_the_read_buffer_arrive_whole() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    session = http.open_session({}, max_connections=64, connect_timeout_s=10.0)
+    session = http.open_session({}, probe=ArrivalProbe(), max_connections=64, connect_timeout_s=10.0)
     try:
         for _ in range(2):  # the second request reuses the connection
             async with session.get(f"http://127.0.0.1:{port}/big") as resp:
-                assert isinstance(resp.connection.protocol, http.StampingHandler)  # type: ignore[union-attr]
+                assert isinstance(resp.connection.protocol, socket_clock.StampingHandler)  # type: ignore[union-attr]
                 assert await resp.read() == blob
             async with session.get(f"http://127.0.0.1:{port}/big") as resp:
                 got = b"".join([chunk async for chunk in resp.content.iter_chunked(65536)])
@@ -118,7 +119,7 @@ async def test_a_failing_parser_fails_the_request_not_the_connection() -> None:
 
 
 def test_session_connections_are_stamping_handlers() -> None:
-    assert issubclass(http.StampingHandler, aiohttp.client_proto.ResponseHandler)
+    assert issubclass(socket_clock.StampingHandler, aiohttp.client_proto.ResponseHandler)
 
 
 async def test_a_body_complete_before_the_task_looks_keeps_its_read_times() -> None:
@@ -127,13 +128,13 @@ async def test_a_body_complete_before_the_task_looks_keeps_its_read_times() -> N
     import time
 
     async with ScriptedServer() as srv:
-        session = http.open_session({}, max_connections=64, connect_timeout_s=10.0)
+        session = http.open_session({}, probe=ArrivalProbe(), max_connections=64, connect_timeout_s=10.0)
         try:
             async with session.post(f"{srv.url}/v1/chat/completions", json={"model": "m"}) as resp:
                 await asyncio.sleep(0.2)
                 assert resp.connection is None  # released: the body is complete
                 looked = time.perf_counter_ns()
-                body: http.PushedBody[int] = http.PushedBody(lambda data, t_ns: [t_ns])
+                body: socket_clock.PushedBody[int] = socket_clock.PushedBody(lambda data, t_ns: [t_ns])
                 stamps = [t async for t in body.events(resp)]
         finally:
             await session.close()
@@ -176,17 +177,47 @@ async def test_draining_a_body_leaves_it_as_aiohttp_own_drain_does() -> None:
                 payload.end_http_chunk_receiving()
 
     feed(b"data: one\n\n", b"data: two\n\n", b"data: three\n\n")
-    assert http._buffered(mine) == ref.read_nowait() == b"data: one\n\ndata: two\n\ndata: three\n\n"
+    assert socket_clock._buffered(mine) == ref.read_nowait() == b"data: one\n\ndata: two\n\ndata: three\n\n"
     assert _state(mine) == _state(ref)
-    assert http._buffered(mine) == ref.read_nowait() == b""  # nothing new: nothing read
+    assert socket_clock._buffered(mine) == ref.read_nowait() == b""  # nothing new: nothing read
     feed(b"data: four\n\n")
-    assert http._buffered(mine) == ref.read_nowait() == b"data: four\n\n"
+    assert socket_clock._buffered(mine) == ref.read_nowait() == b"data: four\n\n"
     assert _state(mine) == _state(ref)
     assert ours.resumed == 2 and theirs.resumed  # reading resumed after each drain (aiohttp: each piece)
     # a reader that took part of the first piece itself: the rest comes through aiohttp's own drain
     feed(b"data: five\n\n", b"data: six\n\n")
     assert mine.read_nowait(6) == ref.read_nowait(6) == b"data: "
-    assert http._buffered(mine) == ref.read_nowait() == b"five\n\ndata: six\n\n"
+    assert socket_clock._buffered(mine) == ref.read_nowait() == b"five\n\ndata: six\n\n"
     assert _state(mine) == _state(ref)
     mine.set_exception(ValueError("broken"))
-    assert http._buffered(mine) == b""
+    assert socket_clock._buffered(mine) == b""
+
+
+def test_this_aiohttp_is_one_the_socket_clock_was_proven_on() -> None:
+    """The clock reads aiohttp's private internals: a release it was not measured on must fail here first.
+
+    To trust a new aiohttp: run this file, ``test_probe.py`` and ``benchmarks/client.py``, then add its
+    major.minor to ``socket_clock.TESTED`` and move the bound in ``pyproject.toml``.
+    """
+    release = ".".join(aiohttp.__version__.split(".")[:2])
+    assert release in socket_clock.TESTED, (
+        f"aiohttp {aiohttp.__version__} is not among the releases the socket clock was proven on "
+        f"({', '.join(socket_clock.TESTED)})"
+    )
+    assert socket_clock.STAMPING and socket_clock.clock()["clock"] == "socket"
+
+
+async def test_each_backend_owns_the_probe_its_connections_report_to() -> None:
+    """No process-wide probe: two backends' connections are watched apart, and a wrapper shares its own."""
+    a = create("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    b = create("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    assert isinstance(a.arrivals, ArrivalProbe) and a.arrivals is not b.arrivals  # type: ignore[attr-defined]
+    async with ScriptedServer() as srv:
+        sim = create("openai", {"base_url": srv.url, "model": "m"})
+        await sim.start()
+        try:
+            events = [ev async for ev in sim.stream(REQ)]
+            assert isinstance(events[-1], StreamEnd)
+            assert sim.arrivals._watched or sim.arrivals.last_read_ns > 0  # type: ignore[attr-defined]
+        finally:
+            await sim.close()

@@ -14,7 +14,7 @@ import pytest
 
 from agent.backends import create
 from agent.core.record import Chunk, GenerationRequest, StreamEvent
-from agent.transport import http, probe
+from agent.transport import probe, socket_clock
 from tests.sse_server import ScriptedServer
 
 pytestmark = pytest.mark.skipif(not probe.SUPPORTED, reason="arrival probes need epoll (Linux)")
@@ -130,11 +130,11 @@ def test_unwatch_leaves_a_reused_descriptor_to_its_new_owner(
 # ---- the connection's side: marks split a read into pieces stamped at the probe's time ----------------
 
 
-class Pieces(http.StampingHandler):
+class Pieces(socket_clock.StampingHandler):
     """A stamping connection that records the pieces it would hand to aiohttp."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
+        super().__init__(loop, probe.ArrivalProbe())
         self.pieces: list[tuple[bytes, int]] = []
         self.transport = FakeTransport(None)  # type: ignore[assignment]
 
@@ -255,7 +255,7 @@ async def test_events_arriving_during_a_long_loop_turn_keep_their_spacing() -> N
                     # the runner does between request starts, ends and records
                     until = time.perf_counter_ns() + int(GAP_S * 8e9)
                     while time.perf_counter_ns() < until:
-                        probe.ARRIVALS()
+                        backend.arrivals()  # type: ignore[attr-defined]
                         time.sleep(0.0002)  # noqa: ASYNC251 - the point: the loop is stuck
                 events.append(ev)
         finally:

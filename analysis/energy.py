@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.record import RequestRecord
+from agent.core.rundir import RunDir
 
 __all__ = ["energy_summary"]
 
@@ -20,9 +21,9 @@ _MEASURED = ("good", "counter")
 
 def energy_summary(run_dir: Path, records: list[RequestRecord]) -> dict[str, Any] | None:
     """Energy figures from ``energy.json`` and the records; None when the run has no energy block."""
-    manifest = _json(run_dir / "manifest.json") or {}
+    manifest = _json(RunDir(run_dir).manifest) or {}
     block = manifest.get("energy")
-    data = _json(run_dir / "energy.json")
+    data = _json(RunDir(run_dir).energy)
     if block is None and data is None:
         return None
     out: dict[str, Any] = {"status": (block or {}).get("status", "measured")}

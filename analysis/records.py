@@ -11,6 +11,7 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from agent.core.record import RequestRecord
+from agent.core.rundir import RunDir
 
 __all__ = ["MAX_LINE_BYTES", "LoadedRecords", "bounded_lines", "load_records"]
 
@@ -49,7 +50,7 @@ def bounded_lines(fh: BinaryIO, cap: int, block: int = 1 << 20) -> Iterator[tupl
 def load_records(path: Path) -> LoadedRecords:
     """Load ``path`` (a records.jsonl or a run directory holding one)."""
     if path.is_dir():
-        path = path / "records.jsonl"
+        path = RunDir(path).records
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a run directory written by `infermeter run`")
     out = LoadedRecords()

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from agent.core.record import RequestRecord
+from agent.core.rundir import RunDir
 from analysis.quality import Reference
 from analysis.records import load_records
 
@@ -132,7 +133,7 @@ def load_runs(path: Path, references: dict[str, Reference] | None = None) -> lis
     groups: dict[tuple[str, str], list[RequestRecord]] = {}
     for r in run.records:
         groups.setdefault((r.backend, r.run_id), []).append(r)
-    if len(groups) < 2 or (Path(path).is_dir() and (Path(path) / "records.jsonl").is_file()):
+    if len(groups) < 2 or (Path(path).is_dir() and RunDir(path).records.is_file()):
         return [run]
     per_target: dict[str, int] = {}
     for backend, _ in groups:
@@ -154,7 +155,7 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
     folder = path if path.is_dir() else path.parent
     warnings: list[str] = []
     records: list[RequestRecord] = []
-    if path.is_dir() and not (path / "records.jsonl").is_file():
+    if path.is_dir() and not RunDir(path).records.is_file():
         files = _sample_files(path)
         if not files:
             raise FileNotFoundError(f"{path} holds neither records.jsonl nor the daemon's samples*.jsonl")
@@ -166,8 +167,8 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
         loaded = load_records(path)
         records, warnings = loaded.records, loaded.warnings
     try:
-        manifest = _json(folder / "manifest.json")
-        summary = _json(folder / "summary.json")
+        manifest = _json(RunDir(folder).manifest)
+        summary = _json(RunDir(folder).summary)
     except ValueError as e:
         warnings.append(str(e))
         manifest = summary = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.record import RequestRecord
+from agent.core.rundir import RunDir
 from agent.core.server_metrics import SeriesFile, read_series, window_figures
 
 __all__ = ["WARM_CACHE_FLAG", "saturation_cause", "server_summary"]
@@ -27,7 +28,7 @@ WARM_CACHE_FLAG = 0.3
 
 def _manifest(run_dir: Path) -> dict[str, Any]:
     try:
-        data = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        data = json.loads(RunDir(run_dir).manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

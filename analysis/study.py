@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.stats as sps
 
+from agent.core.rundir import RunDir, StudyDir
 from agent.core.study import Cell, Study, cell_status
 from analysis.analyze import METRICS, metric_values
 from analysis.cost import usd_per_million
@@ -76,7 +77,7 @@ def _cell_figures(run: Run) -> dict[str, float | None]:
 def _failure(folder: Path) -> str | None:
     """Why a failed cell failed, where its manifest says."""
     try:
-        error = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("error")
+        error = json.loads(RunDir(folder).manifest.read_text(encoding="utf-8")).get("error")
     except (OSError, ValueError, AttributeError):
         return None
     return str(error) if error else None
@@ -90,7 +91,7 @@ class _Cells:
         self.infos: list[CellInfo] = []
         self.runs: dict[tuple[str, str], list[Run]] = defaultdict(list)
         for cell in sorted(study.cells(), key=lambda c: (c.variant, c.scenario, c.repetition)):
-            self.infos.append(self._read(cell, root / "cells" / cell.name))
+            self.infos.append(self._read(cell, StudyDir(root).cell(cell.name).path))
 
     def _read(self, cell: Cell, folder: Path) -> CellInfo:
         status = cell_status(folder)

@@ -27,6 +27,7 @@ from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.backends.requantize import RequantType
 from agent.core.errors import BackendUnavailableError
 from agent.core.record import GenerationRequest, StreamEvent
+from agent.core.rundir import RunDir
 from agent.transport.probe import ArrivalProbe
 
 __all__ = ["BUILTIN_MODEL", "EmbeddedArgs", "EmbeddedBackend", "ensure_builtin_model"]
@@ -73,7 +74,7 @@ class EmbeddedArgs(HttpBackendArgs):
         """
         slots = OPEN_LOOP_ENGINE_SLOTS if ctx.uncapped else min(ctx.in_flight, MAX_ENGINE_SLOTS)
         args = {**super().from_cli(ctx), "cache_dir": ctx.cache_dir, "n_parallel": slots,
-                "log_path": ctx.out / "engine.log"}  # fmt: skip
+                "log_path": RunDir(ctx.out).engine_log}  # fmt: skip
         if ctx.model_path is not None:
             args["model_path"] = ctx.model_path
         if ctx.cache_prompt:

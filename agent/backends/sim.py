@@ -17,6 +17,7 @@ from agent.backends.child import ChildServer
 from agent.backends.ollama import OllamaArgs, OllamaBackend
 from agent.backends.openai import OpenAIArgs, OpenAIBackend
 from agent.core.record import GenerationRequest, StreamEvent
+from agent.core.rundir import RunDir
 from agent.sim.model import SimModel
 from agent.transport.probe import ArrivalProbe
 from agent.transport.socket_clock import clock
@@ -37,7 +38,7 @@ class SimArgs(HttpBackendArgs):
     @classmethod
     def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
         """``--base-url`` where given (a running ``sim-server``); the simulator's log in the run directory."""
-        args = {**super().from_cli(ctx), "log_path": ctx.out / "simulator.log"}
+        args = {**super().from_cli(ctx), "log_path": RunDir(ctx.out).simulator_log}
         if ctx.base_url is not None:
             args["base_url"] = ctx.base_url
         return args

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agent.cli.common import EXIT_OK, EXIT_REGRESSION, App, warn
 from agent.core.errors import ConfigError
 from agent.core.files import write_atomic
+from agent.core.rundir import AnalysisDir
 
 if TYPE_CHECKING:
     from analysis.results import AnalysisResult
@@ -165,9 +166,9 @@ def run(ns: argparse.Namespace, app: App) -> int:
     everyone = ([baseline] if baseline else []) + runs
     result.figures = [] if ns.no_plots else write_figures(everyone, result, out)
     summary = render(result, "json")
-    write_atomic(out / "summary.json", summary)
-    write_atomic(out / "report.md", render(result, "markdown"))
-    write_atomic(out / "report.html", analysis_html(result, everyone))
+    write_atomic(AnalysisDir(out).summary, summary)
+    write_atomic(AnalysisDir(out).report_md, render(result, "markdown"))
+    write_atomic(AnalysisDir(out).report_html, analysis_html(result, everyone))
     if ns.json:
         sys.stdout.write(summary)
     else:
@@ -176,7 +177,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
         for line in publish(result, pushgateway=ns.pushgateway, textfile=ns.textfile, job=ns.push_job):
             err.print(line)
     figures = len(result.figures)
-    err.print(f"report: {out / 'report.md'} ({figures} figures) and report.html")
+    err.print(f"report: {AnalysisDir(out).report_md} ({figures} figures) and report.html")
     err.print(f"summary: {out / 'summary.json'}")
     why = _failed(result, ns.fail_on)
     for line in why:
@@ -185,7 +186,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
 
 
 #: What an analysis folder holds: its own files, and figures (``*.png``); anything else is not ours.
-_OURS = frozenset({"summary.json", "report.md", "report.html"})
+_OURS = AnalysisDir.FILES
 
 
 def _ours(path: Path) -> bool:

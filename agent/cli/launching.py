@@ -26,6 +26,7 @@ from agent.cli.settings import Settings
 from agent.core.errors import ConfigError
 from agent.core.files import HEADROOM_NAME, Headroom, release_headroom, write_atomic
 from agent.core.redact import is_secret_key, remember
+from agent.core.rundir import RunDir
 from agent.core.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, resolve_scenario
 from agent.energy.base import Baseline, EnergyError
 from agent.energy.meter import EnergyMeter
@@ -252,7 +253,7 @@ def _request_overrides(ns: argparse.Namespace, data: dict[str, Any]) -> bool:
 
 
 #: What a run directory that never got to its first record may hold; such a directory can be reused.
-_UNSTARTED = frozenset({"manifest.json", "engine.log", "simulator.log", HEADROOM_NAME})
+_UNSTARTED = frozenset({RunDir.MANIFEST, RunDir.ENGINE_LOG, RunDir.SIMULATOR_LOG, HEADROOM_NAME})
 
 
 def _out_dir(ns: argparse.Namespace, name: str, *, make: bool, path: Path | None = None) -> Path:
@@ -266,7 +267,7 @@ def _out_dir(ns: argparse.Namespace, name: str, *, make: bool, path: Path | None
     if out.is_dir():
         entries = list(out.iterdir())
         if entries and not _unstarted_run(out, entries):
-            held = "already holds a run" if (out / "records.jsonl").exists() else "is not empty"
+            held = "already holds a run" if RunDir(out).records.exists() else "is not empty"
             raise ConfigError(f"--out {out} {held}; choose another --out (nothing was overwritten)")
     if not make:
         return out
@@ -282,7 +283,7 @@ def _unstarted_run(out: Path, entries: list[Path]) -> bool:
     if any(p.name not in _UNSTARTED or p.is_symlink() or not p.is_file() for p in entries):
         return False
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(RunDir(out).manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and "run_id" in manifest and manifest.get("status") != "completed"
@@ -320,7 +321,7 @@ async def start(
                 }
                 for sc in scenarios
             ]
-        write_json_atomic(out / "manifest.json", manifest)
+        write_json_atomic(RunDir(out).manifest, manifest)
     except BaseException:
         if metrics is not None:
             await metrics.server.close()
@@ -459,8 +460,8 @@ def _finish(
     try:
         if summary is not None:
             summary.run_id = launch.run_id
-            write_json_atomic(launch.out / "summary.json", summary.dump())
-        write_json_atomic(launch.out / "manifest.json", launch.manifest)
+            write_json_atomic(RunDir(launch.out).summary, summary.dump())
+        write_json_atomic(RunDir(launch.out).manifest, launch.manifest)
     except OSError as e:
         err.print(Text.assemble(("error: ", "bold red"), f"cannot write the run's manifest or summary: {e}"))
         return EXIT_FAILED
@@ -484,7 +485,7 @@ def write_html(run_dir: Path, err: Console) -> None:
     from analysis.runs import load_run
 
     try:
-        write_atomic(run_dir / "report.html", run_html(load_run(run_dir)))
+        write_atomic(RunDir(run_dir).report, run_html(load_run(run_dir)))
     except (OSError, ValueError) as e:
         err.print(Text.assemble(("warning: ", "yellow"), f"report.html not written: {e}"), soft_wrap=True)
 

@@ -21,6 +21,7 @@ from agent.backends import create
 from agent.cli.common import EXIT_FAILED, EXIT_OK, App
 from agent.cli.launching import backend_args
 from agent.core.files import write_atomic
+from agent.core.rundir import StudyDir
 from agent.core.scenario import load_scenario, resolve_scenario
 from agent.core.study import Cell, Study, load_study
 from agent.run.manifest import write_json_atomic
@@ -105,9 +106,9 @@ def run(ns: argparse.Namespace, app: App) -> int:
             outcome.interrupted = True
     result = analyze_study(study, out, semscorer=_semscorer(ns, app))
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study.json", result.dump())
-    write_atomic(out / "report.md", study_markdown(result))
-    write_atomic(out / "report.html", study_html(result))
+    write_json_atomic(StudyDir(out).results, result.dump())
+    write_atomic(StudyDir(out).report_md, study_markdown(result))
+    write_atomic(StudyDir(out).report_html, study_html(result))
     Console().print(study_console(result))
     done = sum(c.status == "completed" for c in result.cells)
     app.err.print(

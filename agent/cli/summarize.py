@@ -12,6 +12,7 @@ from rich.console import Console
 
 from agent.cli.common import EXIT_OK, App, warn
 from agent.cli.launching import write_html
+from agent.core.rundir import RunDir
 from agent.run.launch import targets_for
 from analysis.records import load_records
 from analysis.render.summary import render_summary
@@ -35,7 +36,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
     for warning in loaded.warnings:
         warn(err, warning)
     targets: dict[str, dict[str, Any]] = {}
-    manifest_path = ns.run_dir / "manifest.json"
+    manifest_path = RunDir(ns.run_dir).manifest
     if manifest_path.is_file():
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.core.errors import ConfigError
+from agent.core.rundir import RunDir
 from agent.core.yamlfile import read_yaml, validate
 
 __all__ = ["Cell", "Serve", "Study", "Variant", "cell_status", "load_study"]
@@ -207,7 +208,7 @@ def load_study(path: Path) -> Study:
 def cell_status(folder: Path) -> str:
     """``completed``, ``interrupted``, ``failed`` or ``missing``, from the cell's manifest."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(RunDir(folder).manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "missing"
     status = manifest.get("status") if isinstance(manifest, dict) else None

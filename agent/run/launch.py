@@ -25,6 +25,7 @@ from agent.backends.capabilities import Warming
 from agent.core.errors import InfermeterError, RecordWriteError
 from agent.core.files import release_headroom
 from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
+from agent.core.rundir import RunDir
 from agent.core.scenario import Scenario
 from agent.energy.meter import EnergyMeter
 from agent.run.manifest import write_json_atomic
@@ -192,7 +193,7 @@ class Launch:
             loop.remove_signal_handler(sig)
 
     def _save_manifest(self) -> None:
-        write_json_atomic(self.out / "manifest.json", self.manifest)
+        write_json_atomic(RunDir(self.out).manifest, self.manifest)
 
     async def start_backend(self) -> None:
         """Start the backend; on failure record it in the manifest and say why."""
@@ -329,8 +330,8 @@ class Launch:
         progress = _progress(self.err, self.show_progress)
         with (
             progress,
-            JsonlWriter(self.out / "records.jsonl") as writer,
-            JsonlWriter(self.out / "chains.jsonl") as chains,
+            JsonlWriter(RunDir(self.out).records) as writer,
+            JsonlWriter(RunDir(self.out).chains) as chains,
         ):
             task = progress.add_task(stages[0].tenants[0].scenario.name, total=total, ok=0, degraded=0)
             bar = _Bar(progress, task, self.counts)
@@ -344,7 +345,7 @@ class Launch:
                     result.stopped_early = why
                     break
         if chains.count == 0:
-            (self.out / "chains.jsonl").unlink(missing_ok=True)
+            RunDir(self.out).chains.unlink(missing_ok=True)
         result.written = writer.count
         self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
         if self.metrics is not None:
@@ -420,9 +421,9 @@ class Launch:
         meter.stop()
         info = meter.describe()
         if meter.unavailable is None:
-            samples = meter.write_trace(self.out / "power.csv")
+            samples = meter.write_trace(RunDir(self.out).power)
             write_json_atomic(
-                self.out / "energy.json",
+                RunDir(self.out).energy,
                 {"baseline": info.get("baseline"), "poller": info.get("poller"), "stages": meter.stages},
             )
             info["samples_file"] = f"power.csv ({samples} samples)"

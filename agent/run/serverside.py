@@ -22,13 +22,12 @@ from rich.console import Console
 from agent.backends.base import Backend
 from agent.backends.capabilities import CacheReset, PrefixCacheResetting, ServesMetrics
 from agent.core.errors import InfermeterError
+from agent.core.rundir import RunDir
 from agent.transport.scrape import Endpoint, ServerScraper
 
-__all__ = ["SERIES_FILE", "ServerPlan", "ServerSide"]
+__all__ = ["ServerPlan", "ServerSide"]
 
 logger = structlog.get_logger(__name__)
-
-SERIES_FILE = "server_metrics.csv"
 
 
 @dataclass(slots=True)
@@ -71,7 +70,9 @@ class ServerSide:
                 self.err.print(f"server metrics: {why}; scraping it anyway, the errors are counted")
         if not endpoints:
             return
-        self.scraper = ServerScraper(endpoints, self.out / SERIES_FILE, interval_s=self.plan.interval_s)
+        self.scraper = ServerScraper(
+            endpoints, RunDir(self.out).server_metrics, interval_s=self.plan.interval_s
+        )
         await asyncio.to_thread(self.scraper.start)
         engines = ", ".join(f"{ep.url} ({ep.engine or 'unknown engine'})" for ep in endpoints)
         self.err.print(f"server metrics: scraping {engines} every {self.plan.interval_s:g} s")

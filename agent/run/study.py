@@ -30,16 +30,14 @@ from pathlib import Path
 from agent.core.errors import ConfigError
 from agent.core.files import write_atomic
 from agent.core.redact import redact
+from agent.core.rundir import RunDir, StudyDir
 from agent.core.study import Cell, Study, cell_status
 from agent.run.manifest import write_json_atomic
 
 __all__ = ["CELL_FILES", "Servers", "StudyOutcome", "StudyRunner", "cell_argv", "serve_argv"]
 
 #: What a cell's folder may hold: everything ``infermeter run`` writes, plus the cell's own log.
-CELL_FILES = frozenset(
-    {"records.jsonl", "chains.jsonl", "manifest.json", "summary.json", "engine.log", "simulator.log",
-     "energy.json", "power.csv", "report.html", "cell.log"}
-)  # fmt: skip
+CELL_FILES = StudyDir.CELL_FILES
 
 
 #: ``prctl`` option: the signal a process gets when its parent dies.
@@ -186,15 +184,15 @@ class StudyRunner:
 
     def __init__(self, study: Study, root: Path, *, allow_changed: bool = False) -> None:
         self.study, self.root = study, root
-        self.cells_dir = root / "cells"
+        self.cells_dir = StudyDir(root).cells
         self.allow_changed = allow_changed
         self.servers = Servers(study, root / "servers")
 
     def check_lock(self) -> None:
         """Refuse a folder holding another study, or this study's file changed since the folder began."""
-        lock = self.root / "study.lock.json"
+        lock = StudyDir(self.root).lock
         if not lock.exists():
-            if self.root.exists() and any(p.name != "cells" for p in self.root.iterdir()):
+            if self.root.exists() and any(p.name != StudyDir.CELLS for p in self.root.iterdir()):
                 raise ConfigError(f"--out {self.root} holds something else; name a new or empty folder")
             return
         try:
@@ -214,7 +212,7 @@ class StudyRunner:
         record = {"name": self.study.name, "sha256": self.study.config_hash(), "source": self.study.source,
                   "order": self.study.order, "seed": self.study.seed,
                   "cells": [c.name for c in self.study.cells()], "updated_unix_s": time.time()}  # fmt: skip
-        write_json_atomic(self.root / "study.lock.json", record)
+        write_json_atomic(StudyDir(self.root).lock, record)
 
     def run(self, on_cell: Callable[[int, int, Cell, str], None] | None = None) -> StudyOutcome:
         """Every cell not yet completed, in the study's order; started servers stop at the end."""
@@ -266,8 +264,8 @@ class StudyRunner:
             base_url = self.servers.url(cell.variant)
         except ServerFailed as e:  # the cell fails with the reason; the study goes on
             folder.mkdir()
-            (folder / "cell.log").write_text(f"error: {e}\n", encoding="utf-8")
-            write_json_atomic(folder / "manifest.json", {"status": "failed", "error": str(e)})
+            StudyDir.cell_log(RunDir(folder)).write_text(f"error: {e}\n", encoding="utf-8")
+            write_json_atomic(RunDir(folder).manifest, {"status": "failed", "error": str(e)})
             return "failed"
         with log_path.open("w", encoding="utf-8") as log:
             proc = subprocess.Popen(
@@ -289,6 +287,7 @@ class StudyRunner:
                 return "interrupted"
         if folder.exists():
             said = log_path.read_text(encoding="utf-8", errors="replace")
-            write_atomic(folder / "cell.log", redact(said))  # what the cell said, through the same mask
+            # what the cell said, through the same mask
+            write_atomic(StudyDir.cell_log(RunDir(folder)), redact(said))
             log_path.unlink()
         return cell_status(folder)

@@ -20,6 +20,7 @@ import numpy as np
 from markupsafe import Markup
 
 from agent.core.record import RequestRecord
+from agent.core.rundir import RunDir
 from agent.core.server_metrics import gauge_over_time, read_series
 from analysis.analyze import metric_values
 from analysis.render.study import DECISION_HEAD, QUALITY_HEAD, decision_cells, quality_rows
@@ -178,7 +179,7 @@ def _throughput_over_time(records: Sequence[RequestRecord]) -> str | None:
 
 
 def _energy_timeline(run_dir: Path, origin_s: float | None) -> str | None:
-    path = run_dir / "power.csv"
+    path = RunDir(run_dir).power
     if not path.is_file() or origin_s is None:
         return None
     go = _go()
@@ -203,7 +204,7 @@ def _energy_timeline(run_dir: Path, origin_s: float | None) -> str | None:
 
 def _server_timeline(run_dir: Path, records: Sequence[RequestRecord]) -> str | None:
     """The server's own requests running and waiting and its KV-cache use, on the latency figure's clock."""
-    path = run_dir / "server_metrics.csv"
+    path = RunDir(run_dir).server_metrics
     if not path.is_file() or not records:
         return None
     f = read_series(path)

@@ -129,9 +129,13 @@ def _compare(study: Study, cells: _Cells, scenario: str, metric: str, variant: s
     base = np.asarray(cells.values(study.baseline, scenario, metric))
     cand = np.asarray(cells.values(variant, scenario, metric))
     row = EquivalenceRow(
-        scenario=scenario, metric=metric, variant=variant, n_baseline=base.size, n_candidate=cand.size,
+        scenario=scenario,
+        metric=metric,
+        variant=variant,
+        n_baseline=base.size,
+        n_candidate=cand.size,
         verdict="too few repetitions",
-    )  # fmt: skip
+    )
     if base.size:
         row.mean_baseline = float(base.mean())
     if cand.size:
@@ -284,18 +288,16 @@ def _recommend(
     among = "quality tier acceptable or better against the baseline" if graded else "quality not graded"
     left = [r.variant for r in rows if r not in ok and r not in unreliable and r.output_tok_s]
     reason = f"{best.variant}: {by}, among {len(ok)} variant(s) ({among})"
-    verdict = next(
-        (e.verdict for e in equivalence
-         if e.scenario == scenario and e.variant == best.variant and e.metric == "output_tok_s"),
-        None,
-    )  # fmt: skip
+    verdict = _throughput_verdict(equivalence, scenario, best.variant)
     base = next((r for r in ok if r.variant == study.baseline), None)
     price = {n: v.usd_per_hour or study.usd_per_hour for n, v in study.variants.items()}
     by_throughput = price[best.variant] == price[study.baseline]
     if base is not None and best is not base and verdict == "equivalent" and by_throughput:
         margin = study.equivalence.margin_pct
-        reason = (f"{base.variant} (the baseline): {best.variant} leads only on paper ({by}), its output "
-                  f"tok/s equivalent to the baseline's within ±{margin:g} %")  # fmt: skip
+        reason = (
+            f"{base.variant} (the baseline): {best.variant} leads only on paper ({by}), its output "
+            f"tok/s equivalent to the baseline's within ±{margin:g} %"
+        )
         best = base
     elif verdict == "inconclusive" and by_throughput:
         reason += "; its lead in output tok/s is inconclusive: more repetitions would settle it"
@@ -304,6 +306,14 @@ def _recommend(
     if unreliable:
         reason += f"; left out for success rate: {_rates(unreliable, floor)}"
     return Recommendation(scenario=scenario, variant=best.variant, reason=reason)
+
+
+def _throughput_verdict(equivalence: list[EquivalenceRow], scenario: str, variant: str) -> str | None:
+    """The equivalence verdict on ``variant``'s output tok/s against the baseline's, if it was tested."""
+    for e in equivalence:
+        if e.scenario == scenario and e.variant == variant and e.metric == "output_tok_s":
+            return e.verdict
+    return None
 
 
 def _rates(rows: list[DecisionRow], floor: float) -> str:
@@ -346,10 +356,15 @@ def _variants(study: Study, cells: _Cells) -> list[VariantInfo]:
         facts = ((runs[0].manifest or {}).get("backend") or {}) if runs else {}
         infos.append(
             VariantInfo(
-                name=name, backend=v.backend, description=v.description, model=v.model, labels=v.labels,
-                axis=v.axis, facts=facts,
+                name=name,
+                backend=v.backend,
+                description=v.description,
+                model=v.model,
+                labels=v.labels,
+                axis=v.axis,
+                facts=facts,
             )
-        )  # fmt: skip
+        )
     return infos
 
 

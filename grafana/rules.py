@@ -56,13 +56,29 @@ class Profile:
 
 
 PRODUCTION = Profile(
-    "production", window="5m", interval="30s", baseline="1h", hold_latency="10m", hold_regression="15m",
-    hold_quality="5m", hold_down="2m", hold_analysed="1m", hold_energy="15m",
-)  # fmt: skip
+    "production",
+    window="5m",
+    interval="30s",
+    baseline="1h",
+    hold_latency="10m",
+    hold_regression="15m",
+    hold_quality="5m",
+    hold_down="2m",
+    hold_analysed="1m",
+    hold_energy="15m",
+)
 FAST = Profile(
-    "fast", window="10s", interval="1s", baseline="45s", hold_latency="3s", hold_regression="3s",
-    hold_quality="2s", hold_down="3s", hold_analysed="1s", hold_energy="3s",
-)  # fmt: skip
+    "fast",
+    window="10s",
+    interval="1s",
+    baseline="45s",
+    hold_latency="3s",
+    hold_regression="3s",
+    hold_quality="2s",
+    hold_down="3s",
+    hold_analysed="1s",
+    hold_energy="3s",
+)
 
 
 def _quantile(q: float, metric: str, window: str) -> str:

@@ -73,8 +73,12 @@ class EmbeddedArgs(HttpBackendArgs):
         queues the rest and the records show it.
         """
         slots = OPEN_LOOP_ENGINE_SLOTS if ctx.uncapped else min(ctx.in_flight, MAX_ENGINE_SLOTS)
-        args = {**super().from_cli(ctx), "cache_dir": ctx.cache_dir, "n_parallel": slots,
-                "log_path": RunDir(ctx.out).engine_log}  # fmt: skip
+        args = {
+            **super().from_cli(ctx),
+            "cache_dir": ctx.cache_dir,
+            "n_parallel": slots,
+            "log_path": RunDir(ctx.out).engine_log,
+        }
         if ctx.model_path is not None:
             args["model_path"] = ctx.model_path
         if ctx.cache_prompt:

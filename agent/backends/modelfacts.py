@@ -23,8 +23,13 @@ __all__ = ["gguf_facts"]
 _FIXED = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
 #: The metadata a manifest keeps; every other value (the tokenizer's vocabulary) is skipped unread.
-_WANTED = ("general.architecture", "general.file_type", "general.name", "general.size_label",
-           "infermeter.requantized_from")  # fmt: skip
+_WANTED = (
+    "general.architecture",
+    "general.file_type",
+    "general.name",
+    "general.size_label",
+    "infermeter.requantized_from",
+)
 _PER_ARCH = ("context_length", "block_count")
 
 

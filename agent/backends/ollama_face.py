@@ -55,8 +55,13 @@ class OllamaFace:
         chat_template: str | None = "gemma",
     ) -> None:
         self.model_path = model_path
-        self.cfg = {"model_path": str(model_path), "n_parallel": n_parallel, "n_ctx": n_parallel * 4096,
-                    "threads": threads, "chat_template": chat_template}  # fmt: skip
+        self.cfg = {
+            "model_path": str(model_path),
+            "n_parallel": n_parallel,
+            "n_ctx": n_parallel * 4096,
+            "threads": threads,
+            "chat_template": chat_template,
+        }
         self.engine = ChildServer("agent.backends._engine_main", "engine")
         self.engine_url = ""
         self._load_ns = 0  # the last load, reported once by the request that follows it
@@ -126,13 +131,24 @@ class OllamaFace:
     def _details(self) -> dict[str, Any]:
         facts = gguf_facts(self.model_path)
         size = f"{facts['parameters'] / 1e6:.2f}M" if facts.get("parameters") else None
-        return {"parent_model": "", "format": "gguf", "family": facts.get("architecture"),
-                "families": [facts.get("architecture")], "parameter_size": size,
-                "quantization_level": facts.get("quantization")}  # fmt: skip
+        return {
+            "parent_model": "",
+            "format": "gguf",
+            "family": facts.get("architecture"),
+            "families": [facts.get("architecture")],
+            "parameter_size": size,
+            "quantization_level": facts.get("quantization"),
+        }
 
     def _entry(self) -> dict[str, Any]:
-        return {"name": MODEL, "model": MODEL, "size": self.model_path.stat().st_size, "digest": "",
-                "modified_at": _now(), "details": self._details()}  # fmt: skip
+        return {
+            "name": MODEL,
+            "model": MODEL,
+            "size": self.model_path.stat().st_size,
+            "digest": "",
+            "modified_at": _now(),
+            "details": self._details(),
+        }
 
     async def _tags(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [self._entry()]})
@@ -143,10 +159,19 @@ class OllamaFace:
             return web.json_response({"error": f"model '{req.get('model')}' not found"}, status=404)
         facts = gguf_facts(self.model_path)
         arch = facts.get("architecture")
-        info = {"general.architecture": arch, "general.parameter_count": facts.get("parameters"),
-                f"{arch}.context_length": facts.get("context_length")}  # fmt: skip
-        body = {"modelfile": f"FROM {self.model_path.name}", "parameters": "", "template": "",
-                "details": self._details(), "model_info": info, "capabilities": ["completion"]}  # fmt: skip
+        info = {
+            "general.architecture": arch,
+            "general.parameter_count": facts.get("parameters"),
+            f"{arch}.context_length": facts.get("context_length"),
+        }
+        body = {
+            "modelfile": f"FROM {self.model_path.name}",
+            "parameters": "",
+            "template": "",
+            "details": self._details(),
+            "model_info": info,
+            "capabilities": ["completion"],
+        }
         return web.json_response(body)
 
     async def _ps(self, request: web.Request) -> web.Response:
@@ -165,13 +190,18 @@ class OllamaFace:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         timings, finish = await self._relay(req, chat, resp)
-        final = {"model": MODEL, "created_at": _now(), "done": True, "done_reason": finish,
-                 "total_duration": time.perf_counter_ns() - arrival + (load_ns if earlier else 0),
-                 "load_duration": load_ns,
-                 "prompt_eval_count": timings.get("prompt_n"),
-                 "prompt_eval_duration": round(timings.get("prompt_ms", 0.0) * 1e6),
-                 "eval_count": timings.get("predicted_n"),
-                 "eval_duration": round(timings.get("predicted_ms", 0.0) * 1e6)}  # fmt: skip
+        final = {
+            "model": MODEL,
+            "created_at": _now(),
+            "done": True,
+            "done_reason": finish,
+            "total_duration": time.perf_counter_ns() - arrival + (load_ns if earlier else 0),
+            "load_duration": load_ns,
+            "prompt_eval_count": timings.get("prompt_n"),
+            "prompt_eval_duration": round(timings.get("prompt_ms", 0.0) * 1e6),
+            "eval_count": timings.get("predicted_n"),
+            "eval_duration": round(timings.get("predicted_ms", 0.0) * 1e6),
+        }
         final.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
         await resp.write(json.dumps(final).encode() + b"\n")
         await resp.write_eof()

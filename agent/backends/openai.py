@@ -81,8 +81,12 @@ class OpenAIArgs(HttpBackendArgs):
     @classmethod
     def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
         """``--base-url`` / ``--model``, else the ``INFERMETER__OPENAI__*`` settings; the key from them."""
-        args = {**super().from_cli(ctx), "base_url": ctx.base_url or ctx.openai_base_url,
-                "model": ctx.model or ctx.openai_model, "api_key": ctx.openai_api_key}  # fmt: skip
+        args = {
+            **super().from_cli(ctx),
+            "base_url": ctx.base_url or ctx.openai_base_url,
+            "model": ctx.model or ctx.openai_model,
+            "api_key": ctx.openai_api_key,
+        }
         return {k: v for k, v in args.items() if v is not None}
 
 
@@ -113,8 +117,11 @@ def _logprobs(obj: Any, state: _StreamState) -> None:
     entries = obj.get("content")
     if isinstance(entries, list):  # OpenAI chat format, also llama.cpp's completions
         tops = [e.get("top_logprobs") for e in entries if isinstance(e, dict)]
-        maps = [{a["token"]: float(a["logprob"]) for a in top if isinstance(a, dict) and "token" in a}
-                for top in tops if isinstance(top, list)]  # fmt: skip
+        maps = [
+            {a["token"]: float(a["logprob"]) for a in top if isinstance(a, dict) and "token" in a}
+            for top in tops
+            if isinstance(top, list)
+        ]
     elif isinstance(obj.get("top_logprobs"), list):  # legacy completions: one {token: logprob} per token
         maps = [{str(k): float(v) for k, v in m.items()} for m in obj["top_logprobs"] if isinstance(m, dict)]
     else:

@@ -137,9 +137,14 @@ def _analyze(ns: argparse.Namespace, err: Console, runs: list[Run], baseline: Ru
         similarity_floor=ns.drift_similarity,
     )
     progress = Progress(
-        TextColumn("scoring outputs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, disable=ns.no_progress, transient=True,
-    )  # fmt: skip
+        TextColumn("scoring outputs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=ns.no_progress,
+        transient=True,
+    )
     with progress:
         task = progress.add_task("score", total=None)
 

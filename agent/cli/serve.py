@@ -69,16 +69,25 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     stop = _signals()
     if ns.api == "ollama":
         return await _serve_ollama(ns, app, stop)
-    args = {"n_parallel": ns.slots, "ctx_per_slot": ns.ctx_per_slot, "port": ns.port,
-            "cache_dir": app.settings.cache_dir, "model_path": ns.model_path, "threads": ns.threads,
-            "log_path": ns.log, "requantize": ns.requantize}  # fmt: skip
+    args = {
+        "n_parallel": ns.slots,
+        "ctx_per_slot": ns.ctx_per_slot,
+        "port": ns.port,
+        "cache_dir": app.settings.cache_dir,
+        "model_path": ns.model_path,
+        "threads": ns.threads,
+        "log_path": ns.log,
+        "requantize": ns.requantize,
+    }
     backend = create("embedded", {k: v for k, v in args.items() if v is not None})
     with app.err.status("starting the engine (the first start assembles the built-in model)"):
         await backend.start()
     try:
         url = str(backend.base_url)  # type: ignore[attr-defined]
-        how = (f"serving {backend.model} at {url} (OpenAI API under /v1, {ns.slots} slots); use it with "
-               f"`--backend openai --base-url {url}`, the daemon or a study; Ctrl-C stops")  # fmt: skip
+        how = (
+            f"serving {backend.model} at {url} (OpenAI API under /v1, {ns.slots} slots); use it with "
+            f"`--backend openai --base-url {url}`, the daemon or a study; Ctrl-C stops"
+        )
         await _until_stopped(url, how, stop, app)
     finally:
         await backend.close()
@@ -97,8 +106,9 @@ async def _serve_ollama(ns: argparse.Namespace, app: App, stop: asyncio.Event) -
     with app.err.status("starting the engine behind the Ollama face"):
         path = await asyncio.to_thread(model_file, ns.model_path, app.settings.cache_dir, ns.requantize)
         template = "gemma" if ns.model_path is None else None
-        face = OllamaFace(path, timings_log=ns.timings_log, n_parallel=ns.slots, threads=ns.threads,
-                          chat_template=template)  # fmt: skip
+        face = OllamaFace(
+            path, timings_log=ns.timings_log, n_parallel=ns.slots, threads=ns.threads, chat_template=template
+        )
         await face.start()
     runner = web.AppRunner(face.app(), access_log=None)
     try:
@@ -107,8 +117,10 @@ async def _serve_ollama(ns: argparse.Namespace, app: App, stop: asyncio.Event) -
         await site.start()
         sockets: Any = site._server.sockets  # type: ignore[union-attr]
         url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-        how = (f"Ollama EMULATION serving {MODEL} ({path.name}) at {url}; use it with "
-               f"`--backend ollama --base-url {url}`; Ctrl-C stops")  # fmt: skip
+        how = (
+            f"Ollama EMULATION serving {MODEL} ({path.name}) at {url}; use it with "
+            f"`--backend ollama --base-url {url}`; Ctrl-C stops"
+        )
         await _until_stopped(url, how, stop, app)
     finally:
         await runner.cleanup()

@@ -57,16 +57,27 @@ def _check(study: Study, app: App) -> None:
     for v in study.variants.values():
         args = [f"{k}={json.dumps(val)}" for k, val in v.args.items()]
         model_path = study.resolve(v.model_path) if v.model_path and v.serve is None else None
-        ns = argparse.Namespace(backend=v.backend, base_url=v.base_url, model=v.model, model_path=model_path,
-                                compile=v.compile, backend_arg=args)  # fmt: skip
+        ns = argparse.Namespace(
+            backend=v.backend,
+            base_url=v.base_url,
+            model=v.model,
+            model_path=model_path,
+            compile=v.compile,
+            backend_arg=args,
+        )
         create(v.backend, backend_args(ns, app.settings, Path("."), 1))
 
 
 def _run_cells(study: Study, out: Path, ns: argparse.Namespace, app: App) -> StudyOutcome:
     """The cells with a progress bar: cells done, the cell under way, time left."""
     runner = StudyRunner(study, out, allow_changed=ns.allow_changed)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=app.err, disable=ns.no_progress, transient=True) as progress:
         task = progress.add_task(study.name, total=len(study.cells()))
 

@@ -124,8 +124,11 @@ def _read_azure(path: Path) -> list[TraceRequest]:
             except (ValueError, TypeError) as e:
                 raise _fail(path, n, f"unreadable row: {e}") from e
             if prompt < 0 or output < 0:
-                raise _fail(path, n, f"token counts cannot be negative (ContextTokens {prompt}, "
-                                     f"GeneratedTokens {output})")  # fmt: skip
+                raise _fail(
+                    path,
+                    n,
+                    f"token counts cannot be negative (ContextTokens {prompt}, GeneratedTokens {output})",
+                )
             first = t if first is None else first
             raw = {"timestamp": t - first, "prompt_tokens": max(prompt, 1), "output_tokens": max(output, 1)}
             out.append(_validated(path, n, raw))

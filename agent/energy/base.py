@@ -163,8 +163,9 @@ def window(
     counted = _by_counter(ticks, start_ns, end_ns, baseline, wrap_mj, flags)
     if counted is not None:
         energy, mean = counted
-        return EnergyWindow(start_ns, end_ns, len(inside), "counter", mean, energy / duration_s, energy,
-                            tuple(flags))  # fmt: skip
+        return EnergyWindow(
+            start_ns, end_ns, len(inside), "counter", mean, energy / duration_s, energy, tuple(flags)
+        )
     if len(inside) >= 2:
         mean = statistics.fmean(p for _, p in inside)
         delta = mean - baseline.mean_w

@@ -458,19 +458,20 @@ class Runner:
         cause = self.cold.begin(now)
         if cause is not None:
             ident = dataclasses.replace(ident, cold_cause=cause)
-        m = Measurement(self.start_ns, self._start_unix, intended_ns or now, now, keep_text=keep_text,
-                        text_cap=self.scenario.max_output_chars)  # fmt: skip
+        m = Measurement(
+            self.start_ns,
+            self._start_unix,
+            intended_ns or now,
+            now,
+            keep_text=keep_text,
+            text_cap=self.scenario.max_output_chars,
+        )
         failure: tuple[str, str] | None = None
         self.in_flight += 1
         try:
             await body(m)
         except TimeoutError:
-            t = self.scenario.timeout
-            failure = (
-                ("timeout_total", f"no end of stream within {t.total_s} s")
-                if m.text_ns
-                else ("timeout_first_token", f"no output token within {min(t.first_token_s, t.total_s)} s")
-            )
+            failure = self._timed_out(m)
         except RequestFailedError as e:
             failure = (e.reason, redact(e.detail))
         except asyncio.CancelledError:
@@ -494,6 +495,13 @@ class Runner:
         record = self.writer.write(finished)
         self.writer.wake()  # the writer's task flushes the sink
         return record
+
+    def _timed_out(self, m: Measurement) -> tuple[str, str]:
+        """Which timeout ended the request: before any output token, or before the end of the stream."""
+        t = self.scenario.timeout
+        if m.text_ns:
+            return ("timeout_total", f"no end of stream within {t.total_s} s")
+        return ("timeout_first_token", f"no output token within {min(t.first_token_s, t.total_s)} s")
 
     async def _consume(self, request: GenerationRequest, m: Measurement) -> None:
         t = self.scenario.timeout

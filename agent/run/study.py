@@ -209,9 +209,15 @@ class StudyRunner:
 
     def _write_lock(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        record = {"name": self.study.name, "sha256": self.study.config_hash(), "source": self.study.source,
-                  "order": self.study.order, "seed": self.study.seed,
-                  "cells": [c.name for c in self.study.cells()], "updated_unix_s": time.time()}  # fmt: skip
+        record = {
+            "name": self.study.name,
+            "sha256": self.study.config_hash(),
+            "source": self.study.source,
+            "order": self.study.order,
+            "seed": self.study.seed,
+            "cells": [c.name for c in self.study.cells()],
+            "updated_unix_s": time.time(),
+        }
         write_json_atomic(StudyDir(self.root).lock, record)
 
     def run(self, on_cell: Callable[[int, int, Cell, str], None] | None = None) -> StudyOutcome:

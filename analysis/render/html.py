@@ -149,21 +149,40 @@ def _latency_over_time(records: Sequence[RequestRecord]) -> str | None:
     fig = go.Figure()
     for field, label in (("e2e_ms", "E2E"), ("ttft_ms", "TTFT")):
         pts = [(r.sent_offset_ms / 1000, getattr(r, field)) for r in keep if getattr(r, field) is not None]
-        fig.add_trace(go.Scattergl(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=label,
-                                   marker={"size": 4, "opacity": 0.6}))  # fmt: skip
+        fig.add_trace(
+            go.Scattergl(
+                x=[p[0] for p in pts],
+                y=[p[1] for p in pts],
+                mode="markers",
+                name=label,
+                marker={"size": 4, "opacity": 0.6},
+            )
+        )
     shades = ("rgba(255,170,0,0.10)", "rgba(0,120,255,0.07)", "rgba(120,120,120,0.10)")
     for i, (label, lo, hi) in enumerate(_stage_spans(records)):
-        fig.add_vrect(x0=lo, x1=hi, fillcolor=shades[i % len(shades)], line_width=0,
-                      annotation_text=_plot_text(label), annotation_position="top left")  # fmt: skip
-    fig.update_layout(title="latency over time (ok requests at their send time)", xaxis_title="s from start",
-                      yaxis_title="ms")  # fmt: skip
+        fig.add_vrect(
+            x0=lo,
+            x1=hi,
+            fillcolor=shades[i % len(shades)],
+            line_width=0,
+            annotation_text=_plot_text(label),
+            annotation_position="top left",
+        )
+    fig.update_layout(
+        title="latency over time (ok requests at their send time)",
+        xaxis_title="s from start",
+        yaxis_title="ms",
+    )
     return _figure(fig, "latency-over-time")
 
 
 def _throughput_over_time(records: Sequence[RequestRecord]) -> str | None:
     go = _go()
-    ends = [((r.intended_offset_ms + r.e2e_ms) / 1000, r.output_tokens or 0) for r in records
-            if r.status == "ok" and r.e2e_ms is not None]  # fmt: skip
+    ends = [
+        ((r.intended_offset_ms + r.e2e_ms) / 1000, r.output_tokens or 0)
+        for r in records
+        if r.status == "ok" and r.e2e_ms is not None
+    ]
     if not ends:
         return None
     last = max(t for t, _ in ends)
@@ -173,8 +192,11 @@ def _throughput_over_time(records: Sequence[RequestRecord]) -> str | None:
         bins[int(t / width)] += tokens
     xs = (np.arange(bins.size) * width).tolist()
     fig = go.Figure(go.Bar(x=xs, y=(bins / width).tolist(), name="output tok/s", width=width))
-    fig.update_layout(title=f"throughput over time ({width:g} s bins, by request end)", xaxis_title="s",
-                      yaxis_title="output tok/s")  # fmt: skip
+    fig.update_layout(
+        title=f"throughput over time ({width:g} s bins, by request end)",
+        xaxis_title="s",
+        yaxis_title="output tok/s",
+    )
     return _figure(fig, "throughput-over-time")
 
 
@@ -212,20 +234,35 @@ def _server_timeline(run_dir: Path, records: Sequence[RequestRecord]) -> str | N
     origin = first.sent_unix_s - first.sent_offset_ms / 1000
     go = _go()
     fig = go.Figure()
-    for concept, label, axis in (("running", "running", "y"), ("waiting", "waiting", "y"),
-                                 ("kv_usage", "KV cache %", "y2")):  # fmt: skip
+    for concept, label, axis in (
+        ("running", "running", "y"),
+        ("waiting", "waiting", "y"),
+        ("kv_usage", "KV cache %", "y2"),
+    ):
         times, values = gauge_over_time(f, concept)
         if not times:
             continue
         scale = 100.0 if concept == "kv_usage" else 1.0
-        fig.add_trace(go.Scatter(x=[t - origin for t in times], y=[v * scale for v in values], mode="lines",
-                                 line_shape="hv", name=label, yaxis=axis))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[t - origin for t in times],
+                y=[v * scale for v in values],
+                mode="lines",
+                line_shape="hv",
+                name=label,
+                yaxis=axis,
+            )
+        )
     if not fig.data:
         return None
     engine = f.engine() or "server"
     right = {"title": "KV cache %", "overlaying": "y", "side": "right", "rangemode": "tozero"}
-    fig.update_layout(title=_plot_text(f"the server's own state ({engine} metrics, same clock as latency)"),
-                      xaxis_title="s from start", yaxis_title="requests", yaxis2=right)  # fmt: skip
+    fig.update_layout(
+        title=_plot_text(f"the server's own state ({engine} metrics, same clock as latency)"),
+        xaxis_title="s from start",
+        yaxis_title="requests",
+        yaxis2=right,
+    )
     return _figure(fig, "server-timeline")
 
 
@@ -235,13 +272,22 @@ def _sweep_curve(summary: dict[str, Any] | None) -> str | None:
     if len(points) < 2:
         return None
     go = _go()
-    fig = go.Figure(go.Scatter(x=[p["load"] for p in points], y=[p["throughput"] for p in points],
-                               mode="lines+markers", name="throughput"))  # fmt: skip
+    fig = go.Figure(
+        go.Scatter(
+            x=[p["load"] for p in points],
+            y=[p["throughput"] for p in points],
+            mode="lines+markers",
+            name="throughput",
+        )
+    )
     knee = sweep.get("knee")
     if knee:
         fig.add_vline(x=knee["load"], line_dash="dash", annotation_text=_plot_text(f"knee ({knee['stage']})"))
-    fig.update_layout(title="sweep: throughput against offered load", xaxis_title="offered load",
-                      yaxis_title=_plot_text(points[0].get("throughput_unit", "throughput")))  # fmt: skip
+    fig.update_layout(
+        title="sweep: throughput against offered load",
+        xaxis_title="offered load",
+        yaxis_title=_plot_text(points[0].get("throughput_unit", "throughput")),
+    )
     return _figure(fig, "sweep-curve")
 
 
@@ -250,8 +296,11 @@ def run_html(run: Run) -> str:
     records = run.records
     ok = [r for r in records if r.status == "ok" and r.stage == "steady"]
     gaps = [g for r in ok for g in r.itl_ms]
-    cdfs = {"TTFT": [r.ttft_ms for r in ok if r.ttft_ms is not None],
-            "TPOT": [r.tpot_ms for r in ok if r.tpot_ms is not None], "ITL (every gap)": gaps}  # fmt: skip
+    cdfs = {
+        "TTFT": [r.ttft_ms for r in ok if r.ttft_ms is not None],
+        "TPOT": [r.tpot_ms for r in ok if r.tpot_ms is not None],
+        "ITL (every gap)": gaps,
+    }
     clock = (run.manifest or {}).get("clock") or {}
     origin = clock.get("origin_perf_counter_ns")
     parts = [
@@ -286,14 +335,24 @@ def _quality_deltas(result: AnalysisResult) -> list[Markup]:
         ]
         if not rows:
             continue
-        fig = go.Figure(go.Scatter(
-            x=[r.estimate for _, r in rows], y=[_plot_text(n) for n, _ in rows], mode="markers",
-            error_x={"type": "data", "symmetric": False, "array": [r.high - r.estimate for _, r in rows],
-                     "arrayminus": [r.estimate - r.low for _, r in rows]},
-        ))  # fmt: skip
+        fig = go.Figure(
+            go.Scatter(
+                x=[r.estimate for _, r in rows],
+                y=[_plot_text(n) for n, _ in rows],
+                mode="markers",
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [r.high - r.estimate for _, r in rows],
+                    "arrayminus": [r.estimate - r.low for _, r in rows],
+                },
+            )
+        )
         fig.add_vline(x=0, line_color="grey")
-        fig.update_layout(title=_plot_text(f"{label}: quality deltas against {result.baseline} (95 % CI)"),
-                          xaxis_title="candidate − baseline")  # fmt: skip
+        fig.update_layout(
+            title=_plot_text(f"{label}: quality deltas against {result.baseline} (95 % CI)"),
+            xaxis_title="candidate − baseline",
+        )
         out.append(_figure(fig, f"quality-{label}"))
     return out
 
@@ -309,8 +368,11 @@ def analysis_html(result: AnalysisResult, runs: Sequence[Run]) -> str:
             if fig:
                 parts.append(fig)
     for label, comp in result.comparisons.items():
-        rows = [[sc, c.metric, c.median_baseline, c.median_candidate, c.change_pct, c.p_adjusted, c.verdict]
-                for sc, cs in comp.scenarios.items() for c in cs]  # fmt: skip
+        rows = [
+            [sc, c.metric, c.median_baseline, c.median_candidate, c.change_pct, c.p_adjusted, c.verdict]
+            for sc, cs in comp.scenarios.items()
+            for c in cs
+        ]
         head = ["scenario", "metric", "baseline p50", "candidate p50", "change %", "p (adj.)", "verdict"]
         parts.append(_tag("h2", f"{label} vs {result.baseline}") + _table(head, _round(rows)))
     parts += _quality_deltas(result)
@@ -367,8 +429,11 @@ def _study_quality(result: StudyResult) -> list[Markup]:
             ys = [d.quality_by_task[t].generation_delta_pct for t in tasks]
             fig.add_trace(go.Bar(x=[_plot_text(t) for t in tasks], y=ys, name=_plot_text(d.variant)))
         fig.add_hline(y=0, line_color="grey")
-        fig.update_layout(title=_plot_text(f"{scenario}: quality against {result.baseline} per task group"),
-                          yaxis_title="generation delta, %", barmode="group")  # fmt: skip
+        fig.update_layout(
+            title=_plot_text(f"{scenario}: quality against {result.baseline} per task group"),
+            yaxis_title="generation delta, %",
+            barmode="group",
+        )
         out += [_figure(fig, f"study-quality-{scenario}"), _table(QUALITY_HEAD, rows)]
     return out
 

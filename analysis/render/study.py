@@ -139,12 +139,19 @@ QUALITY_HEAD = ("variant", "task", "n", "tier", "benchmark Δ pt", "generation �
 def quality_rows(r: StudyResult, scenario: str) -> list[list[str]]:
     """Each graded variant's quality per task group on one scenario, against the baseline."""
     return [
-        [d.variant, task, str(t.n), t.tier or "—", two(t.benchmark_delta_points, "{:+.1f}"),
-         two(t.generation_delta_pct, "{:+.1f}"), two(t.similarity_rouge_l, "{:.2f}")]
+        [
+            d.variant,
+            task,
+            str(t.n),
+            t.tier or "—",
+            two(t.benchmark_delta_points, "{:+.1f}"),
+            two(t.generation_delta_pct, "{:+.1f}"),
+            two(t.similarity_rouge_l, "{:.2f}"),
+        ]
         for d in r.decision
         if d.scenario == scenario and d.variant != r.baseline
         for task, t in d.quality_by_task.items()
-    ]  # fmt: skip
+    ]
 
 
 def quality(r: StudyResult) -> list[str]:
@@ -183,13 +190,19 @@ def equivalence(r: StudyResult) -> list[str]:
         out.append(f"### {md(scenario)}")
         rows = [
             [
-                row.metric, row.variant, two(row.mean_baseline), two(row.mean_candidate), pct(row.change_pct),
-                two(row.p_adjusted, "{:.3g}"), two(row.cohens_d), two(row.p_tost, "{:.3g}"),
+                row.metric,
+                row.variant,
+                two(row.mean_baseline),
+                two(row.mean_candidate),
+                pct(row.change_pct),
+                two(row.p_adjusted, "{:.3g}"),
+                two(row.cohens_d),
+                two(row.p_tost, "{:.3g}"),
                 _verdict(row),
             ]
             for row in r.equivalence
             if row.scenario == scenario
-        ]  # fmt: skip
+        ]
         out += md_table([*head, "verdict"], rows)
     return out
 

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from agent.backends import available
 from agent.cli.common import port
+from agent.core.overrides import overrides_of
+from agent.core.scenario import Scenario
 
-__all__ = ["backend_flags", "energy_flags", "load_flags", "request_flags", "server_flags", "workload_flags"]
+__all__ = [
+    "backend_flags",
+    "energy_flags",
+    "load_flags",
+    "override_flags",
+    "request_flags",
+    "server_flags",
+    "workload_flags",
+]
 
 
 def energy_flags(p: argparse.ArgumentParser) -> None:
@@ -84,25 +95,31 @@ def server_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load_flags(p: argparse.ArgumentParser) -> None:
-    """Overrides of the scenario's size, load shape and objectives."""
-    p.add_argument("--requests", type=int, help="steady-state requests (overrides the scenario)")
-    p.add_argument("--duration", help="stop issuing requests after this long, e.g. 30s, 2m")
-    p.add_argument("--concurrency", type=int, help="closed-loop clients (agents for agent chains)")
-    p.add_argument("--warmup", type=int, help="warmup requests, recorded apart")
-    p.add_argument("--cooldown", type=int, help="requests after steady under the same load, kept apart")
-    p.add_argument("--max-tokens", type=int, dest="output_tokens", help="output tokens per request")
-    p.add_argument(
-        "--arrival", choices=["closed", "constant", "poisson", "gamma"], help="load model (default: closed)"
-    )
-    p.add_argument("--rate", type=float, help="open loop: requests per second")
-    p.add_argument("--burstiness", type=float, help="gamma: shape (1 = Poisson, < 1 burstier)")
-    p.add_argument("--max-concurrency", type=int, help="open loop: in-flight cap")
-    p.add_argument("--think-time", help="closed loop: pause per client between requests, e.g. 500ms")
-    p.add_argument("--seed", type=int, help="arrival schedule seed")
-    p.add_argument("--slo-ttft-ms", type=float, help="goodput: TTFT objective")
-    p.add_argument("--slo-tpot-ms", type=float, help="goodput: TPOT objective")
-    p.add_argument("--slo-e2e-ms", type=float, help="goodput: E2E objective")
+    """Overrides of the scenario's size, load shape and objectives, then the workload's."""
+    override_flags(p)
     workload_flags(p)
+
+
+def override_flags(
+    p: argparse.ArgumentParser,
+    *,
+    only: frozenset[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """A flag for every scenario field that declares one (``agent.core.overrides``), or for ``only`` those.
+
+    The type, the choices and the help come from the field; ``defaults`` sets a command's own default.
+    """
+    for o in overrides_of(Scenario):
+        if only is not None and o.flag.name not in only:
+            continue
+        kind, choices = o.kind()
+        extra: dict[str, Any] = {"type": kind} if kind is not None else {}
+        if choices is not None:
+            extra["choices"] = choices
+        if defaults and o.flag.name in defaults:
+            extra["default"] = defaults[o.flag.name]
+        p.add_argument(o.flag.name, dest=o.flag.dest, help=o.help, **extra)
 
 
 def workload_flags(p: argparse.ArgumentParser) -> None:

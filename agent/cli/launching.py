@@ -25,6 +25,7 @@ from agent.cli.common import EXIT_FAILED, EXIT_OK, duration, kv, seconds
 from agent.cli.settings import Settings
 from agent.core.errors import ConfigError
 from agent.core.files import HEADROOM_NAME, Headroom, release_headroom, write_atomic
+from agent.core.overrides import overrides_of
 from agent.core.redact import is_secret_key, remember
 from agent.core.rundir import RunDir
 from agent.core.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, resolve_scenario
@@ -89,30 +90,23 @@ def backend_args(
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
-    def get(name: str) -> Any:
-        return getattr(ns, name, None)  # replay has only some of the flags
-
-    load = {
-        "arrival": get("arrival"),
-        "rate": get("rate"),
-        "burstiness": get("burstiness"),
-        "max_concurrency": get("max_concurrency"),
-        "think_time": duration(get("think_time"), "--think-time"),
-        "seed": get("seed"),
-        "lag_limit_ms": get("lag_limit_ms"),
-    }
-    if get("rate") is not None and get("arrival") is None:
+    """The scenario overrides given on the command line, nested as the scenario holds them."""
+    given = vars(ns)  # replay has only some of the flags
+    out: dict[str, Any] = {}
+    for o in overrides_of(Scenario):
+        value = given.get(o.flag.dest)
+        if value is None:
+            continue
+        if o.is_duration:
+            value = duration(value, o.flag.name)
+        block = out
+        for key in o.path[:-1]:
+            block = block.setdefault(key, {})
+        block[o.path[-1]] = value
+    load = out.get("load", {})
+    if "rate" in load and "arrival" not in load:
         load["arrival"] = "poisson"  # a rate alone means open loop; Poisson is the usual default
-    return {
-        "requests": get("requests"),
-        "duration": get("duration"),
-        "concurrency": get("concurrency"),
-        "warmup": get("warmup"),
-        "cooldown": get("cooldown"),
-        "output_tokens": get("output_tokens"),
-        "load": load,
-        "slo": {"ttft_ms": get("slo_ttft_ms"), "tpot_ms": get("slo_tpot_ms"), "e2e_ms": get("slo_e2e_ms")},
-    }
+    return out
 
 
 def _no_conflicts(ns: argparse.Namespace, arrival: str) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 from agent.backends.base import Backend
 from agent.backends.capabilities import ContextBound
 from agent.cli.common import App
-from agent.cli.flags import backend_flags
+from agent.cli.flags import backend_flags, override_flags
 from agent.cli.launching import finish, scenario_for, start, targets
 from agent.core.errors import ConfigError
 from agent.core.scenario import MAX_IN_FLIGHT
@@ -34,8 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scenario", default="chat", help="scenario for endpoint, sampling and timeouts (default chat)"
     )
-    p.add_argument("--warmup", type=int, default=0, help="warmup requests before the trace")
-    p.add_argument("--lag-limit-ms", type=float, help="schedule-lag p99 above this: not trustworthy")
+    override_flags(p, only=frozenset({"--warmup", "--lag-limit-ms"}), defaults={"--warmup": 0})
     backend_flags(p)
 
 

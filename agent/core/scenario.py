@@ -21,6 +21,7 @@ from pydantic import (
 from agent.core.arrivals import geometric_series, ramp_rate
 from agent.core.durations import Duration, PositiveDuration, parse_duration
 from agent.core.errors import ConfigError, UnknownNameError
+from agent.core.overrides import Flag
 from agent.core.record import DEFAULT_TEXT_CAP, GenerationRequest
 from agent.core.redact import is_secret_key, remember
 from agent.core.workload import DatasetWorkload, Workload, WorkPrompt
@@ -102,16 +103,28 @@ class Timeouts(_Strict):
 class Load(_Strict):
     """How requests are issued: a closed loop of ``concurrency`` clients, or open-loop arrivals at a rate."""
 
-    arrival: Literal["closed", "constant", "poisson", "gamma"] = "closed"
-    rate: float | None = Field(None, gt=0, le=100_000, description="open loop: target requests per second")
-    burstiness: float = Field(1.0, gt=0, le=1000, description="gamma: shape; 1 = Poisson, < 1 burstier")
-    max_concurrency: int | None = Field(
+    arrival: Annotated[
+        Literal["closed", "constant", "poisson", "gamma"], Flag("--arrival", "load model (default: closed)")
+    ] = "closed"
+    rate: Annotated[float | None, Flag("--rate", "open loop: requests per second")] = Field(
+        None, gt=0, le=100_000, description="open loop: target requests per second"
+    )
+    burstiness: Annotated[float, Flag("--burstiness", "gamma: shape (1 = Poisson, < 1 burstier)")] = Field(
+        1.0, gt=0, le=1000, description="gamma: shape; 1 = Poisson, < 1 burstier"
+    )
+    max_concurrency: Annotated[int | None, Flag("--max-concurrency", "open loop: in-flight cap")] = Field(
         None, ge=1, le=MAX_IN_FLIGHT, description=f"open loop: in-flight cap (default {MAX_IN_FLIGHT})"
     )
-    think_time: Duration = Field(0.0, description="closed loop: pause per client between requests")
-    seed: int = 0
-    lag_limit_ms: float = Field(
-        10.0, gt=0, description="open loop: a stage whose schedule-lag p99 exceeds this is not trustworthy"
+    think_time: Annotated[
+        Duration, Flag("--think-time", "closed loop: pause per client between requests, e.g. 500ms")
+    ] = Field(0.0, description="closed loop: pause per client between requests")
+    seed: Annotated[int, Flag("--seed", "arrival schedule seed")] = 0
+    lag_limit_ms: Annotated[float, Flag("--lag-limit-ms", "schedule-lag p99 above this: not trustworthy")] = (
+        Field(
+            10.0,
+            gt=0,
+            description="open loop: a stage whose schedule-lag p99 exceeds this is not trustworthy",
+        )
     )
     idle_gap: Duration = Field(
         None, description="a request sent after this long with nothing in flight counts as a cold start"
@@ -148,9 +161,9 @@ class Load(_Strict):
 class Slo(_Strict):
     """Service-level objectives: goodput is the share of requests meeting every one that is set."""
 
-    ttft_ms: float | None = Field(None, gt=0)
-    tpot_ms: float | None = Field(None, gt=0)
-    e2e_ms: float | None = Field(None, gt=0)
+    ttft_ms: Annotated[float | None, Flag("--slo-ttft-ms", "goodput: TTFT objective")] = Field(None, gt=0)
+    tpot_ms: Annotated[float | None, Flag("--slo-tpot-ms", "goodput: TPOT objective")] = Field(None, gt=0)
+    e2e_ms: Annotated[float | None, Flag("--slo-e2e-ms", "goodput: E2E objective")] = Field(None, gt=0)
     percentile: float = Field(95.0, gt=0, lt=100, description="the percentile a sweep holds against the SLO")
 
 
@@ -264,13 +277,28 @@ class Scenario(_Strict):
     )
     stream: bool = Field(True, description="False: ask for whole answers (TTFT is then the whole response)")
     prompt_tokens: int | None = Field(None, ge=1, description="target prompt length, reported against")
-    output_tokens: int = Field(128, ge=1, le=32768, description="max_tokens sent with each request")
-    requests: int | None = Field(32, ge=1, le=MAX_REQUESTS)
-    duration: Duration = Field(None, description="stop issuing new requests after this long")
-    concurrency: int = Field(1, ge=1, le=MAX_IN_FLIGHT)
-    warmup: int = Field(2, ge=0, le=MAX_REQUESTS)
-    cooldown: int = Field(
-        0, ge=0, le=MAX_REQUESTS, description="requests issued after steady under the same load, kept apart"
+    output_tokens: Annotated[int, Flag("--max-tokens", "output tokens per request")] = Field(
+        128, ge=1, le=32768, description="max_tokens sent with each request"
+    )
+    requests: Annotated[int | None, Flag("--requests", "steady-state requests (overrides the scenario)")] = (
+        Field(32, ge=1, le=MAX_REQUESTS)
+    )
+    duration: Annotated[
+        Duration, Flag("--duration", "stop issuing requests after this long, e.g. 30s, 2m")
+    ] = Field(None, description="stop issuing new requests after this long")
+    concurrency: Annotated[int, Flag("--concurrency", "closed-loop clients (agents for agent chains)")] = (
+        Field(1, ge=1, le=MAX_IN_FLIGHT)
+    )
+    warmup: Annotated[int, Flag("--warmup", "warmup requests, recorded apart")] = Field(
+        2, ge=0, le=MAX_REQUESTS
+    )
+    cooldown: Annotated[int, Flag("--cooldown", "requests after steady under the same load, kept apart")] = (
+        Field(
+            0,
+            ge=0,
+            le=MAX_REQUESTS,
+            description="requests issued after steady under the same load, kept apart",
+        )
     )
     load: Load = Load()
     slo: Slo = Slo()

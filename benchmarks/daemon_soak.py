@@ -118,8 +118,10 @@ def _stack(interval: str, sampling: str = "") -> Iterator[tuple[str, subprocess.
         )
         daemon = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "daemon", "--config", str(config)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             yield f"http://127.0.0.1:{port}", daemon, Path(d)
         finally:

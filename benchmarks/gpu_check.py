@@ -205,8 +205,14 @@ def scenarios(folder: Path, plan: Plan) -> dict[str, Path]:
     prompts = [" ".join(words[i : i + n]) for i, n in ((0, 12), (40, 30), (90, 20), (150, 45))]
     long = [" ".join(words[i : i + plan.prompt_words]) for i in (0, 17, 33, 51)]
     chat = _scenario("gpu_chat", prompts, plan.chat_tokens, plan.chat_requests, 2)
-    batch = _scenario("gpu_batch_prefill", long, 1, plan.batches * plan.batch_size, 1,
-                      batch={"size": plan.batch_size, "mode": "batched"})  # fmt: skip
+    batch = _scenario(
+        "gpu_batch_prefill",
+        long,
+        1,
+        plan.batches * plan.batch_size,
+        1,
+        batch={"size": plan.batch_size, "mode": "batched"},
+    )
     out = {}
     for sc in (chat, batch):
         path = folder / f"{sc['name']}.json"
@@ -220,10 +226,18 @@ def _scenario(
 ) -> dict[str, Any]:
     """A greedy, fixed-length completions scenario, one request at a time."""
     return {
-        "name": name, "endpoint": "completions", "prompts": prompts, "output_tokens": tokens,
-        "ignore_eos": True, "requests": requests, "concurrency": 1, "warmup": warmup,
-        "sampling": {"temperature": 0}, "timeout": {"first_token_s": 120, "total_s": 300}, **extra,
-    }  # fmt: skip
+        "name": name,
+        "endpoint": "completions",
+        "prompts": prompts,
+        "output_tokens": tokens,
+        "ignore_eos": True,
+        "requests": requests,
+        "concurrency": 1,
+        "warmup": warmup,
+        "sampling": {"temperature": 0},
+        "timeout": {"first_token_s": 120, "total_s": 300},
+        **extra,
+    }
 
 
 def synthetic_trace(path: Path, seconds: float = 600.0) -> Path:
@@ -281,9 +295,13 @@ def run_scenario(
         args += ["--serve-metrics", "--metrics-port", str(port), "--metrics-linger", "20s"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watch = _StderrWatch(proc)
     scraped = None
     if scrape and watch.lingering.wait(limit):
@@ -310,9 +328,24 @@ def _run_args(
     scenario: Path, out: Path, model: Path, energy: str, poll_ms: int, plan: Plan, extra: tuple[str, ...]
 ) -> list[str]:
     """The ``infermeter run`` command line for one scenario on the in-process backend."""
-    args = ["run", str(scenario), "--backend", "transformers", "--model", str(model), "--out", str(out),
-            "--backend-arg", f"dtype={plan.dtype}", "--energy", energy, "--energy-interval", f"{poll_ms}ms",
-            "--no-progress", *extra]  # fmt: skip
+    args = [
+        "run",
+        str(scenario),
+        "--backend",
+        "transformers",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--backend-arg",
+        f"dtype={plan.dtype}",
+        "--energy",
+        energy,
+        "--energy-interval",
+        f"{poll_ms}ms",
+        "--no-progress",
+        *extra,
+    ]
     if not plan.gpu:
         args += ["--backend-arg", "threads=2"]
     return args
@@ -585,9 +618,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _scenario_runs(
-    out: Path, model: Path, energy: str, env: dict[str, str], plan: Plan, baseline_args: tuple[str, ...],
+    out: Path,
+    model: Path,
+    energy: str,
+    env: dict[str, str],
+    plan: Plan,
+    baseline_args: tuple[str, ...],
     parts: set[str],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Each scenario asked for at each poll period, summarised; /metrics scraped on the first chat run."""
     runs: dict[str, Any] = {}
     for name, path in scenarios(out, plan).items():
@@ -596,8 +634,19 @@ def _scenario_runs(
         for ms in POLLS_MS:
             label, run_dir = f"{name}@{ms}ms", out / "runs" / f"{name}@{ms}ms"
             scrape = ms == POLLS_MS[0] and name == "gpu_chat"
-            res = timed(label, run_scenario, path, run_dir, model, energy, ms, env, plan, scrape=scrape,
-                        extra=baseline_args)  # fmt: skip
+            res = timed(
+                label,
+                run_scenario,
+                path,
+                run_dir,
+                model,
+                energy,
+                ms,
+                env,
+                plan,
+                scrape=scrape,
+                extra=baseline_args,
+            )
             if "error" not in res:
                 text = res.pop("metrics_text", None)
                 res.update(timed(f"{label} summary", summarise_run, run_dir, ms / 1000, text))

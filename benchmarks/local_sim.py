@@ -16,8 +16,12 @@ def local_sim() -> Iterator[str]:
     """The simulator (TTFT and ITL 0) in its own process; yields its base URL, stops it afterwards."""
     sim = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "sim-server", "--port", "0", "--ttft-ms", "0", "--itl-ms", "0"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert sim.stdout is not None
     try:
         yield sim.stdout.readline().strip()

@@ -54,9 +54,16 @@ async def load(url: str, out: Path, requests: int, meter: Any | None) -> dict[st
     from exporters.jsonl import JsonlWriter
 
     sc = Scenario.model_validate(
-        {"name": "bench", "prompts": ["p"], "requests": requests, "concurrency": 64, "warmup": 0,
-         "output_tokens": 256, "keep_output_every": 0}
-    )  # fmt: skip
+        {
+            "name": "bench",
+            "prompts": ["p"],
+            "requests": requests,
+            "concurrency": 64,
+            "warmup": 0,
+            "output_tokens": 256,
+            "keep_output_every": 0,
+        }
+    )
     backend = create("openai", {"base_url": url, "model": "sim", "max_connections": 64})
     await backend.start()
     if meter is not None:

@@ -40,9 +40,12 @@ async def main(ns: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = engine.model.generate(
-                ids, max_new_tokens=ns.tokens, min_new_tokens=ns.tokens, do_sample=False,
+                ids,
+                max_new_tokens=ns.tokens,
+                min_new_tokens=ns.tokens,
+                do_sample=False,
                 pad_token_id=engine.tok.pad_token_id,
-            )  # fmt: skip
+            )
         assert out.shape[1] - ids.shape[1] == ns.tokens
         return time.perf_counter() - t0
 

@@ -104,11 +104,19 @@ def open_page(
 async def _open(url: str, settle_s: float, width: int, probes: dict[str, str]) -> PageReport:
     with tempfile.TemporaryDirectory() as profile:
         proc = await asyncio.create_subprocess_exec(
-            chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-            f"--window-size={width},900", "about:blank",
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            chromium(),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},900",
+            "about:blank",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             port = await _devtools_port(proc)
             return await _inspect(port, url, settle_s, width, probes)

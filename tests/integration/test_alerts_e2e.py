@@ -105,9 +105,14 @@ def test_a_slower_server_and_a_drifted_candidate_page_and_healthy_traffic_does_n
         )
         daemon = start_cli(["daemon", "--config", str(config)], cache_dir)
         prom = Prometheus(
-            tmp_path, free_port(), [f"127.0.0.1:{metrics_port}"], job="daemon", rules=fast_rules(tmp_path),
-            more_jobs={"pushgateway": ([f"127.0.0.1:{gateway_port}"], True)}, alertmanager=am.address,
-        )  # fmt: skip
+            tmp_path,
+            free_port(),
+            [f"127.0.0.1:{metrics_port}"],
+            job="daemon",
+            rules=fast_rules(tmp_path),
+            more_jobs={"pushgateway": ([f"127.0.0.1:{gateway_port}"], True)},
+            alertmanager=am.address,
+        )
         try:
             rate = "infermeter:decode_tokens_per_second:mean"
             # healthy: long enough that the regression rules have their baseline (45 s back + the window)
@@ -158,14 +163,17 @@ def test_a_slower_server_and_a_drifted_candidate_page_and_healthy_traffic_does_n
             )
             time.sleep(5)  # several evaluations with both candidates present
             standing = [
-                a for a in alerts(prom.api)
+                a
+                for a in alerts(prom.api)
                 if a["labels"]["alertname"] == "InfermeterQualityDrift" and a["state"] == "firing"
-            ]  # fmt: skip
+            ]
             assert standing and {a["labels"]["candidate"] for a in standing} == {"worse"}
             resolved = [
-                a for p in receiver.posts for a in p["alerts"]
+                a
+                for p in receiver.posts
+                for a in p["alerts"]
                 if a["status"] == "resolved" and a["labels"]["alertname"] == "InfermeterQualityDrift"
-            ]  # fmt: skip
+            ]
             assert resolved == []
         finally:
             prom.stop()

@@ -174,8 +174,12 @@ def test_check_validates_a_config_and_names_the_bad_field(tmp_path: Path, cache_
     bad.write_text("probe: {interval: soon}\ntargets: []\n")
     res = subprocess.run(
         [sys.executable, "-m", "agent.cli", "daemon", "--config", str(bad), "--check"],
-        cwd=ROOT, env=cli_env(cache_dir), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=cli_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "probe.interval" in res.stderr and "targets" in res.stderr
 

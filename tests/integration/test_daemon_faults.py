@@ -150,8 +150,9 @@ async def test_a_target_that_sends_lone_surrogates_is_sampled_like_any_other(tmp
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
-                       if h.lower().startswith(b"content-length")), 0)  # fmt: skip
+        length = next(
+            (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
+        )
         await reader.readexactly(length)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
         writer.write(frame * 3 + end)

@@ -164,8 +164,20 @@ def test_a_trace_past_the_engines_context_is_refused_before_any_request(
         '{"timestamp": 0.5, "prompt_tokens": 300, "output_tokens": 4}\n'
     )
     out = tmp_path / "run"
-    proc = run_cli(["replay", str(trace), "--backend-arg", "ctx_per_slot=256", "--out", str(out),
-                    "--no-progress", "--energy", "off"], cache_dir)  # fmt: skip
+    proc = run_cli(
+        [
+            "replay",
+            str(trace),
+            "--backend-arg",
+            "ctx_per_slot=256",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--energy",
+            "off",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "request 2 asks for 300 prompt + 4 output tokens" in errors[0], proc.stderr

@@ -18,8 +18,12 @@ pytestmark = pytest.mark.slow
 def check(out: Path, *args: str, timeout: float) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--out", str(out), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report: dict[str, Any] = json.loads((out / "gpu_check.json").read_text())
     assert (out / "gpu_check.md").read_text().startswith(f"# GPU check ({report['path']} path)")

@@ -27,8 +27,13 @@ VARIABLES = {"$backend": ".*", "$model": ".*", "$scenario": ".*", "$__rate_inter
 def promtool_passes(folder: Path) -> None:
     """``promtool check rules rules.yml`` and ``promtool test rules tests.yml`` in ``folder`` both pass."""
     for verb, file in (("check", "rules.yml"), ("test", "tests.yml")):
-        done = subprocess.run([str(binary("promtool")), verb, "rules", file], cwd=folder,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [str(binary("promtool")), verb, "rules", file],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
 
 
@@ -72,18 +77,23 @@ def test_promtool_checks_and_unit_tests_the_fast_profile(tmp_path: Path) -> None
                 "interval": "1s",
                 "input_series": [{"series": k, "values": v} for k, v in series.items()],
                 "promql_expr_test": [
-                    {"expr": 'ALERTS{alertstate="firing",backend=~"slow|steady"}', "eval_time": "58s",
-                     "exp_samples": []},
+                    {
+                        "expr": 'ALERTS{alertstate="firing",backend=~"slow|steady"}',
+                        "eval_time": "58s",
+                        "exp_samples": [],
+                    },
                     *[
-                        {"expr": _firing(alert, backend, severity).replace(f',backend="{backend}"', ""),
-                         "eval_time": "95s",
-                         "exp_samples": [{"labels": _firing(alert, backend, severity), "value": 1}]}
+                        {
+                            "expr": _firing(alert, backend, severity).replace(f',backend="{backend}"', ""),
+                            "eval_time": "95s",
+                            "exp_samples": [{"labels": _firing(alert, backend, severity), "value": 1}],
+                        }
                         for alert, backend, severity in cases
                     ],
                 ],
             }
         ],
-    }  # fmt: skip
+    }
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(test, sort_keys=False))
     promtool_passes(tmp_path)
 

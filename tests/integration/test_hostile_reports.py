@@ -56,8 +56,12 @@ class _Hostile(BaseHTTPRequestHandler):
             {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
             for piece in ("Answer: ", HOSTILE, " done")
         ]
-        frames.append({"choices": [{"index": 0, "delta": {}, "finish_reason": HOSTILE[:20]}],
-                       "usage": {"prompt_tokens": 5, "completion_tokens": 3}})  # fmt: skip
+        frames.append(
+            {
+                "choices": [{"index": 0, "delta": {}, "finish_reason": HOSTILE[:20]}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+            }
+        )
         body = b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames) + b"data: [DONE]\n\n"
         self._send("text/event-stream", body)
 
@@ -103,9 +107,29 @@ def assert_page_safe(page: Path) -> None:
 def test_every_report_keeps_a_hostile_servers_strings_as_text(tmp_path: Path, cache_dir: Path) -> None:
     with hostile_server() as url:
         for name in (BASE, CAND):
-            proc = run_cli(["run", "chat", "--backend", "openai", "--base-url", url, "--requests", "6",
-                            "--concurrency", "2", "--warmup", "0", "--energy", "off", "--no-progress",
-                            "--out", str(tmp_path / name)], cache_dir, timeout=300)  # fmt: skip
+            proc = run_cli(
+                [
+                    "run",
+                    "chat",
+                    "--backend",
+                    "openai",
+                    "--base-url",
+                    url,
+                    "--requests",
+                    "6",
+                    "--concurrency",
+                    "2",
+                    "--warmup",
+                    "0",
+                    "--energy",
+                    "off",
+                    "--no-progress",
+                    "--out",
+                    str(tmp_path / name),
+                ],
+                cache_dir,
+                timeout=300,
+            )
             assert proc.returncode == 0, proc.stderr[-3000:]
             assert "\x1b" not in proc.stdout + proc.stderr
     records = [json.loads(line) for line in (tmp_path / BASE / "records.jsonl").read_text().splitlines()]

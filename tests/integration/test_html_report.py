@@ -41,10 +41,34 @@ def run(args: list[str], cache_dir: Path) -> None:
 
 def test_a_run_and_a_sweep_page(tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "run"
-    run(["run", "chat", "--backend", "sim", "--backend-arg", "ttft_ms=30", "--backend-arg", "itl_ms=3",
-         "--rate", "20", "--duration", "4s", "--warmup", "2", "--max-tokens", "16", "--no-progress",
-         "--energy", f"replay:{power_trace(tmp_path / 'power.csv')}", "--energy-baseline", "1s",
-         "--out", str(out)], cache_dir)  # fmt: skip
+    run(
+        [
+            "run",
+            "chat",
+            "--backend",
+            "sim",
+            "--backend-arg",
+            "ttft_ms=30",
+            "--backend-arg",
+            "itl_ms=3",
+            "--rate",
+            "20",
+            "--duration",
+            "4s",
+            "--warmup",
+            "2",
+            "--max-tokens",
+            "16",
+            "--no-progress",
+            "--energy",
+            f"replay:{power_trace(tmp_path / 'power.csv')}",
+            "--energy-baseline",
+            "1s",
+            "--out",
+            str(out),
+        ],
+        cache_dir,
+    )
     report = check(
         out / "report.html", {"latency-over-time", "cdfs", "throughput-over-time", "energy-timeline"}, "run"
     )
@@ -74,8 +98,22 @@ def test_an_analysis_page(tmp_path: Path, cache_dir: Path) -> None:
             cache_dir,
         )
     out = tmp_path / "analysis"
-    run(["analyze", str(tmp_path / "slow"), "--baseline", str(tmp_path / "base"), "--out", str(out),
-         "--no-progress", "--no-semscore", "--resamples", "200", "--no-plots"], cache_dir)  # fmt: skip
+    run(
+        [
+            "analyze",
+            str(tmp_path / "slow"),
+            "--baseline",
+            str(tmp_path / "base"),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-semscore",
+            "--resamples",
+            "200",
+            "--no-plots",
+        ],
+        cache_dir,
+    )
     check(out / "report.html", {"cdf-chat-ttft_ms", "cdf-chat-e2e_ms"}, "analysis")
     assert "verdict" in (out / "report.html").read_text(encoding="utf-8")
 

@@ -43,9 +43,23 @@ def test_identical_rerun_is_not_drift_and_truncation_is(tmp_path: Path, cache_di
     run(scenario, tmp_path / "truncated", cache_dir, "--max-tokens", "6")
 
     out = tmp_path / "report"
-    proc = run_cli(["analyze", str(tmp_path / "rerun"), str(tmp_path / "truncated"), "--baseline",
-                    str(tmp_path / "base"), "--out", str(out), "--no-progress", "--fail-on", "drift",
-                    "--usd-per-hour", "0.5"], cache_dir)  # fmt: skip
+    proc = run_cli(
+        [
+            "analyze",
+            str(tmp_path / "rerun"),
+            str(tmp_path / "truncated"),
+            "--baseline",
+            str(tmp_path / "base"),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--fail-on",
+            "drift",
+            "--usd-per-hour",
+            "0.5",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]  # the truncated run drifted
     assert "truncated: quality fell to tier" in proc.stderr or "truncated: outputs drifted" in proc.stderr
     assert "rerun:" not in proc.stderr

@@ -67,8 +67,12 @@ def test_a_record_file_that_cannot_grow_ends_the_run_cleanly(
 def small_disk(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` at ``path`` (CI runs as root); without root a file-size limit stands in."""
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0  # fmt: skip
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     assert mounted or os.geteuid() != 0, "root could not mount a tmpfs"
     try:
         yield path
@@ -83,9 +87,27 @@ def test_a_full_disk_ends_the_run_with_a_failed_manifest_and_a_summary(
     """ENOSPC, not a size limit: the manifest and summary still fit, through the run's headroom."""
     with small_disk(tmp_path / "disk", "600k") as disk:
         out = disk / "run"
-        args = ["run", "chat", "--requests", "5000", "--concurrency", "8", "--warmup", "0", "--max-tokens",
-                "4", "--backend", "sim", "--base-url", sim_url, "--out", str(out), "--no-progress",
-                "--energy", "off"]  # fmt: skip
+        args = [
+            "run",
+            "chat",
+            "--requests",
+            "5000",
+            "--concurrency",
+            "8",
+            "--warmup",
+            "0",
+            "--max-tokens",
+            "4",
+            "--backend",
+            "sim",
+            "--base-url",
+            sim_url,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--energy",
+            "off",
+        ]
         done = run_cli(args, cache_dir, 300, preexec_fn=None if os.geteuid() == 0 else _limit_file_size)
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr + done.stdout
@@ -213,9 +235,30 @@ def test_ctrl_c_again_and_again_still_ends_interrupted_with_a_summary(
     """A flurry of Ctrl-C from the moment the run directory exists (or once records flow): the load
     stops at the first; the others, arriving while the summary and manifest are written, are noted."""
     out = tmp_path / "run"
-    proc = start_cli(["run", "chat", "--requests", "5000", "--concurrency", "4", "--warmup", "0",
-                      "--max-tokens", "8", "--backend", "sim", "--base-url", sim_url, "--out", str(out),
-                      "--no-progress", "--energy", "off"], cache_dir)  # fmt: skip
+    proc = start_cli(
+        [
+            "run",
+            "chat",
+            "--requests",
+            "5000",
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0",
+            "--max-tokens",
+            "8",
+            "--backend",
+            "sim",
+            "--base-url",
+            sim_url,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--energy",
+            "off",
+        ],
+        cache_dir,
+    )
     ready = (out / "records.jsonl") if wait_for_records else (out / "manifest.json")
     wait_for(lambda: ready.exists() and ready.stat().st_size > 0, 60, str(ready))
     for _ in range(30):

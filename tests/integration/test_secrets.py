@@ -140,8 +140,21 @@ def test_a_key_and_a_url_password_together_are_one_error_before_any_request(
         "INFERMETER__OPENAI__API_KEY": "sk-ENVSECRET3",
         "INFERMETER__LOG_LEVEL": "debug",
     }
-    args = ["run", "chat", "--requests", "3", "--warmup", "0", "--no-progress", "--backend", "openai",
-            "--base-url", f"http://bob:PASSWORD1@{sim_host}", "--out", str(tmp_path / "both")]  # fmt: skip
+    args = [
+        "run",
+        "chat",
+        "--requests",
+        "3",
+        "--warmup",
+        "0",
+        "--no-progress",
+        "--backend",
+        "openai",
+        "--base-url",
+        f"http://bob:PASSWORD1@{sim_host}",
+        "--out",
+        str(tmp_path / "both"),
+    ]
     proc = run(args, env)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -162,8 +175,14 @@ def test_a_logged_traceback_is_plain_and_masked(cache_dir: Path) -> None:
         "    raise ValueError(f'cannot use {url} with Bearer {key}')\n"
         "try:\n    fails()\nexcept ValueError:\n    structlog.get_logger().exception('request raised')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env=cli_env(cache_dir))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(cache_dir),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" in proc.stderr and "ValueError: cannot use http://bob:***@host/" in proc.stderr
     assert not leaks([proc.stderr]) and "locals" not in proc.stderr.lower()

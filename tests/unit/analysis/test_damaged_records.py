@@ -20,10 +20,24 @@ from tests.integration.conftest import ROOT
 
 
 def good_line(i: int) -> bytes:
-    record = {"run_id": "r", "scenario": "chat", "request_id": f"q{i}", "seq": i, "backend": "sim",
-              "model": "m", "endpoint": "chat", "status": "ok", "intended_offset_ms": float(i),
-              "sent_offset_ms": float(i), "schedule_lag_ms": 0.0, "sent_unix_s": 1.0, "ttft_ms": 5.0,
-              "e2e_ms": 9.0, "output_tokens": 3, "chunks": 3}  # fmt: skip
+    record = {
+        "run_id": "r",
+        "scenario": "chat",
+        "request_id": f"q{i}",
+        "seq": i,
+        "backend": "sim",
+        "model": "m",
+        "endpoint": "chat",
+        "status": "ok",
+        "intended_offset_ms": float(i),
+        "sent_offset_ms": float(i),
+        "schedule_lag_ms": 0.0,
+        "sent_unix_s": 1.0,
+        "ttft_ms": 5.0,
+        "e2e_ms": 9.0,
+        "output_tokens": 3,
+        "chunks": 3,
+    }
     return json.dumps(record).encode() + b"\n"
 
 
@@ -71,8 +85,11 @@ def test_a_line_past_the_cap_is_skipped_in_pieces() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=300).map(lambda b: b.replace(b"x", b"\n")), cap=st.integers(1, 40),
-       block=st.integers(1, 17))  # fmt: skip
+@given(
+    data=st.binary(max_size=300).map(lambda b: b.replace(b"x", b"\n")),
+    cap=st.integers(1, 40),
+    block=st.integers(1, 17),
+)
 def test_bounded_lines_are_the_files_lines(data: bytes, cap: int, block: int) -> None:
     """Held equal to ``bytes.splitlines``: the same lines, each over the cap replaced by None."""
     want = [(i, line if len(line) <= cap else None) for i, line in enumerate(data.split(b"\n"), 1)]
@@ -102,8 +119,9 @@ def test_an_enormous_sparse_line_costs_bounded_memory(tmp_path: Path) -> None:
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
         "print(hwm, file=sys.stderr); sys.exit(code)"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, str(run)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipped a line over" in proc.stderr and "Traceback" not in proc.stderr
     peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024

@@ -15,10 +15,22 @@ from analysis.summary import summarize
 
 def rec(n: int, **over: Any) -> RequestRecord:
     base: dict[str, Any] = {
-        "run_id": "r", "scenario": "chat", "request_id": f"r{n}", "seq": n, "backend": "sim", "model": "m",
-        "endpoint": "chat", "status": "ok", "intended_offset_ms": 0.0, "sent_offset_ms": 0.0,
-        "schedule_lag_ms": 0.0, "sent_unix_s": 0.0, "ttft_ms": 10.0, "e2e_ms": 100.0, "output_tokens": 100,
-    }  # fmt: skip
+        "run_id": "r",
+        "scenario": "chat",
+        "request_id": f"r{n}",
+        "seq": n,
+        "backend": "sim",
+        "model": "m",
+        "endpoint": "chat",
+        "status": "ok",
+        "intended_offset_ms": 0.0,
+        "sent_offset_ms": 0.0,
+        "schedule_lag_ms": 0.0,
+        "sent_unix_s": 0.0,
+        "ttft_ms": 10.0,
+        "e2e_ms": 100.0,
+        "output_tokens": 100,
+    }
     return RequestRecord(**(base | over))
 
 

@@ -115,11 +115,13 @@ def test_the_recommendation_is_the_cheapest_variant_and_says_why(result: object)
 
 def test_a_clear_lead_is_recommended(tmp_path: Path) -> None:
     write_cells(tmp_path)
-    priced = study(variants={
-        "a": {"backend": "sim", "usd_per_hour": 4.0},
-        "b": {"backend": "sim"},
-        "c": {"backend": "sim", "usd_per_hour": 4.0},
-    })  # fmt: skip
+    priced = study(
+        variants={
+            "a": {"backend": "sim", "usd_per_hour": 4.0},
+            "b": {"backend": "sim"},
+            "c": {"backend": "sim", "usd_per_hour": 4.0},
+        }
+    )
     (rec_,) = analyze_study(priced, tmp_path).recommendations
     assert rec_.variant == "b" and rec_.reason.startswith("b: cheapest at $")
     assert "quality not graded" in rec_.reason
@@ -232,16 +234,28 @@ def test_a_variant_that_mostly_failed_is_never_recommended(tmp_path: Path) -> No
             folder = tmp_path / "cells" / f"{variant}--chat--r{rep}"
             folder.mkdir(parents=True)
             records = [
-                rec(i, e2e=level, ttft=level / 10, output_tokens=30 if variant == "a" else 3000,
-                    status="degraded" if variant == "down" and i % 10 else "ok")
+                rec(
+                    i,
+                    e2e=level,
+                    ttft=level / 10,
+                    output_tokens=30 if variant == "a" else 3000,
+                    status="degraded" if variant == "down" and i % 10 else "ok",
+                )
                 for i in range(20)
-            ]  # fmt: skip
+            ]
             (folder / "records.jsonl").write_text("\n".join(r.model_dump_json() for r in records) + "\n")
             (folder / "summary.json").write_text(json.dumps(summarize(records).dump()))
             manifest = {"status": "completed", "scenario": {"name": "chat", "normalised": {}}, "backend": {}}
             (folder / "manifest.json").write_text(json.dumps(manifest))
-    plan = Study.model_validate({"name": "t", "baseline": "a", "scenarios": ["chat"], "repetitions": 2,
-                                 "variants": {v: {"backend": "sim"} for v in levels}})  # fmt: skip
+    plan = Study.model_validate(
+        {
+            "name": "t",
+            "baseline": "a",
+            "scenarios": ["chat"],
+            "repetitions": 2,
+            "variants": {v: {"backend": "sim"} for v in levels},
+        }
+    )
     result = analyze_study(plan, tmp_path)
     decision = {d.variant: d for d in result.decision}
     assert decision["down"].success_rate == pytest.approx(0.10)

@@ -49,9 +49,16 @@ async def _run(out: Path, streams: list[list[bytes]]) -> int:
         srv.script = list(streams)
         backend = create("openai", {"base_url": srv.url, "model": "m"})
         sc = Scenario.model_validate(
-            {"name": "hostile", "prompts": ["x"], "requests": len(streams), "concurrency": 1, "warmup": 0,
-             "keep_output_every": 1, "timeout": {"first_token_s": 5, "total_s": 5}}
-        )  # fmt: skip
+            {
+                "name": "hostile",
+                "prompts": ["x"],
+                "requests": len(streams),
+                "concurrency": 1,
+                "warmup": 0,
+                "keep_output_every": 1,
+                "timeout": {"first_token_s": 5, "total_s": 5},
+            }
+        )
         await backend.start()
         try:
             with JsonlWriter(out) as writer:
@@ -62,9 +69,14 @@ async def _run(out: Path, streams: list[list[bytes]]) -> int:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(texts=st.lists(_TEXT, min_size=REQUESTS, max_size=REQUESTS),
-       raws=st.lists(st.binary(max_size=16).map(lambda b: b.replace(b'"', b"").replace(b"\\", b"")),
-                     min_size=REQUESTS, max_size=REQUESTS))  # fmt: skip
+@given(
+    texts=st.lists(_TEXT, min_size=REQUESTS, max_size=REQUESTS),
+    raws=st.lists(
+        st.binary(max_size=16).map(lambda b: b.replace(b'"', b"").replace(b"\\", b"")),
+        min_size=REQUESTS,
+        max_size=REQUESTS,
+    ),
+)
 def test_any_text_a_server_sends_is_written_with_every_record(
     tmp_path_factory: Any, texts: list[str], raws: list[bytes]
 ) -> None:
@@ -124,7 +136,18 @@ def _constructed() -> Any:
     from agent.core.record import RequestRecord
 
     fields = {name: f.default for name, f in RequestRecord.model_fields.items() if not f.is_required()}
-    fields.update(run_id="r", scenario="s", request_id="q", seq=0, backend="b", model="m\udc80",
-                  endpoint="chat", status="ok", intended_offset_ms=0.0, sent_offset_ms=0.0,
-                  schedule_lag_ms=0.0, sent_unix_s=0.0)  # fmt: skip
+    fields.update(
+        run_id="r",
+        scenario="s",
+        request_id="q",
+        seq=0,
+        backend="b",
+        model="m\udc80",
+        endpoint="chat",
+        status="ok",
+        intended_offset_ms=0.0,
+        sent_offset_ms=0.0,
+        schedule_lag_ms=0.0,
+        sent_unix_s=0.0,
+    )
     return RequestRecord.model_construct(**fields)

@@ -155,8 +155,14 @@ class OllamaScripted:
         self.shown = (await request.json())["model"]
         if self.mode == "no-show":
             return web.json_response({"error": "not here"}, status=500)
-        details = {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-                   "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}  # fmt: skip
+        details = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "3.2B",
+            "quantization_level": "Q4_K_M",
+        }
         info = {
             "general.architecture": "llama",
             "general.parameter_count": 3212749888,
@@ -204,8 +210,14 @@ async def test_backend_streams_chat_and_generate_with_native_fields() -> None:
     assert backend.model == "llama3.2:latest" and srv.shown == "llama3.2:latest"
     facts = backend.describe()["model_facts"]  # the control plane, read with the ollama package
     assert backend.describe()["ollama_version"] == "0.9.0" and backend.describe()["quantization"] == "Q4_K_M"
-    assert facts == {"format": "gguf", "family": "llama", "parameter_size": "3.2B", "quantization": "Q4_K_M",
-                     "parameters": 3212749888, "context_length": 131072}  # fmt: skip
+    assert facts == {
+        "format": "gguf",
+        "family": "llama",
+        "parameter_size": "3.2B",
+        "quantization": "Q4_K_M",
+        "parameters": 3212749888,
+        "context_length": 131072,
+    }
     end = events[-1]
     assert (
         isinstance(end, StreamEnd)

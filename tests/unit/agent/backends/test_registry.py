@@ -14,10 +14,18 @@ from agent.backends.base import CliContext, args_type
 
 def ctx(tmp_path: Path, **over: Any) -> CliContext:
     base: dict[str, Any] = {
-        "base_url": None, "model": None, "model_path": None, "compile": None, "openai_base_url": None,
-        "openai_model": None, "openai_api_key": None, "cache_dir": tmp_path / "cache", "out": tmp_path,
-        "in_flight": 4, "uncapped": False,
-    }  # fmt: skip
+        "base_url": None,
+        "model": None,
+        "model_path": None,
+        "compile": None,
+        "openai_base_url": None,
+        "openai_model": None,
+        "openai_api_key": None,
+        "cache_dir": tmp_path / "cache",
+        "out": tmp_path,
+        "in_flight": 4,
+        "uncapped": False,
+    }
     return CliContext(**{**base, **over})
 
 
@@ -28,8 +36,15 @@ def test_every_registered_backend_builds_from_the_common_flags(name: str, tmp_pa
 
 
 def test_each_backend_reads_what_applies_to_it(tmp_path: Path) -> None:
-    given = ctx(tmp_path, model="m", model_path=tmp_path / "x.gguf", compile="all", in_flight=100,
-                openai_base_url="http://127.0.0.1:8000", openai_api_key=SecretStr("k"))  # fmt: skip
+    given = ctx(
+        tmp_path,
+        model="m",
+        model_path=tmp_path / "x.gguf",
+        compile="all",
+        in_flight=100,
+        openai_base_url="http://127.0.0.1:8000",
+        openai_api_key=SecretStr("k"),
+    )
     openai = args_type("openai").from_cli(given)
     assert openai["base_url"] == "http://127.0.0.1:8000" and openai["model"] == "m"
     assert openai["max_connections"] == 100 and openai["api_key"].get_secret_value() == "k"

@@ -196,9 +196,23 @@ def test_generated_command_lines_never_end_in_a_traceback(
     assert code in (0, 1, 2) or code > 128, (argv, code, captured.err)
 
 
-FIELDS = ["requests", "duration", "concurrency", "warmup", "cooldown", "output_tokens", "prompts", "load",
-          "timeout", "keep_output_every", "max_output_chars", "prompt_tokens", "sweep", "agent",
-          "batch"]  # fmt: skip
+FIELDS = [
+    "requests",
+    "duration",
+    "concurrency",
+    "warmup",
+    "cooldown",
+    "output_tokens",
+    "prompts",
+    "load",
+    "timeout",
+    "keep_output_every",
+    "max_output_chars",
+    "prompt_tokens",
+    "sweep",
+    "agent",
+    "batch",
+]
 
 
 @settings(max_examples=150, deadline=None)

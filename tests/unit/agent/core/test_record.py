@@ -156,8 +156,18 @@ def test_kept_output_text_stops_at_the_cap_and_says_so() -> None:
     for i, text in enumerate(["abcd", "efgh", "ijkl", "mnop"]):
         m.observe(Chunk(1_000_000 * (i + 1), text))
     m.observe(StreamEnd(5_000_000, usage=None, native=None, finish_reason="length"))
-    rec = m.to_record(RecordIdentity(run_id="r", scenario="s", request_id="q", seq=0, backend="b", model="m",
-                                     endpoint="chat", stage="steady"))  # fmt: skip
+    rec = m.to_record(
+        RecordIdentity(
+            run_id="r",
+            scenario="s",
+            request_id="q",
+            seq=0,
+            backend="b",
+            model="m",
+            endpoint="chat",
+            stage="steady",
+        )
+    )
     assert rec.output_text == "abcdefghij" and rec.output_truncated is True
     assert rec.chunks == 4  # the timing still counts every chunk
 

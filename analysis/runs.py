@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from agent.core.record import RequestRecord
-from agent.core.rundir import RunDir
+from agent.core.rundir import RunDir, SamplingDir
 from analysis.quality import Reference
 from analysis.records import load_records
 
@@ -111,16 +111,6 @@ def read_references(path: Path) -> dict[str, Reference]:
     raise ValueError(f"{path}: expected a scenario (mapping) or a prompt list")
 
 
-def _sample_files(folder: Path) -> list[Path]:
-    """The daemon's rotated samples, oldest first (``samples.K.jsonl`` … ``samples.1.jsonl``, then live)."""
-
-    def age(p: Path) -> int:
-        parts = p.name.split(".")
-        return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
-
-    return sorted(folder.glob("samples*.jsonl"), key=age, reverse=True)
-
-
 def load_runs(path: Path, references: dict[str, Reference] | None = None) -> list[Run]:
     """A run directory as one run; a daemon's samples folder as one run per target and config.
 
@@ -156,7 +146,7 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
     warnings: list[str] = []
     records: list[RequestRecord] = []
     if path.is_dir() and not RunDir(path).records.is_file():
-        files = _sample_files(path)
+        files = SamplingDir(path).sample_files()
         if not files:
             raise FileNotFoundError(f"{path} holds neither records.jsonl nor the daemon's samples*.jsonl")
         for f in files:

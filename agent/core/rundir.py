@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-__all__ = ["AnalysisDir", "RunDir", "StudyDir"]
+__all__ = ["AnalysisDir", "RunDir", "SamplingDir", "StudyDir"]
 
 
 class RunDir:
@@ -171,3 +171,28 @@ class AnalysisDir:
     def report_html(self) -> Path:
         """The report, HTML."""
         return self.path / self.REPORT_HTML
+
+
+class SamplingDir:
+    """The daemon's sampling folder: its rotated probe samples and each target's server series."""
+
+    __slots__ = ("path",)
+
+    #: the samples' file stem: ``samples.jsonl`` live, ``samples.1.jsonl`` … rotated out
+    SAMPLES: ClassVar[str] = "samples"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def sample_files(self) -> list[Path]:
+        """The rotated samples, oldest first (``samples.K.jsonl`` … ``samples.1.jsonl``, then live)."""
+
+        def age(p: Path) -> int:
+            parts = p.name.split(".")
+            return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
+
+        return sorted(self.path.glob(f"{self.SAMPLES}*.jsonl"), key=age, reverse=True)
+
+    def server_metrics(self, target: str) -> Path:
+        """The series scraped from one target's server."""
+        return self.path / f"server_metrics-{target}.csv"

@@ -31,6 +31,7 @@ from agent.backends.capabilities import ServesMetrics
 from agent.core.errors import ConfigError, InfermeterError, RecordWriteError
 from agent.core.record import RequestRecord
 from agent.core.redact import is_secret_key, redact_obj, remember
+from agent.core.rundir import SamplingDir
 from agent.core.scenario import Scenario, load_scenario, resolve_scenario
 from agent.run.daemon_config import DaemonConfig, TargetConfig, load_daemon_config
 from agent.run.prompts import prepare_workloads
@@ -321,7 +322,7 @@ class Daemon:
             folder.mkdir(parents=True, exist_ok=True)
             scraper = ServerScraper(
                 [Endpoint(u, given=u in t.cfg.server_metrics) for u in urls],
-                folder / f"server_metrics-{t.cfg.name}.csv",
+                SamplingDir(folder).server_metrics(t.cfg.name),
                 interval_s=cfg.interval or 15.0,
                 max_bytes=cfg.max_bytes,
             )
@@ -434,7 +435,7 @@ def _samples_writer(config: DaemonConfig) -> RotatingJsonl | None:
     if not s.every:
         return None
     try:
-        return RotatingJsonl(s.dir, "samples", max_bytes=s.max_bytes, keep=s.keep)
+        return RotatingJsonl(s.dir, SamplingDir.SAMPLES, max_bytes=s.max_bytes, keep=s.keep)
     except RecordWriteError as e:
         raise ConfigError(f"sampling.dir: {e}") from e
 

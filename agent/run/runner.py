@@ -39,6 +39,7 @@ from agent.core.record import (
 from agent.core.redact import redact
 from agent.core.scenario import Scenario
 from agent.run.shapes import Plan, shape, shape_name
+from agent.run.shapes.base import BatchOf, ChainFailure, ChainStep, Turn
 from agent.run.shapes.closed import clients, single
 from agent.run.writer import Annotator, Finished, RecordSink, RecordWriter, RunOutcome
 
@@ -321,7 +322,7 @@ class Runner:
         t0_ns: int,
         think_ns: int,
         records: list[RequestRecord],
-        failure: tuple[str, int] | None,
+        failure: ChainFailure | None,
     ) -> None:
         """Write the chain record of a finished (or failed, or interrupted) agent chain."""
         assert self.scenario.agent is not None
@@ -333,8 +334,8 @@ class Runner:
                 chain_id=chain_id,
                 stage=stage,
                 status="ok" if ok else "degraded",
-                reason=failure[0] if failure else None,
-                failed_step=failure[1] if failure else None,
+                reason=failure.reason if failure else None,
+                failed_step=failure.failed_step if failure else None,
                 steps_planned=self.scenario.agent.steps,
                 steps_done=sum(r.status == "ok" for r in records),
                 started_offset_ms=(t0_ns - self.start_ns) / 1e6,
@@ -345,13 +346,13 @@ class Runner:
             )
         )
 
-    async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: tuple[str, int]) -> None:
+    async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: BatchOf) -> None:
         """One batched call of the backend, measured as one record."""
         backend = self.backend
         assert isinstance(backend, BatchPrefilling)  # checked in run()
         prompts = [_batch_text(r) for r in requests]
         ident = self._identity(requests[0], stage, batch=batch)
-        ident = dataclasses.replace(ident, request_id=batch[0], endpoint="prefill_batch")
+        ident = dataclasses.replace(ident, request_id=batch.batch_id, endpoint="prefill_batch")
 
         async def call_once(m: Measurement) -> None:
             async with asyncio.timeout(self.scenario.timeout.total_s):
@@ -367,9 +368,9 @@ class Runner:
         request: GenerationRequest,
         stage: Stage,
         *,
-        chain: tuple[str, int] | None = None,
-        batch: tuple[str, int] | None = None,
-        conversation: tuple[str, int] | None = None,
+        chain: ChainStep | None = None,
+        batch: BatchOf | None = None,
+        conversation: Turn | None = None,
     ) -> RecordIdentity:
         seq = self._seq
         self._seq += 1
@@ -385,17 +386,17 @@ class Runner:
             stage=stage,
             prompt_id=request.prompt_id,
             requested_output_tokens=request.max_tokens,
-            step=chain[1] if chain else None,
-            chain_id=chain[0] if chain else request.session_id,
+            step=chain.step if chain else None,
+            chain_id=chain.chain_id if chain else request.session_id,
             load_stage=self.load_stage,
             target_rate=level.get("target_rate", self._target_rate),
-            batch_id=batch[0] if batch else None,
-            batch_size=batch[1] if batch else None,
+            batch_id=batch.batch_id if batch else None,
+            batch_size=batch.size if batch else None,
             requested_prompt_tokens=request.prompt_tokens_target,
             prefix_group=request.prefix_group,
             template_tokens=request.template_tokens,
-            conversation_id=conversation[0] if conversation else None,
-            turn=conversation[1] if conversation else None,
+            conversation_id=conversation.conversation_id if conversation else None,
+            turn=conversation.turn if conversation else None,
             streamed=None if request.stream else False,
             clients=level.get("clients"),
         )
@@ -417,10 +418,10 @@ class Runner:
         stage: Stage,
         *,
         intended_ns: int | None = None,
-        chain: tuple[str, int] | None = None,
-        batch: tuple[str, int] | None = None,
+        chain: ChainStep | None = None,
+        batch: BatchOf | None = None,
         keep_text: bool | None = None,
-        conversation: tuple[str, int] | None = None,
+        conversation: Turn | None = None,
     ) -> RequestRecord | None:
         """Send and measure one request; its record for a chain step or turn, else queued (None)."""
         ident = self._identity(request, stage, chain=chain, batch=batch, conversation=conversation)

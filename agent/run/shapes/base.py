@@ -17,7 +17,20 @@ from agent.core.errors import UnknownNameError
 from agent.core.record import GenerationRequest, RequestRecord, Stage
 from agent.core.scenario import Scenario
 
-__all__ = ["SHAPES", "Driver", "LoadShape", "Plan", "register", "shape", "shape_name", "until"]
+__all__ = [
+    "SHAPES",
+    "BatchOf",
+    "ChainFailure",
+    "ChainStep",
+    "Driver",
+    "LoadShape",
+    "Plan",
+    "Turn",
+    "register",
+    "shape",
+    "shape_name",
+    "until",
+]
 
 
 @dataclass(slots=True)
@@ -51,6 +64,38 @@ class Plan:
         return None if self.count is None else self.count + self.cooldown
 
 
+@dataclass(frozen=True, slots=True)
+class ChainStep:
+    """Which agent chain a request belongs to, and its step in it."""
+
+    chain_id: str
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOf:
+    """Which batch a request was sent in, and how many prompts the batch held."""
+
+    batch_id: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Which conversation a request belongs to, and its turn in it."""
+
+    conversation_id: str
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFailure:
+    """Why an agent chain ended early, and at which step (0-based: the steps finished before it)."""
+
+    reason: str
+    failed_step: int
+
+
 class Driver(Protocol):
     """What a load shape may ask of the runner: the scenario, requests, and measuring them."""
 
@@ -70,14 +115,14 @@ class Driver(Protocol):
         stage: Stage,
         *,
         intended_ns: int | None = None,
-        chain: tuple[str, int] | None = None,
-        batch: tuple[str, int] | None = None,
+        chain: ChainStep | None = None,
+        batch: BatchOf | None = None,
         keep_text: bool | None = None,
-        conversation: tuple[str, int] | None = None,
+        conversation: Turn | None = None,
     ) -> RequestRecord | None:
         """Send and measure one request; its record (a chain step's or a turn's), or None when queued."""
 
-    async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: tuple[str, int]) -> None:
+    async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: BatchOf) -> None:
         """Send ``requests`` as one batched call of the backend and measure it as one record."""
 
     def chain_done(
@@ -87,9 +132,9 @@ class Driver(Protocol):
         t0_ns: int,
         think_ns: int,
         records: list[RequestRecord],
-        failure: tuple[str, int] | None,
+        failure: ChainFailure | None,
     ) -> None:
-        """An agent chain ended (``failure``: reason and failed step); write its chain record."""
+        """An agent chain ended (``failure`` when it ended early); write its chain record."""
 
     def not_sent(self) -> None:
         """Count a request that was due before the end but never sent (no free worker in time)."""

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from agent.core.record import Stage
-from agent.run.shapes.base import Driver, Plan, register
+from agent.run.shapes.base import BatchOf, Driver, Plan, register
 from agent.run.shapes.closed import clients
 
 __all__ = ["batches"]
@@ -19,7 +19,7 @@ async def _batch(driver: Driver, stage: Stage) -> bool:
     reqs = [r for r in (driver.next_request() for _ in range(sc.batch.size)) if r is not None]
     if not reqs:
         return False
-    batch = (f"{sc.name}-batch-{driver.next_unit():05d}", len(reqs))
+    batch = BatchOf(f"{sc.name}-batch-{driver.next_unit():05d}", len(reqs))
     intended = time.perf_counter_ns()
     if sc.batch.mode == "concurrent":
         await asyncio.gather(*(driver.one(r, stage, intended_ns=intended, batch=batch) for r in reqs))

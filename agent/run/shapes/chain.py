@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from agent.core.record import RequestRecord, Stage
-from agent.run.shapes.base import Driver, Plan, register
+from agent.run.shapes.base import ChainFailure, ChainStep, Driver, Plan, register
 from agent.run.shapes.closed import clients
 
 __all__ = ["chains"]
@@ -33,7 +33,7 @@ async def _chain(driver: Driver, stage: Stage) -> bool:
             req = dataclasses.replace(
                 base, request_id=f"{chain_id}-s{step}", messages=list(messages) or None, prompt=prompt
             )
-            rec = await driver.one(req, stage, chain=(chain_id, step), keep_text=True)
+            rec = await driver.one(req, stage, chain=ChainStep(chain_id, step), keep_text=True)
             assert rec is not None  # chain steps are never deferred: the next prompt needs the text
             records.append(rec)
             if rec.status != "ok":
@@ -53,9 +53,9 @@ async def _chain(driver: Driver, stage: Stage) -> bool:
                 await asyncio.sleep(sc.agent.think_time)
                 think_ns += time.perf_counter_ns() - t_think
     except asyncio.CancelledError:
-        driver.chain_done(chain_id, stage, t0, think_ns, records, ("interrupted", done))
+        driver.chain_done(chain_id, stage, t0, think_ns, records, ChainFailure("interrupted", done))
         raise
-    fail = (failed.reason or "degraded", done) if failed is not None else None
+    fail = ChainFailure(failed.reason or "degraded", done) if failed is not None else None
     driver.chain_done(chain_id, stage, t0, think_ns, records, fail)
     return True
 

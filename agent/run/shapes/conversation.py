@@ -11,7 +11,7 @@ import dataclasses
 
 from agent.core.record import GenerationRequest, Stage
 from agent.core.workload import DatasetWorkload
-from agent.run.shapes.base import Driver, Plan, register
+from agent.run.shapes.base import Driver, Plan, Turn, register
 from agent.run.shapes.closed import clients
 from agent.run.shapes.open import arrivals, dispatch
 
@@ -52,7 +52,9 @@ async def _turns(
     request = dataclasses.replace(base, request_id=f"{conv_id}-t0", turns=())
     for turn in range(len(base.turns) + 1):
         due = intended_ns if turn == 0 else None
-        rec = await driver.one(request, stage, intended_ns=due, conversation=(conv_id, turn), keep_text=True)
+        rec = await driver.one(
+            request, stage, intended_ns=due, conversation=Turn(conv_id, turn), keep_text=True
+        )
         assert rec is not None  # turns are never deferred: the next prompt needs the answer
         if rec.status != "ok" or turn == len(base.turns):
             return

@@ -4,7 +4,8 @@
 chains, an energy trace, a study's cells) and nothing derived. Every command that derives something from
 records runs on a copy of them here, and each file or console text it makes is compared with
 ``tests/data/recorded/expected/``: text files whole (a failure shows the diff), figures and HTML by
-SHA-256. Only the wall-clock time of the analysis and the scratch folder's path are masked.
+SHA-256. Only the wall-clock time of the analysis, the scratch folder's path and where this machine
+installed its packages are masked.
 
 A change that means to alter an output regenerates them, and the diff is reviewed with the change::
 
@@ -76,10 +77,13 @@ WRITTEN = [
 ]
 
 _STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}")
+#: where this machine installed a package (a study names its embedding model's folder)
+_INSTALLED = re.compile(r"[^\s\"']*/site-packages/")
 
 
 def _mask(text: str, runs: Path) -> str:
-    return _STAMP.sub("<created>", text.replace(str(runs), "<runs>"))
+    text = _INSTALLED.sub("<site-packages>/", text.replace(str(runs), "<runs>"))
+    return _STAMP.sub("<created>", text)
 
 
 def produce(scratch: Path) -> dict[str, bytes]:

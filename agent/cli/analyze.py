@@ -191,7 +191,7 @@ def run(ns: argparse.Namespace, app: App) -> int:
 
 
 #: What an analysis folder holds: its own files, and figures (``*.png``); anything else is not ours.
-_OURS = AnalysisDir.FILES
+_OURS = AnalysisDir.files()
 
 
 def _ours(path: Path) -> bool:

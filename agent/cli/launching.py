@@ -247,7 +247,7 @@ def _request_overrides(ns: argparse.Namespace, data: dict[str, Any]) -> bool:
 
 
 #: What a run directory that never got to its first record may hold; such a directory can be reused.
-_UNSTARTED = frozenset({RunDir.MANIFEST, RunDir.ENGINE_LOG, RunDir.SIMULATOR_LOG, HEADROOM_NAME})
+_UNSTARTED = frozenset({RunDir.manifest, RunDir.engine_log, RunDir.simulator_log, HEADROOM_NAME})
 
 
 def _out_dir(ns: argparse.Namespace, name: str, *, make: bool, path: Path | None = None) -> Path:

@@ -1,188 +1,104 @@
 """The folders infermeter writes, and the one place each of their files is named.
 
 A run directory (``infermeter run``, a sweep, a study's cell), a study's folder and an analysis's report
-folder each get a small object over their path; code asks it for ``run.records`` or ``run.manifest``
-and never spells a file name itself. The names are also class attributes (``RunDir.RECORDS``) for the
-few places that need the name alone: a listing of what a folder may hold, or a message.
+folder each get a small object over their path. Each file is declared once, as a ``_File``: on a folder
+it is the file's path (``RunDir(out).records``), on the class its name alone (``RunDir.records``), for
+a listing of what a folder may hold or a message.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import overload
 
 __all__ = ["AnalysisDir", "RunDir", "SamplingDir", "StudyDir"]
 
 
-class RunDir:
-    """One run's directory: its records, chains, manifest, summary, report, energy and server series."""
+class _Folder:
+    """A folder's path, and the files its class declares."""
 
     __slots__ = ("path",)
-
-    RECORDS: ClassVar[str] = "records.jsonl"
-    CHAINS: ClassVar[str] = "chains.jsonl"
-    MANIFEST: ClassVar[str] = "manifest.json"
-    SUMMARY: ClassVar[str] = "summary.json"
-    REPORT: ClassVar[str] = "report.html"
-    ENERGY: ClassVar[str] = "energy.json"
-    POWER: ClassVar[str] = "power.csv"
-    SERVER_METRICS: ClassVar[str] = "server_metrics.csv"
-    SIMULATOR_LOG: ClassVar[str] = "simulator.log"
-    ENGINE_LOG: ClassVar[str] = "engine.log"
-    #: every file a run may write
-    FILES: ClassVar[frozenset[str]] = frozenset(
-        {RECORDS, CHAINS, MANIFEST, SUMMARY, REPORT, ENERGY, POWER, SERVER_METRICS, SIMULATOR_LOG, ENGINE_LOG}
-    )
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
-    @property
-    def records(self) -> Path:
-        """One JSON line per request, written as each ends."""
-        return self.path / self.RECORDS
-
-    @property
-    def chains(self) -> Path:
-        """One JSON line per agent-step chain."""
-        return self.path / self.CHAINS
-
-    @property
-    def manifest(self) -> Path:
-        """What ran, where and how; saved as the run goes."""
-        return self.path / self.MANIFEST
-
-    @property
-    def summary(self) -> Path:
-        """The run's figures, written at its end (and by ``summarize``)."""
-        return self.path / self.SUMMARY
-
-    @property
-    def report(self) -> Path:
-        """The run's HTML report."""
-        return self.path / self.REPORT
-
-    @property
-    def energy(self) -> Path:
-        """Per-stage energy windows."""
-        return self.path / self.ENERGY
-
-    @property
-    def power(self) -> Path:
-        """Every power sample, replayable."""
-        return self.path / self.POWER
-
-    @property
-    def server_metrics(self) -> Path:
-        """The server's own series, one row per change."""
-        return self.path / self.SERVER_METRICS
-
-    @property
-    def simulator_log(self) -> Path:
-        """The simulator's log, when it served the run."""
-        return self.path / self.SIMULATOR_LOG
-
-    @property
-    def engine_log(self) -> Path:
-        """The embedded engine's log, when it served the run."""
-        return self.path / self.ENGINE_LOG
+    @classmethod
+    def files(cls) -> frozenset[str]:
+        """The names of every file the folder may hold."""
+        return frozenset(f.name for f in vars(cls).values() if isinstance(f, _File))
 
 
-class StudyDir:
+class _File:
+    """One file of a folder, named once: its name on the folder's class, its path on a folder."""
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name = name
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, folder: None, owner: type) -> str: ...
+
+    @overload
+    def __get__(self, folder: _Folder, owner: type) -> Path: ...
+
+    def __get__(self, folder: _Folder | None, owner: type) -> str | Path:
+        return self.name if folder is None else folder.path / self.name
+
+
+class RunDir(_Folder):
+    """One run's directory: its records, chains, manifest, summary, report, energy and server series."""
+
+    __slots__ = ()
+
+    records = _File("records.jsonl", "One JSON line per request, written as each ends.")
+    chains = _File("chains.jsonl", "One JSON line per agent-step chain.")
+    manifest = _File("manifest.json", "What ran, where and how; saved as the run goes.")
+    summary = _File("summary.json", "The run's figures, written at its end (and by ``summarize``).")
+    report = _File("report.html", "The run's HTML report.")
+    energy = _File("energy.json", "Per-stage energy windows.")
+    power = _File("power.csv", "Every power sample, replayable.")
+    server_metrics = _File("server_metrics.csv", "The server's own series, one row per change.")
+    simulator_log = _File("simulator.log", "The simulator's log, when it served the run.")
+    engine_log = _File("engine.log", "The embedded engine's log, when it served the run.")
+    cell_log = _File("cell.log", "What a study's cell said, when the run is one.")
+
+
+class StudyDir(_Folder):
     """A study's folder: its lock, results, reports and one run directory per cell."""
 
-    __slots__ = ("path",)
+    __slots__ = ()
 
-    LOCK: ClassVar[str] = "study.lock.json"
-    RESULTS: ClassVar[str] = "study.json"
-    REPORT_MD: ClassVar[str] = "report.md"
-    REPORT_HTML: ClassVar[str] = "report.html"
-    CELLS: ClassVar[str] = "cells"
-    CELL_LOG: ClassVar[str] = "cell.log"
-    #: what a cell's folder may hold: everything a run writes, plus what the cell said
-    CELL_FILES: ClassVar[frozenset[str]] = RunDir.FILES | {CELL_LOG}
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-
-    @property
-    def lock(self) -> Path:
-        """The study's hash and cell order."""
-        return self.path / self.LOCK
-
-    @property
-    def results(self) -> Path:
-        """The study's typed results."""
-        return self.path / self.RESULTS
-
-    @property
-    def report_md(self) -> Path:
-        """The study's report, Markdown."""
-        return self.path / self.REPORT_MD
-
-    @property
-    def report_html(self) -> Path:
-        """The study's report, HTML."""
-        return self.path / self.REPORT_HTML
-
-    @property
-    def cells(self) -> Path:
-        """The folder of the cells' run directories."""
-        return self.path / self.CELLS
+    lock = _File("study.lock.json", "The study's hash and cell order.")
+    results = _File("study.json", "The study's typed results.")
+    report_md = _File("report.md", "The study's report, Markdown.")
+    report_html = _File("report.html", "The study's report, HTML.")
+    cells = _File("cells", "The folder of the cells' run directories.")
 
     def cell(self, name: str) -> RunDir:
         """One cell's run directory."""
         return RunDir(self.cells / name)
 
-    @classmethod
-    def cell_log(cls, cell: RunDir) -> Path:
-        """What a cell's process said."""
-        return cell.path / cls.CELL_LOG
 
-
-class AnalysisDir:
+class AnalysisDir(_Folder):
     """An analysis's report folder."""
 
-    __slots__ = ("path",)
+    __slots__ = ()
 
-    SUMMARY: ClassVar[str] = "summary.json"
-    REPORT_MD: ClassVar[str] = "report.md"
-    REPORT_HTML: ClassVar[str] = "report.html"
-    #: the files ``analyze`` writes (a folder holding only these may be written again)
-    FILES: ClassVar[frozenset[str]] = frozenset({SUMMARY, REPORT_MD, REPORT_HTML})
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-
-    @property
-    def summary(self) -> Path:
-        """The analysis's typed results."""
-        return self.path / self.SUMMARY
-
-    @property
-    def report_md(self) -> Path:
-        """The report, Markdown."""
-        return self.path / self.REPORT_MD
-
-    @property
-    def report_html(self) -> Path:
-        """The report, HTML."""
-        return self.path / self.REPORT_HTML
+    summary = _File("summary.json", "The analysis's typed results.")
+    report_md = _File("report.md", "The report, Markdown.")
+    report_html = _File("report.html", "The report, HTML.")
 
 
-class SamplingDir:
+class SamplingDir(_Folder):
     """The daemon's sampling folder: its rotated probe samples and each target's server series."""
 
-    __slots__ = ("path",)
+    __slots__ = ()
 
     #: the samples' file stem: ``samples.jsonl`` live, ``samples.1.jsonl`` … rotated out
-    SAMPLES: ClassVar[str] = "samples"
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    SAMPLES = "samples"
 
     def sample_files(self) -> list[Path]:
         """The rotated samples, oldest first (``samples.K.jsonl`` … ``samples.1.jsonl``, then live)."""

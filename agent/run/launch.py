@@ -426,7 +426,7 @@ class Launch:
                 RunDir(self.out).energy,
                 {"baseline": info.get("baseline"), "poller": info.get("poller"), "stages": meter.stages},
             )
-            info["samples_file"] = f"{RunDir.POWER} ({samples} samples)"
+            info["samples_file"] = f"{RunDir.power} ({samples} samples)"
         self.manifest["energy"] = info
         self._save_manifest()
 

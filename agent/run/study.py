@@ -37,7 +37,7 @@ from agent.run.manifest import write_json_atomic
 __all__ = ["CELL_FILES", "Servers", "StudyOutcome", "StudyRunner", "cell_argv", "serve_argv"]
 
 #: What a cell's folder may hold: everything ``infermeter run`` writes, plus the cell's own log.
-CELL_FILES = StudyDir.CELL_FILES
+CELL_FILES = RunDir.files()
 
 
 #: ``prctl`` option: the signal a process gets when its parent dies.
@@ -192,7 +192,7 @@ class StudyRunner:
         """Refuse a folder holding another study, or this study's file changed since the folder began."""
         lock = StudyDir(self.root).lock
         if not lock.exists():
-            if self.root.exists() and any(p.name != StudyDir.CELLS for p in self.root.iterdir()):
+            if self.root.exists() and any(p.name != StudyDir.cells for p in self.root.iterdir()):
                 raise ConfigError(f"--out {self.root} holds something else; name a new or empty folder")
             return
         try:
@@ -270,7 +270,7 @@ class StudyRunner:
             base_url = self.servers.url(cell.variant)
         except ServerFailed as e:  # the cell fails with the reason; the study goes on
             folder.mkdir()
-            StudyDir.cell_log(RunDir(folder)).write_text(f"error: {e}\n", encoding="utf-8")
+            RunDir(folder).cell_log.write_text(f"error: {e}\n", encoding="utf-8")
             write_json_atomic(RunDir(folder).manifest, {"status": "failed", "error": str(e)})
             return "failed"
         with log_path.open("w", encoding="utf-8") as log:
@@ -294,6 +294,6 @@ class StudyRunner:
         if folder.exists():
             said = log_path.read_text(encoding="utf-8", errors="replace")
             # what the cell said, through the same mask
-            write_atomic(StudyDir.cell_log(RunDir(folder)), redact(said))
+            write_atomic(RunDir(folder).cell_log, redact(said))
             log_path.unlink()
         return cell_status(folder)

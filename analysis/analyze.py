@@ -11,7 +11,6 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -37,7 +36,24 @@ from analysis.quality import (
     score_units,
     task_scores,
 )
-from analysis.results import AnalysisResult
+from analysis.results import (
+    AnalysisOptions,
+    AnalysisResult,
+    Anova,
+    ColdStart,
+    Cost,
+    Fit,
+    GeoRatio,
+    MetricStats,
+    Performance,
+    Quality,
+    RunComparison,
+    RunInfo,
+    RunSummary,
+    ScenarioSummary,
+    ServerSummary,
+    SweepSummary,
+)
 from analysis.runs import Run
 from analysis.scorers import load_semscorer
 from analysis.server import server_summary
@@ -95,21 +111,20 @@ def metric_values(records: Sequence[RequestRecord], metric: str) -> list[float]:
     return out
 
 
-def _scenario_summary(run: Run, name: str, records: list[RequestRecord]) -> dict[str, Any]:
+def _scenario_summary(run: Run, name: str, records: list[RequestRecord]) -> ScenarioSummary:
     """The run's own summary block for the scenario (SLOs and targets applied), else computed here."""
-    scenarios = (run.summary or {}).get("scenarios") or {}
-    if name in scenarios:
-        return dict(scenarios[name])
-    return summarize(records).scenarios[name].dump()
+    if isinstance(run.summary, RunSummary) and name in run.summary.scenarios:
+        return run.summary.scenarios[name]
+    return summarize(records).scenarios[name]
 
 
-def _fits(records: list[RequestRecord]) -> dict[str, Any]:
+def _fits(records: list[RequestRecord]) -> dict[str, Fit]:
     ok = _steady_ok(records)
     pairs = {
         "e2e_ms_per_output_token": ([r.output_tokens for r in ok], [r.e2e_ms for r in ok]),
         "ttft_ms_per_prompt_token": ([r.prompt_tokens for r in ok], [r.ttft_ms for r in ok]),
     }
-    out: dict[str, Any] = {}
+    out: dict[str, Fit] = {}
     for name, (xs, ys) in pairs.items():
         keep = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
         fit = scaling_fit([x for x, _ in keep], [y for _, y in keep]) if keep else None
@@ -118,99 +133,105 @@ def _fits(records: list[RequestRecord]) -> dict[str, Any]:
     return out
 
 
-def _performance(run: Run, name: str, records: list[RequestRecord], opts: Options) -> dict[str, Any]:
-    summary = _scenario_summary(run, name, records)
-    metrics: dict[str, Any] = {}
+def _metrics(records: list[RequestRecord], opts: Options) -> dict[str, MetricStats]:
+    out: dict[str, MetricStats] = {}
     for metric, lower, unit in METRICS:
         values = metric_values(records, metric)
-        if not values:
+        distribution = describe(values)
+        if distribution is None:
             continue
-        ci = bootstrap_ci(values, "median", resamples=opts.resamples, seed=opts.seed)
-        metrics[metric] = {
-            "unit": unit,
-            "lower_is_better": lower,
-            "distribution": describe(values),
-            "median_ci": ci.as_dict() if ci else None,
-        }
-    cold = summary.get("cold_start") or {}
-    steady_ttft = (summary.get("latency_ms", {}).get("ttft") or {}).get("p50")
-    cold_ttft = (cold.get("ttft_ms") or {}).get("p50")
-    return {
-        "requests": summary.get("requests"),
-        "metrics": metrics,
-        "throughput": summary.get("throughput"),
-        "goodput": summary.get("goodput"),
-        "warmup": summary.get("warmup"),
-        "cold_start": {
-            "n": cold.get("n", 0),
-            "ttft_p50_ms": cold_ttft,
-            "ttft_p50_delta_ms": cold_ttft - steady_ttft if cold_ttft is not None and steady_ttft else None,
-            "load_p50_ms": (cold.get("load_ms") or {}).get("p50"),
-        },
-        "overhead_pct": summary.get("overhead_pct"),
-        "decode_fraction": summary.get("decode_fraction"),
-        "tokens": summary.get("tokens"),
-        "scaling": _fits(records),
-    }
+        out[metric] = MetricStats(
+            unit=unit,
+            lower_is_better=lower,
+            distribution=distribution,
+            median_ci=bootstrap_ci(values, "median", resamples=opts.resamples, seed=opts.seed),
+        )
+    return out
 
 
-def _joules_per_token(run: Run) -> float | None:
-    stages = ((run.summary or {}).get("energy") or {}).get("stages") or []
-    measured = [s for s in stages if s.get("j_per_token") is not None and s.get("output_tokens")]
-    tokens = sum(s["output_tokens"] for s in measured)
-    if not tokens:
-        return None
-    return float(sum(s["j_per_token"] * s["output_tokens"] for s in measured) / tokens)
-
-
-def _cost(run: Run, perf: dict[str, Any], opts: Options) -> dict[str, Any] | None:
-    tp = perf.get("throughput") or {}
-    tokens = perf.get("tokens") or {}
-    out_tok_s = tp.get("output_tok_s")
-    total = (out_tok_s or 0) + (tp.get("prompt_tok_s") or 0)
-    return cost_block(
-        output_tok_s=out_tok_s,
-        total_tok_s=total or None,
-        prompt_tokens_mean=(tokens.get("prompt") or {}).get("mean"),
-        output_tokens_mean=(tokens.get("output") or {}).get("mean"),
-        usd_per_hour=opts.usd_per_hour,
-        tokens_per_month=opts.tokens_per_month,
-        burst_factor=opts.burst_factor,
-        joules_per_token=_joules_per_token(run),
+def _performance(run: Run, name: str, records: list[RequestRecord], opts: Options) -> Performance:
+    summary = _scenario_summary(run, name, records)
+    cold = summary.cold_start
+    steady = summary.latency_ms.get("ttft")
+    steady_ttft = steady.p50 if steady is not None else None
+    cold_ttft = cold.ttft_ms.p50 if cold.ttft_ms is not None else None
+    return Performance(
+        requests=summary.requests,
+        metrics=_metrics(records, opts),
+        throughput=summary.throughput,
+        goodput=summary.goodput,
+        warmup=summary.warmup,
+        cold_start=ColdStart(
+            n=cold.n,
+            ttft_p50_ms=cold_ttft,
+            ttft_p50_delta_ms=cold_ttft - steady_ttft if cold_ttft is not None and steady_ttft else None,
+            load_p50_ms=cold.load_ms.p50 if cold.load_ms is not None else None,
+        ),
+        overhead_pct=summary.overhead_pct,
+        decode_fraction=summary.decode_fraction,
+        tokens=summary.tokens,
+        scaling=_fits(records),
     )
 
 
-def _server(run: Run) -> dict[str, Any] | None:
+def joules_per_token(summary: RunSummary | SweepSummary | None) -> float | None:
+    """Output-token-weighted J/token over the stages whose energy window measured one."""
+    energy = summary.energy if isinstance(summary, RunSummary) else None
+    measured = energy.measured if energy is not None else []
+    tokens = sum(s.output_tokens for s in measured)
+    if not tokens:
+        return None
+    return float(sum((s.j_per_token or 0.0) * s.output_tokens for s in measured) / tokens)
+
+
+def _cost(run: Run, perf: Performance, opts: Options) -> Cost | None:
+    tp, tokens = perf.throughput, perf.tokens
+    out_tok_s = tp.output_tok_s if tp is not None else None
+    total = (out_tok_s or 0) + ((tp.prompt_tok_s if tp is not None else None) or 0)
+    prompt = tokens.prompt if tokens is not None else None
+    output = tokens.output if tokens is not None else None
+    return cost_block(
+        output_tok_s=out_tok_s,
+        total_tok_s=total or None,
+        prompt_tokens_mean=prompt.mean if prompt is not None else None,
+        output_tokens_mean=output.mean if output is not None else None,
+        usd_per_hour=opts.usd_per_hour,
+        tokens_per_month=opts.tokens_per_month,
+        burst_factor=opts.burst_factor,
+        joules_per_token=joules_per_token(run.summary),
+    )
+
+
+def _server(run: Run) -> ServerSummary | None:
     """The run's server block: from its summary, else read again from its scraped series."""
-    stored = (run.summary or {}).get("server")
-    if isinstance(stored, dict):
-        return stored
+    if run.summary is not None and run.summary.server is not None:
+        return run.summary.server
     return server_summary(run.path, run.records) if run.path.is_dir() else None
 
 
-def _run_info(run: Run) -> dict[str, Any]:
-    manifest = run.manifest or {}
+def _run_info(run: Run) -> RunInfo:
+    manifest = run.manifest
     server = _server(run)
-    flags = [f"{run.label}: {flag}" for flag in (server or {}).get("flags") or []]
-    return {
-        "label": run.label,
-        "path": str(run.path),
-        "run_id": run.run_id,
-        "backends": run.backends,
-        "models": run.models,
-        "scenarios": list(run.by_scenario),
-        "records": len(run.records),
-        "ok": sum(1 for r in run.records if r.status == "ok"),
-        "config_sha256": (manifest.get("scenario") or {}).get("sha256"),
-        "started_at": manifest.get("started_at"),
-        "warnings": [*run.warnings, *flags],
-        "server": server,
-    }
+    flags = [f"{run.label}: {flag}" for flag in (server.flags if server is not None else [])]
+    return RunInfo(
+        label=run.label,
+        path=str(run.path),
+        run_id=run.run_id,
+        backends=run.backends,
+        models=run.models,
+        scenarios=list(run.by_scenario),
+        records=len(run.records),
+        ok=sum(1 for r in run.records if r.status == "ok"),
+        config_sha256=manifest.scenario.sha256 if manifest is not None and manifest.scenario else None,
+        started_at=manifest.started_at if manifest is not None else None,
+        warnings=[*run.warnings, *flags],
+        server=server,
+    )
 
 
 def _comparisons(
     baseline: Run, candidate: Run, opts: Options
-) -> tuple[dict[str, list[Comparison]], dict[str, Any]]:
+) -> tuple[dict[str, list[Comparison]], dict[str, GeoRatio]]:
     base_sc, cand_sc = baseline.by_scenario, candidate.by_scenario
     shared = [s for s in cand_sc if s in base_sc]
     by_scenario: dict[str, list[Comparison]] = {}
@@ -232,7 +253,7 @@ def _comparisons(
         by_scenario[sc] = rows
         flat += rows
     compare_many(flat, opts.alpha)
-    ratios: dict[str, Any] = {}
+    ratios: dict[str, GeoRatio] = {}
     for metric, _, _ in METRICS:
         values = [
             c.median_candidate / c.median_baseline
@@ -242,13 +263,13 @@ def _comparisons(
         ]
         gm = geometric_mean(values)
         if gm is not None:
-            ratios[metric] = {"scenarios": len(values), "geomean_ratio": gm}
+            ratios[metric] = GeoRatio(scenarios=len(values), geomean_ratio=gm)
     return by_scenario, ratios
 
 
 def _quality(
     runs: list[Run], baseline: Run | None, opts: Options, progress: Callable[[int, int], None] | None
-) -> dict[str, Any] | None:
+) -> Quality | None:
     """Score every run's kept outputs, then drift of each run against the baseline."""
     per_run: dict[str, list[Sample]] = {}
     for run in ([baseline] if baseline is not None else []) + runs:
@@ -267,17 +288,17 @@ def _quality(
 
     for samples in per_run.values():
         score_samples(samples, semscorer, advance=advance)
-    out: dict[str, Any] = {
-        "semscore_model": semscorer.model_name if semscorer else None,
-        "semscore_unavailable": sem_error if opts.semscore else "disabled (--no-semscore)",
-        "runs": {
+    out = Quality(
+        semscore_model=semscorer.model_name if semscorer else None,
+        semscore_unavailable=sem_error if opts.semscore else "disabled (--no-semscore)",
+        runs={
             label: task_scores(s, resamples=opts.resamples, seed=opts.seed) for label, s in per_run.items()
         },
-        "drift": {},
-    }
+        drift={},
+    )
     if baseline is not None:
         for run in runs:
-            out["drift"][run.label] = drift(
+            out.drift[run.label] = drift(
                 per_run[baseline.label],
                 per_run[run.label],
                 semscorer,
@@ -288,22 +309,21 @@ def _quality(
     return out
 
 
-def _against(baseline: Run, run: Run, opts: Options) -> tuple[dict[str, Any], dict[str, int]]:
+def _against(baseline: Run, run: Run, opts: Options) -> tuple[RunComparison, dict[str, int]]:
     """A candidate against the baseline: its comparison block and its count of each verdict."""
     by_scenario, ratios = _comparisons(baseline, run, opts)
-    block = {
-        "scenarios": {sc: [c.as_dict() for c in rows] for sc, rows in by_scenario.items()},
-        "geomean_ratio": ratios,
-    }
+    block = RunComparison(
+        scenarios={sc: [c.row() for c in rows] for sc, rows in by_scenario.items()}, geomean_ratio=ratios
+    )
     counts = {"better": 0, "worse": 0, "no detectable change": 0, "too few samples": 0}
     for row in itertools.chain.from_iterable(by_scenario.values()):
         counts[row.verdict] += 1
     return block, counts
 
 
-def _anova(everyone: list[Run]) -> dict[str, dict[str, Any]]:
+def _anova(everyone: list[Run]) -> dict[str, dict[str, Anova]]:
     """One-way ANOVA across every run, per scenario they all ran and per metric."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Anova]] = {}
     for sc in sorted(set.intersection(*(set(r.by_scenario) for r in everyone))):
         rows = {}
         for metric, _, _ in METRICS:
@@ -329,36 +349,36 @@ def analyze(
     labels = [r.label for r in everyone]
     if len(set(labels)) != len(labels):
         raise ValueError(f"runs need distinct folder names to be told apart; got {', '.join(labels)}")
-    result: dict[str, Any] = {
-        "schema_version": ANALYSIS_SCHEMA_VERSION,
-        "kind": "infermeter-analysis",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "options": {
-            "alpha": opts.alpha,
-            "resamples": opts.resamples,
-            "seed": opts.seed,
-            "usd_per_hour": opts.usd_per_hour,
-            "tokens_per_month": opts.tokens_per_month,
-            "burst_factor": opts.burst_factor,
-        },
-        "baseline": baseline.label if baseline else None,
-        "runs": [_run_info(r) for r in everyone],
-        "performance": {},
-        "comparisons": {},
-        "verdicts": {},
-        "anova": {},
-        "cost": {},
-    }
+    result = AnalysisResult(
+        schema_version=ANALYSIS_SCHEMA_VERSION,
+        kind="infermeter-analysis",
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        options=AnalysisOptions(
+            alpha=opts.alpha,
+            resamples=opts.resamples,
+            seed=opts.seed,
+            usd_per_hour=opts.usd_per_hour,
+            tokens_per_month=opts.tokens_per_month,
+            burst_factor=opts.burst_factor,
+        ),
+        baseline=baseline.label if baseline else None,
+        runs=[_run_info(r) for r in everyone],
+        performance={},
+        comparisons={},
+        verdicts={},
+        anova={},
+        cost={},
+    )
     for run in everyone:
         perf = {sc: _performance(run, sc, recs, opts) for sc, recs in run.by_scenario.items()}
-        result["performance"][run.label] = perf
+        result.performance[run.label] = perf
         costs = {sc: c for sc, p in perf.items() if (c := _cost(run, p, opts)) is not None}
         if costs:
-            result["cost"][run.label] = costs
+            result.cost[run.label] = costs
     if baseline is not None:
         for run in runs:
-            result["comparisons"][run.label], result["verdicts"][run.label] = _against(baseline, run, opts)
+            result.comparisons[run.label], result.verdicts[run.label] = _against(baseline, run, opts)
     if len(everyone) >= 3:
-        result["anova"] = _anova(everyone)
-    result["quality"] = _quality(runs, baseline, opts, progress)
-    return AnalysisResult.model_validate(result)
+        result.anova = _anova(everyone)
+    result.quality = _quality(runs, baseline, opts, progress)
+    return result

@@ -7,7 +7,8 @@ instance under the run's load) and a price per hour for that worker.
 from __future__ import annotations
 
 import math
-from typing import Any
+
+from analysis.results import Capacity, Cost
 
 __all__ = ["SECONDS_PER_MONTH", "cost_block", "usd_per_million", "workers_for"]
 
@@ -39,7 +40,7 @@ def cost_block(
     tokens_per_month: float | None = None,
     burst_factor: float = 1.0,
     joules_per_token: float | None = None,
-) -> dict[str, Any] | None:
+) -> Cost | None:
     """Cost and capacity figures for one scenario; None without a price or a throughput.
 
     ``total_tok_s`` (prompt + output tokens per second of the run's window) prices the request's whole
@@ -47,29 +48,30 @@ def cost_block(
     """
     if usd_per_hour is None or not output_tok_s:
         return None
-    out: dict[str, Any] = {
-        "usd_per_hour": usd_per_hour,
-        "output_tok_s": output_tok_s,
-        "usd_per_1m_output_tokens": usd_per_million(output_tok_s, usd_per_hour),
-        "usd_per_1m_tokens": usd_per_million(total_tok_s, usd_per_hour) if total_tok_s else None,
-        "usd_per_request": None,
-        "capacity": None,
-        "kwh_per_1m_output_tokens": None,
-    }
-    if out["usd_per_1m_tokens"] is not None and prompt_tokens_mean is not None and output_tokens_mean:
+    per_1m = usd_per_million(total_tok_s, usd_per_hour) if total_tok_s else None
+    out = Cost(
+        output_tok_s=output_tok_s,
+        usd_per_1m_output_tokens=usd_per_million(output_tok_s, usd_per_hour),
+        usd_per_1m_tokens=per_1m,
+        usd_per_request=None,
+        capacity=None,
+        kwh_per_1m_output_tokens=None,
+        usd_per_hour=usd_per_hour,
+    )
+    if per_1m is not None and prompt_tokens_mean is not None and output_tokens_mean:
         tokens = prompt_tokens_mean + output_tokens_mean
-        out["usd_per_request"] = tokens / 1e6 * out["usd_per_1m_tokens"]
-        out["tokens_per_request"] = tokens
+        out.usd_per_request = tokens / 1e6 * per_1m
+        out.tokens_per_request = tokens
     if tokens_per_month:
         rate = total_tok_s or output_tok_s
         workers = workers_for(tokens_per_month, rate, burst_factor)
-        out["capacity"] = {
-            "tokens_per_month": tokens_per_month,
-            "burst_factor": burst_factor,
-            "tokens_per_s_per_worker": rate,
-            "workers": workers,
-            "workers_whole": math.ceil(workers - 1e-9),
-        }
+        out.capacity = Capacity(
+            tokens_per_month=tokens_per_month,
+            burst_factor=burst_factor,
+            tokens_per_s_per_worker=rate,
+            workers=workers,
+            workers_whole=math.ceil(workers - 1e-9),
+        )
     if joules_per_token is not None:
-        out["kwh_per_1m_output_tokens"] = joules_per_token * 1e6 / 3.6e6
+        out.kwh_per_1m_output_tokens = joules_per_token * 1e6 / 3.6e6
     return out

@@ -11,40 +11,43 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from agent.core.manifest import Manifest
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir
+from analysis.results import EnergyRequests, EnergyStage, EnergySummary
 
 __all__ = ["energy_summary"]
 
 _MEASURED = ("good", "counter")
 
 
-def energy_summary(run_dir: Path, records: list[RequestRecord]) -> dict[str, Any] | None:
+def energy_summary(run_dir: Path, records: list[RequestRecord]) -> EnergySummary | None:
     """Energy figures from ``energy.json`` and the records; None when the run has no energy block."""
-    manifest = _json(RunDir(run_dir).manifest) or {}
-    block = manifest.get("energy")
+    try:
+        manifest = Manifest.read(RunDir(run_dir).manifest)
+    except (OSError, ValueError):  # an unreadable manifest: the energy file alone still says what it can
+        manifest = None
+    block = manifest.energy if manifest is not None else None
     data = _json(RunDir(run_dir).energy)
     if block is None and data is None:
         return None
-    out: dict[str, Any] = {"status": (block or {}).get("status", "measured")}
+    out = EnergySummary(status=block.status if block is not None else "measured")
     if data is None:
         return out
     qualities = Counter(r.energy_quality for r in records if r.energy_quality is not None)
     windows = sum(qualities.values())
-    out.update(
-        baseline=data.get("baseline"),
-        poller=data.get("poller"),
-        requests={
-            "windows": windows,
-            "by_quality": dict(sorted(qualities.items())),
-            "no_data_share": qualities["no_data"] / windows if windows else None,
-        },
-        stages=[_stage(row, records) for row in data.get("stages", [])],
+    out.baseline = data.get("baseline")
+    out.poller = data.get("poller")
+    out.requests = EnergyRequests(
+        windows=windows,
+        by_quality=dict(sorted(qualities.items())),
+        no_data_share=qualities["no_data"] / windows if windows else None,
     )
+    out.stages = [_stage(row, records) for row in data.get("stages", [])]
     return out
 
 
-def _stage(row: dict[str, Any], records: list[RequestRecord]) -> dict[str, Any]:
+def _stage(row: dict[str, Any], records: list[RequestRecord]) -> EnergyStage:
     """A stage's macro window against the output tokens of the requests in it.
 
     The window starts after the warmup (the runner marks when), so warmup tokens are left out too:
@@ -56,19 +59,19 @@ def _stage(row: dict[str, Any], records: list[RequestRecord]) -> dict[str, Any]:
     raw = row.get("energy_j")
     energy = float(raw) if isinstance(raw, int | float) else None
     measured = row.get("quality") in _MEASURED and energy is not None and tokens > 0
-    return {
-        "stage": label,
-        "quality": row.get("quality"),
-        "duration_s": row.get("duration_s"),
-        "samples": row.get("samples"),
-        "mean_power_w": row.get("mean_power_w"),
-        "delta_power_w": row.get("delta_power_w"),
-        "energy_j": energy,
-        "output_tokens": tokens,
-        "j_per_token": energy / tokens if measured and energy is not None else None,
-        "kwh_per_1m_tokens": energy / tokens * 1e6 / 3.6e6 if measured and energy is not None else None,
-        "flags": row.get("flags", []),
-    }
+    return EnergyStage(
+        stage=label,
+        quality=row.get("quality"),
+        duration_s=row.get("duration_s"),
+        samples=row.get("samples"),
+        mean_power_w=row.get("mean_power_w"),
+        delta_power_w=row.get("delta_power_w"),
+        energy_j=energy,
+        output_tokens=tokens,
+        j_per_token=energy / tokens if measured and energy is not None else None,
+        kwh_per_1m_tokens=energy / tokens * 1e6 / 3.6e6 if measured and energy is not None else None,
+        flags=row.get("flags", []),
+    )
 
 
 def _json(path: Path) -> dict[str, Any] | None:

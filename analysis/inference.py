@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as sps
+
+from analysis.results import Anova, ComparisonRow, Fit, Interval
 
 __all__ = [
     "Comparison",
@@ -40,21 +42,6 @@ _BLOCK_CELLS = 2_000_000
 
 Statistic = Literal["mean", "median"]
 Verdict = Literal["better", "worse", "no detectable change", "too few samples"]
-
-
-@dataclass(frozen=True, slots=True)
-class Interval:
-    """A point estimate with its percentile bootstrap interval."""
-
-    estimate: float
-    low: float
-    high: float
-    level: float = 0.95
-    n: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain fields for JSON."""
-        return asdict(self)
 
 
 def _stat_fn(statistic: Statistic) -> Callable[..., Any]:
@@ -95,11 +82,11 @@ def bootstrap_ci(
         return None
     estimate = float(_stat_fn(statistic)(arr))
     if arr.size == 1:
-        return Interval(estimate, estimate, estimate, level, 1)
+        return Interval(estimate=estimate, low=estimate, high=estimate, level=level, n=1)
     boot = _resampled(arr, statistic, resamples, np.random.default_rng(seed))
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(boot, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high), level, int(arr.size))
+    return Interval(estimate=estimate, low=float(low), high=float(high), level=level, n=int(arr.size))
 
 
 def bootstrap_diff_ci(
@@ -121,7 +108,8 @@ def bootstrap_diff_ci(
     diff = _resampled(b, statistic, resamples, rng) - _resampled(a, statistic, resamples, rng)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(diff, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high), level, int(min(a.size, b.size)))
+    n = int(min(a.size, b.size))
+    return Interval(estimate=estimate, low=float(low), high=float(high), level=level, n=n)
 
 
 def _pooled_sd(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -192,11 +180,9 @@ class Comparison:
     mde_abs: float | None = None
     verdict: Verdict = "too few samples"
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain fields for JSON."""
-        out = asdict(self)
-        out["diff_ci"] = self.diff_ci.as_dict() if self.diff_ci else None
-        return out
+    def row(self) -> ComparisonRow:
+        """The comparison as a result row."""
+        return ComparisonRow(**{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def compare(
@@ -268,7 +254,7 @@ def tost(
     return float(max(above.pvalue, below.pvalue))
 
 
-def anova(groups: Sequence[Sequence[float]], *, min_groups: int = 3) -> dict[str, float] | None:
+def anova(groups: Sequence[Sequence[float]], *, min_groups: int = 3) -> Anova | None:
     """One-way ANOVA over ``min_groups``+ groups (F, p); None when a group has under two values."""
     arrays = [_array(g) for g in groups]
     if len(arrays) < min_groups or any(a.size < 2 for a in arrays):
@@ -276,7 +262,7 @@ def anova(groups: Sequence[Sequence[float]], *, min_groups: int = 3) -> dict[str
     if all(a.var() == 0 for a in arrays):
         return None
     res = sps.f_oneway(*arrays)
-    return {"f": float(res.statistic), "p": float(res.pvalue), "groups": len(arrays)}
+    return Anova(f=float(res.statistic), p=float(res.pvalue), groups=len(arrays))
 
 
 def geometric_mean(values: Sequence[float]) -> float | None:
@@ -289,7 +275,7 @@ def geometric_mean(values: Sequence[float]) -> float | None:
 
 def scaling_fit(
     x: Sequence[float], y: Sequence[float], *, min_r2: float = 0.2, level: float = 0.95
-) -> dict[str, Any] | None:
+) -> Fit | None:
     """Least-squares y = a + b·x with the slope's CI; actionable only when R² ≥ 0.2 and the CI excludes 0.
 
     None when there are fewer than three points or x does not vary.
@@ -303,11 +289,11 @@ def scaling_fit(
     t = sps.t.ppf(1 - (1 - level) / 2, xs.size - 2)
     low, high = fit.slope - t * fit.stderr, fit.slope + t * fit.stderr
     r2 = float(fit.rvalue**2)
-    return {
-        "slope": float(fit.slope),
-        "intercept": float(fit.intercept),
-        "slope_ci": [float(low), float(high)],
-        "r2": r2,
-        "n": int(xs.size),
-        "actionable": bool(r2 >= min_r2 and (low > 0 or high < 0)),
-    }
+    return Fit(
+        slope=float(fit.slope),
+        intercept=float(fit.intercept),
+        slope_ci=[float(low), float(high)],
+        r2=r2,
+        n=int(xs.size),
+        actionable=bool(r2 >= min_r2 and (low > 0 or high < 0)),
+    )

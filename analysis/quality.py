@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from agent.core.record import RequestRecord
 from analysis.inference import bootstrap_ci
+from analysis.results import Drift, KeyAverages, KlDrift, LeastSimilar, ScorerDrift, TaskDrift, TaskScores
 from analysis.scorers import REGISTRY, SemScorer, rouge_l
 
 __all__ = [
@@ -149,28 +150,27 @@ def _key(scores: dict[str, float]) -> float | None:
     return float(np.mean(keys)) if keys else None
 
 
-def task_scores(samples: Sequence[Sample], *, resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+def task_scores(samples: Sequence[Sample], *, resamples: int, seed: int) -> dict[str, TaskScores]:
     """Per task: every scorer's mean with a bootstrap CI, the key metric average, sample count."""
     by_task: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_task[s.task].append(s)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, TaskScores] = {}
     for task, rows in sorted(by_task.items()):
-        scorers: dict[str, Any] = {}
         names = sorted({k for s in rows for k in s.scores})
-        for name in names:
-            ci = bootstrap_ci(
+        scorers = {
+            name: bootstrap_ci(
                 [s.scores[name] for s in rows if name in s.scores], "mean", resamples=resamples, seed=seed
             )
-            scorers[name] = ci.as_dict() if ci else None
-        keys = [k for s in rows if (k := _key(s.scores)) is not None]
-        key_ci = bootstrap_ci(keys, "mean", resamples=resamples, seed=seed) if keys else None
-        out[task] = {
-            "n": len(rows),
-            "prompts": len({s.prompt_id for s in rows}),
-            "scorers": scorers,
-            "key_average": key_ci.as_dict() if key_ci else None,
+            for name in names
         }
+        keys = [k for s in rows if (k := _key(s.scores)) is not None]
+        out[task] = TaskScores(
+            n=len(rows),
+            scorers=scorers,
+            key_average=bootstrap_ci(keys, "mean", resamples=resamples, seed=seed) if keys else None,
+            prompts=len({s.prompt_id for s in rows}),
+        )
     return out
 
 
@@ -190,7 +190,7 @@ def drift(
     seed: int,
     worst: int = 5,
     similarity_floor: float = SIMILARITY_FLOOR,
-) -> dict[str, Any]:
+) -> Drift:
     """Candidate vs baseline on the prompts both answered (the first output of each prompt in each run).
 
     Per task: output-vs-output ROUGE-L and SemScore, identical-output rate, each scorer's mean in both runs
@@ -211,7 +211,7 @@ def drift(
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, (b, _) in enumerate(pairs):
         by_task[b.task].append(i)
-    tasks: dict[str, Any] = {}
+    tasks: dict[str, TaskDrift] = {}
     for task, idx in sorted(by_task.items()):
         tasks[task] = _task_drift(
             similarity_floor,
@@ -222,39 +222,54 @@ def drift(
             resamples=resamples,
             seed=seed,
         )
-    graded = [t for t in tasks.values() if t["tier"] is not None]
-    overall = max((TIERS.index(t["tier"]) for t in graded), default=None)
-    return {
-        "similarity_floor": similarity_floor,
-        **_similarity(pairs, sims_rouge, sims_sem, similarity_floor),
-        "prompts_baseline": len(base),
-        "prompts_candidate": len(cand),
-        "prompts_shared": len(shared),
-        "only_in_baseline": sorted(set(base) - set(cand)),
-        "only_in_candidate": sorted(set(cand) - set(base)),
-        "tasks": tasks,
-        "tier": None if overall is None else TIERS[overall],
-        "tier_level": overall,
-        "least_similar": _least_similar(pairs, sims_rouge, worst),
-    }
+    overall = max((TIERS.index(t.tier) for t in tasks.values() if t.tier is not None), default=None)
+    sim = _similarity(pairs, sims_rouge, sims_sem, similarity_floor)
+    return Drift(
+        drifted=sim.drifted,
+        tier=None if overall is None else TIERS[overall],
+        prompts_shared=len(shared),
+        identical_rate=sim.identical_rate,
+        output_rouge_l=sim.output_rouge_l,
+        output_semscore=sim.output_semscore,
+        kl_first_tokens=sim.kl_first_tokens,
+        tasks=tasks,
+        least_similar=_least_similar(pairs, sims_rouge, worst),
+        similarity_floor=similarity_floor,
+        prompts_baseline=len(base),
+        prompts_candidate=len(cand),
+        only_in_baseline=sorted(set(base) - set(cand)),
+        only_in_candidate=sorted(set(cand) - set(base)),
+        tier_level=overall,
+    )
 
 
 def _least_similar(
     pairs: Sequence[tuple[Sample, Sample]], sims: list[float], worst: int
-) -> list[dict[str, Any]]:
+) -> list[LeastSimilar]:
     """The ``worst`` pairs whose outputs differ most (lowest ROUGE-L), each output cut at 300 characters."""
     order = sorted(range(len(pairs)), key=lambda i: sims[i])[:worst]
     return [
-        {
-            "prompt_id": pairs[i][0].prompt_id,
-            "task": pairs[i][0].task,
-            "output_rouge_l": sims[i],
-            "baseline": pairs[i][0].output[:300],
-            "candidate": pairs[i][1].output[:300],
-        }
+        LeastSimilar(
+            prompt_id=pairs[i][0].prompt_id,
+            task=pairs[i][0].task,
+            output_rouge_l=sims[i],
+            baseline=pairs[i][0].output[:300],
+            candidate=pairs[i][1].output[:300],
+        )
         for i in order
         if pairs[i][0].output != pairs[i][1].output
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Similarity:
+    """How far the candidate's outputs moved from the baseline's (for a whole run or one task)."""
+
+    kl_first_tokens: KlDrift | None
+    drifted: bool
+    identical_rate: float | None
+    output_rouge_l: float | None
+    output_semscore: float | None
 
 
 def _similarity(
@@ -262,19 +277,18 @@ def _similarity(
     sims_rouge: list[float],
     sims_sem: list[float] | None,
     floor: float,
-) -> dict[str, Any]:
-    """How far the candidate's outputs moved from the baseline's (for a whole run or one task)."""
+) -> _Similarity:
     similarity = _mean(sims_rouge)
-    return {
-        "kl_first_tokens": _kl(pairs),
-        "drifted": similarity is not None and similarity < floor,
-        "identical_rate": _mean([float(b.output == c.output) for b, c in pairs]),
-        "output_rouge_l": similarity,
-        "output_semscore": _mean(sims_sem),
-    }
+    return _Similarity(
+        kl_first_tokens=_kl(pairs),
+        drifted=similarity is not None and similarity < floor,
+        identical_rate=_mean([float(b.output == c.output) for b, c in pairs]),
+        output_rouge_l=similarity,
+        output_semscore=_mean(sims_sem),
+    )
 
 
-def _kl(pairs: Sequence[tuple[Sample, Sample]]) -> dict[str, Any] | None:
+def _kl(pairs: Sequence[tuple[Sample, Sample]]) -> KlDrift | None:
     """Mean and max over prompts of KL(baseline ‖ candidate) on the first tokens, where both kept logprobs."""
     values = [
         v
@@ -283,7 +297,7 @@ def _kl(pairs: Sequence[tuple[Sample, Sample]]) -> dict[str, Any] | None:
     ]
     if not values:
         return None
-    return {"mean": float(np.mean(values)), "max": float(np.max(values)), "prompts": len(values)}
+    return KlDrift(mean=float(np.mean(values)), max=float(np.max(values)), prompts=len(values))
 
 
 def _mean(values: Sequence[float] | None) -> float | None:
@@ -299,19 +313,15 @@ def _task_drift(
     *,
     resamples: int,
     seed: int,
-) -> dict[str, Any]:
-    scorers: dict[str, Any] = {}
+) -> TaskDrift:
+    scorers: dict[str, ScorerDrift] = {}
     names = sorted({k for b, c in pairs for k in b.scores if k in c.scores})
     points: float | None = None
     for name in names:
         bv = [b.scores[name] for b, c in pairs if name in b.scores and name in c.scores]
         cv = [c.scores[name] for b, c in pairs if name in b.scores and name in c.scores]
         diff = bootstrap_ci(np.subtract(cv, bv), "mean", resamples=resamples, seed=seed)
-        scorers[name] = {
-            "baseline": float(np.mean(bv)),
-            "candidate": float(np.mean(cv)),
-            "delta": diff.as_dict() if diff else None,
-        }
+        scorers[name] = ScorerDrift(baseline=float(np.mean(bv)), candidate=float(np.mean(cv)), delta=diff)
         if REGISTRY[name].family == "accuracy":
             delta_points = (float(np.mean(cv)) - float(np.mean(bv))) * 100
             points = delta_points if points is None else min(points, delta_points)
@@ -321,15 +331,20 @@ def _task_drift(
     if key_b and key_c and np.mean(key_b) > 0:
         percent = (float(np.mean(key_c)) / float(np.mean(key_b)) - 1) * 100
     has_reference = any(b.reference is not None for b, _ in pairs)
-    return {
-        "n": len(pairs),
-        **_similarity(pairs, sims_rouge, sims_sem, similarity_floor),
-        "scorers": scorers,
-        "benchmark_delta_points": points,
-        "generation_delta_pct": percent,
-        "key_average": {"baseline": _mean(key_b), "candidate": _mean(key_c)},
-        "tier": tier_of(points, percent) if has_reference and task != "open" else None,
-    }
+    sim = _similarity(pairs, sims_rouge, sims_sem, similarity_floor)
+    return TaskDrift(
+        n=len(pairs),
+        identical_rate=sim.identical_rate,
+        output_rouge_l=sim.output_rouge_l,
+        scorers=scorers,
+        benchmark_delta_points=points,
+        generation_delta_pct=percent,
+        tier=tier_of(points, percent) if has_reference and task != "open" else None,
+        kl_first_tokens=sim.kl_first_tokens,
+        drifted=sim.drifted,
+        output_semscore=sim.output_semscore,
+        key_average=KeyAverages(baseline=_mean(key_b), candidate=_mean(key_c)),
+    )
 
 
 def kl_first_tokens(

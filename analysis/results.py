@@ -1,8 +1,9 @@
 """Typed results: a run's summary, a sweep's, and an analysis; what renderers read and JSON files hold.
 
-Every block keeps fields it does not name (``extra="allow"``), so the JSON carries everything the
-analysis computed while renderers read the named fields by attribute, checked by the type checker.
-``dump()`` writes exactly what was given: nothing is added, renamed or dropped on the way to disk.
+Every block is built directly by the analysis that computes it, field by field: a block refuses a
+field it does not name (``extra="forbid"``), so what a JSON file holds is exactly what these classes
+declare, and renderers read the named fields by attribute, checked by the type checker. ``dump()`` writes
+exactly what was given: nothing is added, renamed or dropped on the way to disk.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ SUMMARY_SCHEMA_VERSION = 1
 
 
 class Block(BaseModel):
-    """A result block: named fields typed, any other field kept as it came."""
+    """A result block: every field named and typed; a field it does not name is refused."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     def dump(self) -> dict[str, Any]:
         """JSON-ready, with only the fields that were given."""
@@ -104,15 +105,15 @@ class Fit(Block):
 class Performance(Block):
     """One run's performance on one scenario (the run's own summary blocks, plus CIs and fits)."""
 
-    requests: dict[str, Any] | None = None
+    requests: Requests | None = None
     metrics: dict[str, MetricStats] = Field(default_factory=dict)
-    throughput: dict[str, Any] | None = None
-    goodput: dict[str, Any] | None = None
-    warmup: dict[str, Any] | None = None
+    throughput: Throughput | None = None
+    goodput: Goodput | None = None
+    warmup: Warmup | None = None
     cold_start: ColdStart = Field(default_factory=ColdStart)
-    overhead_pct: dict[str, Any] | None = None
-    decode_fraction: dict[str, Any] | None = None
-    tokens: dict[str, Any] | None = None
+    overhead_pct: Distribution | None = None
+    decode_fraction: Distribution | None = None
+    tokens: Tokens | None = None
     scaling: dict[str, Fit] = Field(default_factory=dict)
 
 
@@ -132,6 +133,12 @@ class ComparisonRow(Block):
     effect: str | None = None
     mde_abs: float | None = None
     verdict: str
+    mann_whitney_u: float | None = None
+    p_mann_whitney: float | None = None
+    welch_t: float | None = None
+    p_welch: float | None = None
+    #: the smallest Cohen's d the samples could detect at 80 % power
+    mde_d: float | None = None
 
 
 class GeoRatio(Block):
@@ -153,6 +160,7 @@ class Anova(Block):
 
     f: float
     p: float
+    groups: int
 
 
 class RunInfo(Block):
@@ -170,7 +178,7 @@ class RunInfo(Block):
     started_at: str | None = None
     warnings: list[str] = Field(default_factory=list)
     #: the server's own figures per stage, where the run scraped them (``analysis.server``)
-    server: dict[str, Any] | None = None
+    server: ServerSummary | None = None
 
 
 class AnalysisOptions(Block):
@@ -184,6 +192,16 @@ class AnalysisOptions(Block):
     burst_factor: float = 1.0
 
 
+class Capacity(Block):
+    """Workers a monthly token volume needs at the run's throughput, with burst headroom."""
+
+    tokens_per_month: float
+    burst_factor: float
+    tokens_per_s_per_worker: float
+    workers: float
+    workers_whole: int
+
+
 class Cost(Block):
     """Cost and capacity of one run on one scenario."""
 
@@ -191,8 +209,10 @@ class Cost(Block):
     usd_per_1m_output_tokens: float | None = None
     usd_per_1m_tokens: float | None = None
     usd_per_request: float | None = None
-    capacity: dict[str, Any] | None = None
+    capacity: Capacity | None = None
     kwh_per_1m_output_tokens: float | None = None
+    usd_per_hour: float | None = None
+    tokens_per_request: float | None = None
 
 
 class TaskScores(Block):
@@ -201,6 +221,7 @@ class TaskScores(Block):
     n: int
     scorers: dict[str, Interval | None]
     key_average: Interval | None = None
+    prompts: int = 0
 
 
 class ScorerDrift(Block):
@@ -221,6 +242,35 @@ class TaskDrift(Block):
     benchmark_delta_points: float | None = None
     generation_delta_pct: float | None = None
     tier: str | None = None
+    kl_first_tokens: KlDrift | None = None
+    drifted: bool = False
+    output_semscore: float | None = None
+    key_average: KeyAverages | None = None
+
+
+class KlDrift(Block):
+    """KL(baseline ‖ candidate) on the first tokens, over the prompts where both runs kept logprobs."""
+
+    mean: float
+    max: float
+    prompts: int
+
+
+class KeyAverages(Block):
+    """The key metrics' average in each run."""
+
+    baseline: float | None = None
+    candidate: float | None = None
+
+
+class LeastSimilar(Block):
+    """One of the prompts whose outputs moved most from the baseline's (outputs cut at 300 characters)."""
+
+    prompt_id: str
+    task: str
+    output_rouge_l: float
+    baseline: str
+    candidate: str
 
 
 class Drift(Block):
@@ -232,9 +282,15 @@ class Drift(Block):
     identical_rate: float | None = None
     output_rouge_l: float | None = None
     output_semscore: float | None = None
-    kl_first_tokens: dict[str, Any] | None = None
+    kl_first_tokens: KlDrift | None = None
     tasks: dict[str, TaskDrift]
-    least_similar: list[dict[str, Any]] = Field(default_factory=list)
+    least_similar: list[LeastSimilar] = Field(default_factory=list)
+    similarity_floor: float | None = None
+    prompts_baseline: int = 0
+    prompts_candidate: int = 0
+    only_in_baseline: list[str] = Field(default_factory=list)
+    only_in_candidate: list[str] = Field(default_factory=list)
+    tier_level: int | None = None
 
 
 class Quality(Block):
@@ -425,15 +481,179 @@ class ScenarioSummary(Block):
     by_model: dict[str, ScenarioSummary] | None = None
 
 
+class EnergyRequests(Block):
+    """Request windows by how well the power samples saw them."""
+
+    windows: int
+    by_quality: dict[str, int] = Field(default_factory=dict)
+    no_data_share: float | None = None
+
+
+class EnergyStage(Block):
+    """One stage's macro energy window against the output tokens of its steady requests."""
+
+    stage: str | None = None
+    quality: str | None = None
+    duration_s: float | None = None
+    samples: int | None = None
+    mean_power_w: float | None = None
+    delta_power_w: float | None = None
+    energy_j: float | None = None
+    output_tokens: int = 0
+    j_per_token: float | None = None
+    kwh_per_1m_tokens: float | None = None
+    flags: list[str] = Field(default_factory=list)
+
+
+class EnergySummary(Block):
+    """A run's energy: how it was measured, the idle baseline, and each stage's window."""
+
+    status: str
+    baseline: dict[str, float | int | str] | None = None
+    poller: dict[str, float | int | str | None] | None = None
+    requests: EnergyRequests | None = None
+    stages: list[EnergyStage] = Field(default_factory=list)
+
+    @property
+    def measured(self) -> list[EnergyStage]:
+        """The stages whose window gave a J/token."""
+        return [s for s in self.stages if s.j_per_token is not None and s.output_tokens]
+
+
+class ServerGauge(Block):
+    """A server gauge over a stage window: its mean and peak."""
+
+    mean: float
+    peak: float
+
+
+class ServerHistogram(Block):
+    """A server histogram over a stage window: observations made in it, their mean and quantiles."""
+
+    count: float
+    mean_s: float | None = None
+    p50_s: float | None = None
+    p90_s: float | None = None
+    p95_s: float | None = None
+    p99_s: float | None = None
+
+
+class ServerStage(Block):
+    """The server's own figures over one stage window, with the wall clock's beside its TTFT and E2E."""
+
+    stage: str
+    window_s: float
+    engine: str | None = None
+    running: ServerGauge | None = None
+    waiting: ServerGauge | None = None
+    kv_usage: ServerGauge | None = None
+    prefix_hit_rate: ServerGauge | None = None
+    preemptions: float | None = None
+    prompt_tokens: float | None = None
+    cached_prompt_tokens: float | None = None
+    generation_tokens: float | None = None
+    prefix_queries: float | None = None
+    prefix_hits: float | None = None
+    ttft: ServerHistogram | None = None
+    itl: ServerHistogram | None = None
+    e2e: ServerHistogram | None = None
+    queue_time: ServerHistogram | None = None
+    prefix_hit_ratio: float | None = None
+    ttft_wall_mean_ms: float | None = None
+    ttft_server_mean_ms: float | None = None
+    ttft_client_and_network_ms: float | None = None
+    e2e_wall_mean_ms: float | None = None
+    e2e_server_mean_ms: float | None = None
+
+    def peak(self, concept: str) -> float | None:
+        """The peak of a gauge (``running``, ``waiting``, ``kv_usage``) over the window, or None."""
+        gauge = getattr(self, concept)
+        return gauge.peak if isinstance(gauge, ServerGauge) else None
+
+
+class ServerEndpoint(Block):
+    """One endpoint the run scraped, and how the scraping went."""
+
+    url: str | None = None
+    engine: str | None = None
+    scrapes: int | None = None
+    errors: int | None = None
+    scrape_ms_p50: float | None = None
+
+
+class ServerSummary(Block):
+    """The server's own figures per stage, from its scraped metrics, and the warm-cache flags."""
+
+    status: str
+    engine: str | None = None
+    endpoints: list[ServerEndpoint] = Field(default_factory=list)
+    stages: list[ServerStage] = Field(default_factory=list)
+    prefix_cache_policy: str | None = None
+    prefix_cache_resets: int = 0
+    flags: list[str] = Field(default_factory=list)
+
+    @property
+    def scraped(self) -> bool:
+        """True when the server's metrics were read (not only a reason they could not be)."""
+        return self.status == "scraped"
+
+
 class RunSummary(Block):
     """A run's ``summary.json``: every scenario, and the energy block when energy was measured."""
 
     schema_version: int
     run_id: str | None = None
     scenarios: dict[str, ScenarioSummary]
-    energy: dict[str, Any] | None = None
+    energy: EnergySummary | None = None
     #: the server's own figures per stage, from its scraped metrics (``analysis.server``)
-    server: dict[str, Any] | None = None
+    server: ServerSummary | None = None
+
+
+class SweepServer(Block):
+    """A sweep stage's server figures, for the curve's table."""
+
+    waiting_peak: float | None = None
+    running_peak: float | None = None
+    kv_usage_peak: float | None = None
+    preemptions: float | None = None
+    prefix_hit_ratio: float | None = None
+
+
+class SweepPoint(Block):
+    """One stage of a sweep's throughput/latency curve."""
+
+    stage: str
+    load: float
+    throughput: float | None = None
+    throughput_unit: str
+    requests_per_s: float | None = None
+    success_rate: float | None = None
+    goodput_share: float | None = None
+    ttft_ms_p50: float | None = None
+    ttft_ms_pslo: float | None = None
+    tpot_ms_p50: float | None = None
+    e2e_ms_pslo: float | None = None
+    rate_achieved: float | None = None
+    lag_ms_p99: float | None = None
+    trustworthy: bool | None = None
+    server: SweepServer | None = None
+
+
+class Saturation(Block):
+    """The stage where more load stopped buying throughput within the SLOs, and why."""
+
+    stage: str
+    why: str
+    #: what the server's own series say filled up
+    server: str | None = None
+
+
+class SweepCurve(Block):
+    """A sweep's curve: every stage, the knee (the most load still worth it) and where it saturated."""
+
+    points: list[SweepPoint]
+    knee: SweepPoint | None = None
+    saturated: Saturation | None = None
 
 
 class SweepSummary(Block):
@@ -441,9 +661,9 @@ class SweepSummary(Block):
 
     schema_version: int
     run_id: str | None = None
-    sweep: dict[str, Any]
+    sweep: SweepCurve
     stages: dict[str, ScenarioSummary]
-    server: dict[str, Any] | None = None
+    server: ServerSummary | None = None
 
 
 class VariantInfo(Block):

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from agent.core.manifest import Manifest
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir, SamplingDir
 from analysis.quality import Reference
 from analysis.records import load_records
+from analysis.results import RunSummary, SweepSummary
 
 __all__ = [
     "Run",
@@ -37,8 +40,9 @@ class Run:
     path: Path
     label: str
     records: list[RequestRecord]
-    manifest: dict[str, Any] | None = None
-    summary: dict[str, Any] | None = None
+    manifest: Manifest | None = None
+    #: the run's own ``summary.json`` (a sweep's is a ``SweepSummary``), where it could be read
+    summary: RunSummary | SweepSummary | None = None
     references: dict[str, Reference] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -66,14 +70,22 @@ class Run:
         return out
 
 
-def _json(path: Path) -> dict[str, Any] | None:
+def _summary(path: Path, warnings: list[str]) -> RunSummary | SweepSummary | None:
+    """The run's own summary; one written by another version is set aside (the records still say it all)."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_bytes())
+        if isinstance(data, dict) and "sweep" in data:
+            return SweepSummary.model_validate(data)
+        return RunSummary.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        warnings.append(f"{path}: {where}: {first['msg']}; its figures are computed from the records again")
     except ValueError as e:  # not JSON, or not UTF-8
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    return data if isinstance(data, dict) else None
+        warnings.append(f"{path} is not valid JSON: {e}")
+    return None
 
 
 def _prompts_to_references(prompts: list[Any]) -> dict[str, Reference]:
@@ -84,15 +96,12 @@ def _prompts_to_references(prompts: list[Any]) -> dict[str, Reference]:
     return out
 
 
-def _manifest_references(manifest: dict[str, Any] | None) -> dict[str, Reference]:
-    if not manifest:
+def _manifest_references(manifest: Manifest | None) -> dict[str, Reference]:
+    if manifest is None:
         return {}
-    scenarios = [manifest.get("scenario") or {}, *(manifest.get("tenants") or [])]
     out: dict[str, Reference] = {}
-    for sc in scenarios:
-        normalised = sc.get("normalised") if isinstance(sc, dict) else None
-        if isinstance(normalised, dict):
-            out.update(_prompts_to_references(normalised.get("prompts") or []))
+    for sc in manifest.scenarios:
+        out.update(_prompts_to_references(sc.normalised.get("prompts") or []))
     return out
 
 
@@ -157,11 +166,11 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
         loaded = load_records(path)
         records, warnings = loaded.records, loaded.warnings
     try:
-        manifest = _json(RunDir(folder).manifest)
-        summary = _json(RunDir(folder).summary)
+        manifest = Manifest.read(RunDir(folder).manifest)
     except ValueError as e:
         warnings.append(str(e))
-        manifest = summary = None
+        manifest = None
+    summary = _summary(RunDir(folder).summary, warnings)
     refs = _manifest_references(manifest)
     if references:
         refs.update(references)

@@ -10,28 +10,20 @@ faster than a cold one would.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
+from agent.core.manifest import CacheResetEntry, Manifest, StageWindow
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir
 from agent.core.server_metrics import SeriesFile, read_series, window_figures
+from analysis.results import ServerEndpoint, ServerStage, ServerSummary
 
 __all__ = ["WARM_CACHE_FLAG", "saturation_cause", "server_summary"]
 
 #: a prefix hit ratio above this, with no reset before the stage, is flagged as a warm cache
 WARM_CACHE_FLAG = 0.3
-
-
-def _manifest(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(RunDir(run_dir).manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -44,82 +36,88 @@ def _stage_records(records: list[RequestRecord], stage: str) -> list[RequestReco
     return [r for r in records if r.load_stage == label and r.stage == "steady" and r.status == "ok"]
 
 
-def _stage(f: SeriesFile, window: dict[str, Any], records: list[RequestRecord]) -> dict[str, Any]:
-    start, end = float(window["start_unix"]), float(window["end_unix"])
-    figures = window_figures(f, start, end)
-    out: dict[str, Any] = {"stage": window["stage"], "window_s": round(end - start, 3), **figures}
-    ok = _stage_records(records, window["stage"])
+def _stage(f: SeriesFile, window: StageWindow, records: list[RequestRecord]) -> ServerStage:
+    start, end = window.start_unix, window.end_unix
+    figures = window_figures(f, start, end)  # the core's concepts, named as ServerStage names them
+    out = ServerStage.model_validate({"stage": window.stage, "window_s": round(end - start, 3), **figures})
+    ok = _stage_records(records, window.stage)
     wall_ttft, wall_e2e = _mean(r.ttft_ms for r in ok), _mean(r.e2e_ms for r in ok)
-    ttft, e2e = figures.get("ttft"), figures.get("e2e")
-    if isinstance(ttft, dict) and "mean_s" in ttft and wall_ttft is not None:
-        out["ttft_wall_mean_ms"] = wall_ttft
-        out["ttft_server_mean_ms"] = ttft["mean_s"] * 1000
-        out["ttft_client_and_network_ms"] = wall_ttft - ttft["mean_s"] * 1000
-    if isinstance(e2e, dict) and "mean_s" in e2e and wall_e2e is not None:
-        out["e2e_wall_mean_ms"] = wall_e2e
-        out["e2e_server_mean_ms"] = e2e["mean_s"] * 1000
+    if out.ttft is not None and out.ttft.mean_s is not None and wall_ttft is not None:
+        out.ttft_wall_mean_ms = wall_ttft
+        out.ttft_server_mean_ms = out.ttft.mean_s * 1000
+        out.ttft_client_and_network_ms = wall_ttft - out.ttft.mean_s * 1000
+    if out.e2e is not None and out.e2e.mean_s is not None and wall_e2e is not None:
+        out.e2e_wall_mean_ms = wall_e2e
+        out.e2e_server_mean_ms = out.e2e.mean_s * 1000
     return out
 
 
-def _flags(stages: list[dict[str, Any]], resets: list[dict[str, Any]]) -> list[str]:
-    done = {r.get("stage") for r in resets if r.get("ok")}
+def _flags(stages: list[ServerStage], resets: list[CacheResetEntry]) -> list[str]:
+    done = {r.stage for r in resets if r.ok}
     flags = []
     for st in stages:
-        ratio = st.get("prefix_hit_ratio")
-        if isinstance(ratio, float) and ratio >= WARM_CACHE_FLAG and st["stage"] not in done:
+        ratio = st.prefix_hit_ratio
+        if ratio is not None and ratio >= WARM_CACHE_FLAG and st.stage not in done:
             flags.append(
-                f"{st['stage']}: {ratio * 100:.0f} % of prompt tokens came from a prefix cache that was not "
+                f"{st.stage}: {ratio * 100:.0f} % of prompt tokens came from a prefix cache that was not "
                 "reset before the stage; a repeated run reads faster than a cold server would "
                 "(--prefix-cache reset, or a server that offers a reset)"
             )
     return flags
 
 
-def server_summary(run_dir: Path, records: Iterable[RequestRecord]) -> dict[str, Any] | None:
+def server_summary(run_dir: Path, records: Iterable[RequestRecord]) -> ServerSummary | None:
     """The run's ``server`` block, or None when nothing was scraped."""
-    manifest = _manifest(run_dir)
-    scraped = manifest.get("server_metrics")
-    if not isinstance(scraped, dict) or not scraped.get("file"):
+    try:
+        manifest = Manifest.read(RunDir(run_dir).manifest)
+    except (OSError, ValueError):
         return None
-    path = run_dir / str(scraped["file"])
+    scraped = manifest.server_metrics if manifest is not None else None
+    if manifest is None or scraped is None or not scraped.file:
+        return None
+    path = run_dir / scraped.file
     if not path.is_file():
-        return {"status": f"unavailable — {path.name} is missing"}
+        return ServerSummary(status=f"unavailable — {path.name} is missing")
     f = read_series(path)
     recs = list(records)
-    windows = [w for w in scraped.get("windows") or [] if isinstance(w, dict) and "start_unix" in w]
-    stages = [_stage(f, w, recs) for w in windows]
-    cache = manifest.get("prefix_cache") if isinstance(manifest.get("prefix_cache"), dict) else {}
-    resets = [r for r in (cache or {}).get("resets") or [] if isinstance(r, dict)]
-    return {
-        "status": "scraped",
-        "engine": f.engine(),
-        "endpoints": [
-            {k: ep.get(k) for k in ("url", "engine", "scrapes", "errors", "scrape_ms_p50")}
-            for ep in scraped.get("endpoints") or []
-            if isinstance(ep, dict)
+    stages = [_stage(f, w, recs) for w in scraped.windows]
+    cache = manifest.prefix_cache
+    resets = cache.resets if cache is not None else []
+    return ServerSummary(
+        status="scraped",
+        engine=f.engine(),
+        endpoints=[
+            ServerEndpoint(
+                url=ep.url,
+                engine=ep.engine,
+                scrapes=ep.scrapes,
+                errors=ep.errors,
+                scrape_ms_p50=ep.scrape_ms_p50,
+            )
+            for ep in scraped.endpoints
         ],
-        "stages": stages,
-        "prefix_cache_policy": (cache or {}).get("policy"),
-        "prefix_cache_resets": sum(1 for r in resets if r.get("ok")),
-        "flags": _flags(stages, resets),
-    }
+        stages=stages,
+        prefix_cache_policy=cache.policy if cache is not None else None,
+        prefix_cache_resets=sum(1 for r in resets if r.ok),
+        flags=_flags(stages, resets),
+    )
 
 
-def saturation_cause(before: dict[str, Any] | None, at: dict[str, Any] | None) -> str | None:
+def saturation_cause(before: ServerStage | None, at: ServerStage | None) -> str | None:
     """What the server says filled up between two sweep stages: its queue, KV cache, or preemptions."""
-    if not at:
+    if at is None:
         return None
     causes = []
-    waiting = (at.get("waiting") or {}).get("peak")
-    if isinstance(waiting, float) and waiting >= 1:
+    waiting = at.peak("waiting")
+    if waiting is not None and waiting >= 1:
         causes.append(f"requests queued at the server (peak {waiting:g} waiting)")
-    kv = (at.get("kv_usage") or {}).get("peak")
-    if isinstance(kv, float) and kv >= 0.9:
+    kv = at.peak("kv_usage")
+    if kv is not None and kv >= 0.9:
         causes.append(f"the KV cache filled ({kv * 100:.0f} % at peak)")
-    preempted = at.get("preemptions")
-    if isinstance(preempted, float) and preempted > 0:
+    preempted = at.preemptions
+    if preempted is not None and preempted > 0:
         causes.append(f"{preempted:g} requests preempted")
-    running, prev = (at.get("running") or {}).get("peak"), ((before or {}).get("running") or {}).get("peak")
-    if not causes and isinstance(running, float) and isinstance(prev, float) and running <= prev:
+    running, prev = at.peak("running"), before.peak("running") if before is not None else None
+    if not causes and running is not None and prev is not None and running <= prev:
         causes.append(f"the server ran no more requests at once than before (peak {running:g})")
     return "; ".join(causes) if causes else None

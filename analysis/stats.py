@@ -6,25 +6,27 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from analysis.results import Distribution
+
 __all__ = ["describe", "median"]
 
 _PCTS = (50.0, 95.0, 99.0)
 
 
-def describe(values: Iterable[float | None]) -> dict[str, float | int] | None:
+def describe(values: Iterable[float | None]) -> Distribution | None:
     """n, mean, p50, p95, p99 and max of the non-None values; None when there are none."""
     arr = np.fromiter((v for v in values if v is not None), dtype=np.float64)
     if arr.size == 0:
         return None
     p50, p95, p99 = np.percentile(arr, _PCTS)
-    return {
-        "n": int(arr.size),
-        "mean": float(arr.mean()),
-        "p50": float(p50),
-        "p95": float(p95),
-        "p99": float(p99),
-        "max": float(arr.max()),
-    }
+    return Distribution(
+        n=int(arr.size),
+        mean=float(arr.mean()),
+        p50=float(p50),
+        p95=float(p95),
+        p99=float(p99),
+        max=float(arr.max()),
+    )
 
 
 def median(values: Iterable[float | None]) -> float | None:

@@ -10,27 +10,28 @@ and drift against the baseline) and the recommendation. Across variants with a n
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.stats as sps
 
+from agent.core.manifest import Manifest
 from agent.core.rundir import RunDir, StudyDir
 from agent.core.study import Cell, Study, cell_status
-from analysis.analyze import METRICS, metric_values
+from analysis.analyze import METRICS, joules_per_token, metric_values
 from analysis.cost import usd_per_million
 from analysis.inference import anova, cohens_d, holm, min_detectable_d, scaling_fit, tost
 from analysis.quality import Sample, drift, samples_of, score_samples
 from analysis.results import (
     CellInfo,
     DecisionRow,
+    Drift,
     EquivalenceRow,
     Recommendation,
+    RunSummary,
     ScalingRow,
     StudyAnova,
     StudyResult,
@@ -60,27 +61,23 @@ def _cell_figures(run: Run) -> dict[str, float | None]:
     for metric, _, _ in METRICS:
         values = metric_values(run.records, metric)
         figures[metric] = float(np.median(values)) if values else None
-    scenarios = (run.summary or {}).get("scenarios") or {}
-    s: dict[str, Any] = next(iter(scenarios.values()), {}) if scenarios else {}
-    figures["output_tok_s"] = (s.get("throughput") or {}).get("output_tok_s")
-    figures["e2e_p95_ms"] = ((s.get("latency_ms") or {}).get("e2e") or {}).get("p95")
-    figures["success_rate"] = (s.get("requests") or {}).get("success_rate")
-    stages = ((run.summary or {}).get("energy") or {}).get("stages") or []
-    measured = [st for st in stages if st.get("j_per_token") is not None and st.get("output_tokens")]
-    tokens = sum(st["output_tokens"] for st in measured)
-    figures["j_per_token"] = (
-        sum(st["j_per_token"] * st["output_tokens"] for st in measured) / tokens if tokens else None
-    )
+    summary = run.summary if isinstance(run.summary, RunSummary) else None
+    s = next(iter(summary.scenarios.values()), None) if summary is not None else None
+    e2e = s.latency_ms.get("e2e") if s is not None else None
+    figures["output_tok_s"] = s.throughput.output_tok_s if s is not None else None
+    figures["e2e_p95_ms"] = e2e.p95 if e2e is not None else None
+    figures["success_rate"] = s.requests.success_rate if s is not None else None
+    figures["j_per_token"] = joules_per_token(summary)
     return figures
 
 
 def _failure(folder: Path) -> str | None:
     """Why a failed cell failed, where its manifest says."""
     try:
-        error = json.loads(RunDir(folder).manifest.read_text(encoding="utf-8")).get("error")
-    except (OSError, ValueError, AttributeError):
+        manifest = Manifest.read(RunDir(folder).manifest)
+    except (OSError, ValueError):
         return None
-    return str(error) if error else None
+    return manifest.error if manifest is not None and manifest.error else None
 
 
 class _Cells:
@@ -181,7 +178,7 @@ def _equivalence(study: Study, cells: _Cells) -> tuple[list[EquivalenceRow], lis
             groups = [cells.values(v, scenario, metric) for v in study.variants]
             test = anova(groups, min_groups=2)
             if test is not None:
-                tests.append(StudyAnova(scenario=scenario, metric=metric, f=test["f"], p=test["p"]))
+                tests.append(StudyAnova(scenario=scenario, metric=metric, f=test.f, p=test.p))
             rows += [
                 _compare(study, cells, scenario, metric, v) for v in study.variants if v != study.baseline
             ]
@@ -204,19 +201,19 @@ def _samples(runs: list[Run], semscorer: SemScorer | None) -> list[Sample]:
     return score_samples(samples, semscorer) if samples else samples
 
 
-def _quality(row: DecisionRow, d: dict[str, Any]) -> None:
+def _quality(row: DecisionRow, d: Drift) -> None:
     """Copy a drift result into the row: the tier, the worst deltas, and each task group's."""
-    row.tier, row.identical_rate = d["tier"], d.get("identical_rate")
-    row.kl_mean = (d.get("kl_first_tokens") or {}).get("mean")
-    for task, t in d["tasks"].items():
-        if t["tier"] is None:
+    row.tier, row.identical_rate = d.tier, d.identical_rate
+    row.kl_mean = d.kl_first_tokens.mean if d.kl_first_tokens is not None else None
+    for task, t in d.tasks.items():
+        if t.tier is None:
             continue
         row.quality_by_task[task] = TaskQuality(
-            n=t["n"],
-            tier=t["tier"],
-            benchmark_delta_points=t["benchmark_delta_points"],
-            generation_delta_pct=t["generation_delta_pct"],
-            similarity_rouge_l=t.get("output_rouge_l"),
+            n=t.n,
+            tier=t.tier,
+            benchmark_delta_points=t.benchmark_delta_points,
+            generation_delta_pct=t.generation_delta_pct,
+            similarity_rouge_l=t.output_rouge_l,
         )
     points = [
         t.benchmark_delta_points for t in row.quality_by_task.values() if t.benchmark_delta_points is not None
@@ -341,11 +338,7 @@ def _scaling(study: Study, cells: _Cells) -> list[ScalingRow]:
                             ys.append(math.log(y))
                 fit = scaling_fit(xs, ys)
                 if fit is not None:
-                    out.append(
-                        ScalingRow.model_validate(
-                            {"axis": axis, "scenario": scenario, "metric": metric, "fit": fit}
-                        )
-                    )
+                    out.append(ScalingRow(axis=axis, scenario=scenario, metric=metric, fit=fit))
     return out
 
 
@@ -353,7 +346,9 @@ def _variants(study: Study, cells: _Cells) -> list[VariantInfo]:
     infos = []
     for name, v in study.variants.items():
         runs = [r for (vn, _), rs in cells.runs.items() if vn == name for r in rs]
-        facts = ((runs[0].manifest or {}).get("backend") or {}) if runs else {}
+        manifest = runs[0].manifest if runs else None
+        backend = manifest.backend if manifest is not None else None
+        facts = backend.model_dump(mode="json", exclude_unset=True) if backend is not None else {}
         infos.append(
             VariantInfo(
                 name=name,

@@ -7,14 +7,19 @@ is full: more offered load only queues), or when its p-th percentile TTFT or E2E
 
 from __future__ import annotations
 
-from typing import Any
-
-from analysis.results import Distribution, ScenarioSummary
+from agent.core.scenario import Slo
+from analysis.results import (
+    Distribution,
+    Saturation,
+    ScenarioSummary,
+    ServerSummary,
+    SweepCurve,
+    SweepPoint,
+    SweepServer,
+)
 from analysis.server import saturation_cause
 
-__all__ = ["SweepPoint", "analyse", "explain_knee", "point", "saturation"]
-
-SweepPoint = dict[str, Any]
+__all__ = ["analyse", "explain_knee", "point", "saturation"]
 
 
 def _pct(stats: Distribution | None, percentile: float) -> float | None:
@@ -28,45 +33,43 @@ def _pct(stats: Distribution | None, percentile: float) -> float | None:
 def point(label: str, value: float, summary: ScenarioSummary, percentile: float = 95.0) -> SweepPoint:
     """One stage of the curve from its scenario summary."""
     tp, lat, load = summary.throughput, summary.latency_ms, summary.load
-    return {
-        "stage": label,
-        "load": value,
-        "throughput": tp.output_tok_s if tp.output_tok_s else tp.requests_per_s,
-        "throughput_unit": "output tok/s" if tp.output_tok_s else "req/s",
-        "requests_per_s": tp.requests_per_s,
-        "success_rate": summary.requests.success_rate,
-        "goodput_share": summary.goodput.share if summary.goodput else None,
-        "ttft_ms_p50": _pct(lat.get("ttft"), 50),
-        "ttft_ms_pslo": _pct(lat.get("ttft"), percentile),
-        "tpot_ms_p50": _pct(lat.get("tpot"), 50),
-        "e2e_ms_pslo": _pct(lat.get("e2e"), percentile),
-        "rate_achieved": load.rate_achieved if load else None,
-        "lag_ms_p99": load.schedule_lag_ms.p99 if load and load.schedule_lag_ms else None,
-        "trustworthy": load.trustworthy if load else None,
-    }
+    return SweepPoint(
+        stage=label,
+        load=value,
+        throughput=tp.output_tok_s if tp.output_tok_s else tp.requests_per_s,
+        throughput_unit="output tok/s" if tp.output_tok_s else "req/s",
+        requests_per_s=tp.requests_per_s,
+        success_rate=summary.requests.success_rate,
+        goodput_share=summary.goodput.share if summary.goodput else None,
+        ttft_ms_p50=_pct(lat.get("ttft"), 50),
+        ttft_ms_pslo=_pct(lat.get("ttft"), percentile),
+        tpot_ms_p50=_pct(lat.get("tpot"), 50),
+        e2e_ms_pslo=_pct(lat.get("e2e"), percentile),
+        rate_achieved=load.rate_achieved if load else None,
+        lag_ms_p99=load.schedule_lag_ms.p99 if load and load.schedule_lag_ms else None,
+        trustworthy=load.trustworthy if load else None,
+    )
 
 
-def saturation(points: list[SweepPoint], slo: dict[str, Any], min_gain: float) -> str | None:
+def saturation(points: list[SweepPoint], slo: Slo, min_gain: float) -> str | None:
     """Why the newest stage counts as saturated, or None while load still buys throughput in the SLOs."""
     if not points:
         return None
     last = points[-1]
-    for key, label in (("ttft_ms", "ttft_ms_pslo"), ("e2e_ms", "e2e_ms_pslo")):
-        limit = slo.get(key)
-        if limit is not None and last[label] is not None and last[label] > limit:
-            name = key.removesuffix("_ms").upper()
-            return f"{name} p{slo.get('percentile', 95):g} {last[label]:.1f} ms > SLO {limit:g} ms"
-    if last["throughput"] is None:
+    for limit, at, name in ((slo.ttft_ms, last.ttft_ms_pslo, "TTFT"), (slo.e2e_ms, last.e2e_ms_pslo, "E2E")):
+        if limit is not None and at is not None and at > limit:
+            return f"{name} p{slo.percentile:g} {at:.1f} ms > SLO {limit:g} ms"
+    if last.throughput is None:
         return "no successful requests"
     if len(points) >= 2:
-        prev = points[-2]["throughput"]
-        if prev and last["throughput"] < prev * (1 + min_gain):
-            gain = (last["throughput"] / prev - 1) * 100
+        prev = points[-2].throughput
+        if prev and last.throughput < prev * (1 + min_gain):
+            gain = (last.throughput / prev - 1) * 100
             return f"throughput rose {gain:+.1f} % (< {min_gain * 100:g} %) over the stage before"
     return None
 
 
-def analyse(points: list[SweepPoint], slo: dict[str, Any], min_gain: float) -> dict[str, Any]:
+def analyse(points: list[SweepPoint], slo: Slo, min_gain: float) -> SweepCurve:
     """The curve with the knee and where (and why) it saturated."""
     saturated_at: int | None = None
     reason: str | None = None
@@ -79,40 +82,40 @@ def analyse(points: list[SweepPoint], slo: dict[str, Any], min_gain: float) -> d
         knee = len(points) - 1 if points else None
     else:
         knee = saturated_at - 1 if saturated_at > 0 else None
-    return {
-        "points": points,
-        "knee": None if knee is None else points[knee],
-        "saturated": (
-            None if saturated_at is None else {"stage": points[saturated_at]["stage"], "why": reason}
-        ),
-    }
+    return SweepCurve(
+        points=points,
+        knee=None if knee is None else points[knee],
+        saturated=None
+        if saturated_at is None or reason is None
+        else Saturation(stage=points[saturated_at].stage, why=reason),
+    )
 
 
-def explain_knee(curve: dict[str, Any], server: dict[str, Any] | None) -> None:
+def explain_knee(curve: SweepCurve, server: ServerSummary | None) -> None:
     """Add to the saturated stage what the server's own series say filled up (queue, KV cache, preemption).
 
     The saturated stage's figures and those of the stage before it come from ``server``'s stages; each
     sweep point gains its server figures (peak waiting, peak KV use, preemptions) for the table.
     """
-    if not server or not server.get("stages"):
+    if server is None or not server.stages:
         return
-    by_stage = {st["stage"]: st for st in server["stages"]}
-    for p in curve.get("points") or []:
-        st = by_stage.get(p["stage"])
+    by_stage = {st.stage: st for st in server.stages}
+    for p in curve.points:
+        st = by_stage.get(p.stage)
         if st is not None:
-            p["server"] = {
-                "waiting_peak": (st.get("waiting") or {}).get("peak"),
-                "running_peak": (st.get("running") or {}).get("peak"),
-                "kv_usage_peak": (st.get("kv_usage") or {}).get("peak"),
-                "preemptions": st.get("preemptions"),
-                "prefix_hit_ratio": st.get("prefix_hit_ratio"),
-            }
-    sat = curve.get("saturated")
-    if not sat:
+            p.server = SweepServer(
+                waiting_peak=st.peak("waiting"),
+                running_peak=st.peak("running"),
+                kv_usage_peak=st.peak("kv_usage"),
+                preemptions=st.preemptions,
+                prefix_hit_ratio=st.prefix_hit_ratio,
+            )
+    sat = curve.saturated
+    if sat is None:
         return
-    names = [p["stage"] for p in curve.get("points") or []]
-    i = names.index(sat["stage"]) if sat["stage"] in names else -1
+    names = [p.stage for p in curve.points]
+    i = names.index(sat.stage) if sat.stage in names else -1
     before = by_stage.get(names[i - 1]) if i > 0 else None
-    cause = saturation_cause(before, by_stage.get(sat["stage"]))
+    cause = saturation_cause(before, by_stage.get(sat.stage))
     if cause:
-        sat["server"] = cause
+        sat.server = cause

@@ -8,7 +8,7 @@ import time
 from agent.cli.common import EXIT_FAILED, EXIT_OK, App, seconds
 from agent.cli.flags import energy_flags
 from agent.cli.launching import baseline_file, energy_plan
-from agent.run.manifest import write_json_atomic
+from agent.core.manifest import write_json_atomic
 
 NAME = "calibrate"
 HELP = "measure idle GPU power and store it as the energy baseline"

@@ -25,15 +25,16 @@ from agent.cli.common import EXIT_FAILED, EXIT_OK, duration, kv, seconds
 from agent.cli.settings import Settings
 from agent.core.errors import ConfigError
 from agent.core.files import HEADROOM_NAME, Headroom, release_headroom, write_atomic
+from agent.core.manifest import Clock, Durability, Manifest, ManifestFile, RecordCounts, write_json_atomic
 from agent.core.overrides import overrides_of
 from agent.core.redact import is_secret_key, remember
 from agent.core.rundir import RunDir
-from agent.core.scenario import MAX_IN_FLIGHT, Scenario, load_scenario, resolve_scenario
+from agent.core.scenario import MAX_IN_FLIGHT, Scenario, Targets, load_scenario, resolve_scenario
 from agent.energy.base import Baseline, EnergyError
 from agent.energy.meter import EnergyMeter
 from agent.energy.sources import open_source
-from agent.run.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, ServerPlan, targets_for
-from agent.run.manifest import build_manifest, write_json_atomic
+from agent.run.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, ServerPlan
+from agent.run.manifest import build_manifest
 from analysis.results import RunSummary, SweepSummary
 from exporters.http import MetricsServer
 from exporters.prometheus import RecordMetrics
@@ -277,17 +278,16 @@ def _unstarted_run(out: Path, entries: list[Path]) -> bool:
     if any(p.name not in _UNSTARTED or p.is_symlink() or not p.is_file() for p in entries):
         return False
     try:
-        manifest = json.loads(RunDir(out).manifest.read_text(encoding="utf-8"))
+        manifest = Manifest.read(RunDir(out).manifest)
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and "run_id" in manifest and manifest.get("status") != "completed"
+    return manifest is not None and manifest.run_id is not None and not manifest.completed
 
 
 async def start(
     ns: argparse.Namespace, settings: Settings, scenarios: list[Scenario], in_flight: int, err: Console
 ) -> Launch:
     """Everything the user gave checked (the metrics address bound), then the run directory made."""
-    first = scenarios[0]
     name = "+".join(sc.name for sc in scenarios)
     energy = energy_plan(ns, settings)
     server = server_plan(ns)
@@ -304,18 +304,10 @@ async def start(
         _out_dir(ns, name, make=True, path=out)
         Headroom.claim(out)  # so a disk that fills up still lets the run say how it ended
         run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        manifest = build_manifest(run_id, first, ["infermeter", *sys.argv[1:]])
-        if len(scenarios) > 1:
-            manifest["tenants"] = [
-                {
-                    "name": sc.name,
-                    "source": sc.source,
-                    "sha256": sc.config_hash(),
-                    "normalised": sc.normalised(),
-                }
-                for sc in scenarios
-            ]
-        write_json_atomic(RunDir(out).manifest, manifest)
+        manifest = ManifestFile(
+            RunDir(out).manifest, build_manifest(run_id, scenarios, ["infermeter", *sys.argv[1:]])
+        )
+        manifest.save()
     except BaseException:
         if metrics is not None:
             await metrics.server.close()
@@ -426,28 +418,25 @@ def finish(
 def _finish(
     launch: Launch, result: LaunchResult, summary: RunSummary | SweepSummary | None, err: Console
 ) -> int:
-    outcome = result.outcome
-    status = "interrupted" if outcome.interrupted else "completed"
+    outcome, m = result.outcome, launch.manifest
+    m.status = "interrupted" if outcome.interrupted else "completed"
     if result.write_error is not None:
-        status = "failed"
-        launch.manifest["error"] = str(result.write_error)
-    launch.manifest.update(
-        status=status,
-        ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        records={"total": result.written, **outcome.by_status}
+        m.status, m.error = "failed", str(result.write_error)
+    m.ended_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    m.records = (
+        RecordCounts(total=result.written, **outcome.by_status)
         if result.write_error is None
-        else {"total": result.written, "lost_in_failed_write": max(0, outcome.total - result.written)},
-        degraded_by_reason=dict(outcome.by_reason),
-        clock={"origin_perf_counter_ns": result.origin_ns, "origin_unix_s": outcome.started_unix},
-        durability={
-            "backlog_max_records": outcome.backlog_max,
-            "write_delay_ms_max": round(outcome.write_delay_ms_max, 3),
-        },
+        else RecordCounts(total=result.written, lost_in_failed_write=max(0, outcome.total - result.written))
+    )
+    m.degraded_by_reason = dict(outcome.by_reason)
+    m.clock = Clock(origin_perf_counter_ns=result.origin_ns, origin_unix_s=outcome.started_unix)
+    m.durability = Durability(
+        backlog_max_records=outcome.backlog_max, write_delay_ms_max=round(outcome.write_delay_ms_max, 3)
     )
     if outcome.chains:
-        launch.manifest["chains"] = dict(outcome.chains)
+        m.chains = dict(outcome.chains)
     if outcome.not_sent:
-        launch.manifest["not_sent_at_end"] = outcome.not_sent
+        m.not_sent_at_end = outcome.not_sent
         err.print(
             f"[yellow]{outcome.not_sent} requests due before the end were not sent[/yellow] (no free worker)"
         )
@@ -455,7 +444,7 @@ def _finish(
         if summary is not None:
             summary.run_id = launch.run_id
             write_json_atomic(RunDir(launch.out).summary, summary.dump())
-        write_json_atomic(RunDir(launch.out).manifest, launch.manifest)
+        launch.manifest_file.save()
     except OSError as e:
         err.print(Text.assemble(("error: ", "bold red"), f"cannot write the run's manifest or summary: {e}"))
         return EXIT_FAILED
@@ -484,6 +473,6 @@ def write_html(run_dir: Path, err: Console) -> None:
         err.print(Text.assemble(("warning: ", "yellow"), f"report.html not written: {e}"), soft_wrap=True)
 
 
-def targets(scenarios: list[Scenario]) -> dict[str, dict[str, Any]]:
-    """Each scenario's targets (load, objectives) by name, for the summary."""
-    return {sc.name: targets_for(sc.normalised()) for sc in scenarios}
+def targets(scenarios: list[Scenario], *, trace: bool = False) -> dict[str, Targets]:
+    """Each scenario's targets (load, objectives) by name, for the summary; a replay's are a trace's."""
+    return {sc.name: Targets.of(sc.normalised(), trace=trace) for sc in scenarios}

@@ -14,6 +14,7 @@ from agent.cli.common import App
 from agent.cli.flags import backend_flags, override_flags
 from agent.cli.launching import finish, scenario_for, start, targets
 from agent.core.errors import ConfigError
+from agent.core.manifest import TraceInfo
 from agent.core.scenario import MAX_IN_FLIGHT
 from agent.core.trace import PromptSynth, TokenCodec, TraceRequest, load_trace, trace_requests
 from agent.run.launch import StagePlan, Tenant
@@ -49,14 +50,14 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     sc = base.derive(base.normalised() | replace, location=f"replay of {ns.trace}")
     offsets = [it.timestamp / ns.speed for it in items]
     launch = await start(ns, app.settings, [sc], MAX_IN_FLIGHT, app.err)  # the trace's clock decides
-    launch.manifest["trace"] = {
-        "path": str(ns.trace),
-        "sha256": hashlib.sha256(ns.trace.read_bytes()).hexdigest(),
-        "format": ns.format,
-        "requests": len(items),
-        "span_s": items[-1].timestamp - items[0].timestamp,
-        "speed": ns.speed,
-    }
+    trace = launch.manifest.trace = TraceInfo(
+        path=str(ns.trace),
+        sha256=hashlib.sha256(ns.trace.read_bytes()).hexdigest(),
+        format=ns.format,
+        requests=len(items),
+        span_s=items[-1].timestamp - items[0].timestamp,
+        speed=ns.speed,
+    )
     corpus = "\n\n".join(p.text for p in base.prompt_list())
 
     async def prepare(backend: Backend) -> list[StagePlan]:
@@ -64,13 +65,12 @@ async def run(ns: argparse.Namespace, app: App) -> int:
         codec = backend if isinstance(backend, TokenCodec) else None
         synth = PromptSynth(corpus, codec)
         await synth.prepare()
-        launch.manifest["trace"]["prompt_lengths"] = "backend tokenizer" if synth.exact else "estimated"
+        trace.prompt_lengths = "backend tokenizer" if synth.exact else "estimated"
         requests = await trace_requests(items, sc, synth)
         return [StagePlan(None, [Tenant(sc, requests=requests, offsets=offsets)])]
 
     result = await launch.run([], prepare=prepare)
-    by_name = targets([sc])
-    by_name[sc.name]["load"]["arrival"] = "trace"
+    by_name = targets([sc], trace=True)
     summary = summarize(load_records(launch.out).records, by_name, launch.out)
     Console().print(render_summary(summary))
     return finish(launch, result, summary, app.err)

@@ -21,10 +21,10 @@ from agent.backends import create
 from agent.cli.common import EXIT_FAILED, EXIT_OK, App
 from agent.cli.launching import backend_args
 from agent.core.files import write_atomic
+from agent.core.manifest import write_json_atomic
 from agent.core.rundir import StudyDir
 from agent.core.scenario import load_scenario, resolve_scenario
 from agent.core.study import Cell, Study, load_study
-from agent.run.manifest import write_json_atomic
 from agent.run.study import StudyOutcome, StudyRunner
 
 NAME = "study"

@@ -6,14 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from agent.cli.common import EXIT_OK, App, warn
 from agent.cli.launching import write_html
 from agent.core.rundir import RunDir
-from agent.run.launch import targets_for
+from agent.core.scenario import Targets
 from analysis.records import load_records
 from analysis.render.summary import render_summary
 from analysis.summary import summarize
@@ -35,16 +34,13 @@ def run(ns: argparse.Namespace, app: App) -> int:
     loaded = load_records(ns.run_dir)
     for warning in loaded.warnings:
         warn(err, warning)
-    targets: dict[str, dict[str, Any]] = {}
+    targets: dict[str, Targets] = {}
     manifest_path = RunDir(ns.run_dir).manifest
     if manifest_path.is_file():
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             for sc in manifest.get("tenants") or [manifest["scenario"]]:
-                targets[sc["name"]] = targets_for(sc.get("normalised") or {})
-            if "trace" in manifest:
-                for t in targets.values():
-                    t["load"]["arrival"] = "trace"
+                targets[sc["name"]] = Targets.of(sc.get("normalised") or {}, trace="trace" in manifest)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             why = f"{e.__class__.__name__}: {e}"
             warn(err, f"{manifest_path} unreadable ({why}); summarised without targets")

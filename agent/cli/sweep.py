@@ -17,7 +17,7 @@ from agent.core.scenario import Scenario
 from agent.run.launch import StagePlan, Tenant
 from analysis.records import load_records
 from analysis.render.summary import render_sweep, server_lines
-from analysis.results import SUMMARY_SCHEMA_VERSION, SweepSummary
+from analysis.results import SUMMARY_SCHEMA_VERSION, SweepPoint, SweepSummary
 from analysis.server import server_summary
 from analysis.summary import summarize_stages
 from analysis.sweep import analyse, explain_knee, point, saturation
@@ -105,9 +105,9 @@ async def run(ns: argparse.Namespace, app: App) -> int:
         plans.append(StagePlan(f"{sw.over}={value:g}", [Tenant(stage_sc)], value))
     most = max(in_flight(p.tenants[0].scenario) for p in plans)
     launch = await start(ns, app.settings, [sc], most, app.err)
-    launch.manifest["sweep"] = sw.model_dump(mode="json")
-    slo = sc.slo.model_dump()
-    points: list[dict[str, Any]] = []
+    launch.manifest.sweep = sw.model_dump(mode="json")
+    slo = sc.slo
+    points: list[SweepPoint] = []
     by_name = targets([sc])
 
     def after(plan: StagePlan, records: list[RequestRecord]) -> str | None:

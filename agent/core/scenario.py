@@ -42,6 +42,7 @@ __all__ = [
     "Scenario",
     "Slo",
     "Sweep",
+    "Targets",
     "Task",
     "builtin_corpus",
     "builtin_dir",
@@ -165,6 +166,45 @@ class Slo(_Strict):
     tpot_ms: Annotated[float | None, Flag("--slo-tpot-ms", "goodput: TPOT objective")] = Field(None, gt=0)
     e2e_ms: Annotated[float | None, Flag("--slo-e2e-ms", "goodput: E2E objective")] = Field(None, gt=0)
     percentile: float = Field(95.0, gt=0, lt=100, description="the percentile a sweep holds against the SLO")
+
+
+class Targets(_Strict):
+    """What a run's summary holds its records against: the lengths, objectives and load a scenario set.
+
+    Built from a scenario's normalised config (``Targets.of``), so a summary made long after the run,
+    from its manifest, reads the same targets the run had. ``Targets()`` is a run with none known.
+    """
+
+    workload: bool = False
+    models: list[str] = Field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    #: the objectives set (ttft_ms, tpot_ms, e2e_ms), unset ones left out
+    slo: dict[str, float] = Field(default_factory=dict)
+    #: None where the load is not known (a summary without a manifest); ``trace`` for a replay
+    arrival: str | None = None
+    rate: float | None = None
+    burstiness: float | None = None
+    lag_limit_ms: float | None = None
+    max_concurrency: int | None = None
+
+    @classmethod
+    def of(cls, normalised: dict[str, Any], *, trace: bool = False) -> Targets:
+        """The targets of a scenario's normalised config (``Scenario.normalised``, or a manifest's copy)."""
+        load = normalised.get("load") or {}
+        slo = normalised.get("slo") or {}
+        return cls(
+            workload=normalised.get("workload") is not None,
+            models=sorted(normalised.get("models") or {}),
+            prompt_tokens=normalised.get("prompt_tokens"),
+            output_tokens=normalised.get("output_tokens"),
+            slo={k: slo[k] for k in ("ttft_ms", "tpot_ms", "e2e_ms") if slo.get(k) is not None},
+            arrival="trace" if trace else load.get("arrival", "closed"),
+            rate=load.get("rate"),
+            burstiness=load.get("burstiness"),
+            lag_limit_ms=load.get("lag_limit_ms"),
+            max_concurrency=load.get("max_concurrency"),
+        )
 
 
 class Sweep(_Strict):

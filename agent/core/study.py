@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.core.errors import ConfigError
+from agent.core.manifest import Manifest
 from agent.core.rundir import RunDir
 from agent.core.yamlfile import read_yaml, validate
 
@@ -208,8 +209,9 @@ def load_study(path: Path) -> Study:
 def cell_status(folder: Path) -> str:
     """``completed``, ``interrupted``, ``failed`` or ``missing``, from the cell's manifest."""
     try:
-        manifest = json.loads(RunDir(folder).manifest.read_text(encoding="utf-8"))
+        manifest = Manifest.read(RunDir(folder).manifest)
     except (OSError, ValueError):
         return "missing"
-    status = manifest.get("status") if isinstance(manifest, dict) else None
-    return status if status in ("completed", "interrupted", "failed") else "failed"
+    if manifest is None:
+        return "missing"
+    return manifest.status if manifest.status in ("completed", "interrupted", "failed") else "failed"

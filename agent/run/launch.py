@@ -24,11 +24,11 @@ from agent.backends.base import Backend
 from agent.backends.capabilities import Warming
 from agent.core.errors import InfermeterError, RecordWriteError
 from agent.core.files import release_headroom
+from agent.core.manifest import BackendFacts, EnergyInfo, Manifest, ManifestFile, write_json_atomic
 from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.core.rundir import RunDir
 from agent.core.scenario import Scenario
 from agent.energy.meter import EnergyMeter
-from agent.run.manifest import write_json_atomic
 from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
 from agent.run.serverside import ServerPlan, ServerSide
@@ -36,7 +36,7 @@ from agent.run.writer import RunOutcome, wait_ready
 from exporters.http import MetricsServer
 from exporters.jsonl import JsonlWriter
 
-__all__ = ["EnergyPlan", "Launch", "MetricsEndpoint", "ServerPlan", "StagePlan", "Tenant", "targets_for"]
+__all__ = ["EnergyPlan", "Launch", "MetricsEndpoint", "ServerPlan", "StagePlan", "Tenant"]
 
 logger = structlog.get_logger(__name__)
 
@@ -78,25 +78,6 @@ class LaunchResult:
     write_error: RecordWriteError | None = None
     #: request records that reached the operating system
     written: int = 0
-
-
-def targets_for(normalised: dict[str, Any]) -> dict[str, Any]:
-    """What a summary reports against, from a scenario's normalised config."""
-    load = normalised.get("load") or {}
-    return {
-        "workload": normalised.get("workload") is not None,
-        "models": sorted(normalised.get("models") or {}),
-        "prompt_tokens": normalised.get("prompt_tokens"),
-        "output_tokens": normalised.get("output_tokens"),
-        "slo": normalised.get("slo") or {},
-        "load": {
-            "arrival": load.get("arrival", "closed"),
-            "rate": load.get("rate"),
-            "burstiness": load.get("burstiness"),
-            "lag_limit_ms": load.get("lag_limit_ms"),
-            "max_concurrency": load.get("max_concurrency"),
-        },
-    }
 
 
 #: Signals that end a run the same way: in-flight requests recorded as interrupted, exit 128 + signal.
@@ -145,7 +126,7 @@ class Launch:
         self,
         backend: Backend,
         out: Path,
-        manifest: dict[str, Any],
+        manifest: ManifestFile,
         *,
         run_id: str,
         err: Console,
@@ -156,7 +137,7 @@ class Launch:
     ) -> None:
         self.backend = backend
         self.out = out
-        self.manifest = manifest
+        self.manifest_file = manifest
         self.run_id = run_id
         self.err = err
         self.show_progress = progress
@@ -192,8 +173,16 @@ class Launch:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
 
+    @property
+    def manifest(self) -> Manifest:
+        """The run's manifest, as far as it is known; ``_save_manifest`` writes it."""
+        return self.manifest_file.manifest
+
     def _save_manifest(self) -> None:
-        write_json_atomic(RunDir(self.out).manifest, self.manifest)
+        self.manifest_file.save()
+
+    def _backend_facts(self) -> None:
+        self.manifest.backend = BackendFacts.model_validate(self.backend.describe())
 
     async def start_backend(self) -> None:
         """Start the backend; on failure record it in the manifest and say why."""
@@ -204,7 +193,7 @@ class Launch:
             await self.backend.close()
             self.fail(str(e))
             raise
-        self.manifest["backend"] = self.backend.describe()
+        self._backend_facts()
         self._save_manifest()
 
     async def run(
@@ -222,7 +211,7 @@ class Launch:
                     await self.metrics.server.start(self.metrics.host, self.metrics.port)
                 url = self.metrics.server.url
                 self.err.print(f"Prometheus metrics on {url}/metrics")
-                self.manifest["metrics_url"] = f"{url}/metrics"
+                self.manifest.metrics_url = f"{url}/metrics"
             await self.start_backend()
             try:
                 await self._make_prompts(stages)
@@ -258,7 +247,7 @@ class Launch:
             return
         with self.err.status("making the workload's prompts with the server's tokenizer"):
             facts = await prepare_workloads(scenarios, self.backend)
-        self.manifest["workload"] = facts
+        self.manifest.workload = facts
         for name, f in facts.items():
             exact = f" ({f['exact']} exact)" if "exact" in f else ""
             self.err.print(
@@ -284,7 +273,7 @@ class Launch:
             facts = await self.backend.warm(requests, list(batches.values()))
         if facts is not None:
             self.err.print(facts.line())
-            self.manifest["backend"] = self.backend.describe()
+            self._backend_facts()
             self._save_manifest()
 
     def status(self) -> dict[str, Any]:
@@ -292,7 +281,7 @@ class Launch:
         return {
             "run_id": self.run_id,
             "out": str(self.out),
-            "status": self.manifest.get("status"),
+            "status": self.manifest.status,
             "backend": self.backend.name,
             "model": self.backend.model,
             "scenarios": sorted({r.scenario.name for r in self._runners}),
@@ -304,9 +293,10 @@ class Launch:
 
     def fail(self, why: str) -> None:
         """Mark the run failed in its manifest (once), as far as the disk still lets us."""
-        if self.manifest.get("status") != "running":
+        m = self.manifest
+        if m.status != "running":
             return
-        self.manifest.update(status="failed", error=why, ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        m.status, m.error, m.ended_at = "failed", why, time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
             self._save_manifest()
         except OSError as e:
@@ -347,7 +337,7 @@ class Launch:
         if chains.count == 0:
             RunDir(self.out).chains.unlink(missing_ok=True)
         result.written = writer.count
-        self.manifest["backend"] = self.backend.describe()  # counters such as compile evidence grew
+        self._backend_facts()  # counters such as compile evidence grew
         if self.metrics is not None:
             self._publish_compile(self._runners)
         return result
@@ -383,7 +373,7 @@ class Launch:
         self._load_end_ns = time.perf_counter_ns()
         if self.server is not None:
             await self.server.after_stage(self.stage)
-            self.manifest.update(self.server.describe())  # each window on disk as it closes (kill -9)
+            self.server.describe(self.manifest)  # each window on disk as it closes (kill -9)
             self._save_manifest()
         shared.bar.show()
         await self._energy_stage(plan.label or "steady", outcomes, stage_start)
@@ -397,7 +387,7 @@ class Launch:
         if self.server is None:
             return
         self.server.stop()
-        self.manifest.update(self.server.describe())
+        self.server.describe(self.manifest)
         self._save_manifest()
 
     async def _start_energy(self) -> None:
@@ -427,7 +417,7 @@ class Launch:
                 {"baseline": info.get("baseline"), "poller": info.get("poller"), "stages": meter.stages},
             )
             info["samples_file"] = f"{RunDir.power} ({samples} samples)"
-        self.manifest["energy"] = info
+        self.manifest.energy = EnergyInfo.model_validate(info)
         self._save_manifest()
 
     async def _energy_stage(self, label: str, outcomes: list[RunOutcome], stage_start_ns: int) -> None:
@@ -473,7 +463,8 @@ class Launch:
     def _publish_compile(self, runners: list[Runner]) -> None:
         """The manifest's compile evidence (warm pass, frames compiled under the clock) as gauges."""
         assert self.metrics is not None
-        evidence = self.manifest.get("backend", {}).get("compile") or {}
+        facts = self.manifest.backend
+        evidence = (facts.compile if facts is not None else None) or {}
         for r in runners:
             labels = (self.backend.name, self.backend.model, r.scenario.name)
             self.metrics.server.metrics.set_compile(*labels, evidence)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -14,11 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.core.files import write_atomic
-from agent.core.redact import redact_obj
+from agent.core.manifest import (
+    MANIFEST_SCHEMA_VERSION,
+    Gpu,
+    Host,
+    Manifest,
+    ScenarioRef,
+    Tool,
+)
 from agent.core.scenario import Scenario
 
-__all__ = ["build_manifest", "gpu_info", "write_json_atomic"]
+__all__ = ["build_manifest", "gpu_info"]
 
 _PACKAGES = (
     "aiohttp",
@@ -91,38 +96,31 @@ def gpu_info() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
-def build_manifest(run_id: str, scenario: Scenario, argv: list[str]) -> dict[str, Any]:
-    """The manifest at the start of a run; the CLI adds backend facts, end time and status."""
-    return {
-        "schema_version": 1,
-        "run_id": run_id,
-        "status": "running",
-        "command": argv,
-        "tool": {"name": "infermeter", "version": __version__, **_git_sha()},
-        "scenario": {
-            "name": scenario.name,
-            "source": scenario.source,
-            "sha256": scenario.config_hash(),
-            "normalised": scenario.normalised(),
-        },
-        "host": {
-            "hostname": socket.gethostname(),
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": sys.version.split()[0],
-        },
-        "gpu": gpu_info(),
-        "packages": _versions(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "ended_at": None,
-    }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON whole or not at all (``agent.core.files.write_atomic``), secrets masked on the way.
-
-    A manifest records the command line and the backend's facts, which may carry an API key or a URL
-    with a password (``agent.core.redact``).
-    """
-    write_atomic(path, json.dumps(redact_obj(data), indent=2, default=str) + "\n")
+def build_manifest(run_id: str, scenarios: list[Scenario], argv: list[str]) -> Manifest:
+    """The manifest at the start of a run; the launch adds backend facts, stage windows, end and status."""
+    refs = [
+        ScenarioRef(name=sc.name, source=sc.source, sha256=sc.config_hash(), normalised=sc.normalised())
+        for sc in scenarios
+    ]
+    out = Manifest(
+        schema_version=MANIFEST_SCHEMA_VERSION,
+        run_id=run_id,
+        status="running",
+        command=argv,
+        tool=Tool(name="infermeter", version=__version__, **_git_sha()),
+        scenario=refs[0],
+        host=Host(
+            hostname=socket.gethostname(),
+            platform=platform.platform(),
+            machine=platform.machine(),
+            cpu_count=os.cpu_count(),
+            python=sys.version.split()[0],
+        ),
+        gpu=Gpu.model_validate(gpu_info()),
+        packages=_versions(),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        ended_at=None,
+    )
+    if len(refs) > 1:
+        out.tenants = refs
+    return out

@@ -14,7 +14,6 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 from rich.console import Console
@@ -22,6 +21,7 @@ from rich.console import Console
 from agent.backends.base import Backend
 from agent.backends.capabilities import CacheReset, PrefixCacheResetting, ServesMetrics
 from agent.core.errors import InfermeterError
+from agent.core.manifest import CacheResetEntry, Manifest, PrefixCacheInfo, ServerMetricsInfo, StageWindow
 from agent.core.rundir import RunDir
 from agent.transport.scrape import Endpoint, ServerScraper
 
@@ -50,8 +50,8 @@ class ServerSide:
         self.out = out
         self.err = err
         self.scraper: ServerScraper | None = None
-        self.windows: list[dict[str, Any]] = []
-        self.resets: list[dict[str, Any]] = []
+        self.windows: list[StageWindow] = []
+        self.resets: list[CacheResetEntry] = []
         self.skipped: list[str] = []
         self._stage_start: float | None = None
 
@@ -88,7 +88,7 @@ class ServerSide:
     async def _reset(self, label: str) -> None:
         if not isinstance(self.backend, PrefixCacheResetting):
             self.resets.append(
-                {"stage": label, "ok": False, "why": f"backend '{self.backend.name}' has no way"}
+                CacheResetEntry(stage=label, ok=False, why=f"backend '{self.backend.name}' has no way")
             )
             return
         t0 = time.perf_counter()
@@ -99,7 +99,7 @@ class ServerSide:
         if not done.ok and not self.resets:
             self.err.print(f"prefix cache: not reset ({done.why})")
         ms = round((time.perf_counter() - t0) * 1000, 1)
-        self.resets.append({"stage": label, **done.to_dict(), "ms": ms})
+        self.resets.append(CacheResetEntry(stage=label, **done.to_dict(), ms=ms))
 
     async def after_stage(self, label: str) -> None:
         """Mark the window's end and keep the window."""
@@ -107,7 +107,7 @@ class ServerSide:
             await asyncio.to_thread(self.scraper.mark)
         start = self._stage_start if self._stage_start is not None else time.time()
         self.windows.append(
-            {"stage": label, "start_unix": round(start, 3), "end_unix": round(time.time(), 3)}
+            StageWindow(stage=label, start_unix=round(start, 3), end_unix=round(time.time(), 3))
         )
         self._stage_start = None
 
@@ -116,16 +116,14 @@ class ServerSide:
         if self.scraper is not None:
             self.scraper.stop()
 
-    def describe(self) -> dict[str, Any]:
-        """The manifest's ``server_metrics`` and ``prefix_cache`` blocks."""
-        metrics: dict[str, Any] = self.scraper.describe() if self.scraper is not None else {"file": None}
+    def describe(self, manifest: Manifest) -> None:
+        """Fill the manifest's ``server_metrics`` and ``prefix_cache`` sections."""
+        metrics = ServerMetricsInfo.model_validate(
+            self.scraper.describe() if self.scraper else {"file": None}
+        )
         if self.skipped:
-            metrics["not_scraped"] = self.skipped
-        metrics["windows"] = self.windows
-        return {
-            "server_metrics": metrics,
-            "prefix_cache": {
-                "policy": "reset" if self.plan.reset_prefix_cache else "keep",
-                "resets": self.resets,
-            },
-        }
+            metrics.not_scraped = self.skipped
+        metrics.windows = list(self.windows)
+        manifest.server_metrics = metrics
+        policy = "reset" if self.plan.reset_prefix_cache else "keep"
+        manifest.prefix_cache = PrefixCacheInfo(policy=policy, resets=list(self.resets))

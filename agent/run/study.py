@@ -29,10 +29,10 @@ from pathlib import Path
 
 from agent.core.errors import ConfigError
 from agent.core.files import write_atomic
+from agent.core.manifest import Manifest, ManifestFile, write_json_atomic
 from agent.core.redact import redact
 from agent.core.rundir import RunDir, StudyDir
 from agent.core.study import Cell, Study, cell_status
-from agent.run.manifest import write_json_atomic
 
 __all__ = ["CELL_FILES", "Servers", "StudyOutcome", "StudyRunner", "cell_argv", "serve_argv"]
 
@@ -271,7 +271,7 @@ class StudyRunner:
         except ServerFailed as e:  # the cell fails with the reason; the study goes on
             folder.mkdir()
             RunDir(folder).cell_log.write_text(f"error: {e}\n", encoding="utf-8")
-            write_json_atomic(RunDir(folder).manifest, {"status": "failed", "error": str(e)})
+            ManifestFile(RunDir(folder).manifest, Manifest(status="failed", error=str(e))).save()
             return "failed"
         with log_path.open("w", encoding="utf-8") as log:
             proc = subprocess.Popen(

@@ -12,7 +12,7 @@ import numpy as np
 from agent.core.files import write_atomic
 from agent.core.record import RequestRecord
 from analysis.analyze import metric_values
-from analysis.results import AnalysisResult, Drift
+from analysis.results import AnalysisResult, Drift, SweepSummary
 from analysis.runs import Run
 
 __all__ = ["write_figures"]
@@ -90,18 +90,16 @@ def itl_histogram(runs: list[Run], sc: str, out: Path) -> str | None:
 
 def sweep_curve(run: Run, out: Path) -> str | None:
     """Throughput against offered load for a sweep run, the knee marked."""
-    sweep = (run.summary or {}).get("sweep")
-    points = (sweep or {}).get("points") or []
-    if len(points) < 2:
+    if not isinstance(run.summary, SweepSummary) or len(run.summary.sweep.points) < 2:
         return None
+    points, knee = run.summary.sweep.points, run.summary.sweep.knee
     fig, ax = _plt().subplots(figsize=(6, 3.6))
-    ax.plot([p["load"] for p in points], [p["throughput"] for p in points], marker="o")
-    knee = sweep.get("knee") if sweep else None
-    if knee:
-        ax.axvline(knee["load"], linestyle="--", color="grey", label=f"knee ({knee['stage']})")
+    ax.plot([p.load for p in points], [p.throughput for p in points], marker="o")
+    if knee is not None:
+        ax.axvline(knee.load, linestyle="--", color="grey", label=f"knee ({knee.stage})")
         ax.legend(fontsize=7)
     ax.set_xlabel("offered load")
-    ax.set_ylabel(points[0].get("throughput_unit", "throughput"))
+    ax.set_ylabel(points[0].throughput_unit)
     ax.set_title(f"{run.label}: throughput vs load")
     ax.grid(alpha=0.3)
     return _save(fig, out, f"sweep_{run.label}.png")

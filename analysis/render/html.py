@@ -24,7 +24,7 @@ from agent.core.rundir import RunDir
 from agent.core.server_metrics import gauge_over_time, read_series
 from analysis.analyze import metric_values
 from analysis.render.study import DECISION_HEAD, QUALITY_HEAD, decision_cells, quality_rows
-from analysis.results import AnalysisResult, StudyResult
+from analysis.results import AnalysisResult, RunSummary, StudyResult, SweepSummary
 from analysis.runs import Run
 
 __all__ = ["MAX_POINTS", "analysis_html", "run_html", "study_html"]
@@ -266,27 +266,25 @@ def _server_timeline(run_dir: Path, records: Sequence[RequestRecord]) -> str | N
     return _figure(fig, "server-timeline")
 
 
-def _sweep_curve(summary: dict[str, Any] | None) -> str | None:
-    sweep = (summary or {}).get("sweep") or {}
-    points = sweep.get("points") or []
-    if len(points) < 2:
+def _sweep_curve(summary: RunSummary | SweepSummary | None) -> str | None:
+    if not isinstance(summary, SweepSummary) or len(summary.sweep.points) < 2:
         return None
+    points, knee = summary.sweep.points, summary.sweep.knee
     go = _go()
     fig = go.Figure(
         go.Scatter(
-            x=[p["load"] for p in points],
-            y=[p["throughput"] for p in points],
+            x=[p.load for p in points],
+            y=[p.throughput for p in points],
             mode="lines+markers",
             name="throughput",
         )
     )
-    knee = sweep.get("knee")
-    if knee:
-        fig.add_vline(x=knee["load"], line_dash="dash", annotation_text=_plot_text(f"knee ({knee['stage']})"))
+    if knee is not None:
+        fig.add_vline(x=knee.load, line_dash="dash", annotation_text=_plot_text(f"knee ({knee.stage})"))
     fig.update_layout(
         title="sweep: throughput against offered load",
         xaxis_title="offered load",
-        yaxis_title=_plot_text(points[0].get("throughput_unit", "throughput")),
+        yaxis_title=_plot_text(points[0].throughput_unit),
     )
     return _figure(fig, "sweep-curve")
 
@@ -301,8 +299,8 @@ def run_html(run: Run) -> str:
         "TPOT": [r.tpot_ms for r in ok if r.tpot_ms is not None],
         "ITL (every gap)": gaps,
     }
-    clock = (run.manifest or {}).get("clock") or {}
-    origin = clock.get("origin_perf_counter_ns")
+    clock = run.manifest.clock if run.manifest is not None else None
+    origin = clock.origin_perf_counter_ns if clock is not None else None
     parts = [
         _tag(
             "p",

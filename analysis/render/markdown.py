@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from analysis.render.text import ci, md, md_table, oneline, outputs_moved, p50, pct, share, two
-from analysis.results import AnalysisResult, Drift, Performance, RunComparison
+from analysis.results import AnalysisResult, Drift, Performance, Requests, RunComparison, Throughput, Warmup
 
 __all__ = ["SECTIONS", "render_markdown"]
 
@@ -49,20 +49,19 @@ def _server_table(result: AnalysisResult) -> list[str]:
     """The server's own view of each run's stages, where the runs scraped it."""
     rows = []
     for r in result.runs:
-        for st in (r.server or {}).get("stages") or []:
-            ratio = st.get("prefix_hit_ratio")
+        for st in r.server.stages if r.server is not None else []:
             rows.append(
                 [
                     r.label,
-                    oneline(str(st.get("stage"))),
-                    oneline(str(st.get("engine") or "—")),
-                    two((st.get("running") or {}).get("peak")),
-                    two((st.get("waiting") or {}).get("peak")),
-                    share((st.get("kv_usage") or {}).get("peak")),
-                    two(st.get("preemptions")),
-                    share(ratio),
-                    two(st.get("ttft_server_mean_ms")),
-                    two(st.get("ttft_client_and_network_ms")),
+                    oneline(st.stage),
+                    oneline(st.engine or "—"),
+                    two(st.peak("running")),
+                    two(st.peak("waiting")),
+                    share(st.peak("kv_usage")),
+                    two(st.preemptions),
+                    share(st.prefix_hit_ratio),
+                    two(st.ttft_server_mean_ms),
+                    two(st.ttft_client_and_network_ms),
                 ]
             )
     if not rows:
@@ -139,10 +138,10 @@ def performance(result: AnalysisResult) -> list[str]:
 
 
 def _performance(p: Performance) -> list[str]:
-    req = p.requests or {}
+    req = p.requests or Requests(steady=0, ok=0, degraded=0)
     out = [
-        f"{req.get('ok', 0)} ok of {req.get('steady', 0)} steady requests; success rate "
-        f"{two((req.get('success_rate') or 0) * 100, '{:.1f}')} %.",
+        f"{req.ok} ok of {req.steady} steady requests; success rate "
+        f"{two((req.success_rate or 0) * 100, '{:.1f}')} %.",
         "",
     ]
     out += md_table(
@@ -163,19 +162,19 @@ def _performance(p: Performance) -> list[str]:
 
 
 def _key_lines(p: Performance) -> list[str]:
-    warm, cold, tp = p.warmup or {}, p.cold_start, p.throughput or {}
+    warm, cold, tp = p.warmup or Warmup(), p.cold_start, p.throughput or Throughput()
     lines = [
-        f"- throughput: {two(tp.get('output_tok_s'), '{:.1f}')} output tok/s, "
-        f"{two(tp.get('requests_per_s'), '{:.3f}')} req/s",
-        f"- warmup ratio: {two(warm.get('ratio'))}"
-        + (" — above 10, use a warm pool" if warm.get("needs_warm_pool") else ""),
+        f"- throughput: {two(tp.output_tok_s, '{:.1f}')} output tok/s, "
+        f"{two(tp.requests_per_s, '{:.3f}')} req/s",
+        f"- warmup ratio: {two(warm.ratio)}"
+        + (" — above 10, use a warm pool" if warm.needs_warm_pool else ""),
         f"- cold starts: {cold.n} (TTFT p50 {two(cold.ttft_p50_ms, '{:.1f}')} ms, "
         f"{two(cold.ttft_p50_delta_ms, '{:+.1f}')} ms over steady)",
         f"- decode fraction p50: {two(p50(p.decode_fraction), '{:.3f}')}; "
         f"overhead outside native decode p50: {two(p50(p.overhead_pct), '{:.1f}')} %",
     ]
     if p.goodput:
-        lines.append(f"- goodput: {p.goodput['share'] * 100:.1f} % of steady requests met {p.goodput['slo']}")
+        lines.append(f"- goodput: {p.goodput.share * 100:.1f} % of steady requests met {p.goodput.slo}")
     for name, fit in p.scaling.items():
         verdict = "actionable" if fit.actionable else "not actionable (R² < 0.2 or CI spans 0)"
         lines.append(
@@ -230,7 +229,7 @@ def _drift(label: str, d: Drift) -> list[str]:
         f" output-vs-baseline ROUGE-L {two(d.output_rouge_l, '{:.3f}')}, SemScore "
         f"{two(d.output_semscore, '{:.3f}')}; KL(baseline ‖ candidate) over the first tokens "
         + (
-            f"mean {kl['mean']:.4f}, max {kl['max']:.4f} nats ({kl['prompts']} prompts)."
+            f"mean {kl.mean:.4f}, max {kl.max:.4f} nats ({kl.prompts} prompts)."
             if kl
             else "not available (no logprobs recorded)."
         ),
@@ -252,8 +251,8 @@ def _drift(label: str, d: Drift) -> list[str]:
     if d.least_similar:
         out.append("Least similar outputs:")
         out += [
-            f"- {md(row['prompt_id'])} ({md(row['task'])}, ROUGE-L {row['output_rouge_l']:.2f}): "
-            f"baseline “{oneline(row['baseline'])}” → candidate “{oneline(row['candidate'])}”"
+            f"- {md(row.prompt_id)} ({md(row.task)}, ROUGE-L {row.output_rouge_l:.2f}): "
+            f"baseline “{oneline(row.baseline)}” → candidate “{oneline(row.candidate)}”"
             for row in d.least_similar
         ]
         out.append("")
@@ -267,7 +266,7 @@ def cost(result: AnalysisResult) -> list[str]:
     rows = []
     for label, per in result.cost.items():
         for sc, c in per.items():
-            cap = c.capacity or {}
+            cap = c.capacity
             rows.append(
                 [
                     label,
@@ -276,7 +275,7 @@ def cost(result: AnalysisResult) -> list[str]:
                     two(c.usd_per_1m_output_tokens, "${:.2f}"),
                     two(c.usd_per_1m_tokens, "${:.2f}"),
                     two(c.usd_per_request, "${:.5f}"),
-                    two(cap.get("workers"), "{:.2f}") + (f" → {cap['workers_whole']}" if cap else ""),
+                    two(cap.workers if cap else None, "{:.2f}") + (f" → {cap.workers_whole}" if cap else ""),
                     two(c.kwh_per_1m_output_tokens, "{:.2f}"),
                 ]
             )

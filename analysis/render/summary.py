@@ -9,7 +9,18 @@ from rich.table import Table
 from rich.text import Text
 
 from analysis.render.text import fmt
-from analysis.results import Distribution, LengthCheck, LoadFidelity, RunSummary, ScenarioSummary
+from analysis.results import (
+    Distribution,
+    EnergySummary,
+    LengthCheck,
+    LoadFidelity,
+    RunSummary,
+    ScenarioSummary,
+    ServerGauge,
+    ServerSummary,
+    SweepCurve,
+    SweepServer,
+)
 
 __all__ = ["energy_line", "render_summary", "render_sweep", "server_lines"]
 
@@ -180,56 +191,54 @@ def render_summary(summary: RunSummary) -> Group:
     return Group(*parts)
 
 
-def _peak(block: Any, scale: float = 1.0, unit: str = "") -> str:
-    if not isinstance(block, dict):
+def _peak(block: ServerGauge | None, scale: float = 1.0, unit: str = "") -> str:
+    if block is None:
         return "—"
-    return f"mean {fmt(block['mean'] * scale)}{unit} peak {fmt(block['peak'] * scale)}{unit}"
+    return f"mean {fmt(block.mean * scale)}{unit} peak {fmt(block.peak * scale)}{unit}"
 
 
-def server_lines(server: dict[str, Any]) -> list[str]:
+def server_lines(server: ServerSummary) -> list[str]:
     """The server's own view of each stage: queue, KV cache, preemptions, prefix hits, its TTFT."""
-    if server.get("status") != "scraped":
-        return [f"server          {server.get('status')}"]
+    if not server.scraped:
+        return [f"server          {server.status}"]
     lines = []
-    for st in server.get("stages") or []:
-        ratio = st.get("prefix_hit_ratio")
+    for st in server.stages:
+        ratio = st.prefix_hit_ratio
         line = (
-            f"server          {st['stage']} ({st.get('engine') or 'unknown engine'}): running "
-            f"{_peak(st.get('running'))}, waiting {_peak(st.get('waiting'))}, KV cache "
-            f"{_peak(st.get('kv_usage'), 100, ' %')}, preemptions {fmt(st.get('preemptions'), '{:g}')}, "
-            f"prefix hits {fmt(ratio * 100 if isinstance(ratio, float) else None, '{:.1f}')} %"
+            f"server          {st.stage} ({st.engine or 'unknown engine'}): running "
+            f"{_peak(st.running)}, waiting {_peak(st.waiting)}, KV cache "
+            f"{_peak(st.kv_usage, 100, ' %')}, preemptions {fmt(st.preemptions, '{:g}')}, "
+            f"prefix hits {fmt(ratio * 100 if ratio is not None else None, '{:.1f}')} %"
         )
-        if "ttft_server_mean_ms" in st:
+        if st.ttft_server_mean_ms is not None:
             line += (
-                f"\n                TTFT mean: server {fmt(st['ttft_server_mean_ms'])} ms, wall "
-                f"{fmt(st['ttft_wall_mean_ms'])} ms, client and network "
-                f"{fmt(st['ttft_client_and_network_ms'])} ms"
+                f"\n                TTFT mean: server {fmt(st.ttft_server_mean_ms)} ms, wall "
+                f"{fmt(st.ttft_wall_mean_ms)} ms, client and network "
+                f"{fmt(st.ttft_client_and_network_ms)} ms"
             )
         lines.append(line)
-    if not server.get("stages"):
+    if not server.stages:
         lines.append("server          scraped, but no stage window was kept")
-    lines += [f"WARNING         {flag}" for flag in server.get("flags") or []]
+    lines += [f"WARNING         {flag}" for flag in server.flags]
     return lines
 
 
-def energy_line(energy: dict[str, Any]) -> str:
+def energy_line(energy: EnergySummary) -> str:
     """One line: J/token and kWh per 1M tokens from macro windows, and request-window coverage."""
-    if "stages" not in energy:
-        return f"energy          {energy['status']}"
+    if energy.requests is None:
+        return f"energy          {energy.status}"
     bits = []
-    for st in energy["stages"]:
-        if st["j_per_token"] is None:
-            bits.append(f"{st['stage']}: {st['quality']} (no J/token)")
+    for st in energy.stages:
+        if st.j_per_token is None or st.kwh_per_1m_tokens is None:
+            bits.append(f"{st.stage}: {st.quality} (no J/token)")
         else:
-            bits.append(
-                f"{st['stage']}: {st['j_per_token']:.3f} J/token, {st['kwh_per_1m_tokens']:.3f} kWh/1M tokens"
-            )
-    share = energy["requests"]["no_data_share"]
+            bits.append(f"{st.stage}: {st.j_per_token:.3f} J/token, {st.kwh_per_1m_tokens:.3f} kWh/1M tokens")
+    share = energy.requests.no_data_share
     seen = "" if share is None else f"; request windows without data {share * 100:.0f} %"
     return "energy          " + "; ".join(bits) + seen
 
 
-def render_sweep(curve: dict[str, Any], over: str, percentile: float) -> Table:
+def render_sweep(curve: SweepCurve, over: str, percentile: float) -> Table:
     """The sweep's stages as a table, the knee marked and the saturation said in the caption."""
     table = Table(title="throughput / latency by stage", box=None)
     for col in (
@@ -244,43 +253,40 @@ def render_sweep(curve: dict[str, Any], over: str, percentile: float) -> Table:
         "lag p99",
     ):
         table.add_column(col, justify="right")
-    served = any(p.get("server") for p in curve["points"])
+    served = any(p.server for p in curve.points)
     if served:  # the server's own view of each stage, from its scraped metrics
         for col in ("server queue peak", "KV peak", "preempted"):
             table.add_column(col, justify="right")
-    knee = (curve.get("knee") or {}).get("stage")
-    for p in curve["points"]:
-        mark = " ◀ knee" if p["stage"] == knee else ""
-        srv = p.get("server") or {}
+    knee = curve.knee.stage if curve.knee is not None else None
+    for p in curve.points:
+        mark = " ◀ knee" if p.stage == knee else ""
+        srv = p.server or SweepServer()
+        kv = srv.kv_usage_peak
         extra = (
             [
-                fmt(srv.get("waiting_peak"), "{:g}"),
-                fmt(srv["kv_usage_peak"] * 100 if srv.get("kv_usage_peak") is not None else None, "{:.1f} %"),
-                fmt(srv.get("preemptions"), "{:g}"),
+                fmt(srv.waiting_peak, "{:g}"),
+                fmt(kv * 100 if kv is not None else None, "{:.1f} %"),
+                fmt(srv.preemptions, "{:g}"),
             ]
             if served
             else []
         )
         table.add_row(
-            f"{p['load']:g}{mark}",
-            f"{fmt(p['throughput'])} {p['throughput_unit']}",
-            fmt(p["requests_per_s"], "{:.2f}"),
-            fmt(p["ttft_ms_p50"]),
-            fmt(p["ttft_ms_pslo"]),
-            fmt(p["tpot_ms_p50"]),
-            fmt(p["e2e_ms_pslo"]),
-            fmt(p["goodput_share"] * 100 if p["goodput_share"] is not None else None, "{:.0f} %"),
-            fmt(p["lag_ms_p99"], "{:.2f}"),
+            f"{p.load:g}{mark}",
+            f"{fmt(p.throughput)} {p.throughput_unit}",
+            fmt(p.requests_per_s, "{:.2f}"),
+            fmt(p.ttft_ms_p50),
+            fmt(p.ttft_ms_pslo),
+            fmt(p.tpot_ms_p50),
+            fmt(p.e2e_ms_pslo),
+            fmt(p.goodput_share * 100 if p.goodput_share is not None else None, "{:.0f} %"),
+            fmt(p.lag_ms_p99, "{:.2f}"),
             *extra,
         )
-    sat = curve.get("saturated")
-    caption = (
-        f"knee at {over} {curve['knee']['load']:g}" if curve.get("knee") else "no knee: first stage saturated"
-    )
-    caption += (
-        f"; saturated at {sat['stage']}: {sat['why']}" if sat else "; not saturated within the stages run"
-    )
-    if sat and sat.get("server"):
-        caption += f"; the server says: {sat['server']}"
+    sat = curve.saturated
+    caption = f"knee at {over} {curve.knee.load:g}" if curve.knee else "no knee: first stage saturated"
+    caption += f"; saturated at {sat.stage}: {sat.why}" if sat else "; not saturated within the stages run"
+    if sat and sat.server:
+        caption += f"; the server says: {sat.server}"
     table.caption = caption
     return table

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from rich.text import Text
 
 from agent.core.text import for_terminal, md_cell
-from analysis.results import Drift, Interval
+from analysis.results import Distribution, Drift, Interval
 
 __all__ = ["ci", "fmt", "md", "md_table", "oneline", "outputs_moved", "p50", "pct", "share", "term", "two"]
 
@@ -31,9 +30,9 @@ def two(value: float | None, spec: str = "{:.2f}") -> str:
     return fmt(value, spec)
 
 
-def p50(stats: Mapping[str, Any] | None) -> float | None:
-    """The p50 of a ``describe`` block, or None."""
-    return None if stats is None else stats["p50"]
+def p50(stats: Distribution | None) -> float | None:
+    """The p50 of a distribution, or None."""
+    return None if stats is None else stats.p50
 
 
 def share(value: float | None) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from agent.core.record import RequestRecord
 from analysis.render.summary import energy_line
+from analysis.results import EnergySummary
 from analysis.summary import summarize
 
 
@@ -51,13 +52,17 @@ def test_j_per_token_comes_from_the_macro_window(tmp_path: Path) -> None:
     assert stage["kwh_per_1m_tokens"] == pytest.approx(500 / 800 * 1e6 / 3.6e6)
     assert energy["requests"]["by_quality"] == {"good": 6, "no_data": 2}
     assert energy["requests"]["no_data_share"] == pytest.approx(0.25)
-    assert "0.625 J/token" in energy_line(energy) and "without data 25 %" in energy_line(energy)
+    assert "0.625 J/token" in energy_line(
+        EnergySummary.model_validate(energy)
+    ) and "without data 25 %" in energy_line(EnergySummary.model_validate(energy))
 
 
 def test_a_macro_window_without_coverage_gives_no_j_per_token(tmp_path: Path) -> None:
     run = write_run(tmp_path, [{"stage": "steady", "quality": "no_data", "energy_j": None, "samples": 1}])
     energy = summarize([rec(0)], run_dir=run).dump()["energy"]
-    assert energy["stages"][0]["j_per_token"] is None and "no J/token" in energy_line(energy)
+    assert energy["stages"][0]["j_per_token"] is None and "no J/token" in energy_line(
+        EnergySummary.model_validate(energy)
+    )
 
 
 def test_unavailable_energy_is_reported_as_such(tmp_path: Path) -> None:
@@ -66,5 +71,5 @@ def test_unavailable_energy_is_reported_as_such(tmp_path: Path) -> None:
     )
     energy = summarize([rec(0)], run_dir=tmp_path).dump()["energy"]
     assert energy == {"status": "unavailable — NVML not found"}
-    assert energy_line(energy).endswith("unavailable — NVML not found")
+    assert energy_line(EnergySummary.model_validate(energy)).endswith("unavailable — NVML not found")
     assert "energy" not in summarize([rec(0)]).dump()

@@ -107,17 +107,15 @@ def test_anova_geomean_and_fits() -> None:
     groups = [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0], [5.0, 6.0, 7.5]]
     res = anova(groups)
     ref = sps.f_oneway(*groups)
-    assert (
-        res is not None and res["f"] == pytest.approx(ref.statistic) and res["p"] == pytest.approx(ref.pvalue)
-    )
+    assert res is not None and res.f == pytest.approx(ref.statistic) and res.p == pytest.approx(ref.pvalue)
     assert anova(groups[:2]) is None
     assert geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
     assert geometric_mean([1.0, 0.0]) is None
     x = np.arange(20, dtype=float)
     fit = scaling_fit(x, 2 * x + 1 + np.random.default_rng(0).normal(0, 0.1, 20))
-    assert fit is not None and fit["slope"] == pytest.approx(2.0, abs=0.02) and fit["actionable"]
+    assert fit is not None and fit.slope == pytest.approx(2.0, abs=0.02) and fit.actionable
     noise = scaling_fit(x, np.random.default_rng(1).normal(0, 1, 20))
-    assert noise is not None and noise["actionable"] is False
+    assert noise is not None and noise.actionable is False
     assert scaling_fit([1, 1, 1], [1, 2, 3]) is None
 
 
@@ -140,11 +138,11 @@ def test_cost_formulas_by_hand() -> None:
         joules_per_token=0.36,
     )
     assert block is not None
-    assert block["usd_per_1m_output_tokens"] == pytest.approx(20.0)
-    assert block["usd_per_1m_tokens"] == pytest.approx(10.0)
-    assert block["usd_per_request"] == pytest.approx(300 / 1e6 * 10.0)
-    assert block["capacity"]["workers"] == pytest.approx(15.0) and block["capacity"]["workers_whole"] == 15
-    assert block["kwh_per_1m_output_tokens"] == pytest.approx(0.1)
+    assert block.usd_per_1m_output_tokens == pytest.approx(20.0)
+    assert block.usd_per_1m_tokens == pytest.approx(10.0)
+    assert block.usd_per_request == pytest.approx(300 / 1e6 * 10.0)
+    assert block.capacity.workers == pytest.approx(15.0) and block.capacity.workers_whole == 15
+    assert block.kwh_per_1m_output_tokens == pytest.approx(0.1)
     assert (
         cost_block(
             output_tok_s=50.0,

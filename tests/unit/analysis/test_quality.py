@@ -75,7 +75,7 @@ def test_score_samples_uses_each_tasks_scorers() -> None:
     assert by_id["m2"] == {"mc_accuracy": 1.0, "exact_match": 0.0}
     assert by_id["free"] == {"repetition": pytest.approx(0.8)}
     assert sum(steps) == len(samples)
-    table = task_scores(samples, resamples=200, seed=1)
+    table = {k: v.dump() for k, v in task_scores(samples, resamples=200, seed=1).items()}
     assert table["multiple_choice"]["scorers"]["mc_accuracy"]["estimate"] == 1.0
     assert table["qa"]["key_average"]["estimate"] == pytest.approx((1.0 + by_id["q2"]["rouge_l"]) / 2)
 
@@ -85,7 +85,7 @@ def _scored(texts: dict[str, str]) -> list[Sample]:
 
 
 def test_identical_rerun_is_not_drift() -> None:
-    d = drift(_scored(GOOD), _scored(GOOD), None, resamples=200, seed=1)
+    d = drift(_scored(GOOD), _scored(GOOD), None, resamples=200, seed=1).dump()
     assert d["identical_rate"] == 1.0 and d["output_rouge_l"] == 1.0
     assert d["drifted"] is False and d["tier"] == "negligible"
     assert d["tasks"]["qa"]["generation_delta_pct"] == 0.0
@@ -94,7 +94,7 @@ def test_identical_rerun_is_not_drift() -> None:
 
 def test_worse_answers_are_drift_with_the_right_tier() -> None:
     worse = {**GOOD, "q1": "Kyoto.", "m1": "A", "q2": "Mars is known as the Red Planet."}
-    d = drift(_scored(GOOD), _scored(worse), None, resamples=200, seed=1)
+    d = drift(_scored(GOOD), _scored(worse), None, resamples=200, seed=1).dump()
     mc = d["tasks"]["multiple_choice"]
     assert mc["benchmark_delta_points"] == pytest.approx(-50.0)  # one of two letters lost
     assert mc["tier"] == "unacceptable"
@@ -107,7 +107,7 @@ def test_worse_answers_are_drift_with_the_right_tier() -> None:
 
 
 def test_prompts_only_in_one_run_are_listed() -> None:
-    d = drift(_scored(GOOD), _scored({"q1": GOOD["q1"], "new": "x"}), None, resamples=200, seed=1)
+    d = drift(_scored(GOOD), _scored({"q1": GOOD["q1"], "new": "x"}), None, resamples=200, seed=1).dump()
     assert d["prompts_shared"] == 1
     assert d["only_in_baseline"] == ["free", "m1", "m2", "q2"]
     assert d["only_in_candidate"] == ["new"]
@@ -151,11 +151,11 @@ def test_drift_reports_kl_where_logprobs_were_kept() -> None:
         None,
         resamples=200,
         seed=1,
-    )
+    ).dump()
     expected = 0.6 * math.log(0.6 / 0.5) + 0.3 * math.log(0.3 / 0.4)
     assert d["kl_first_tokens"] == {
         "mean": pytest.approx(expected),
         "max": pytest.approx(expected),
         "prompts": 5,
     }
-    assert drift(_scored(GOOD), _scored(GOOD), None, resamples=200, seed=1)["kl_first_tokens"] is None
+    assert drift(_scored(GOOD), _scored(GOOD), None, resamples=200, seed=1).kl_first_tokens is None

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from agent.core.record import RequestRecord
+from agent.core.scenario import Targets
 from analysis.records import load_records
 from analysis.stats import describe
 from analysis.summary import summarize
@@ -46,11 +47,11 @@ def rec(
 def test_describe_matches_numpy() -> None:
     values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
     d = describe([*values, None])
-    assert d is not None and d["n"] == 8
-    assert d["p50"] == pytest.approx(np.percentile(values, 50))
-    assert d["p95"] == pytest.approx(np.percentile(values, 95))
-    assert d["p99"] == pytest.approx(np.percentile(values, 99))
-    assert (d["max"], d["mean"]) == (9.0, pytest.approx(np.mean(values)))
+    assert d is not None and d.n == 8
+    assert d.p50 == pytest.approx(np.percentile(values, 50))
+    assert d.p95 == pytest.approx(np.percentile(values, 95))
+    assert d.p99 == pytest.approx(np.percentile(values, 99))
+    assert (d.max, d.mean) == (9.0, pytest.approx(np.mean(values)))
     assert describe([]) is None and describe([None]) is None
 
 
@@ -62,7 +63,8 @@ def test_steady_ok_only_with_success_rate_and_warmup_ratio() -> None:
         rec(3, e2e=200.0, ttft=30.0),
         rec(4, e2e=5.0, ttft=1.0, status="degraded", reason="http_503"),
     ]
-    s = summarize(records, {"chat": {"prompt_tokens": 256, "output_tokens": 3}}).dump()["scenarios"]["chat"]
+    targets = {"chat": Targets.of({"prompt_tokens": 256, "output_tokens": 3})}
+    s = summarize(records, targets).dump()["scenarios"]["chat"]
     assert s["requests"] == {
         "steady": 4,
         "ok": 3,
@@ -129,7 +131,7 @@ def test_goodput_counts_failures_as_misses_and_latency_keeps_its_n() -> None:
         rec(4, e2e=100.0, ttft=20.0, status="degraded", reason="http_503"),
     ]
     slo = {"ttft_ms": 50.0, "e2e_ms": 500.0, "tpot_ms": None}
-    s = summarize(records, {"chat": {"slo": slo}}).dump()["scenarios"]["chat"]
+    s = summarize(records, {"chat": Targets.of({"slo": slo})}).dump()["scenarios"]["chat"]
     good = s["goodput"]
     assert (good["met"], good["of"], good["share"]) == (1, 4, 0.25)
     assert good["slo"] == {"ttft_ms": 50.0, "e2e_ms": 500.0}
@@ -143,9 +145,9 @@ def test_open_loop_fidelity_reports_requested_scheduled_and_achieved_rate() -> N
         for i, lag in enumerate([0.1, 0.2, 0.3, 25.0, 0.1])
     ]
     load = {"arrival": "constant", "rate": 10.0, "lag_limit_ms": 10.0}
-    s = summarize(records, {"chat": {"load": load}}).dump()["scenarios"]["chat"]["load"]
+    s = summarize(records, {"chat": Targets.of({"load": load})}).dump()["scenarios"]["chat"]["load"]
     assert s["rate_requested"] == 10.0 and s["rate_scheduled"] == pytest.approx(10.0)
     assert s["rate_achieved"] == pytest.approx(4 / 0.4)
     assert s["schedule_lag_ms"]["max"] == 25.0 and s["trustworthy"] is False
-    closed = summarize([rec(1, e2e=1.0, ttft=1.0)], {"chat": {"load": {"arrival": "closed"}}})
+    closed = summarize([rec(1, e2e=1.0, ttft=1.0)], {"chat": Targets.of({"load": {"arrival": "closed"}})})
     assert closed.scenarios["chat"].load is None

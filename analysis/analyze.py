@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.core.figures import COMPARED
 from agent.core.record import RequestRecord
 from analysis.cost import cost_block
 from analysis.inference import (
@@ -65,17 +66,8 @@ __all__ = ["ANALYSIS_SCHEMA_VERSION", "METRICS", "Options", "analyze", "metric_v
 ANALYSIS_SCHEMA_VERSION = 1
 
 #: Per-request metrics compared between runs: (record field or derived name, lower is better, unit).
-METRICS: tuple[tuple[str, bool, str], ...] = (
-    ("ttft_ms", True, "ms"),
-    ("tpot_ms", True, "ms"),
-    ("itl_ms_median", True, "ms"),
-    ("e2e_ms", True, "ms"),
-    ("prefill_ms", True, "ms"),
-    ("decode_ms", True, "ms"),
-    ("wall_tok_s", False, "tok/s"),
-    ("native_tok_s", False, "tok/s"),
-    ("overhead_pct", True, "%"),
-)
+#: The per-request figures compared between runs, from the figure catalogue (``agent.core.figures``).
+METRICS = COMPARED
 
 
 @dataclass(slots=True)
@@ -135,14 +127,14 @@ def _fits(records: list[RequestRecord]) -> dict[str, Fit]:
 
 def _metrics(records: list[RequestRecord], opts: Options) -> dict[str, MetricStats]:
     out: dict[str, MetricStats] = {}
-    for metric, lower, unit in METRICS:
-        values = metric_values(records, metric)
+    for fig in METRICS:
+        values = metric_values(records, fig.key)
         distribution = describe(values)
         if distribution is None:
             continue
-        out[metric] = MetricStats(
-            unit=unit,
-            lower_is_better=lower,
+        out[fig.key] = MetricStats(
+            unit=fig.unit,
+            lower_is_better=fig.lower_is_better,
             distribution=distribution,
             median_ci=bootstrap_ci(values, "median", resamples=opts.resamples, seed=opts.seed),
         )
@@ -239,22 +231,22 @@ def _comparisons(
     for sc in shared:
         rows = [
             compare(
-                metric,
-                metric_values(base_sc[sc], metric),
-                metric_values(cand_sc[sc], metric),
-                lower_is_better=lower,
+                fig.key,
+                metric_values(base_sc[sc], fig.key),
+                metric_values(cand_sc[sc], fig.key),
+                lower_is_better=fig.lower_is_better,
                 alpha=opts.alpha,
                 resamples=opts.resamples,
                 seed=opts.seed,
             )
-            for metric, lower, _ in METRICS
+            for fig in METRICS
         ]
         rows = [c for c in rows if c.n_baseline or c.n_candidate]
         by_scenario[sc] = rows
         flat += rows
     compare_many(flat, opts.alpha)
     ratios: dict[str, GeoRatio] = {}
-    for metric, _, _ in METRICS:
+    for metric in (f.key for f in METRICS):
         values = [
             c.median_candidate / c.median_baseline
             for rows in by_scenario.values()
@@ -326,7 +318,7 @@ def _anova(everyone: list[Run]) -> dict[str, dict[str, Anova]]:
     out: dict[str, dict[str, Anova]] = {}
     for sc in sorted(set.intersection(*(set(r.by_scenario) for r in everyone))):
         rows = {}
-        for metric, _, _ in METRICS:
+        for metric in (f.key for f in METRICS):
             test = anova([metric_values(r.by_scenario[sc], metric) for r in everyone])
             if test is not None:
                 rows[metric] = test

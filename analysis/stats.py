@@ -6,11 +6,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from agent.core.figures import PERCENTILES
 from analysis.results import Distribution
 
 __all__ = ["describe", "median"]
 
-_PCTS = (50.0, 95.0, 99.0)
+_PCTS = PERCENTILES
 
 
 def describe(values: Iterable[float | None]) -> Distribution | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.stats as sps
 
+from agent.core.figures import RUN_FIGURES
 from agent.core.manifest import Manifest
 from agent.core.rundir import RunDir, StudyDir
 from agent.core.study import Cell, Study, cell_status
@@ -44,21 +45,16 @@ from analysis.scorers import SemScorer
 __all__ = ["CELL_FIGURES", "STUDY_SCHEMA_VERSION", "analyze_study"]
 
 STUDY_SCHEMA_VERSION = 1
-#: Cell-level figures beside the per-request medians: (name, lower is better).
-CELL_FIGURES: tuple[tuple[str, bool], ...] = (
-    ("output_tok_s", False),
-    ("e2e_p95_ms", True),
-    ("success_rate", False),
-    ("j_per_token", True),
-)
-LOWER_IS_BETTER = {m: lower for m, lower, _ in METRICS} | dict(CELL_FIGURES)
+#: Cell-level figures beside the per-request medians, from the figure catalogue.
+CELL_FIGURES = RUN_FIGURES
+LOWER_IS_BETTER = {f.key: f.lower_is_better for f in (*METRICS, *CELL_FIGURES)}
 ACCEPTABLE = ("negligible", "acceptable")
 
 
 def _cell_figures(run: Run) -> dict[str, float | None]:
     """One value per metric for the cell: request medians, and the cell's rates from its summary."""
     figures: dict[str, float | None] = {}
-    for metric, _, _ in METRICS:
+    for metric in (f.key for f in METRICS):
         values = metric_values(run.records, metric)
         figures[metric] = float(np.median(values)) if values else None
     summary = run.summary if isinstance(run.summary, RunSummary) else None
@@ -118,7 +114,7 @@ class _Cells:
 
     def metrics(self) -> list[str]:
         """Every metric some completed cell has a value for, in a stable order."""
-        names = [m for m, _, _ in METRICS] + [m for m, _ in CELL_FIGURES]
+        names = [f.key for f in (*METRICS, *CELL_FIGURES)]
         return [m for m in names if any(c.figures.get(m) is not None for c in self.infos)]
 
 
@@ -171,7 +167,8 @@ def _verdicts(rows: list[EquivalenceRow], alpha: float) -> None:
 
 
 def _equivalence(study: Study, cells: _Cells) -> tuple[list[EquivalenceRow], list[StudyAnova]]:
-    metrics = [m for m in cells.metrics() if m in study.equivalence.metrics or m in dict(CELL_FIGURES)]
+    cell_figures = {f.key for f in CELL_FIGURES}
+    metrics = [m for m in cells.metrics() if m in study.equivalence.metrics or m in cell_figures]
     rows, tests = [], []
     for scenario in study.scenarios:
         for metric in metrics:

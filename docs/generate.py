@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import BaseModel  # noqa: E402 - after the path set-up a script needs
 
-from agent.core import server_metrics  # noqa: E402
+from agent.core import figures, server_metrics  # noqa: E402
 from agent.core.record import ChainRecord, RequestRecord  # noqa: E402
 from exporters import names  # noqa: E402
 
@@ -98,6 +98,17 @@ def metrics() -> str:
         "so a quantile read from them is within that much of the true value; schedule lag starts at 10 µs.",
         "How to use them is in [metrics-and-alerts.md](metrics-and-alerts.md).",
         "",
+        "## Figures",
+        "",
+        "What each figure is, which way is better, where a run's `summary.json` keeps its distribution",
+        "and which series carries it, from `agent/core/figures.py`. A *request* figure has one value per",
+        "ok steady request; a *run* figure one value per run. `analyze` compares runs (and a study its",
+        "variants) on the figures marked compared; every distribution gives n, mean, "
+        + ", ".join(f"p{p:g}" for p in figures.PERCENTILES)
+        + " and max.",
+        "",
+        *_figure_rows(),
+        "",
         "## Agent and daemon (`/metrics`)",
         "",
         *_metric_rows(names.CATALOGUE),
@@ -119,6 +130,20 @@ def metrics() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _figure_rows() -> list[str]:
+    rows = ["| figure | label | unit | better | per | compared | summary | series | meaning |"]
+    rows.append("|---|---|---|---|---|---|---|---|---|")
+    for f in figures.FIGURES:
+        summary = f"`{f.summary}`" if f.summary else "—"
+        series = f"`{names.PREFIX}{f.exported}`" if f.exported else "—"
+        compared = "yes" if f.compared else "—"
+        rows.append(
+            f"| `{f.key}` | {_cell(f.label)} | {f.unit} | {f.direction} | {f.per} | {compared} | {summary} | "
+            f"{series} | {_cell(f.meaning)} |"
+        )
+    return rows
 
 
 def _server_rows() -> list[str]:

@@ -1,6 +1,7 @@
 """Every Prometheus metric infermeter exports: name, type, help, labels and buckets, in one place.
 
-Dashboards, alert rules and their tests read this catalogue; nothing else spells a metric name. Names
+Dashboards, alert rules and their tests read this catalogue; nothing else spells a metric name. A
+series that carries one of the figures of ``agent.core.figures`` takes its name from that figure. Names
 carry base units (``_seconds``, ``_ratio``, ``_total``); labels are bounded (backend, model, scenario,
 status, reason, gpu) and never carry prompt text or request ids.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from agent.core.figures import exported
 
 __all__ = [
     "ANALYZER",
@@ -88,14 +91,14 @@ def _c(name: str, help_: str, labels: tuple[str, ...] = SCENARIO_LABELS) -> Metr
     return MetricSpec(PREFIX + name, "counter", help_, labels)
 
 
-TTFT = _h("ttft_seconds", "Time to first output token, from the intended send time (wall clock).")
-ITL = _h("itl_seconds", "Every gap between consecutive output chunks (wall clock), pooled.", GAP_BUCKETS)
-TPOT = _h("tpot_seconds", "Per-request time per output token: (E2E - TTFT) / (tokens - 1).", GAP_BUCKETS)
-E2E = _h("e2e_seconds", "End-to-end request latency, from the intended send time (wall clock).")
-PREFILL = _h("native_prefill_seconds", "Server-reported prefill (prompt processing) time.")
-DECODE = _h("native_decode_seconds", "Server-reported decode (generation) time.")
+TTFT = _h(exported("ttft_ms"), "Time to first output token, from the intended send time (wall clock).")
+ITL = _h(exported("itl_ms"), "Every gap between consecutive output chunks (wall clock), pooled.", GAP_BUCKETS)
+TPOT = _h(exported("tpot_ms"), "Per-request time per output token: (E2E - TTFT) / (tokens - 1).", GAP_BUCKETS)
+E2E = _h(exported("e2e_ms"), "End-to-end request latency, from the intended send time (wall clock).")
+PREFILL = _h(exported("prefill_ms"), "Server-reported prefill (prompt processing) time.")
+DECODE = _h(exported("decode_ms"), "Server-reported decode (generation) time.")
 SCHEDULE_LAG = _h(
-    "schedule_lag_seconds",
+    exported("schedule_lag_ms"),
     "Open loop (constant, Poisson, gamma arrivals): how late each request left against its intended time; "
     "a p99 above the scenario's lag limit makes the stage's figures untrustworthy.",
     LAG_BUCKETS,
@@ -125,13 +128,15 @@ COMPILED_FRAMES = _g(
     "(when=measured, 0 when every shape was compiled first), and graph breaks (when=graph_breaks).",
     (*SCENARIO_LABELS, "when"),
 )
-DECODE_FRACTION = _g("decode_fraction", "Decode share of native prefill + decode over the recent window.")
-NATIVE_TOK_S = _g(
-    "native_tokens_per_second", "Output tokens per second of server-reported decode time, recent window."
+DECODE_FRACTION = _g(
+    exported("decode_fraction"), "Decode share of native prefill + decode over the recent window."
 )
-WALL_TOK_S = _g("wall_tokens_per_second", "Mean per-request output tokens per E2E second, recent window.")
+NATIVE_TOK_S = _g(
+    exported("native_tok_s"), "Output tokens per second of server-reported decode time, recent window."
+)
+WALL_TOK_S = _g(exported("wall_tok_s"), "Mean per-request output tokens per E2E second, recent window.")
 OVERHEAD = _g(
-    "http_overhead_ratio",
+    exported("overhead_pct"),
     "Mean (native tok/s / wall tok/s - 1) over the recent window: time outside server decode.",
 )
 IN_FLIGHT = _g("in_flight_requests", "Requests sent and not yet finished.")

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "grafana"))
 import rules  # noqa: E402 - after the path set-up a script needs
 
 from agent.core import server_metrics  # noqa: E402
+from agent.core.figures import figure  # noqa: E402
 from exporters import names  # noqa: E402
 
 RULES = ROOT / "grafana" / "prometheus" / "rules.yml"
@@ -136,10 +137,10 @@ def overview() -> dict[str, Any]:
     p = []
     for i, (metric, label, key) in enumerate(
         [
-            (names.TTFT, "TTFT", "ttft"),
-            (names.ITL, "ITL", "itl"),
-            (names.TPOT, "TPOT", "tpot"),
-            (names.E2E, "E2E", "e2e"),
+            (names.TTFT, figure("ttft_ms").title, "ttft"),
+            (names.ITL, figure("itl_ms").title, "itl"),
+            (names.TPOT, figure("tpot_ms").title, "tpot"),
+            (names.E2E, figure("e2e_ms").title, "e2e"),
         ]
     ):
         p.append(

@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from agent.core.figures import LATENCY_TABLE
 from analysis.render.text import fmt
 from analysis.results import (
     Distribution,
@@ -24,27 +25,21 @@ from analysis.results import (
 
 __all__ = ["energy_line", "render_summary", "render_sweep", "server_lines"]
 
-_LATENCY_ROWS = (
-    ("TTFT", "latency_ms", "ttft"),
-    ("ITL (every gap)", "latency_ms", "itl"),
-    ("TPOT", "latency_ms", "tpot"),
-    ("E2E", "latency_ms", "e2e"),
-    ("native prefill", "native_ms", "prefill"),
-    ("native decode", "native_ms", "decode"),
-)
-
 
 def _latency_table(s: ScenarioSummary) -> Table:
     table = Table(box=None, pad_edge=False)
     table.add_column("ms")
     for col in ("n", "p50", "p95", "p99", "max", "mean"):
         table.add_column(col, justify="right")
-    for label, group, key in _LATENCY_ROWS:
+    for fig in LATENCY_TABLE:  # each row where the summary keeps it: "latency_ms.ttft"
+        group, _, key = (fig.summary or "").partition(".")
         st = getattr(s, group).get(key)
         if st is None:
-            table.add_row(label, "0", *["—"] * 5)
+            table.add_row(fig.label, "0", *["—"] * 5)
             continue
-        table.add_row(label, str(st.n), *(fmt(getattr(st, k)) for k in ("p50", "p95", "p99", "max", "mean")))
+        table.add_row(
+            fig.label, str(st.n), *(fmt(getattr(st, k)) for k in ("p50", "p95", "p99", "max", "mean"))
+        )
     return table
 
 

@@ -33,8 +33,10 @@ from agent.core.scenario import MAX_IN_FLIGHT, Scenario, Targets, load_scenario,
 from agent.energy.base import Baseline, EnergyError
 from agent.energy.meter import EnergyMeter
 from agent.energy.sources import open_source
-from agent.run.launch import EnergyPlan, Launch, LaunchResult, MetricsEndpoint, ServerPlan
+from agent.run.collaborators import EnergyPlan, EnergyWatch, Gauges, MetricsEndpoint, RunProgress, StopSignals
+from agent.run.launch import Launch, LaunchResult
 from agent.run.manifest import build_manifest
+from agent.run.serverside import ServerPlan, ServerSide
 from analysis.results import RunSummary, SweepSummary
 from exporters.http import MetricsServer
 from exporters.prometheus import RecordMetrics
@@ -318,10 +320,11 @@ async def start(
         manifest,
         run_id=run_id,
         err=err,
-        progress=not ns.no_progress,
-        metrics=metrics,
-        energy=energy,
-        server=server,
+        progress=RunProgress(err, enabled=not ns.no_progress),
+        signals=StopSignals(),
+        gauges=Gauges(metrics, backend, err) if metrics is not None else None,
+        energy=EnergyWatch(energy, err),
+        server=ServerSide(server, backend, out, err),
     )
 
 

@@ -8,7 +8,6 @@ a replay one stage whose tenant carries the trace's requests and clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -18,25 +17,23 @@ from typing import Any
 
 import structlog
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from agent.backends.base import Backend
 from agent.backends.capabilities import Warming
 from agent.core.errors import InfermeterError, RecordWriteError
 from agent.core.files import release_headroom
-from agent.core.manifest import BackendFacts, EnergyInfo, Manifest, ManifestFile, write_json_atomic
+from agent.core.manifest import BackendFacts, Manifest, ManifestFile
 from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.core.rundir import RunDir
 from agent.core.scenario import Scenario
-from agent.energy.meter import EnergyMeter
+from agent.run.collaborators import EnergyWatch, Gauges, ProgressBar, RunProgress, StopSignals
 from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
-from agent.run.serverside import ServerPlan, ServerSide
-from agent.run.writer import RunOutcome, wait_ready
-from exporters.http import MetricsServer
+from agent.run.serverside import ServerSide
+from agent.run.writer import RunOutcome
 from exporters.jsonl import JsonlWriter
 
-__all__ = ["EnergyPlan", "Launch", "MetricsEndpoint", "ServerPlan", "StagePlan", "Tenant"]
+__all__ = ["Launch", "LaunchResult", "StagePlan", "Tenant"]
 
 logger = structlog.get_logger(__name__)
 
@@ -80,45 +77,6 @@ class LaunchResult:
     written: int = 0
 
 
-#: Signals that end a run the same way: in-flight requests recorded as interrupted, exit 128 + signal.
-#: SIGHUP is among them (a closed terminal or ssh session ends the run cleanly).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-#: how often the progress bar is told the record counts (it redraws ten times a second)
-PROGRESS_EVERY_S = 0.1
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ok {task.fields[ok]}  degraded {task.fields[degraded]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
-
-
-@dataclass(slots=True)
-class MetricsEndpoint:
-    """Where and how long a run serves its Prometheus metrics."""
-
-    server: MetricsServer
-    host: str = "127.0.0.1"
-    port: int = 9464
-    linger_s: float = 0.0
-
-
-@dataclass(slots=True)
-class EnergyPlan:
-    """The run's energy meter and, when no stored baseline applies, how long to measure idle first."""
-
-    meter: EnergyMeter
-    baseline_s: float | None = None
-
-
 class Launch:
     """One run directory, one backend, a list of stages."""
 
@@ -130,20 +88,22 @@ class Launch:
         *,
         run_id: str,
         err: Console,
-        progress: bool = True,
-        metrics: MetricsEndpoint | None = None,
-        energy: EnergyPlan | None = None,
-        server: ServerPlan | None = None,
+        progress: RunProgress | None = None,
+        signals: StopSignals | None = None,
+        gauges: Gauges | None = None,
+        energy: EnergyWatch | None = None,
+        server: ServerSide | None = None,
     ) -> None:
         self.backend = backend
         self.out = out
         self.manifest_file = manifest
         self.run_id = run_id
         self.err = err
-        self.show_progress = progress
-        self.metrics = metrics
+        self.progress = progress or RunProgress(err)
+        self.signals = signals or StopSignals()
+        self.gauges = gauges
         self.energy = energy
-        self.server = ServerSide(server, backend, out, err) if server is not None else None
+        self.server = server
         #: live state for ``/status`` while the run lasts
         self.counts = {"ok": 0, "degraded": 0}
         self.stage: str | None = None
@@ -152,26 +112,16 @@ class Launch:
         #: when the current stage's load ended (None while it runs): GPU energy after it is not the load's
         self._load_end_ns: int | None = None
         self._started = time.time()
-        #: stop signals received; from the moment the run directory exists each one ends the load
-        #: (never a KeyboardInterrupt), and after the load, until ``release_signals``, it is only noted,
-        #: so the summary and manifest are always written
-        self.received: list[int] = []
-        self._stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        if metrics is not None:
-            metrics.server.status_from(self.status)
-
-    def _on_signal(self, signum: int) -> None:
-        self.received.append(signum)
-        self._stop.set()
+        #: from the moment the run directory exists each stop signal ends the load (``StopSignals``)
+        self.signals.install()
+        self.received = self.signals.received
+        self._stop = self.signals.event
+        if gauges is not None:
+            gauges.status_from(self.status)
 
     def release_signals(self) -> None:
         """Stop signals act as usual again (the run's files are written)."""
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
+        self.signals.release()
 
     @property
     def manifest(self) -> Manifest:
@@ -206,12 +156,8 @@ class Launch:
         """Run every stage in order (``after_stage`` returning a reason stops early); close the backend."""
         stop, received = self._stop, self.received
         try:
-            if self.metrics is not None:
-                if not self.metrics.server.running:
-                    await self.metrics.server.start(self.metrics.host, self.metrics.port)
-                url = self.metrics.server.url
-                self.err.print(f"Prometheus metrics on {url}/metrics")
-                self.manifest.metrics_url = f"{url}/metrics"
+            if self.gauges is not None:
+                self.manifest.metrics_url = await self.gauges.serve()
             await self.start_backend()
             try:
                 await self._make_prompts(stages)
@@ -228,17 +174,15 @@ class Launch:
                     self._finish_server()
             finally:
                 await self.backend.close()
-            if self.metrics is not None and self.metrics.linger_s and not stop.is_set():
-                self.err.print(f"serving metrics {self.metrics.linger_s:g} s more (Ctrl-C ends)")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.metrics.linger_s)
+            if self.gauges is not None:
+                await self.gauges.linger(stop)
             return result
         except BaseException as e:  # whatever ends the run here, the manifest says so before it goes on
             self.fail(str(e) or e.__class__.__name__)
             raise
         finally:
-            if self.metrics is not None:
-                await self.metrics.server.close()
+            if self.gauges is not None:
+                await self.gauges.close()
 
     async def _make_prompts(self, stages: list[StagePlan]) -> None:
         """Every workload's prompts made with the server's tokenizer before the clock; facts to manifest."""
@@ -317,14 +261,11 @@ class Launch:
         origin = time.perf_counter_ns()
         cold = ColdTracker(stages[0].tenants[0].scenario.load.idle_gap)
         result = LaunchResult(RunOutcome(started_unix=time.time()), origin_ns=origin)
-        progress = _progress(self.err, self.show_progress)
         with (
-            progress,
+            self.progress.bar(stages[0].tenants[0].scenario.name, total, self.counts) as bar,
             JsonlWriter(RunDir(self.out).records) as writer,
             JsonlWriter(RunDir(self.out).chains) as chains,
         ):
-            task = progress.add_task(stages[0].tenants[0].scenario.name, total=total, ok=0, degraded=0)
-            bar = _Bar(progress, task, self.counts)
             for plan in stages:
                 shared = _Shared(writer, chains, bar, cold, origin, keep=after_stage is not None)
                 outcomes, records = await self._stage(plan, stop, shared)
@@ -338,8 +279,7 @@ class Launch:
             RunDir(self.out).chains.unlink(missing_ok=True)
         result.written = writer.count
         self._backend_facts()  # counters such as compile evidence grew
-        if self.metrics is not None:
-            self._publish_compile(self._runners)
+        self._publish_compile(self._runners)
         return result
 
     async def _stage(
@@ -347,11 +287,12 @@ class Launch:
     ) -> tuple[list[RunOutcome], list[RequestRecord]]:
         """One stage: its tenants' runners at once; their outcomes, and its records when kept."""
         stage_records: list[RequestRecord] = []
+        gauges = self.gauges
 
         def tick(record: RequestRecord) -> None:
             self.counts[record.status] += 1
-            if self.metrics is not None:
-                self.metrics.server.metrics.observe(record)
+            if gauges is not None:
+                gauges.observe(record)
             if shared.keep:
                 stage_records.append(record)
             shared.bar.tick()
@@ -364,8 +305,9 @@ class Launch:
             for t in plan.tenants
         ]
         self._runners, self._load_end_ns = runners, None
-        if self.metrics is not None:
-            self._watch(runners)
+        if gauges is not None:
+            gauges.watch(runners, self.energy, lambda: (self._runners, self._load_end_ns))
+            self._publish_compile(runners)
         if self.server is not None:
             await self.server.before_stage(self.stage)
         stage_start = time.perf_counter_ns()
@@ -376,7 +318,8 @@ class Launch:
             self.server.describe(self.manifest)  # each window on disk as it closes (kill -9)
             self._save_manifest()
         shared.bar.show()
-        await self._energy_stage(plan.label or "steady", outcomes, stage_start)
+        if self.energy is not None:
+            await self.energy.stage(plan.label or "steady", outcomes, stage_start)
         return outcomes, stage_records
 
     async def _start_server(self) -> None:
@@ -391,83 +334,21 @@ class Launch:
         self._save_manifest()
 
     async def _start_energy(self) -> None:
-        """Idle baseline (stored or measured now, with the model loaded and idle), then the poller."""
-        plan = self.energy
-        if plan is None:
-            return
-        meter = plan.meter
-        if meter.source.unavailable is None and meter.baseline is None and plan.baseline_s:
-            with self.err.status(f"measuring idle power for {plan.baseline_s:g} s (energy baseline)"):
-                await asyncio.to_thread(meter.calibrate, plan.baseline_s)
-        meter.start()
-        if meter.unavailable:
-            self.err.print(f"energy: unavailable — {meter.unavailable}")
+        if self.energy is not None:
+            await self.energy.start()
 
     def _finish_energy(self) -> None:
-        plan = self.energy
-        if plan is None:
+        if self.energy is None:
             return
-        meter = plan.meter
-        meter.stop()
-        info = meter.describe()
-        if meter.unavailable is None:
-            samples = meter.write_trace(RunDir(self.out).power)
-            write_json_atomic(
-                RunDir(self.out).energy,
-                {"baseline": info.get("baseline"), "poller": info.get("poller"), "stages": meter.stages},
-            )
-            info["samples_file"] = f"{RunDir.power} ({samples} samples)"
-        self.manifest.energy = EnergyInfo.model_validate(info)
+        self.manifest.energy = self.energy.finish(self.out)
         self._save_manifest()
-
-    async def _energy_stage(self, label: str, outcomes: list[RunOutcome], stage_start_ns: int) -> None:
-        """Record the stage's macro window from the end of every tenant's warmup (steady-state J/token)."""
-        plan = self.energy
-        if plan is None or plan.meter.unavailable:
-            return
-        start_ns = max((o.steady_start_ns for o in outcomes), default=0) or stage_start_ns
-        end_ns = time.perf_counter_ns()
-        await wait_ready(plan.meter, end_ns)
-        plan.meter.stage(label, start_ns, end_ns)
-
-    def _watch(self, runners: list[Runner]) -> None:
-        """Backend up and live in-flight gauges for each tenant of the stage about to run."""
-        assert self.metrics is not None
-        m = self.metrics.server.metrics
-        if self.energy is not None and not self.energy.meter.source.unavailable:
-            meter = self.energy.meter
-            m.track_gpus(meter.poller.latest)
-            if meter.baseline is not None and m.energy_since_ns is None:
-
-                def over_baseline(start_ns: int, end_ns: int) -> float | None:
-                    """The stretch's steady-state part: after every warmup, before the load ended."""
-                    steady = [r.outcome.steady_start_ns for r in self._runners]
-                    if not steady or not all(steady):
-                        return None  # warmup (or between stages): the dashboard's J/token leaves it out
-                    start_ns = max(start_ns, *steady)
-                    if self._load_end_ns is not None:
-                        end_ns = min(end_ns, self._load_end_ns)
-                    if end_ns <= start_ns:
-                        return None
-                    w = meter.window(start_ns, end_ns)
-                    return w.energy_j if w is not None else None
-
-                m.track_energy(time.perf_counter_ns(), over_baseline, meter.poller.latest_ns)
-        for r in runners:
-            labels = (self.backend.name, self.backend.model, r.scenario.name)
-            m.declare(*labels, open_loop=r.scenario.load.arrival != "closed", slo=r.scenario.slo.model_dump())
-            m.set_backend_up(*labels, up=True)
-            m.track_in_flight(*labels, lambda r=r: float(r.in_flight))  # type: ignore[misc]
-        self._publish_compile(runners)
 
     def _publish_compile(self, runners: list[Runner]) -> None:
         """The manifest's compile evidence (warm pass, frames compiled under the clock) as gauges."""
-        assert self.metrics is not None
+        if self.gauges is None:
+            return
         facts = self.manifest.backend
-        evidence = (facts.compile if facts is not None else None) or {}
-        for r in runners:
-            labels = (self.backend.name, self.backend.model, r.scenario.name)
-            self.metrics.server.metrics.set_compile(*labels, evidence)
+        self.gauges.publish_compile(runners, (facts.compile if facts is not None else None) or {})
 
     def _runner(
         self,
@@ -487,7 +368,7 @@ class Launch:
             self.run_id,
             origin_ns=origin,
             cold=cold,
-            annotator=self.energy.meter if self.energy and not self.energy.meter.unavailable else None,
+            annotator=self.energy.meter if self.energy is not None and self.energy.measuring else None,
             on_record=tick,
             chain_sink=write_chain,
         )
@@ -502,36 +383,13 @@ class Launch:
         )
 
 
-class _Bar:
-    """The run's progress bar: ok and degraded counts, redrawn at most every ``PROGRESS_EVERY_S``."""
-
-    def __init__(self, progress: Progress, task: TaskID, counts: dict[str, int]) -> None:
-        self.progress, self.task, self.counts = progress, task, counts
-        self._shown = 0.0
-
-    def tick(self) -> None:
-        """A record was written; the bar redraws ten times a second, telling it more often costs the load."""
-        if (now := time.monotonic()) >= self._shown + PROGRESS_EVERY_S:
-            self._shown = now
-            self.show()
-
-    def show(self) -> None:
-        """Redraw now."""
-        ok, degraded = self.counts["ok"], self.counts["degraded"]
-        self.progress.update(self.task, completed=ok + degraded, ok=ok, degraded=degraded)
-
-    def describe(self, label: str) -> None:
-        """Name the stage under way."""
-        self.progress.update(self.task, description=label)
-
-
 @dataclass(frozen=True, slots=True)
 class _Shared:
     """What every stage of one launch shares: the record files, the bar, the cold tracker, the origin."""
 
     writer: JsonlWriter
     chains: JsonlWriter
-    bar: _Bar
+    bar: ProgressBar
     cold: ColdTracker
     origin: int
     keep: bool

@@ -101,7 +101,8 @@ def _manifest_references(manifest: Manifest | None) -> dict[str, Reference]:
         return {}
     out: dict[str, Reference] = {}
     for sc in manifest.scenarios:
-        out.update(_prompts_to_references(sc.normalised.get("prompts") or []))
+        prompts = sc.normalised.get("prompts")
+        out.update(_prompts_to_references(prompts if isinstance(prompts, list) else []))
     return out
 
 

@@ -11,32 +11,44 @@ import os
 import signal
 import sys
 import tempfile
-from typing import Any
+from typing import Any, TypedDict
 
-__all__ = ["main"]
+__all__ = ["EngineConfig", "main"]
 
 
-def _params(cfg: dict[str, Any]) -> Any:
+class EngineConfig(TypedDict):
+    """What the embedded backend hands its engine process (one JSON argument)."""
+
+    model_path: str
+    n_parallel: int
+    n_ctx: int
+    threads: int | None
+    chat_template: str | None
+    port: int
+    swa_full: bool
+
+
+def _params(cfg: EngineConfig) -> Any:
     import xllamacpp
 
     p = xllamacpp.CommonParams()
     p.model.path = cfg["model_path"]
     p.hostnames = ["127.0.0.1"]
-    p.port = int(cfg.get("port", 0))
-    p.n_parallel = int(cfg["n_parallel"])
-    p.n_ctx = int(cfg["n_ctx"])
+    p.port = cfg["port"]
+    p.n_parallel = cfg["n_parallel"]
+    p.n_ctx = cfg["n_ctx"]
     # the server's own Prometheus series (requests processing and deferred, token counters, KV use)
     # and its slots, whose prompt caches a run can erase between stages
     p.endpoint_metrics = True
     p.endpoint_slots = True
     # llama.cpp answers the slot actions (erase among them) only with a save folder; nothing is saved
     p.slot_save_path = tempfile.mkdtemp(prefix="infermeter-slots-")
-    if cfg.get("threads"):
-        p.cpuparams.n_threads = int(cfg["threads"])
-        p.cpuparams_batch.n_threads = int(cfg["threads"])
-    if cfg.get("swa_full"):
+    if cfg["threads"]:
+        p.cpuparams.n_threads = cfg["threads"]
+        p.cpuparams_batch.n_threads = cfg["threads"]
+    if cfg["swa_full"]:
         p.swa_full = True  # sliding-window layers keep every position, so a cached prefix can be reused
-    if cfg.get("chat_template"):
+    if cfg["chat_template"]:
         p.use_jinja = False
         p.chat_template = cfg["chat_template"]
     return p
@@ -48,7 +60,7 @@ def _stop(signum: int, frame: object) -> None:
 
 def main() -> int:
     """Start the server, announce its address, serve until told to stop."""
-    cfg = json.loads(sys.argv[1])
+    cfg: EngineConfig = json.loads(sys.argv[1])
     import xllamacpp
 
     signal.signal(signal.SIGTERM, _stop)

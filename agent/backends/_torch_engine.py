@@ -25,7 +25,7 @@ from agent.backends.inprocess import (
 )
 from agent.backends.modelfacts import gguf_facts
 from agent.core.errors import BackendError, RequestFailedError
-from agent.core.record import GenerationRequest, StreamEvent
+from agent.core.record import GenerationRequest, SamplingParams, StreamEvent
 
 __all__ = ["Engine"]
 
@@ -60,7 +60,7 @@ class Engine:
         self.load_ms = load_ms
         self.prefill_fn: Any = model
         self.decode_fn: Any = model
-        self.compile: dict[str, Any] = {"mode": args.compile}
+        self.compile: dict[str, object] = {"mode": args.compile}
         #: dynamo's count of compiled frames when the warm pass ended: later ones happened under the clock
         self._frames_warm: int | None = None
         if args.compile:
@@ -125,7 +125,7 @@ class Engine:
             self.compile["backend_actual"] = self.args.compile_backend
         return out
 
-    def compile_evidence(self) -> dict[str, Any]:
+    def compile_evidence(self) -> dict[str, object]:
         """Requested vs actual backend and dynamo's counters (unique graphs, recompiles, guard failures).
 
         After a warm pass, ``compiles_measured`` counts the frames compiled while the clock ran (zero when
@@ -185,7 +185,7 @@ class Engine:
         """One generation whose tokens go nowhere (the warm pass)."""
         self.generate(request, lambda _: None, threading.Event(), cold=False)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts."""
         return {
             "model": self.args.model,
@@ -200,7 +200,7 @@ class Engine:
             "model_facts": self._facts(),
         }
 
-    def _facts(self) -> dict[str, Any]:
+    def _facts(self) -> dict[str, object]:
         """The GGUF file's facts when loaded from one; the dtype is what the weights were turned into."""
         where, extra = _locate(self.args)
         if "gguf_file" not in extra:
@@ -223,15 +223,15 @@ class Engine:
         return out
 
     def _pick(
-        self, logits: torch.Tensor, sampling: dict[str, Any], gen: torch.Generator | None
+        self, logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator | None
     ) -> torch.Tensor:
         temperature = sampling.get("temperature")
-        if not temperature:
+        if not isinstance(temperature, int | float) or not temperature:
             return logits.argmax(dim=-1)
         logits = logits / float(temperature)
         top_k = sampling.get("top_k")
-        if top_k:
-            kth = torch.topk(logits, int(top_k)).values[..., -1, None]
+        if isinstance(top_k, int) and top_k:
+            kth = torch.topk(logits, top_k).values[..., -1, None]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits.float(), dim=-1)
         return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
@@ -257,7 +257,7 @@ class Engine:
         if request.max_tokens < 1:
             raise RequestFailedError("invalid_response", "max_tokens must be at least 1")
         seed = request.sampling.get("seed")
-        gen = torch.Generator(device=self.device).manual_seed(int(seed)) if seed is not None else None
+        gen = torch.Generator(device=self.device).manual_seed(seed) if isinstance(seed, int) else None
         eos = None if request.ignore_eos else self.tok.eos_token_id
         kw = self._prefill_inputs(ids)
         dec = _Decoder(self.tok)
@@ -273,7 +273,8 @@ class Engine:
             if not self._decode(steps, request, gen, dec, put, cancel, eos):
                 return
         n, t_last, finish = steps.n, steps.t_last, steps.finish
-        compiled = self.compile.get("backend_actual") if self.args.compile else None
+        actual = self.compile.get("backend_actual")
+        compiled = actual if self.args.compile and isinstance(actual, str) else None
         load = self.load_ms if cold else None
         timings = native(
             (t_first - t0) / 1e6, (t_last - t_first) / 1e6, prompt_n, n, load, compiled, queue_ms=queued_ms
@@ -297,7 +298,7 @@ class Engine:
                 return True
             if cancel.is_set():
                 return False
-            step: dict[str, Any] = {
+            step: dict[str, Any] = {  # the model's forward arguments: tensors, its cache, flags
                 "input_ids": s.token[:, None],
                 "past_key_values": s.past,
                 "use_cache": True,
@@ -315,7 +316,7 @@ class Engine:
             s.finish = "stop"
         return True
 
-    def _prefill_inputs(self, ids: torch.Tensor) -> dict[str, Any]:
+    def _prefill_inputs(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Input ids, left-padded to a shape bucket when asked (with the mask and positions that implies)."""
         m = self.args.pad_to_multiple
         if not m or ids.shape[1] % m == 0:

@@ -47,7 +47,7 @@ class Backend(Protocol):
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Send one request and yield its events as they arrive."""
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Facts for the run manifest (backend, model, quantisation, versions); never secrets."""
 
 
@@ -84,7 +84,7 @@ class BackendArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+    def from_cli(cls, ctx: CliContext) -> dict[str, object]:
         """The backend's arguments from the common flags (none by default)."""
         return {}
 
@@ -102,7 +102,7 @@ class HttpBackendArgs(BackendArgs):
     )
 
     @classmethod
-    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+    def from_cli(cls, ctx: CliContext) -> dict[str, object]:
         """A connection pool that holds every request in flight."""
         return {"max_connections": max(64, ctx.in_flight)}
 
@@ -148,7 +148,7 @@ def args_type(name: str) -> type[BackendArgs]:
     return _registered(name)[0]
 
 
-def create(name: str, args: dict[str, Any]) -> Backend:
+def create(name: str, args: dict[str, object]) -> Backend:
     """Validate ``args`` against the backend's Args model and build it."""
     args_type, factory = _registered(name)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from agent.core.record import GenerationRequest
 from agent.transport.probe import ArrivalProbe
@@ -73,9 +73,9 @@ class CacheReset:
     how: str | None
     why: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """The manifest's entry (``why`` only when it failed)."""
-        out: dict[str, Any] = {"ok": self.ok, "how": self.how}
+        out: dict[str, object] = {"ok": self.ok, "how": self.how}
         if self.why is not None:
             out["why"] = self.why
         return out

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import structlog
 
@@ -37,7 +38,7 @@ class ChildServer:
         """PID of the child while it runs."""
         return self.proc.pid if self.proc is not None else None
 
-    async def start(self, cfg: dict[str, Any], timeout_s: float) -> str:
+    async def start(self, cfg: Mapping[str, object], timeout_s: float) -> str:
         """Spawn the child and return the ``http://host:port`` it listens on."""
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

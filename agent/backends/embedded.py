@@ -13,11 +13,11 @@ import re
 from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import structlog
 from pydantic import Field
 
+from agent.backends._engine_main import EngineConfig
 from agent.backends.base import CliContext, HttpBackendArgs, register
 from agent.backends.builtin_model import BUILTIN_MODEL, INSTALL_HINT, ensure_builtin_model, model_file
 from agent.backends.capabilities import CacheReset
@@ -66,7 +66,7 @@ class EmbeddedArgs(HttpBackendArgs):
     )
 
     @classmethod
-    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+    def from_cli(cls, ctx: CliContext) -> dict[str, object]:
         """Engine slots for the concurrency, the cache, the engine's log and ``--model-path``.
 
         An uncapped open loop gets ``OPEN_LOOP_ENGINE_SLOTS``: each slot costs KV-cache memory, the engine
@@ -144,7 +144,7 @@ class EmbeddedBackend:
         return model_file(self.args.model_path, self.args.cache_dir, self.args.requantize)
 
     async def _spawn(self, path: Path) -> str:
-        cfg = {
+        cfg: EngineConfig = {
             "model_path": str(path),
             "n_parallel": self.args.n_parallel,
             "n_ctx": self.args.n_parallel * self.args.ctx_per_slot,
@@ -162,7 +162,7 @@ class EmbeddedBackend:
             self._client = None
         await self._child.stop()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts about the engine and the model it serves."""
         path = self._model_path
         facts = gguf_facts(path) if path else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -50,7 +50,7 @@ class TransformersArgs(BackendArgs):
     chat_template: bool = Field(True, description="apply the tokenizer's chat template to chat requests")
 
     @classmethod
-    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+    def from_cli(cls, ctx: CliContext) -> dict[str, object]:
         """``--model`` and ``--compile`` where given (no connection pool: the model runs in-process)."""
         given = {"model": ctx.model, "compile": ctx.compile}
         return {k: v for k, v in given.items() if v is not None}

@@ -81,11 +81,11 @@ class _Header:
         return None
 
 
-def _header(data: Any) -> tuple[dict[str, Any], int]:
+def _header(data: Any) -> tuple[dict[str, object], int]:
     """The wanted metadata and the total count of tensor elements."""
     h = _Header(data)
     tensors, kvs = h.take("Q"), h.take("Q")
-    meta: dict[str, Any] = {}
+    meta: dict[str, object] = {}
     for _ in range(kvs):
         key = h.text()
         kind = h.take("I")
@@ -104,7 +104,7 @@ def _header(data: Any) -> tuple[dict[str, Any], int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _read(path: str, size: int, mtime: float) -> dict[str, Any]:
+def _read(path: str, size: int, mtime: float) -> dict[str, object]:
     import gguf  # the file types' names
 
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -113,7 +113,7 @@ def _read(path: str, size: int, mtime: float) -> dict[str, Any]:
     file_type = meta.get("general.file_type")
     try:
         quant = (
-            gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") if file_type is not None else None
+            gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_") if isinstance(file_type, int) else None
         )
     except ValueError:
         quant = f"file type {file_type}"
@@ -132,7 +132,7 @@ def _read(path: str, size: int, mtime: float) -> dict[str, Any]:
     }
 
 
-def gguf_facts(path: Path) -> dict[str, Any]:
+def gguf_facts(path: Path) -> dict[str, object]:
     """The GGUF file's facts, or why there are none (never raises: a manifest must still be written)."""
     try:
         stat = path.stat()

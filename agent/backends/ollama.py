@@ -89,7 +89,7 @@ class OllamaArgs(HttpBackendArgs):
     label: str = Field("ollama", description="the backend name written into records")
 
     @classmethod
-    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+    def from_cli(cls, ctx: CliContext) -> dict[str, object]:
         """``--base-url`` and ``--model`` where given."""
         given = {"base_url": ctx.base_url, "model": ctx.model}
         return {**super().from_cli(ctx), **{k: v for k, v in given.items() if v is not None}}
@@ -115,9 +115,10 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _final(obj: dict[str, Any], state: OllamaStreamState, cold_start_load_ms: float) -> None:
+def _final(obj: dict[str, object], state: OllamaStreamState, cold_start_load_ms: float) -> None:
     state.done = True
-    state.finish_reason = obj.get("done_reason") if isinstance(obj.get("done_reason"), str) else None
+    reason = obj.get("done_reason")
+    state.finish_reason = reason if isinstance(reason, str) else None
     load = _ns_to_ms(obj.get("load_duration"))
     state.native = NativeTimings(
         source="ollama",
@@ -165,9 +166,9 @@ def parse_line(
     return out
 
 
-def options_for(req: GenerationRequest, num_ctx: int | None) -> dict[str, Any]:
+def options_for(req: GenerationRequest, num_ctx: int | None) -> dict[str, object]:
     """Ollama ``options`` for one request: num_predict from max_tokens, then the known sampling keys."""
-    options: dict[str, Any] = {"num_predict": req.max_tokens}
+    options: dict[str, object] = {"num_predict": req.max_tokens}
     options.update({k: v for k, v in req.sampling.items() if k in _OPTION_KEYS})
     if num_ctx is not None:
         options["num_ctx"] = num_ctx
@@ -187,7 +188,7 @@ class OllamaBackend:
         self._base = args.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._version: str | None = None
-        self._facts: dict[str, Any] = {}
+        self._facts: dict[str, object] = {}
         self._loaded_before: bool | None = None
 
     async def start(self) -> None:
@@ -230,7 +231,7 @@ class OllamaBackend:
             await self._session.close()
             self._session = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts: server URL, version, the model tag and what ``/api/show`` says of it."""
         return {
             "backend": self.name,
@@ -245,12 +246,9 @@ class OllamaBackend:
             **clock(),
         }
 
-    def _body(self, req: GenerationRequest, api: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": req.model or self.model,
-            "stream": req.stream,
-            "options": options_for(req, self.args.num_ctx),
-        }
+    def _body(self, req: GenerationRequest, api: str) -> dict[str, object]:
+        options = options_for(req, self.args.num_ctx)
+        body: dict[str, object] = {"model": req.model or self.model, "stream": req.stream, "options": options}
         if api == "chat":
             body["messages"] = req.messages or [{"role": "user", "content": req.prompt or ""}]
         else:
@@ -265,7 +263,8 @@ class OllamaBackend:
             body["think"] = self.args.think
         if req.extra_body:  # Ollama's own fields (``options`` merged, anything else as given)
             extra = dict(req.extra_body)
-            body["options"] = {**body["options"], **(extra.pop("options", None) or {})}
+            more = extra.pop("options", None)
+            body["options"] = {**options, **more} if isinstance(more, dict) else options
             body.update(extra)
         return body
 
@@ -391,7 +390,7 @@ class OllamaControl:
             return None
         return any(m.model == model or m.name == model for m in running.models)
 
-    async def facts(self, model: str) -> dict[str, Any]:
+    async def facts(self, model: str) -> dict[str, object]:
         """What ``/api/show`` says of ``model``: family, size, quantisation, context length.
 
         Never fatal (an old server may not answer it): the reason is kept instead.

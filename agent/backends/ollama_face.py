@@ -23,7 +23,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import aiohttp
 from aiohttp import web
@@ -128,9 +128,10 @@ class OllamaFace:
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": VERSION})
 
-    def _details(self) -> dict[str, Any]:
+    def _details(self) -> dict[str, object]:
         facts = gguf_facts(self.model_path)
-        size = f"{facts['parameters'] / 1e6:.2f}M" if facts.get("parameters") else None
+        parameters = facts.get("parameters")
+        size = f"{parameters / 1e6:.2f}M" if isinstance(parameters, int | float) and parameters else None
         return {
             "parent_model": "",
             "format": "gguf",
@@ -140,7 +141,7 @@ class OllamaFace:
             "quantization_level": facts.get("quantization"),
         }
 
-    def _entry(self) -> dict[str, Any]:
+    def _entry(self) -> dict[str, object]:
         return {
             "name": MODEL,
             "model": MODEL,
@@ -213,7 +214,7 @@ class OllamaFace:
             self._log.flush()
         return resp
 
-    async def _load_or_unload(self, req: dict[str, Any], chat: bool) -> web.Response:
+    async def _load_or_unload(self, req: dict[str, object], chat: bool) -> web.Response:
         """An empty request loads the model, or unloads it with ``keep_alive: 0``, as Ollama does."""
         if req.get("keep_alive") in (0, "0", "0s"):
             await self.unload()
@@ -221,13 +222,14 @@ class OllamaFace:
         else:
             await self._ensure_loaded()
             reason = "load"
-        body: dict[str, Any] = {"model": MODEL, "created_at": _now(), "done": True, "done_reason": reason}
+        body: dict[str, object] = {"model": MODEL, "created_at": _now(), "done": True, "done_reason": reason}
         body.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
         return web.json_response(body)
 
-    def _engine_body(self, chat: bool, req: dict[str, Any]) -> dict[str, Any]:
-        options = req.get("options") or {}
-        body: dict[str, Any] = {"stream": True, "cache_prompt": False}
+    def _engine_body(self, chat: bool, req: dict[str, object]) -> dict[str, object]:
+        given = req.get("options")
+        options = given if isinstance(given, dict) else {}
+        body: dict[str, object] = {"stream": True, "cache_prompt": False}
         body["max_tokens"] = options.get("num_predict", 128)
         for key in ("temperature", "top_p", "top_k", "seed", "stop"):
             if key in options:
@@ -235,16 +237,17 @@ class OllamaFace:
         if chat:
             body["messages"] = req["messages"]
         else:
-            body["prompt"] = (req.get("system", "") + "\n\n" if req.get("system") else "") + req["prompt"]
+            system = req.get("system")
+            body["prompt"] = (f"{system}\n\n" if system else "") + str(req["prompt"])
         return body
 
     async def _relay(
-        self, req: dict[str, Any], chat: bool, resp: web.StreamResponse
-    ) -> tuple[dict[str, Any], str]:
+        self, req: dict[str, object], chat: bool, resp: web.StreamResponse
+    ) -> tuple[dict[str, float], str]:
         """Stream the engine's answer out as NDJSON lines; the engine's timings and finish reason."""
         assert self._session is not None
         url = self.engine_url + ("/v1/chat/completions" if chat else "/v1/completions")
-        timings: dict[str, Any] = {}
+        timings: dict[str, float] = {}
         finish = "stop"
         parser = SSEParser()
         async with self._session.post(url, json=self._engine_body(chat, req)) as up:
@@ -263,6 +266,6 @@ class OllamaFace:
 
 
 def _line(chat: bool, text: str) -> bytes:
-    obj: dict[str, Any] = {"model": MODEL, "created_at": _now(), "done": False}
+    obj: dict[str, object] = {"model": MODEL, "created_at": _now(), "done": False}
     obj.update({"message": {"role": "assistant", "content": text}} if chat else {"response": text})
     return json.dumps(obj).encode() + b"\n"

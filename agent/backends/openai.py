@@ -79,7 +79,7 @@ class OpenAIArgs(HttpBackendArgs):
         return self
 
     @classmethod
-    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+    def from_cli(cls, ctx: CliContext) -> dict[str, object]:
         """``--base-url`` / ``--model``, else the ``INFERMETER__OPENAI__*`` settings; the key from them."""
         args = {
             **super().from_cli(ctx),
@@ -130,7 +130,7 @@ def _logprobs(obj: Any, state: _StreamState) -> None:
     state.logprobs.extend(maps[:room])
 
 
-def _usage(obj: dict[str, Any]) -> Usage:
+def _usage(obj: dict[str, object]) -> Usage:
     details = obj.get("prompt_tokens_details") or {}
     return Usage(
         prompt_tokens=_count(obj.get("prompt_tokens")),
@@ -140,7 +140,7 @@ def _usage(obj: dict[str, Any]) -> Usage:
     )
 
 
-def _timings(obj: dict[str, Any]) -> NativeTimings:
+def _timings(obj: dict[str, object]) -> NativeTimings:
     return NativeTimings(
         source="llamacpp_timings",
         prefill_ms=_num(obj.get("prompt_ms")),
@@ -155,7 +155,7 @@ def _count(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def _vllm_metrics(obj: dict[str, Any]) -> NativeTimings:
+def _vllm_metrics(obj: dict[str, object]) -> NativeTimings:
     """Read vLLM's per-request ``metrics``: queue time and server-side TTFT (no prefill/decode split)."""
     return NativeTimings(
         source="vllm_metrics",
@@ -324,7 +324,7 @@ class OpenAIBackend:
             await self._session.close()
             self._session = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts: never the API key."""
         return {
             "backend": self.name,
@@ -401,7 +401,7 @@ class OpenAIBackend:
                 )
         return f"llama.cpp: erased {len(ids)} slots"
 
-    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_json(self, path: str, body: dict[str, object]) -> dict[str, object]:
         if self._session is None:
             raise RuntimeError("backend not started: call start() first")
         url = self._base + path
@@ -463,8 +463,9 @@ class OpenAIBackend:
                     "/tokenize",
                     {"model": self._request_model, "messages": messages, "add_generation_prompt": True},
                 )
-                if isinstance(out.get("count"), int):  # vLLM's answer (llama.cpp ignores messages)
-                    return int(out["count"])
+                count = out.get("count")
+                if isinstance(count, int):  # vLLM's answer (llama.cpp ignores messages)
+                    return count
             prompt = await self.render_prompt(messages)
             return len(await self.tokenize(prompt, special=True)) if prompt is not None else None
         except BackendError:
@@ -487,9 +488,9 @@ class OpenAIBackend:
             raise BackendError("/detokenize returned no text")
         return text
 
-    def _body(self, req: GenerationRequest, endpoint: str) -> dict[str, Any]:
+    def _body(self, req: GenerationRequest, endpoint: str) -> dict[str, object]:
         model = req.model or self._request_model
-        body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens, "stream": req.stream}
+        body: dict[str, object] = {"model": model, "max_tokens": req.max_tokens, "stream": req.stream}
         if req.stream:
             body["stream_options"] = {"include_usage": True}
         if endpoint == "chat":

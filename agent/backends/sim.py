@@ -36,7 +36,7 @@ class SimArgs(HttpBackendArgs):
     log_path: Path | None = None
 
     @classmethod
-    def from_cli(cls, ctx: CliContext) -> dict[str, Any]:
+    def from_cli(cls, ctx: CliContext) -> dict[str, object]:
         """``--base-url`` where given (a running ``sim-server``); the simulator's log in the run directory."""
         args = {**super().from_cli(ctx), "log_path": RunDir(ctx.out).simulator_log}
         if ctx.base_url is not None:
@@ -111,7 +111,7 @@ class SimBackend:
             self._client = None
         await self._child.stop()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts: the declared model is part of the run's evidence."""
         return {
             "backend": self.name,

@@ -53,7 +53,7 @@ class TransformersBackend:
         self.model = Path(args.model).name if args.model != BUILTIN_MODEL else BUILTIN_MODEL
         self._pool: ThreadPoolExecutor | None = None
         self._engine: Any = None
-        self._facts: dict[str, Any] = {}
+        self._facts: dict[str, object] = {}
         self._cold = True
 
     async def start(self) -> None:
@@ -81,7 +81,7 @@ class TransformersBackend:
             pool.shutdown(wait=True, cancel_futures=True)
         self._engine = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts: model, dtype, device, load time and the compile evidence."""
         if self._engine is None:
             return {"backend": self.name, "model": self.model}

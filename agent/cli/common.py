@@ -55,9 +55,9 @@ def warn(err: Console, message: object) -> None:
     err.print(Text.assemble(("warning: ", "yellow"), str(message)), soft_wrap=True)
 
 
-def kv(items: list[str], flag: str) -> dict[str, Any]:
+def kv(items: list[str], flag: str) -> dict[str, object]:
     """``KEY=VALUE`` pairs with YAML-typed values."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

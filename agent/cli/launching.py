@@ -220,16 +220,11 @@ def _workload_overrides(ns: argparse.Namespace, data: dict[str, Any]) -> bool:
             )
         data["workload"] = {**data["workload"], **fields}
         changed = True
-    extras = {
-        "headers": {k: str(v) for k, v in kv(getattr(ns, "header", []), "--header").items()},
-        "body": kv(getattr(ns, "extra_body", []), "--extra-body"),
-    }
-    if extras["headers"] or extras["body"]:
+    headers = {k: str(v) for k, v in kv(getattr(ns, "header", []), "--header").items()}
+    body = kv(getattr(ns, "extra_body", []), "--extra-body")
+    if headers or body:
         old = data.get("request") or {"body": {}, "headers": {}}
-        data["request"] = {
-            "body": {**old["body"], **extras["body"]},
-            "headers": {**old["headers"], **extras["headers"]},
-        }
+        data["request"] = {"body": {**old["body"], **body}, "headers": {**old["headers"], **headers}}
         changed = True
     return _request_overrides(ns, data) or changed
 

@@ -96,7 +96,7 @@ class LoadedDataset:
     rows: int
     skipped: dict[str, int] = field(default_factory=dict)
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, object]:
         """Path, format, size, digest and counts, for the manifest."""
         return {
             "path": str(self.path),
@@ -161,7 +161,7 @@ def _text(value: Any, path: Path, row: int, what: str) -> str | None:
     return text
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     """Objects of a JSONL file with their line numbers; an over-long or undecodable line is an error."""
     with path.open("rb") as fh:
         for n, raw in enumerate(iter(lambda: fh.readline(MAX_ROW_BYTES + 1), b""), start=1):
@@ -180,7 +180,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield n, obj
 
 
-def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_json(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     """Objects of a JSON file holding a list of rows (ShareGPT's layout), numbered from 1."""
     if path.stat().st_size > MAX_JSON_BYTES:
         raise _fail(
@@ -203,7 +203,7 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield n, obj
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     csv.field_size_limit(MAX_ROW_BYTES)
     try:
         with path.open(encoding="utf-8", newline="") as fh:
@@ -220,11 +220,11 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise _fail(path, f"not UTF-8 text (byte {e.start})") from e
 
 
-def _arrow_rows(table: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+def _arrow_rows(table: Any) -> Iterator[tuple[int, dict[str, object]]]:
     yield from enumerate(table.to_pylist(), start=1)
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -236,7 +236,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from _arrow_rows(table)
 
 
-def _read_hf(path: Path, split: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_hf(path: Path, split: str | None) -> Iterator[tuple[int, dict[str, object]]]:
     """A Hugging Face dataset saved with ``save_to_disk``, or a folder of data files for ``load_dataset``."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never a hub download: local files only
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -275,7 +275,7 @@ def _read_hf(path: Path, split: str | None) -> Iterator[tuple[int, dict[str, Any
     yield from _arrow_rows(ds.data)
 
 
-def _rows(path: Path, fmt: str, split: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
+def _rows(path: Path, fmt: str, split: str | None) -> Iterator[tuple[int, dict[str, object]]]:
     if fmt == "jsonl":
         return _read_jsonl(path)
     if fmt in ("json", "sharegpt"):
@@ -287,7 +287,7 @@ def _rows(path: Path, fmt: str, split: str | None) -> Iterator[tuple[int, dict[s
     return _read_hf(path, split)
 
 
-def _column(row: dict[str, Any], chosen: str | None, kind: str) -> str | None:
+def _column(row: dict[str, object], chosen: str | None, kind: str) -> str | None:
     """The column name to read for ``kind``: the mapping's, else the first common name the row has."""
     if chosen is not None:
         return chosen
@@ -325,7 +325,7 @@ def _messages(value: Any, path: Path, row: int) -> tuple[list[Turn], str | None]
 
 
 def _one(
-    row: dict[str, Any], cols: Columns, path: Path, n: int
+    row: dict[str, object], cols: Columns, path: Path, n: int
 ) -> tuple[str | None, Turn | None, list[Turn], str | None]:
     """(conversation key, single turn, whole-conversation turns, system) of one row."""
     system = _text(row.get(cols.system), path, n, f"column '{cols.system}'") if cols.system else None

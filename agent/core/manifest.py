@@ -13,8 +13,8 @@ every reader uses. A manifest written by a later version keeps sections this one
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -73,7 +73,7 @@ class ScenarioRef(_Part):
     name: str
     source: str | None = None
     sha256: str | None = None
-    normalised: dict[str, Any] = Field(default_factory=dict)
+    normalised: dict[str, object] = Field(default_factory=dict)
 
 
 class Host(_Part):
@@ -104,7 +104,7 @@ class BackendFacts(_Open):
     protocol: str | None = None
     base_url: str | None = None
     #: compile and warm-up evidence of a backend that compiles before the clock
-    compile: dict[str, Any] | None = None
+    compile: dict[str, object] | None = None
 
 
 class TraceInfo(_Part):
@@ -172,8 +172,8 @@ class EnergyInfo(_Open):
 
     status: str = "measured"
     source: str | None = None
-    baseline: dict[str, Any] | None = None
-    poller: dict[str, Any] | None = None
+    baseline: dict[str, object] | None = None
+    poller: dict[str, object] | None = None
     samples_file: str | None = None
 
 
@@ -219,12 +219,12 @@ class Manifest(BaseModel):
     error: str | None = None
     #: every scenario of a multi-tenant run (the first is ``scenario`` too)
     tenants: list[ScenarioRef] | None = None
-    sweep: dict[str, Any] | None = None
+    sweep: dict[str, object] | None = None
     trace: TraceInfo | None = None
     metrics_url: str | None = None
     backend: BackendFacts | None = None
     #: per scenario with a workload: how its prompts were made
-    workload: dict[str, dict[str, Any]] | None = None
+    workload: dict[str, dict[str, object]] | None = None
     server_metrics: ServerMetricsInfo | None = None
     prefix_cache: PrefixCacheInfo | None = None
     energy: EnergyInfo | None = None
@@ -247,7 +247,7 @@ class Manifest(BaseModel):
         """True once the run ended on its own terms (not failed, not interrupted)."""
         return self.status == "completed"
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self) -> dict[str, object]:
         """JSON-ready, with only the sections that were given."""
         return self.model_dump(mode="json", exclude_unset=True)
 
@@ -282,7 +282,7 @@ class ManifestFile:
         write_json_atomic(self.path, self.manifest.dump())
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Mapping[str, object]) -> None:
     """Write JSON whole or not at all (``agent.core.files.write_atomic``), secrets masked on the way.
 
     A manifest records the command line and the backend's facts, which may carry an API key or a URL

@@ -11,7 +11,7 @@ import math
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -77,6 +77,10 @@ class Turn:
     think_s: float | None = None
 
 
+#: sampling parameters as sent (temperature, top_p, top_k, seed, stop sequences ...); omitted: the server's
+SamplingParams: TypeAlias = dict[str, float | list[str]]
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     """One request as the runner hands it to a backend."""
@@ -85,7 +89,7 @@ class GenerationRequest:
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
     max_tokens: int = 128
-    sampling: dict[str, Any] = field(default_factory=dict)
+    sampling: SamplingParams = field(default_factory=dict)
     ignore_eos: bool = False
     cache_prompt: bool = False
     endpoint: Literal["chat", "completions"] = "chat"
@@ -111,7 +115,7 @@ class GenerationRequest:
     #: False: ask for the whole answer in one response (no stream); TTFT is then the whole response
     stream: bool = True
     #: extra JSON body fields and HTTP headers the scenario asks for (OpenAI-compatible servers)
-    extra_body: dict[str, Any] | None = None
+    extra_body: dict[str, object] | None = None
     headers: dict[str, str] | None = None
 
 

@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -56,7 +56,7 @@ class Variant(BaseModel):
     model_path: Path | None = Field(None, description="--model-path: a GGUF file (relative to the study)")
     base_url: str | None = Field(None, description="--base-url of a running server")
     compile: Literal["prefill", "all"] | None = None
-    args: dict[str, Any] = Field(default_factory=dict, description="backend arguments (--backend-arg)")
+    args: dict[str, object] = Field(default_factory=dict, description="backend arguments (--backend-arg)")
     labels: dict[str, str] = Field(default_factory=dict, description="e.g. quant: Q4_K_M")
     axis: dict[str, float] = Field(default_factory=dict, description="numeric axes, e.g. params_m: 270")
     usd_per_hour: float | None = Field(

@@ -18,7 +18,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from agent.core.errors import InfermeterError
 
@@ -73,7 +73,7 @@ class PowerSource(Protocol):
     def read(self) -> list[PowerSample]:
         """One sample per GPU, stamped now."""
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts: device names, whether an energy counter exists."""
 
     def close(self) -> None:
@@ -89,7 +89,7 @@ class Baseline:
     n: int
     source: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """For the manifest and the calibration file."""
         return {"mean_w": self.mean_w, "sd_w": self.sd_w, "n": self.n, "source": self.source}
 

@@ -11,7 +11,6 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -110,7 +109,7 @@ class PowerPoller:
             hi = bisect.bisect_right(self._times, end_ns) + len(self.source.gpus())
             return self._samples[lo:hi]
 
-    def quality(self) -> dict[str, Any]:
+    def quality(self) -> dict[str, object]:
         """The poller's real period distribution and its gaps (periods > 2Δt)."""
         with self._lock:
             periods = sorted(p / 1e6 for p in self._periods_ns)
@@ -140,7 +139,7 @@ class EnergyMeter:
         self.interval_s = interval_s
         #: how long a finished record may wait for the first sample after it (so counters can bracket)
         self.max_wait_s = 3 * interval_s
-        self.stages: list[dict[str, Any]] = []
+        self.stages: list[dict[str, object]] = []
 
     @property
     def unavailable(self) -> str | None:
@@ -183,12 +182,12 @@ class EnergyMeter:
         samples = self.poller.between(start_ns, end_ns)
         return window(samples, start_ns, end_ns, self.baseline, interval_s=self.interval_s)
 
-    def request_fields(self, sent_ns: int, first_ns: int | None, end_ns: int) -> dict[str, Any]:
+    def request_fields(self, sent_ns: int, first_ns: int | None, end_ns: int) -> dict[str, object]:
         """Record fields: the request's window, and prefill/decode split at the first token."""
         whole = self.window(sent_ns, end_ns)
         if whole is None:
             return {}
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "energy_j": whole.energy_j,
             "energy_quality": whole.quality,
             "energy_samples": whole.n,
@@ -205,7 +204,7 @@ class EnergyMeter:
                 )
         return out
 
-    def stage(self, label: str, start_ns: int, end_ns: int) -> dict[str, Any] | None:
+    def stage(self, label: str, start_ns: int, end_ns: int) -> dict[str, object] | None:
         """The macro window of one stage (what J/token is computed from), kept for ``energy.json``."""
         w = self.window(start_ns, end_ns)
         if w is None:
@@ -239,7 +238,7 @@ class EnergyMeter:
                 )
         return len(samples)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """The manifest's energy block."""
         if self.source.unavailable:
             return {"status": f"unavailable — {self.source.unavailable}", **self.source.describe()}

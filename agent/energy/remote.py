@@ -73,7 +73,7 @@ class RemoteSource:
         if len(self._times_ms) < _KEEP_TIMES:
             self._times_ms.append((t1 - t0) / 1e6)
         stamp = (t0 + t1) // 2
-        fields: dict[int, dict[str, Any]] = {}
+        fields: dict[int, dict[str, Any]] = {}  # PowerSample's keyword arguments per GPU
         labels_of: dict[int, dict[str, str]] = {}
         power = DCGM_POWER if self.flavour == "dcgm" else INFERMETER_POWER
         for s in samples:
@@ -113,7 +113,7 @@ class RemoteSource:
                 self._last[s.gpu] = now
         return out
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts: the endpoint, each GPU's host and name, the counter, the scrape latency."""
         times = sorted(self._times_ms)
         gpus = [
@@ -125,7 +125,7 @@ class RemoteSource:
             }
             for g, labels in sorted(self._gpus.items())
         ]
-        facts: dict[str, Any] = {
+        facts: dict[str, object] = {
             "source": self.name,
             "available": True,
             "url": self.url,

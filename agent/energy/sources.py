@@ -41,7 +41,7 @@ class NullSource:
         """One sample per GPU (per trace tick, for a replay)."""
         return []
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts about the source."""
         return {"source": self.name, "available": False, "reason": self.unavailable}
 
@@ -140,7 +140,7 @@ class NvmlSource:
             "sm_clock_mhz": float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
         }
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts about the source."""
         return {"source": self.name, "available": True, "gpus": self._names, "energy_counter": self._counter}
 
@@ -210,7 +210,7 @@ class ReplaySource:
             self._next += 1
         return out
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts about the source."""
         return {"source": self.name, "available": True, "trace": str(self.path), "gpus": self.gpus()}
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -206,7 +205,7 @@ class Gauges:
         self.err.print(f"Prometheus metrics on {server.url}/metrics")
         return f"{server.url}/metrics"
 
-    def status_from(self, status: Callable[[], dict[str, Any]]) -> None:
+    def status_from(self, status: Callable[[], dict[str, object]]) -> None:
         """Where ``/status`` reads the live run from."""
         self.endpoint.server.status_from(status)
 
@@ -232,7 +231,7 @@ class Gauges:
             m.set_backend_up(*labels, up=True)
             m.track_in_flight(*labels, lambda r=r: float(r.in_flight))  # type: ignore[misc]
 
-    def publish_compile(self, runners: list[Runner], evidence: dict[str, Any]) -> None:
+    def publish_compile(self, runners: list[Runner], evidence: dict[str, object]) -> None:
         """The manifest's compile evidence (warm pass, frames compiled under the clock) as gauges."""
         for r in runners:
             self.metrics.set_compile(self.backend.name, self.backend.model, r.scenario.name, evidence)

@@ -66,11 +66,11 @@ class _Target:
     down_since: float | None = None
     probes: int = 0
     ok: int = 0
-    last: dict[str, Any] | None = None
+    last: dict[str, object] | None = None
     next_at: float = 0.0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     #: the probe loop's last unexpected error while it waits to be restarted (readiness is red)
-    loop_error: dict[str, Any] | None = None
+    loop_error: dict[str, object] | None = None
     loop_failures: int = 0
     #: the target's own metrics endpoint(s), scraped into the sampling directory once it answered
     scraper: ServerScraper | None = None
@@ -95,7 +95,7 @@ class Daemon:
         self._reload = asyncio.Event()
         self._started_unix = time.time()
         #: the last sample write's failure while samples cannot be written (readiness is red)
-        self.sample_error: dict[str, Any] | None = None
+        self.sample_error: dict[str, object] | None = None
         self.sample_failures = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -393,12 +393,12 @@ class Daemon:
             and all(t.loop_error is None for t in self.targets.values())
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         """The ``/status`` document: the last result per target and the daemon's own facts, secrets masked."""
         now = time.time()
         return redact_obj(self._status(now))  # type: ignore[no-any-return]
 
-    def _status(self, now: float) -> dict[str, Any]:
+    def _status(self, now: float) -> dict[str, object]:
         return {
             "version": __version__,
             "config": str(self.config_path),

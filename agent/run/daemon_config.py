@@ -16,7 +16,6 @@ targets:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -85,7 +84,7 @@ class TargetConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: dict[str, object] = Field(default_factory=dict)
     server_metrics: list[str] = Field(
         default_factory=lambda: ["auto"],
         description="endpoints of the target's own metrics: auto (the backend's /metrics when it serves "

@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 from rich.console import Console
@@ -220,7 +219,7 @@ class Launch:
             self._backend_facts()
             self._save_manifest()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         """The ``/status`` document of a run while it lasts: what runs, how far it got, what is in flight."""
         return {
             "run_id": self.run_id,

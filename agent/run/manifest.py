@@ -10,7 +10,6 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from agent import __version__
 from agent.core.manifest import (
@@ -39,7 +38,7 @@ _PACKAGES = (
 )
 
 
-def _git_sha() -> dict[str, Any]:
+def _git_sha() -> dict[str, object]:
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
@@ -71,7 +70,7 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def gpu_info() -> dict[str, Any]:
+def gpu_info() -> dict[str, object]:
     """GPU name/driver/CUDA from NVML, or why there is none (never a crash)."""
     try:
         import pynvml

@@ -573,7 +573,7 @@ def _codec(wl: Any, backend: Any) -> Codec | None:
     return backend if isinstance(backend, Codec) else None
 
 
-async def make_prompts(sc: Scenario, backend: Any) -> dict[str, Any]:
+async def make_prompts(sc: Scenario, backend: Any) -> dict[str, object]:
     """Make ``sc``'s workload prompts with the backend's tokenizer; the facts the manifest keeps."""
     wl = sc.workload
     assert wl is not None
@@ -601,8 +601,8 @@ async def make_prompts(sc: Scenario, backend: Any) -> dict[str, Any]:
 
 def _facts(
     sc: Scenario, wl: Any, cutter: Cutter, overhead: int | None, made: list[WorkPrompt], took: float
-) -> dict[str, Any]:
-    facts: dict[str, Any] = {
+) -> dict[str, object]:
+    facts: dict[str, object] = {
         "kind": wl.kind,
         "prompts": len(made),
         "turns": sum(1 + len(p.turns) for p in made),
@@ -647,10 +647,10 @@ def _read_corpus(path: Path) -> str:
     return text
 
 
-async def prepare_workloads(scenarios: Iterable[Scenario], backend: Any) -> dict[str, dict[str, Any]]:
+async def prepare_workloads(scenarios: Iterable[Scenario], backend: Any) -> dict[str, dict[str, object]]:
     """Make every scenario's workload prompts (identical workloads once); facts by scenario name."""
-    facts: dict[str, dict[str, Any]] = {}
-    done: dict[str, tuple[list[WorkPrompt], dict[str, Any]]] = {}
+    facts: dict[str, dict[str, object]] = {}
+    done: dict[str, tuple[list[WorkPrompt], dict[str, object]]] = {}
     for sc in scenarios:
         if sc.workload is None or sc.made is not None:
             continue

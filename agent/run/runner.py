@@ -374,7 +374,8 @@ class Runner:
     ) -> RecordIdentity:
         seq = self._seq
         self._seq += 1
-        level = self._ramp_level() if stage == "steady" else {}
+        level = self._ramp_level() if stage == "steady" else None
+        target_rate, clients = level if level is not None else (self._target_rate, None)
         return RecordIdentity(
             run_id=self.run_id,
             scenario=self.scenario.name,
@@ -389,7 +390,7 @@ class Runner:
             step=chain.step if chain else None,
             chain_id=chain.chain_id if chain else request.session_id,
             load_stage=self.load_stage,
-            target_rate=level.get("target_rate", self._target_rate),
+            target_rate=target_rate,
             batch_id=batch.batch_id if batch else None,
             batch_size=batch.size if batch else None,
             requested_prompt_tokens=request.prompt_tokens_target,
@@ -398,19 +399,21 @@ class Runner:
             conversation_id=conversation.conversation_id if conversation else None,
             turn=conversation.turn if conversation else None,
             streamed=None if request.stream else False,
-            clients=level.get("clients"),
+            clients=clients,
         )
 
-    def _ramp_level(self) -> dict[str, Any]:
+    def _ramp_level(self) -> tuple[float | None, int | None] | None:
         """During a ramp: the rate (open loop) or clients (closed loop) in effect now, for the record."""
         load = self.scenario.load
         start = self.outcome.steady_start_ns
         if not load.ramp or not start or self.offsets is not None:
-            return {}
+            return None
         t = (time.perf_counter_ns() - start) / 1e9
         if load.open_loop:
-            return {"target_rate": load.rate_at(t)}
-        return {"clients": min(self.scenario.concurrency, 1 + int(t / load.ramp * self.scenario.concurrency))}
+            return load.rate_at(t), None
+        return self._target_rate, min(
+            self.scenario.concurrency, 1 + int(t / load.ramp * self.scenario.concurrency)
+        )
 
     async def one(
         self,

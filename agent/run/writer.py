@@ -14,7 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -61,7 +61,7 @@ class Annotator(Protocol):
     def ready(self, end_ns: int) -> bool:
         """Whether everything needed to annotate a request that ended at ``end_ns`` has arrived."""
 
-    def request_fields(self, sent_ns: int, first_ns: int | None, end_ns: int) -> dict[str, Any]:
+    def request_fields(self, sent_ns: int, first_ns: int | None, end_ns: int) -> dict[str, object]:
         """Extra record fields for a request sent at ``sent_ns`` whose first token came at ``first_ns``."""
 
 

@@ -94,7 +94,7 @@ class SimModel(BaseModel):
     seed: int = 0
 
 
-def parse_model(values: dict[str, Any]) -> SimModel:
+def parse_model(values: dict[str, object]) -> SimModel:
     """A SimModel from CLI-style values, with one clear error on bad input."""
     try:
         return SimModel.model_validate(values)

@@ -392,7 +392,7 @@ class SimServer:
 
     def _info(self, conn: _Conn, method: str, path: str) -> None:
         name = self.model.model_name
-        answers: dict[str, Any] = {
+        answers: dict[str, object] = {
             "/v1/models": {
                 "object": "list",
                 "data": [{"id": name, "object": "model", "owned_by": "infermeter-sim"}],
@@ -422,7 +422,7 @@ class SimServer:
         else:
             conn.reply_json(200, answers[path])
 
-    def _plan(self, route: str, req: dict[str, Any], forced: str | None) -> _Plan:
+    def _plan(self, route: str, req: dict[str, object], forced: str | None) -> _Plan:
         m, rng = self.model, self.rng
         prompt_tokens = max(1, round(len(_prompt_text(req)) / m.chars_per_token))
         limit = _max_tokens(route, req)
@@ -518,7 +518,7 @@ class SimServer:
         name = self.model.model_name
         if plan.route in ("chat", "completions"):
             kind = "chat.completion.chunk" if plan.route == "chat" else "text_completion"
-            stop: dict[str, Any] = {"index": 0, "finish_reason": plan.finish_reason}
+            stop: dict[str, object] = {"index": 0, "finish_reason": plan.finish_reason}
             if plan.route == "chat":
                 stop["delta"] = {}
             else:
@@ -550,7 +550,7 @@ class SimServer:
                 + _frame(b"data: [DONE]\n\n")
                 + b"0\r\n\r\n"
             )
-        final: dict[str, Any] = {
+        final: dict[str, object] = {
             "model": name,
             "created_at": _CREATED_AT,
             "done": True,
@@ -583,13 +583,14 @@ class SimServer:
         self.log.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
-def _prompt_text(req: dict[str, Any]) -> str:
-    if isinstance(req.get("messages"), list):
-        return "".join(str(m.get("content") or "") for m in req["messages"] if isinstance(m, dict))
+def _prompt_text(req: dict[str, object]) -> str:
+    messages = req.get("messages")
+    if isinstance(messages, list):
+        return "".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
     return str(req.get("prompt") or "")
 
 
-def _max_tokens(route: str, req: dict[str, Any]) -> int:
+def _max_tokens(route: str, req: dict[str, object]) -> int:
     if route.startswith("api_"):
         options = req.get("options")
         value = options.get("num_predict") if isinstance(options, dict) else None

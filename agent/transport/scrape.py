@@ -22,7 +22,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -96,10 +95,10 @@ class Endpoint:
     #: each series' last written value, to write only changes
     last: dict[tuple[str, str], float] = field(default_factory=dict)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Manifest facts: engine, scrapes, errors and the scrape time distribution."""
         times = sorted(self.times_ms)
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "url": self.url,
             "given": self.given,
             "engine": self.engine,
@@ -242,7 +241,7 @@ class ServerScraper:
             with self._lock:
                 self._fh.close()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """The manifest's ``server_metrics`` block."""
         return {
             "file": self.path.name,

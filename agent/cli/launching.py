@@ -36,6 +36,7 @@ from agent.energy.sources import open_source
 from agent.run.collaborators import EnergyPlan, EnergyWatch, Gauges, MetricsEndpoint, RunProgress, StopSignals
 from agent.run.launch import Launch, LaunchResult
 from agent.run.manifest import build_manifest
+from agent.run.runner import in_flight
 from agent.run.serverside import ServerPlan, ServerSide
 from analysis.results import RunSummary, SweepSummary
 from exporters.http import MetricsServer
@@ -52,15 +53,6 @@ __all__ = [
     "targets",
     "write_html",
 ]
-
-
-def in_flight(sc: Scenario) -> int:
-    """The most requests this scenario may keep in flight."""
-    if sc.load.open_loop:
-        return sc.load.max_concurrency or MAX_IN_FLIGHT
-    if sc.batch is not None and sc.batch.mode == "concurrent":
-        return sc.concurrency * sc.batch.size
-    return sc.concurrency
 
 
 def backend_args(

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import itertools
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from agent.core.record import (
 from agent.core.redact import redact
 from agent.core.scenario import Scenario
 from agent.run.shapes import Plan, shape, shape_name
-from agent.run.shapes.base import BatchOf, ChainFailure, ChainStep, Turn
+from agent.run.shapes.base import BatchOf, ChainFailure, ChainStep, RequestShapes, Turn, batch_text
 from agent.run.shapes.closed import clients, single
 from agent.run.writer import Annotator, Finished, RecordSink, RecordWriter, RunOutcome
 
@@ -48,11 +46,9 @@ __all__ = [
     "RunContext",
     "Runner",
     "expected_records",
+    "in_flight",
     "request_shapes",
 ]
-
-#: at most this many batches are warmed per scenario (prompts cycle, so batches repeat sooner)
-WARM_BATCHES = 64
 
 logger = structlog.get_logger(__name__)
 
@@ -137,58 +133,19 @@ class RunContext:
     chain_sink: Callable[[ChainRecord], None] | None = None
 
 
-def _units(sc: Scenario, requests: int | None) -> int | None:
-    """Records → units of work: chains of K steps, or batches of N prompts."""
-    if requests is None:
-        return None
-    if sc.agent is not None:
-        return math.ceil(requests / sc.agent.steps)
-    if sc.batch is not None:
-        return math.ceil(requests / sc.batch.size)
-    return requests
-
-
-def request_shapes(
-    sc: Scenario, requests: list[GenerationRequest] | None = None
-) -> tuple[list[GenerationRequest], list[list[str]]]:
-    """What a run of ``sc`` will send, one of each kind: single requests, and batched calls' prompts.
-
-    Single requests: one per prompt (a replay's own requests when given). A batched scenario sends only
-    batches; its prompts cycle, so the batches repeat after ``lcm(prompts, size)`` requests. Agent chains
-    grow their context from answers, so only their first steps can be known before the run.
-    """
-    if requests is None:
-        requests = list(itertools.islice(sc.requests_iter(), len(sc.prompt_list())))
-    if sc.batch is None or sc.batch.mode != "batched" or not requests:
-        return requests, []
-    size = sc.batch.size
-    count = min(math.lcm(len(requests), size), WARM_BATCHES * size)
-    prompts = [_batch_text(r) for r in itertools.islice(itertools.cycle(requests), count)]
-    return [], [prompts[i : i + size] for i in range(0, count, size)]
+def request_shapes(sc: Scenario, requests: list[GenerationRequest] | None = None) -> RequestShapes:
+    """What a run of ``sc`` will send, one of each kind, as its load shape says."""
+    return shape(shape_name(sc)).request_shapes(sc, requests)
 
 
 def expected_records(sc: Scenario) -> int | None:
-    """How many records a count-bounded run writes (None when bounded by time).
+    """How many records a count-bounded run writes, as its load shape says (None when bounded by time)."""
+    return shape(shape_name(sc)).expected(sc)
 
-    Conversations count as many records as they have turns (known once the workload's prompts are made).
-    """
-    units = _units(sc, sc.requests)
-    if units is None:
-        return None
-    if sc.conversations:
-        made = sc.made
-        if made is None:
-            return None
-        units += sc.cooldown
-        turns = [1 + len(p.turns) for p in made]
-        whole, part = divmod(units, len(turns))
-        return sc.warmup + whole * sum(turns) + sum(turns[:part])
-    units += sc.cooldown
-    if sc.agent is not None:
-        units *= sc.agent.steps
-    elif sc.batch is not None and sc.batch.mode == "concurrent":
-        units *= sc.batch.size
-    return sc.warmup + units
+
+def in_flight(sc: Scenario) -> int:
+    """The most requests a run of ``sc`` keeps in flight, as its load shape says."""
+    return shape(shape_name(sc)).in_flight(sc)
 
 
 class Runner:
@@ -297,8 +254,9 @@ class Runner:
             await clients(Plan("warmup", sc.warmup), sc.concurrency, 0.0, single(self))
         now = self.outcome.steady_start_ns = time.perf_counter_ns()
         deadline = now + int(sc.duration * 1e9) if sc.duration else None
-        plan = Plan("steady", _units(sc, sc.requests), deadline, sc.cooldown)
-        await shape(shape_name(sc, replay=self.offsets is not None))(self, plan, now)
+        load = shape(shape_name(sc, replay=self.offsets is not None))
+        units = load.units(sc, sc.requests) if sc.requests is not None else None
+        await load.run(self, Plan("steady", units, deadline, sc.cooldown), now)
 
     # what load shapes ask of the runner (``agent.run.shapes.Driver``)
 
@@ -350,7 +308,7 @@ class Runner:
         """One batched call of the backend, measured as one record."""
         backend = self.backend
         assert isinstance(backend, BatchPrefilling)  # checked in run()
-        prompts = [_batch_text(r) for r in requests]
+        prompts = [batch_text(r) for r in requests]
         ident = self._identity(requests[0], stage, batch=batch)
         ident = dataclasses.replace(ident, request_id=batch.batch_id, endpoint="prefill_batch")
 
@@ -524,12 +482,3 @@ class Runner:
 def _sum(values: Iterable[int | None]) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
-
-
-def _batch_text(request: GenerationRequest) -> str:
-    """The text a batched call sends for one request."""
-    return request.prompt if request.prompt is not None else _user_text(request)
-
-
-def _user_text(request: GenerationRequest) -> str:
-    return "\n\n".join(m.get("content", "") for m in request.messages or [])

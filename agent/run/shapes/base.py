@@ -1,21 +1,25 @@
 """What a load shape is, the plan it draws work from, what it may ask of the runner, and the registry.
 
 A load shape decides *when* work is issued (clients in a closed loop, arrivals on a schedule, agent
-chains, batches); the runner decides how one request is measured and recorded. Shapes register under a
-name; ``shape_name`` says which one a scenario uses.
+chains, batches); the runner decides how one request is measured and recorded. A shape also answers the
+questions asked of it before a run: its unit of work, how many records a run of it writes, how many
+requests it keeps in flight at most, and which request shapes a compiling backend should see first.
+Shapes register under a name; ``shape_name`` says which one a scenario uses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from agent.core.errors import UnknownNameError
 from agent.core.record import GenerationRequest, RequestRecord, Stage
-from agent.core.scenario import Scenario
+from agent.core.scenario import MAX_IN_FLIGHT, Scenario
 
 __all__ = [
     "SHAPES",
@@ -25,7 +29,11 @@ __all__ = [
     "Driver",
     "LoadShape",
     "Plan",
+    "RequestShapes",
+    "Shape",
     "Turn",
+    "batch_text",
+    "ceil_units",
     "register",
     "shape",
     "shape_name",
@@ -140,19 +148,93 @@ class Driver(Protocol):
         """Count a request that was due before the end but never sent (no free worker in time)."""
 
 
-#: A load shape runs a plan's units through the driver; ``origin_ns`` is the stage's start.
-LoadShape = Callable[[Driver, Plan, int], Awaitable[None]]
+#: What a run will send, one of each kind: single requests, and the prompts of each batched call.
+RequestShapes = tuple[list[GenerationRequest], list[list[str]]]
+
+
+class LoadShape(Protocol):
+    """A load shape as the run sees it: its questions answered before the load, then the load itself."""
+
+    #: what one unit of work is: a request, a chain, a batch or a conversation
+    unit: str
+
+    def units(self, sc: Scenario, records: int) -> int:
+        """The units of work that make ``records`` records."""
+
+    def expected(self, sc: Scenario) -> int | None:
+        """How many records a count-bounded run of ``sc`` writes (None when bounded by time)."""
+
+    def in_flight(self, sc: Scenario) -> int:
+        """The most requests a run of ``sc`` keeps in flight at once."""
+
+    def request_shapes(self, sc: Scenario, requests: list[GenerationRequest] | None = None) -> RequestShapes:
+        """One of each request a run of ``sc`` sends (``requests``: a replay's own)."""
+
+    async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
+        """Issue the plan's units through the driver; ``origin_ns`` is the stage's start."""
+
+
+class Shape:
+    """A load shape's answers for one request per unit; a shape of bigger units overrides them."""
+
+    unit: str = "request"
+
+    def units(self, sc: Scenario, records: int) -> int:
+        """The units of work that make ``records`` records."""
+        return records
+
+    def records(self, sc: Scenario, units: int) -> int | None:
+        """The records ``units`` units of work write (None: not known before the run)."""
+        return units
+
+    def expected(self, sc: Scenario) -> int | None:
+        """How many records a count-bounded run of ``sc`` writes (None when bounded by time)."""
+        if sc.requests is None:
+            return None
+        made = self.records(sc, self.units(sc, sc.requests) + sc.cooldown)
+        return None if made is None else sc.warmup + made
+
+    def in_flight(self, sc: Scenario) -> int:
+        """An open loop's in-flight cap, else one request per client."""
+        if sc.load.open_loop:
+            return sc.load.max_concurrency or MAX_IN_FLIGHT
+        return sc.concurrency
+
+    def request_shapes(self, sc: Scenario, requests: list[GenerationRequest] | None = None) -> RequestShapes:
+        """One request per prompt (a replay's own requests when given)."""
+        if requests is None:
+            requests = list(itertools.islice(sc.requests_iter(), len(sc.prompt_list())))
+        return requests, []
+
+    async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
+        """Issue the plan's units through the driver (each shape's own)."""
+        raise NotImplementedError
+
+
+def batch_text(request: GenerationRequest) -> str:
+    """The text a batched call sends for one request: its prompt, or its messages' contents."""
+    if request.prompt is not None:
+        return request.prompt
+    return "\n\n".join(m.get("content", "") for m in request.messages or [])
+
+
+def ceil_units(records: int, size: int) -> int:
+    """Units of ``size`` requests each that make ``records`` records (the last one may be short)."""
+    return math.ceil(records / size)
+
 
 #: Load shapes by name.
 SHAPES: dict[str, LoadShape] = {}
 
+_S = TypeVar("_S", bound=Shape)
 
-def register(name: str) -> Callable[[LoadShape], LoadShape]:
-    """Register a load shape under ``name`` (a decorator)."""
 
-    def add(fn: LoadShape) -> LoadShape:
-        SHAPES[name] = fn
-        return fn
+def register(name: str) -> Callable[[type[_S]], type[_S]]:
+    """Register a load shape class under ``name`` (a class decorator; one instance serves every run)."""
+
+    def add(cls: type[_S]) -> type[_S]:
+        SHAPES[name] = cls()
+        return cls
 
     return add
 

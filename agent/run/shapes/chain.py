@@ -7,10 +7,11 @@ import dataclasses
 import time
 
 from agent.core.record import RequestRecord, Stage
-from agent.run.shapes.base import ChainFailure, ChainStep, Driver, Plan, register
+from agent.core.scenario import Scenario
+from agent.run.shapes.base import ChainFailure, ChainStep, Driver, Plan, Shape, ceil_units, register
 from agent.run.shapes.closed import clients
 
-__all__ = ["chains"]
+__all__ = ["Chains"]
 
 
 async def _chain(driver: Driver, stage: Stage) -> bool:
@@ -61,10 +62,28 @@ async def _chain(driver: Driver, stage: Stage) -> bool:
 
 
 @register("chain")
-async def chains(driver: Driver, plan: Plan, origin_ns: int) -> None:
-    """``concurrency`` agents, each running one chain after another."""
+class Chains(Shape):
+    """``concurrency`` agents, each running one chain of K steps after another.
 
-    async def unit(stage: Stage) -> bool:
-        return await _chain(driver, stage)
+    A chain grows its context from its answers, so only its first step is known before the run.
+    """
 
-    await clients(plan, driver.scenario.concurrency, 0.0, unit, driver.scenario.load.ramp or 0.0)
+    unit = "chain"
+
+    def units(self, sc: Scenario, records: int) -> int:
+        """Chains of K steps."""
+        assert sc.agent is not None
+        return ceil_units(records, sc.agent.steps)
+
+    def records(self, sc: Scenario, units: int) -> int | None:
+        """One record per step."""
+        assert sc.agent is not None
+        return units * sc.agent.steps
+
+    async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
+        """Each agent runs its chain's steps one after another."""
+
+        async def unit(stage: Stage) -> bool:
+            return await _chain(driver, stage)
+
+        await clients(plan, driver.scenario.concurrency, 0.0, unit, driver.scenario.load.ramp or 0.0)

@@ -10,9 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from agent.core.record import Stage
-from agent.run.shapes.base import Driver, Plan, register
+from agent.run.shapes.base import Driver, Plan, Shape, register
 
-__all__ = ["clients", "closed"]
+__all__ = ["Closed", "clients"]
 
 #: One unit of work at a stage; False when the workload is used up.
 Unit = Callable[[Stage], Awaitable[bool]]
@@ -55,7 +55,10 @@ def single(driver: Driver) -> Unit:
 
 
 @register("closed")
-async def closed(driver: Driver, plan: Plan, origin_ns: int) -> None:
+class Closed(Shape):
     """The scenario's clients, each with its think time between requests."""
-    sc = driver.scenario
-    await clients(plan, sc.concurrency, sc.load.think_time or 0.0, single(driver), sc.load.ramp or 0.0)
+
+    async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
+        """``concurrency`` clients, one request after another."""
+        sc = driver.scenario
+        await clients(plan, sc.concurrency, sc.load.think_time or 0.0, single(driver), sc.load.ramp or 0.0)

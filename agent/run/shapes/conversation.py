@@ -10,12 +10,13 @@ import asyncio
 import dataclasses
 
 from agent.core.record import GenerationRequest, Stage
+from agent.core.scenario import Scenario
 from agent.core.workload import DatasetWorkload
-from agent.run.shapes.base import Driver, Plan, Turn, register
+from agent.run.shapes.base import Driver, Plan, Shape, Turn, register
 from agent.run.shapes.closed import clients
 from agent.run.shapes.open import arrivals, dispatch
 
-__all__ = ["conversations"]
+__all__ = ["Conversations"]
 
 
 def _next_turn(
@@ -76,22 +77,36 @@ async def _turns(
 
 
 @register("conversation")
-async def conversations(driver: Driver, plan: Plan, origin_ns: int) -> None:
+class Conversations(Shape):
     """``concurrency`` users, each replaying one conversation after another; open loop: users arrive.
 
     In an open loop each arrival is a new user starting a conversation at its due time, so the rate is
     one of sessions and the turns of many users overlap.
     """
-    load = driver.scenario.load
-    if load.open_loop:
 
-        async def start(request: GenerationRequest, stage: Stage, due_ns: int) -> None:
-            await _turns(driver, request, stage, due_ns)
+    unit = "conversation"
 
-        await dispatch(driver, plan, origin_ns, arrivals(load), send=start)
-        return
+    def records(self, sc: Scenario, units: int) -> int | None:
+        """As many records as the conversations have turns (known once the workload's prompts are made)."""
+        made = sc.made
+        if made is None:
+            return None
+        turns = [1 + len(p.turns) for p in made]
+        whole, part = divmod(units, len(turns))
+        return whole * sum(turns) + sum(turns[:part])
 
-    async def unit(stage: Stage) -> bool:
-        return await _conversation(driver, stage)
+    async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
+        """Each user's turns in order, the context growing by each answer."""
+        load = driver.scenario.load
+        if load.open_loop:
 
-    await clients(plan, driver.scenario.concurrency, 0.0, unit, driver.scenario.load.ramp or 0.0)
+            async def start(request: GenerationRequest, stage: Stage, due_ns: int) -> None:
+                await _turns(driver, request, stage, due_ns)
+
+            await dispatch(driver, plan, origin_ns, arrivals(load), send=start)
+            return
+
+        async def unit(stage: Stage) -> bool:
+            return await _conversation(driver, stage)
+
+        await clients(plan, driver.scenario.concurrency, 0.0, unit, driver.scenario.load.ramp or 0.0)

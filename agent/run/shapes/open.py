@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from agent.core.arrivals import ramped, schedule
 from agent.core.record import GenerationRequest, Stage
 from agent.core.scenario import MAX_IN_FLIGHT, Load
-from agent.run.shapes.base import Driver, Plan, register, until
+from agent.run.shapes.base import Driver, Plan, Shape, register, until
 
-__all__ = ["Send", "arrivals", "dispatch", "open_loop", "trace"]
+__all__ = ["Open", "Send", "Trace", "arrivals", "dispatch"]
 
 
 #: What an arrival starts: one request (the default), or a whole unit such as a conversation.
@@ -71,9 +71,12 @@ async def dispatch(
 
 
 @register("open")
-async def open_loop(driver: Driver, plan: Plan, origin_ns: int) -> None:
+class Open(Shape):
     """Arrivals from the scenario's process and rate."""
-    await dispatch(driver, plan, origin_ns, arrivals(driver.scenario.load))
+
+    async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
+        """Each request at its due time, sent by a free worker (up to the in-flight cap)."""
+        await dispatch(driver, plan, origin_ns, arrivals(driver.scenario.load))
 
 
 def arrivals(load: Load) -> Iterator[float]:
@@ -84,7 +87,10 @@ def arrivals(load: Load) -> Iterator[float]:
 
 
 @register("trace")
-async def trace(driver: Driver, plan: Plan, origin_ns: int) -> None:
+class Trace(Shape):
     """Arrivals at a recorded trace's times (already divided by the replay speed)."""
-    assert driver.offsets is not None  # chosen only for a replay
-    await dispatch(driver, plan, origin_ns, driver.offsets)
+
+    async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
+        """Each of the trace's requests at its own time."""
+        assert driver.offsets is not None  # chosen only for a replay
+        await dispatch(driver, plan, origin_ns, driver.offsets)

@@ -8,16 +8,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from agent.backends.base import Backend
-from agent.backends.capabilities import ContextBound
 from agent.cli.common import App
 from agent.cli.flags import backend_flags, override_flags
 from agent.cli.launching import finish, scenario_for, start, targets
 from agent.core.errors import ConfigError
 from agent.core.manifest import TraceInfo
 from agent.core.scenario import MAX_IN_FLIGHT
-from agent.core.trace import PromptSynth, TokenCodec, TraceRequest, load_trace, trace_requests
-from agent.run.launch import StagePlan, Tenant
+from agent.core.trace import load_trace
+from agent.run.profiles import ReplayProfile
 from analysis.records import load_records
 from analysis.render.summary import render_summary
 from analysis.summary import summarize
@@ -59,33 +57,8 @@ async def run(ns: argparse.Namespace, app: App) -> int:
         speed=ns.speed,
     )
     corpus = "\n\n".join(p.text for p in base.prompt_list())
-
-    async def prepare(backend: Backend) -> list[StagePlan]:
-        _fits(items, backend.context_tokens if isinstance(backend, ContextBound) else None, ns.trace)
-        codec = backend if isinstance(backend, TokenCodec) else None
-        synth = PromptSynth(corpus, codec)
-        await synth.prepare()
-        trace.prompt_lengths = "backend tokenizer" if synth.exact else "estimated"
-        requests = await trace_requests(items, sc, synth)
-        return [StagePlan(None, [Tenant(sc, requests=requests, offsets=offsets)])]
-
-    result = await launch.run([], prepare=prepare)
+    result = await launch.run(ReplayProfile(sc, items, offsets, corpus, ns.trace, trace))
     by_name = targets([sc], trace=True)
     summary = summarize(load_records(launch.out).records, by_name, launch.out)
     Console().print(render_summary(summary))
     return finish(launch, result, summary, app.err)
-
-
-def _fits(items: list[TraceRequest], context: int | None, path: Path) -> None:
-    """Every request fits the server's context (where the backend knows it), or none is sent."""
-    if not context:
-        return
-    for i, it in enumerate(items, 1):
-        need = (it.prompt_tokens or 0) + it.output_tokens
-        if need > context:
-            raise ConfigError(
-                f"request {i} asks for {it.prompt_tokens or 0} prompt + {it.output_tokens} output tokens, "
-                f"past the server's context of {context} per request; trim the trace or give the server a "
-                "larger context",
-                location=str(path),
-            )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
 
 from rich.console import Console
 
@@ -12,15 +11,14 @@ from agent.cli.common import App
 from agent.cli.flags import backend_flags, load_flags
 from agent.cli.launching import finish, in_flight, scenario_for, start, targets
 from agent.core.errors import ConfigError
-from agent.core.record import RequestRecord
 from agent.core.scenario import Scenario
-from agent.run.launch import StagePlan, Tenant
+from agent.run.profiles import SweepProfile
 from analysis.records import load_records
 from analysis.render.summary import render_sweep, server_lines
-from analysis.results import SUMMARY_SCHEMA_VERSION, SweepPoint, SweepSummary
+from analysis.results import SUMMARY_SCHEMA_VERSION, SweepSummary
 from analysis.server import server_summary
 from analysis.summary import summarize_stages
-from analysis.sweep import analyse, explain_knee, point, saturation
+from analysis.sweep import explain_knee
 
 NAME = "sweep"
 HELP = "run a scenario at rising load until it saturates; report the knee"
@@ -69,59 +67,19 @@ def _sweep_config(ns: argparse.Namespace, sc: Scenario) -> Scenario:
     return sc.with_overrides(sweep={**base, **sweep})
 
 
-def _stage_scenario(sc: Scenario, value: float) -> Scenario:
-    assert sc.sweep is not None
-    sw = sc.sweep
-    bounds: dict[str, Any] = {}
-    if sw.stage_requests or sw.stage_duration:
-        bounds = {"requests": sw.stage_requests, "duration": sw.stage_duration}
-        if sw.stage_duration and not sw.stage_requests:
-            bounds["requests"] = None
-    data = sc.normalised() | bounds
-    if sw.over == "rate":
-        arrival = data["load"]["arrival"]
-        data["load"] = data["load"] | {
-            "rate": value,
-            "arrival": "poisson" if arrival == "closed" else arrival,
-        }
-    else:
-        if value != int(value):
-            raise ConfigError(f"concurrency must be a whole number, got {value:g}")
-        data["concurrency"] = int(value)
-        data["load"] = data["load"] | {"arrival": "closed"}
-    return sc.derive(data, location=f"sweep stage {value:g}")
-
-
 async def run(ns: argparse.Namespace, app: App) -> int:
     """Stages of rising load; stop at saturation; print the curve and the knee."""
     sc = _sweep_config(ns, scenario_for(ns.scenario, ns))
     assert sc.sweep is not None
     sw = sc.sweep
-    plans: list[StagePlan] = []
-    for i, value in enumerate(sw.stage_values()):
-        stage_sc = _stage_scenario(sc, value)
-        if i:
-            stage_sc = stage_sc.with_overrides(warmup=0) if stage_sc.warmup else stage_sc
-        plans.append(StagePlan(f"{sw.over}={value:g}", [Tenant(stage_sc)], value))
-    most = max(in_flight(p.tenants[0].scenario) for p in plans)
+    profile = SweepProfile(sc, targets([sc]))
+    most = max(in_flight(p.tenants[0].scenario) for p in profile.planned())
     launch = await start(ns, app.settings, [sc], most, app.err)
     launch.manifest.sweep = sw.model_dump(mode="json")
-    slo = sc.slo
-    points: list[SweepPoint] = []
-    by_name = targets([sc])
-
-    def after(plan: StagePlan, records: list[RequestRecord]) -> str | None:
-        stats = summarize_stages(records, by_name).get(plan.label or "")
-        if stats is None:
-            return "the stage wrote no records"
-        points.append(point(plan.label or "", plan.value or 0.0, stats, sc.slo.percentile))
-        why = saturation(points, slo, sw.min_gain)
-        return why if sw.stop_at_saturation else None
-
-    result = await launch.run(plans, after_stage=after)
-    curve = analyse(points, slo, sw.min_gain)
+    result = await launch.run(profile)
+    curve = profile.curve()
     records = load_records(launch.out).records
-    stages = summarize_stages(records, by_name)
+    stages = summarize_stages(records, profile.targets)
     server = server_summary(launch.out, records)
     explain_knee(curve, server)
     summary = SweepSummary(schema_version=SUMMARY_SCHEMA_VERSION, sweep=curve, stages=stages, server=server)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,41 +24,17 @@ from agent.core.files import release_headroom
 from agent.core.manifest import BackendFacts, Manifest, ManifestFile
 from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.core.rundir import RunDir
-from agent.core.scenario import Scenario
 from agent.run.collaborators import EnergyWatch, Gauges, ProgressBar, RunProgress, StopSignals
+from agent.run.profiles import Profile, StagePlan, Tenant
 from agent.run.prompts import prepare_workloads
-from agent.run.runner import ColdTracker, RunContext, Runner, expected_records, request_shapes
+from agent.run.runner import ColdTracker, RunContext, Runner, request_shapes
 from agent.run.serverside import ServerSide
 from agent.run.writer import RunOutcome
 from exporters.jsonl import JsonlWriter
 
-__all__ = ["Launch", "LaunchResult", "StagePlan", "Tenant"]
+__all__ = ["Launch", "LaunchResult"]
 
 logger = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class Tenant:
-    """One scenario inside a stage; a replay tenant brings its own requests and clock."""
-
-    scenario: Scenario
-    requests: list[GenerationRequest] | None = None
-    offsets: list[float] | None = None
-
-    def expected(self) -> int | None:
-        """Records this tenant writes when bounded by count (None when bounded by time)."""
-        if self.requests is not None:
-            return self.scenario.warmup + len(self.requests)
-        return expected_records(self.scenario)
-
-
-@dataclass(slots=True)
-class StagePlan:
-    """A load level: its label (None for a plain run), the value swept over, and its tenants."""
-
-    label: str | None
-    tenants: list[Tenant]
-    value: float | None = None
 
 
 @dataclass(slots=True)
@@ -147,27 +123,26 @@ class Launch:
 
     async def run(
         self,
-        stages: list[StagePlan],
-        *,
-        after_stage: Callable[[StagePlan, list[RequestRecord]], str | None] | None = None,
-        prepare: Callable[[Backend], Awaitable[list[StagePlan]]] | None = None,
+        profile: Profile,
     ) -> LaunchResult:
-        """Run every stage in order (``after_stage`` returning a reason stops early); close the backend."""
+        """Run the profile's stages in order (it may stop early); close the backend."""
         stop, received = self._stop, self.received
         try:
             if self.gauges is not None:
                 self.manifest.metrics_url = await self.gauges.serve()
             await self.start_backend()
             try:
-                await self._make_prompts(stages)
-                if prepare is not None:
+                await self._make_prompts(profile.planned())
+                if profile.planned():
+                    await profile.prepare(self.backend)
+                else:  # its stages are made now, from the started backend (a replay's requests)
                     with self.err.status("preparing requests"):
-                        stages = await prepare(self.backend)
-                await self._warm(stages)
+                        await profile.prepare(self.backend)
+                await self._warm(profile.planned())
                 await self._start_server()
                 await self._start_energy()
                 try:
-                    result = await self._stages(stages, stop, received, after_stage)
+                    result = await self._stages(profile, stop, received)
                 finally:
                     self._finish_energy()
                     self._finish_server()
@@ -247,13 +222,8 @@ class Launch:
         finally:
             release_headroom(self.out)
 
-    async def _stages(
-        self,
-        stages: list[StagePlan],
-        stop: asyncio.Event,
-        received: list[int],
-        after_stage: Callable[[StagePlan, list[RequestRecord]], str | None] | None,
-    ) -> LaunchResult:
+    async def _stages(self, profile: Profile, stop: asyncio.Event, received: list[int]) -> LaunchResult:
+        stages = profile.planned()
         expected = [t.expected() for st in stages for t in st.tenants]
         total = None if any(e is None for e in expected) else sum(e or 0 for e in expected)
         self.expected = total
@@ -265,15 +235,15 @@ class Launch:
             JsonlWriter(RunDir(self.out).records) as writer,
             JsonlWriter(RunDir(self.out).chains) as chains,
         ):
-            for plan in stages:
-                shared = _Shared(writer, chains, bar, cold, origin, keep=after_stage is not None)
+            plan = profile.next(None, [])
+            while plan is not None:
+                shared = _Shared(writer, chains, bar, cold, origin, keep=profile.reads_records)
                 outcomes, records = await self._stage(plan, stop, shared)
                 result.stages_run.append(plan)
                 if _stopped(result, outcomes, received):
                     break
-                if after_stage is not None and (why := after_stage(plan, records)) is not None:
-                    result.stopped_early = why
-                    break
+                plan = profile.next(plan, records)
+            result.stopped_early = profile.stopped_early
         if chains.count == 0:
             RunDir(self.out).chains.unlink(missing_ok=True)
         result.written = writer.count

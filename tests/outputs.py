@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +94,10 @@ def produce(scratch: Path) -> dict[str, bytes]:
     env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"}
     env["INFERMETER__CACHE_DIR"] = str(scratch / "cache")
     env["PYTHONPATH"] = str(ROOT)  # this checkout's code, whatever is installed
-    out: dict[str, bytes] = {}
-    for name, args in COMMANDS:
-        argv = args.split()
+
+    def one(args: str) -> bytes:
         res = subprocess.run(
-            [sys.executable, "-m", "agent.cli", *argv],
+            [sys.executable, "-m", "agent.cli", *args.split()],
             cwd=runs,
             env=env,
             capture_output=True,
@@ -105,7 +105,12 @@ def produce(scratch: Path) -> dict[str, bytes]:
             timeout=300,
         )
         text = f"exit {res.returncode}\n--- stdout\n{res.stdout}--- stderr\n{res.stderr}"
-        out[name] = _mask(text, runs).encode()
+        return _mask(text, runs).encode()
+
+    # the commands read the recorded runs and each writes files of its own, so they run side by side
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        texts = list(pool.map(one, [args for _, args in COMMANDS]))
+    out: dict[str, bytes] = {name: text for (name, _), text in zip(COMMANDS, texts, strict=True)}
     for rel in WRITTEN:
         data = (runs / rel).read_bytes()
         if rel.endswith((*TEXT, ".html")):

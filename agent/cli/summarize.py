@@ -11,6 +11,7 @@ from rich.console import Console
 
 from agent.cli.common import EXIT_OK, App, warn
 from agent.cli.launching import write_html
+from agent.core.manifest import Manifest
 from agent.core.rundir import RunDir
 from agent.core.scenario import Targets
 from analysis.records import load_records
@@ -35,16 +36,14 @@ def run(ns: argparse.Namespace, app: App) -> int:
     for warning in loaded.warnings:
         warn(err, warning)
     targets: dict[str, Targets] = {}
-    manifest_path = RunDir(ns.run_dir).manifest
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            for sc in manifest.get("tenants") or [manifest["scenario"]]:
-                targets[sc["name"]] = Targets.of(sc.get("normalised") or {}, trace="trace" in manifest)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            why = f"{e.__class__.__name__}: {e}"
-            warn(err, f"{manifest_path} unreadable ({why}); summarised without targets")
-            targets = {}
+    try:
+        manifest = Manifest.read(RunDir(ns.run_dir).manifest)
+        if manifest is not None:
+            trace = manifest.trace is not None
+            targets = {sc.name: Targets.of(sc.normalised, trace=trace) for sc in manifest.scenarios}
+    except (OSError, ValueError) as e:  # a manifest that cannot be read, or targets that do not parse
+        warn(err, f"{str(e).splitlines()[0]}; summarised without targets")
+        targets = {}
     summary = summarize(loaded.records, targets, ns.run_dir if ns.run_dir.is_dir() else None)
     if ns.json:
         sys.stdout.write(json.dumps(summary.dump(), indent=2) + "\n")

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from agent.core.manifest import Manifest
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir, SamplingDir
+from agent.core.yamlfile import describe_error
 from analysis.quality import Reference
 from analysis.records import load_records
 from analysis.results import RunSummary, SweepSummary
@@ -80,9 +81,8 @@ def _summary(path: Path, warnings: list[str]) -> RunSummary | SweepSummary | Non
             return SweepSummary.model_validate(data)
         return RunSummary.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        warnings.append(f"{path}: {where}: {first['msg']}; its figures are computed from the records again")
+        why = describe_error(e.errors()[0])
+        warnings.append(f"{path}: {why}; its figures are computed from the records again")
     except ValueError as e:  # not JSON, or not UTF-8
         warnings.append(f"{path} is not valid JSON: {e}")
     return None

@@ -36,13 +36,15 @@ def run(ns: argparse.Namespace, app: App) -> int:
     for warning in loaded.warnings:
         warn(err, warning)
     targets: dict[str, Targets] = {}
+    path = RunDir(ns.run_dir).manifest
     try:
-        manifest = Manifest.read(RunDir(ns.run_dir).manifest)
+        manifest = Manifest.read(path)
         if manifest is not None:
             trace = manifest.trace is not None
             targets = {sc.name: Targets.of(sc.normalised, trace=trace) for sc in manifest.scenarios}
     except (OSError, ValueError) as e:  # a manifest that cannot be read, or targets that do not parse
-        warn(err, f"{str(e).splitlines()[0]}; summarised without targets")
+        why = str(e).splitlines()[0].removeprefix(str(path)).lstrip(": ")
+        warn(err, f"{path} unreadable ({why}); summarised without targets")
         targets = {}
     summary = summarize(loaded.records, targets, ns.run_dir if ns.run_dir.is_dir() else None)
     if ns.json:

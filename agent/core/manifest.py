@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.files import write_atomic
 from agent.core.redact import redact_obj
+from agent.core.yamlfile import describe_error
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -265,9 +266,7 @@ class Manifest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{path}: {where}: {first['msg']}") from e
+            raise ValueError(f"{path}: {describe_error(e.errors()[0])}") from e
 
 
 class ManifestFile:

@@ -28,6 +28,7 @@ from typing import IO
 import aiohttp
 from aiohttp import web
 
+from agent.backends._engine_main import EngineConfig
 from agent.backends.child import ChildServer
 from agent.backends.modelfacts import gguf_facts
 from agent.transport.sse import SSEParser
@@ -55,12 +56,14 @@ class OllamaFace:
         chat_template: str | None = "gemma",
     ) -> None:
         self.model_path = model_path
-        self.cfg = {
+        self.cfg: EngineConfig = {
             "model_path": str(model_path),
             "n_parallel": n_parallel,
             "n_ctx": n_parallel * 4096,
             "threads": threads,
             "chat_template": chat_template,
+            "port": 0,
+            "swa_full": False,
         }
         self.engine = ChildServer("agent.backends._engine_main", "engine")
         self.engine_url = ""

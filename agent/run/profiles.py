@@ -87,8 +87,13 @@ class Stages:
 
     def next(self, done: StagePlan | None, records: list[RequestRecord]) -> StagePlan | None:
         """The stage after ``done`` in the list."""
-        i = 0 if done is None else self.stages.index(done) + 1
+        i = 0 if done is None else _after(self.stages, done)
         return self.stages[i] if i < len(self.stages) else None
+
+
+def _after(stages: list[StagePlan], done: StagePlan) -> int:
+    """The position after ``done`` in ``stages``, found by identity (two stages may be equal)."""
+    return next(i for i, st in enumerate(stages) if st is done) + 1
 
 
 def sweep_stage(sc: Scenario, value: float) -> Scenario:
@@ -157,7 +162,7 @@ class SweepProfile:
             if why is not None:
                 self.stopped_early = why
                 return None
-        i = 0 if done is None else self.stages.index(done) + 1
+        i = 0 if done is None else _after(self.stages, done)
         return self.stages[i] if i < len(self.stages) else None
 
     def _saturated(self, done: StagePlan, records: list[RequestRecord]) -> str | None:

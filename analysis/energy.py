@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from agent.core.manifest import Manifest
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir
+from analysis.columns import Rows, as_rows
 from analysis.results import EnergyRequests, EnergyStage, EnergySummary
 
 __all__ = ["energy_summary"]
@@ -21,7 +25,7 @@ __all__ = ["energy_summary"]
 _MEASURED = ("good", "counter")
 
 
-def energy_summary(run_dir: Path, records: list[RequestRecord]) -> EnergySummary | None:
+def energy_summary(run_dir: Path, records: Rows | Iterable[RequestRecord]) -> EnergySummary | None:
     """Energy figures from ``energy.json`` and the records; None when the run has no energy block."""
     try:
         manifest = Manifest.read(RunDir(run_dir).manifest)
@@ -34,7 +38,10 @@ def energy_summary(run_dir: Path, records: list[RequestRecord]) -> EnergySummary
     out = EnergySummary(status=block.status if block is not None else "measured")
     if data is None:
         return out
-    qualities = Counter(r.energy_quality for r in records if r.energy_quality is not None)
+    records = as_rows(records)
+    qualities = Counter(
+        {str(k): v for k, v in _label_counts(records, "energy_quality").items() if k is not None}
+    )
     windows = sum(qualities.values())
     out.baseline = data.get("baseline")
     out.poller = data.get("poller")
@@ -47,15 +54,22 @@ def energy_summary(run_dir: Path, records: list[RequestRecord]) -> EnergySummary
     return out
 
 
-def _stage(row: dict[str, Any], records: list[RequestRecord]) -> EnergyStage:
+def _label_counts(rows: Rows, name: str) -> dict[object, int]:
+    codes, counts = np.unique(rows.codes(name), return_counts=True)
+    return {rows.label_of(name, int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+
+
+def _stage(row: dict[str, Any], records: Rows) -> EnergyStage:
     """A stage's macro window against the output tokens of the requests in it.
 
     The window starts after the warmup (the runner marks when), so warmup tokens are left out too:
     J/token is a steady-state figure, never diluted or inflated by a cold start.
     """
     label = row.get("stage")
-    recs = [r for r in records if (r.load_stage or "steady") == label] or records
-    tokens = sum(r.output_tokens or 0 for r in recs if r.status == "ok" and not r.is_warmup)
+    in_stage = records.is_("load_stage", label) | (records.is_("load_stage", None) & (label == "steady"))
+    recs = records.where(in_stage) if in_stage.any() else records
+    counted = recs.is_("status", "ok") & ~recs.f("is_warmup")
+    tokens = int(np.nan_to_num(recs.f("output_tokens")[counted]).sum())
     raw = row.get("energy_j")
     energy = float(raw) if isinstance(raw, int | float) else None
     measured = row.get("quality") in _MEASURED and energy is not None and tokens > 0

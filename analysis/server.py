@@ -14,10 +14,13 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from agent.core.manifest import CacheResetEntry, Manifest, StageWindow
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir
 from agent.core.server_metrics import SeriesFile, read_series, window_figures
+from analysis.columns import Rows, as_rows
 from analysis.results import ServerEndpoint, ServerStage, ServerSummary
 
 __all__ = ["WARM_CACHE_FLAG", "saturation_cause", "server_summary"]
@@ -26,22 +29,24 @@ __all__ = ["WARM_CACHE_FLAG", "saturation_cause", "server_summary"]
 WARM_CACHE_FLAG = 0.3
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.fmean(known) if known else None
+def _mean(values: np.ndarray) -> float | None:
+    known = values[~np.isnan(values)]
+    return statistics.fmean(known.tolist()) if known.size else None
 
 
-def _stage_records(records: list[RequestRecord], stage: str) -> list[RequestRecord]:
+def _stage_records(records: Rows, stage: str) -> Rows:
     label = None if stage == "steady" else stage
-    return [r for r in records if r.load_stage == label and r.stage == "steady" and r.status == "ok"]
+    return records.where(
+        records.is_("load_stage", label) & records.is_("stage", "steady") & records.is_("status", "ok")
+    )
 
 
-def _stage(f: SeriesFile, window: StageWindow, records: list[RequestRecord]) -> ServerStage:
+def _stage(f: SeriesFile, window: StageWindow, records: Rows) -> ServerStage:
     start, end = window.start_unix, window.end_unix
     figures = window_figures(f, start, end)  # the core's concepts, named as ServerStage names them
     out = ServerStage.model_validate({"stage": window.stage, "window_s": round(end - start, 3), **figures})
     ok = _stage_records(records, window.stage)
-    wall_ttft, wall_e2e = _mean(r.ttft_ms for r in ok), _mean(r.e2e_ms for r in ok)
+    wall_ttft, wall_e2e = _mean(ok.f("ttft_ms")), _mean(ok.f("e2e_ms"))
     if out.ttft is not None and out.ttft.mean_s is not None and wall_ttft is not None:
         out.ttft_wall_mean_ms = wall_ttft
         out.ttft_server_mean_ms = out.ttft.mean_s * 1000
@@ -66,7 +71,7 @@ def _flags(stages: list[ServerStage], resets: list[CacheResetEntry]) -> list[str
     return flags
 
 
-def server_summary(run_dir: Path, records: Iterable[RequestRecord]) -> ServerSummary | None:
+def server_summary(run_dir: Path, records: Rows | Iterable[RequestRecord]) -> ServerSummary | None:
     """The run's ``server`` block, or None when nothing was scraped."""
     try:
         manifest = Manifest.read(RunDir(run_dir).manifest)
@@ -79,8 +84,8 @@ def server_summary(run_dir: Path, records: Iterable[RequestRecord]) -> ServerSum
     if not path.is_file():
         return ServerSummary(status=f"unavailable — {path.name} is missing")
     f = read_series(path)
-    recs = list(records)
-    stages = [_stage(f, w, recs) for w in scraped.windows]
+    rows = as_rows(records)
+    stages = [_stage(f, w, rows) for w in scraped.windows]
     cache = manifest.prefix_cache
     resets = cache.resets if cache is not None else []
     return ServerSummary(

@@ -1,24 +1,29 @@
 """Per-scenario summary of a run (method §1–§3): steady state only, degraded records left out.
 
 Success rate, degraded reasons and the warmup ratio are figures of their own; every latency figure is a
-distribution over ok steady records.
+distribution over ok steady records. The figures are computed over the records' columns
+(``analysis.columns``), never one object per record, so a million records summarise in seconds and in a
+few hundred MB; sums run in record order, as a loop over the records would, so the figures are the same.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from agent.core.arrivals import burstiness_of
 from agent.core.record import RequestRecord, meets_slo
 from agent.core.scenario import Targets
+from analysis.columns import RecordColumns, Rows
 from analysis.energy import energy_summary
 from analysis.results import (
     SUMMARY_SCHEMA_VERSION,
     ColdStarts,
     Conversations,
+    Distribution,
     Goodput,
     LengthCheck,
     LoadFidelity,
@@ -33,7 +38,7 @@ from analysis.results import (
     Workload,
 )
 from analysis.server import server_summary
-from analysis.stats import describe, median
+from analysis.stats import describe, describe_itl, median, seqsum
 
 __all__ = [
     "WARMUP_RATIO_LIMIT",
@@ -48,7 +53,7 @@ WARMUP_RATIO_LIMIT = 10.0
 
 
 def summarize(
-    records: Iterable[RequestRecord],
+    records: Iterable[RequestRecord] | RecordColumns,
     targets: dict[str, Targets] | None = None,
     run_dir: Path | None = None,
 ) -> RunSummary:
@@ -57,24 +62,28 @@ def summarize(
     With ``run_dir``, the run's energy block (macro windows, request-window coverage) and the server's
     own figures (from its scraped metrics) are added.
     """
-    by_scenario: dict[str, list[RequestRecord]] = defaultdict(list)
-    everything: list[RequestRecord] = []
-    for r in records:
-        by_scenario[r.scenario].append(r)
-        everything.append(r)
-    targets = targets or {}
-    out = RunSummary(
-        schema_version=SUMMARY_SCHEMA_VERSION,
-        scenarios={name: _scenario(recs, targets.get(name, _NONE)) for name, recs in by_scenario.items()},
-    )
-    if run_dir is not None:
-        energy = energy_summary(run_dir, everything)
-        if energy is not None:
-            out.energy = energy
-        server = server_summary(run_dir, everything)
-        if server is not None:
-            out.server = server
-    return out
+    cols = records if isinstance(records, RecordColumns) else RecordColumns.from_records(records)
+    try:
+        everything = cols.rows()
+        targets = targets or {}
+        out = RunSummary(
+            schema_version=SUMMARY_SCHEMA_VERSION,
+            scenarios={
+                str(name): _scenario(rows, targets.get(str(name), _NONE))
+                for name, rows in everything.groups("scenario").items()
+            },
+        )
+        if run_dir is not None:
+            energy = energy_summary(run_dir, everything)
+            if energy is not None:
+                out.energy = energy
+            server = server_summary(run_dir, everything)
+            if server is not None:
+                out.server = server
+        return out
+    finally:
+        if cols is not records:
+            cols.close()
 
 
 #: a scenario whose targets are not known (records summarised without their manifest)
@@ -82,48 +91,55 @@ _NONE = Targets()
 
 
 def summarize_stages(
-    records: Iterable[RequestRecord], targets: dict[str, Targets] | None = None
+    records: Iterable[RequestRecord] | RecordColumns, targets: dict[str, Targets] | None = None
 ) -> dict[str, ScenarioSummary]:
     """One scenario summary per load stage (sweep stages), keyed by stage label, in first-seen order."""
-    by_stage: dict[str, list[RequestRecord]] = defaultdict(list)
-    for r in records:
-        by_stage[r.load_stage or ""].append(r)
-    targets = targets or {}
-    return {label: _scenario(recs, targets.get(recs[0].scenario, _NONE)) for label, recs in by_stage.items()}
+    cols = records if isinstance(records, RecordColumns) else RecordColumns.from_records(records)
+    try:
+        targets = targets or {}
+        out = {}
+        for label, rows in cols.rows().groups("load_stage").items():
+            first = rows.label_of("scenario", int(rows.codes("scenario")[0]))
+            out[str(label or "")] = _scenario(rows, targets.get(str(first), _NONE))
+        return out
+    finally:
+        if cols is not records:
+            cols.close()
 
 
-def _scenario(recs: list[RequestRecord], target: Targets) -> ScenarioSummary:
-    steady = [r for r in recs if r.stage == "steady"]
-    all_ok = [r for r in steady if r.status == "ok"]
-    ok = [r for r in all_ok if not r.cold_start]
-    cold = [r for r in all_ok if r.cold_start]
-    warm_ok = [r for r in recs if r.is_warmup and r.status == "ok"]
+def _f(rows: Rows, name: str) -> Distribution | None:
+    return describe(rows.f(name))
+
+
+def _scenario(recs: Rows, target: Targets) -> ScenarioSummary:
+    steady = recs.where(recs.is_("stage", "steady"))
+    all_ok = steady.where(steady.is_("status", "ok"))
+    cold_mask = all_ok.f("cold_start")
+    ok, cold = all_ok.where(~cold_mask), all_ok.where(cold_mask)
+    warm_ok = recs.where(recs.f("is_warmup") & recs.is_("status", "ok"))
     out = ScenarioSummary(
         requests=_requests(recs, steady, all_ok, cold),
         latency_ms={
-            "ttft": describe(r.ttft_ms for r in ok),
-            "itl": describe(itertools.chain.from_iterable(r.itl_ms for r in ok)),
-            "tpot": describe(r.tpot_ms for r in ok),
-            "e2e": describe(r.e2e_ms for r in ok),
+            "ttft": _f(ok, "ttft_ms"),
+            "itl": describe_itl(ok),
+            "tpot": _f(ok, "tpot_ms"),
+            "e2e": _f(ok, "e2e_ms"),
         },
         native_ms={
-            "prefill": describe(r.prefill_ms for r in ok),
-            "decode": describe(r.decode_ms for r in ok),
-            "load": describe(r.load_ms for r in ok),
-            "ttft": describe(r.native_ttft_ms for r in ok),
-            "queue": describe(r.queue_ms for r in ok),
+            "prefill": _f(ok, "prefill_ms"),
+            "decode": _f(ok, "decode_ms"),
+            "load": _f(ok, "load_ms"),
+            "ttft": _f(ok, "native_ttft_ms"),
+            "queue": _f(ok, "queue_ms"),
         },
         cold_start=ColdStarts(
-            n=len(cold),
-            load_ms=describe(r.load_ms for r in cold),
-            ttft_ms=describe(r.ttft_ms for r in cold),
-            e2e_ms=describe(r.e2e_ms for r in cold),
+            n=len(cold), load_ms=_f(cold, "load_ms"), ttft_ms=_f(cold, "ttft_ms"), e2e_ms=_f(cold, "e2e_ms")
         ),
         goodput=goodput(steady, target.slo),
         load=_load(steady, target),
         throughput=_throughput(ok),
-        overhead_pct=describe(r.overhead_pct for r in ok),
-        decode_fraction=describe(r.decode_fraction for r in ok),
+        overhead_pct=_f(ok, "overhead_pct"),
+        decode_fraction=_f(ok, "decode_fraction"),
         warmup=_warmup(warm_ok, ok),
         tokens=_tokens(ok, target),
     )
@@ -131,26 +147,35 @@ def _scenario(recs: list[RequestRecord], target: Targets) -> ScenarioSummary:
     return out
 
 
-def _requests(
-    recs: list[RequestRecord], steady: list[RequestRecord], ok: list[RequestRecord], cold: list[RequestRecord]
-) -> Requests:
-    reasons = Counter(r.reason or "unknown" for r in steady if r.status == "degraded")
+def _counts(rows: Rows, name: str, none: str) -> Counter[str]:
+    """How many rows hold each label of ``name`` (``none`` for rows with none), in first-seen order."""
+    codes, first, n = np.unique(rows.codes(name), return_index=True, return_counts=True)
+    out: Counter[str] = Counter()
+    order = np.argsort(first)
+    for code, count in zip(codes[order].tolist(), n[order].tolist(), strict=True):
+        label = rows.label_of(name, code)
+        out[none if label is None else str(label)] += count
+    return out
+
+
+def _requests(recs: Rows, steady: Rows, ok: Rows, cold: Rows) -> Requests:
+    reasons = _counts(steady.where(steady.is_("status", "degraded")), "reason", "unknown")
     return Requests(
         steady=len(steady),
         ok=len(ok),
         degraded=len(steady) - len(ok),
-        success_rate=len(ok) / len(steady) if steady else None,
+        success_rate=len(ok) / len(steady) if len(steady) else None,
         cold_start=len(cold),
         degraded_by_reason=dict(sorted(reasons.items())),
-        warmup=sum(1 for r in recs if r.is_warmup),
-        interrupted=sum(1 for r in recs if r.reason == "interrupted"),
+        warmup=int(recs.f("is_warmup").sum()),
+        interrupted=int(recs.is_("reason", "interrupted").sum()),
     )
 
 
-def _add_workload_blocks(out: ScenarioSummary, ok: list[RequestRecord], target: Targets) -> None:
+def _add_workload_blocks(out: ScenarioSummary, ok: Rows, target: Targets) -> None:
     """Requested against measured lengths, the prefix cache and conversations, where a run has them."""
-    prompt = _length_check([(r.requested_prompt_tokens, r.prompt_tokens, r.template_tokens) for r in ok])
-    output = _length_check([(r.requested_output_tokens, r.output_tokens, None) for r in ok])
+    prompt = _length_check(ok.f("requested_prompt_tokens"), ok.f("prompt_tokens"), ok.f("template_tokens"))
+    output = _length_check(ok.f("requested_output_tokens"), ok.f("output_tokens"), None)
     if prompt is not None or (output is not None and target.workload):
         out.workload = Workload(prompt=prompt, output=output)
     cache = _prefix_cache(ok)
@@ -159,26 +184,27 @@ def _add_workload_blocks(out: ScenarioSummary, ok: list[RequestRecord], target: 
     talks = _conversations(ok)
     if talks is not None:
         out.conversations = talks
-    models = {r.model for r in ok}
+    models = ok.groups("model")
     if target.models and len(models) > 1:
-        out.by_model = {m: _scenario([r for r in ok if r.model == m], _NONE) for m in sorted(models)}
+        out.by_model = {str(m): _scenario(models[m], _NONE) for m in sorted(models, key=str)}
 
 
-def _length_check(pairs: list[tuple[int | None, int | None, int | None]]) -> LengthCheck | None:
-    asked = [(a, m, t) for a, m, t in pairs if a is not None]
-    requested = describe(a for a, _, _ in asked)
+def _length_check(asked: np.ndarray, measured: np.ndarray, template: np.ndarray | None) -> LengthCheck | None:
+    has = ~np.isnan(asked)
+    requested = describe(asked[has])
     if requested is None:
         return None
-    measured = [(a, m) for a, m, _ in asked if m is not None]
+    a, m = asked[has], measured[has]
+    both = ~np.isnan(m)
     return LengthCheck(
-        n=len(asked),
+        n=int(has.sum()),
         requested=requested,
-        measured=describe(m for _, m in measured),
-        requested_min=float(min(a for a, _, _ in asked)),
-        measured_min=float(min(m for _, m in measured)) if measured else None,
-        exact=sum(1 for a, m in measured if a == m),
-        within_one=sum(1 for a, m in measured if abs(a - m) <= 1),
-        template=describe(t for _, _, t in asked),
+        measured=describe(m[both]),
+        requested_min=float(a.min()),
+        measured_min=float(m[both].min()) if both.any() else None,
+        exact=int((a[both] == m[both]).sum()),
+        within_one=int((np.abs(a[both] - m[both]) <= 1).sum()),
+        template=describe(template[has]) if template is not None else None,
     )
 
 
@@ -187,30 +213,33 @@ def _length_check(pairs: list[tuple[int | None, int | None, int | None]]) -> Len
 PREFIX_HIT_MIN_TOKENS = 16
 
 
-def _is_hit(r: RequestRecord) -> bool:
-    return (r.cached_prompt_tokens or 0) >= max(PREFIX_HIT_MIN_TOKENS, (r.template_tokens or 0) + 1)
+def _hits(rows: Rows) -> np.ndarray:
+    cached = np.nan_to_num(rows.f("cached_prompt_tokens"))
+    hit: np.ndarray = cached >= np.maximum(
+        PREFIX_HIT_MIN_TOKENS, np.nan_to_num(rows.f("template_tokens")) + 1
+    )
+    return hit
 
 
-def _prefix_cache(ok: list[RequestRecord]) -> PrefixCache | None:
+def _prefix_cache(ok: Rows) -> PrefixCache | None:
     """Hits: requests whose cached prompt tokens reach ``PREFIX_HIT_MIN_TOKENS`` past the template's own."""
-    seen = [r for r in ok if r.cached_prompt_tokens is not None]
-    hits = [r for r in seen if _is_hit(r)]
-    groups = {r.prefix_group for r in ok if r.prefix_group is not None}
-    if not seen:
+    seen = ok.where(~np.isnan(ok.f("cached_prompt_tokens")))
+    if not len(seen):
         return None
-    misses = [r for r in seen if not _is_hit(r)]
-    cached = sum(r.cached_prompt_tokens or 0 for r in seen)
-    prompt = sum(r.prompt_tokens or 0 for r in seen)
+    hit = _hits(seen)
+    groups = ok.codes("prefix_group")
+    cached = int(np.nan_to_num(seen.f("cached_prompt_tokens")).sum())
+    prompt = int(np.nan_to_num(seen.f("prompt_tokens")).sum())
     return PrefixCache(
         requests=len(seen),
-        hits=len(hits),
-        hit_rate=len(hits) / len(seen),
+        hits=int(hit.sum()),
+        hit_rate=int(hit.sum()) / len(seen),
         cached_tokens=cached,
         prompt_tokens=prompt,
         token_hit_rate=cached / prompt if prompt else None,
-        ttft_hit_ms=describe(r.ttft_ms for r in hits),
-        ttft_miss_ms=describe(r.ttft_ms for r in misses),
-        groups=len(groups),
+        ttft_hit_ms=describe(seen.f("ttft_ms")[hit]),
+        ttft_miss_ms=describe(seen.f("ttft_ms")[~hit]),
+        groups=int(np.unique(groups[groups >= 0]).size),
     )
 
 
@@ -227,40 +256,47 @@ def _band(tokens: int) -> str:
     return f">{CONTEXT_BANDS[-1]}"
 
 
-def _turn_stats(key: str, recs: list[RequestRecord]) -> TurnStats:
+def _turn_stats(key: str, rows: Rows) -> TurnStats:
     return TurnStats(
-        key=key,
-        n=len(recs),
-        ttft_ms=describe(r.ttft_ms for r in recs),
-        prompt_tokens=describe(r.prompt_tokens for r in recs),
+        key=key, n=len(rows), ttft_ms=_f(rows, "ttft_ms"), prompt_tokens=_f(rows, "prompt_tokens")
     )
 
 
-def _conversations(ok: list[RequestRecord]) -> Conversations | None:
-    turns = [r for r in ok if r.turn is not None]
-    if not turns:
+def _conversations(ok: Rows) -> Conversations | None:
+    turns = ok.where(~np.isnan(ok.f("turn")))
+    if not len(turns):
         return None
-    by_turn: dict[int, list[RequestRecord]] = defaultdict(list)
-    by_band: dict[str, list[RequestRecord]] = defaultdict(list)
-    for r in turns:
-        by_turn[r.turn or 0].append(r)
-        if r.prompt_tokens is not None:
-            by_band[_band(r.prompt_tokens)].append(r)
-    order = {(_band(hi)): i for i, hi in enumerate((*CONTEXT_BANDS, CONTEXT_BANDS[-1] + 1))}
+    turn = turns.f("turn")
+    prompt = turns.f("prompt_tokens")
+    known = ~np.isnan(prompt)
+    bands = np.searchsorted(np.asarray(CONTEXT_BANDS, dtype=np.float64), prompt[known], side="left")
+    with_prompt = turns.where(known)
+    by_context = []
+    for b in sorted(set(bands.tolist())):
+        hi = CONTEXT_BANDS[b] if b < len(CONTEXT_BANDS) else CONTEXT_BANDS[-1] + 1
+        by_context.append(_turn_stats(_band(hi), with_prompt.where(bands == b)))
     return Conversations(
-        conversations=len({r.conversation_id for r in turns}),
+        conversations=int(np.unique(turns.codes("conversation_id")).size),
         turns=len(turns),
-        by_turn=[_turn_stats(str(k), v) for k, v in sorted(by_turn.items())],
-        by_context=[_turn_stats(k, by_band[k]) for k in sorted(by_band, key=order.__getitem__)],
+        by_turn=[_turn_stats(str(int(k)), turns.where(turn == k)) for k in np.unique(turn)],
+        by_context=by_context,
     )
 
 
-def goodput(steady: list[RequestRecord], slo: dict[str, float]) -> Goodput | None:
+def _meets(rows: Rows, limits: dict[str, float]) -> np.ndarray:
+    """``meets_slo`` over columns: ok, and every figure with an objective known and within it."""
+    met = rows.is_("status", "ok")
+    for key, limit in limits.items():
+        met &= rows.f(key) <= limit  # NaN (no figure) compares False: a miss
+    return met
+
+
+def goodput(steady: Rows, slo: dict[str, float]) -> Goodput | None:
     """Share of steady requests meeting the SLOs; degraded requests count as misses, never drop out."""
     limits = {k: slo[k] for k in ("ttft_ms", "tpot_ms", "e2e_ms") if slo.get(k) is not None}
-    if not limits or not steady:
+    if not limits or not len(steady):
         return None
-    met = sum(1 for r in steady if meets_slo(r, limits))
+    met = int(_meets(steady, limits).sum())
     window = _window_s(steady)
     return Goodput(
         slo=limits,
@@ -271,36 +307,41 @@ def goodput(steady: list[RequestRecord], slo: dict[str, float]) -> Goodput | Non
     )
 
 
-def _window_s(recs: list[RequestRecord]) -> float | None:
-    ends = [r.intended_offset_ms + r.e2e_ms for r in recs if r.e2e_ms is not None]
-    if not ends:
+def _window_s(rows: Rows) -> float | None:
+    e2e = rows.f("e2e_ms")
+    has = ~np.isnan(e2e)
+    if not has.any():
         return None
-    window = (max(ends) - min(r.intended_offset_ms for r in recs)) / 1000
+    window = (
+        float((rows.f("intended_offset_ms")[has] + e2e[has]).max())
+        - float(rows.f("intended_offset_ms").min())
+    ) / 1000
     return window if window > 0 else None
 
 
-def _rate(offsets_ms: list[float]) -> float | None:
-    if len(offsets_ms) < 2:
+def _rate(offsets_ms: np.ndarray) -> float | None:
+    if offsets_ms.size < 2:
         return None
-    span = (max(offsets_ms) - min(offsets_ms)) / 1000
-    return (len(offsets_ms) - 1) / span if span > 0 else None
+    span = (float(offsets_ms.max()) - float(offsets_ms.min())) / 1000
+    return (offsets_ms.size - 1) / span if span > 0 else None
 
 
-def _load(steady: list[RequestRecord], target: Targets) -> LoadFidelity | None:
+def _load(steady: Rows, target: Targets) -> LoadFidelity | None:
     """Rate fidelity of an open-loop stage: requested, scheduled and achieved rate, schedule lag."""
-    rates = [r.target_rate for r in steady if r.target_rate is not None]
-    rate = max(rates) if rates else None  # a ramp's records carry the rate as it rose
+    rates = steady.f("target_rate")
+    rates = rates[~np.isnan(rates)]
+    rate = float(rates.max()) if rates.size else None  # a ramp's records carry the rate as it rose
     if rate is None and target.arrival in (None, "closed"):
         return None
-    intended = [r.intended_offset_ms for r in steady]
-    achieved = _rate([r.sent_offset_ms for r in steady])
+    intended = steady.f("intended_offset_ms")
+    achieved = _rate(steady.f("sent_offset_ms"))
     scheduled = _rate(intended)
-    lag = describe(r.schedule_lag_ms for r in steady)
+    lag = _f(steady, "schedule_lag_ms")
     limit = target.lag_limit_ms
     return LoadFidelity(
         arrival=target.arrival or "trace",
         burstiness_requested=target.burstiness if target.arrival == "gamma" else None,
-        burstiness_measured=burstiness_of([t / 1000 for t in intended]),
+        burstiness_measured=burstiness_of((intended / 1000).tolist()),
         rate_requested=rate,
         rate_scheduled=scheduled,
         rate_achieved=achieved,
@@ -313,15 +354,22 @@ def _load(steady: list[RequestRecord], target: Targets) -> LoadFidelity | None:
     )
 
 
-def _throughput(ok: list[RequestRecord]) -> Throughput:
-    tokens = sum(r.output_tokens or 0 for r in ok)
-    prompt_tokens = sum(r.prompt_tokens or 0 for r in ok)
-    decode_s = sum((r.decode_ms or 0.0) for r in ok if r.decode_ms is not None) / 1000
-    native_tokens = sum(r.output_tokens or 0 for r in ok if r.decode_ms is not None)
+def _int_sum(values: np.ndarray) -> int:
+    return int(np.nan_to_num(values).sum())
+
+
+def _throughput(ok: Rows) -> Throughput:
+    output = ok.f("output_tokens")
+    tokens = _int_sum(output)
+    prompt_tokens = _int_sum(ok.f("prompt_tokens"))
+    decode = ok.f("decode_ms")
+    timed = ~np.isnan(decode)
+    decode_s = seqsum(decode[timed]) / 1000
+    native_tokens = _int_sum(output[timed])
     window_s = _window_s(ok)
     return Throughput(
-        native_tok_s_per_request=describe(r.native_tok_s for r in ok),
-        wall_tok_s_per_request=describe(r.wall_tok_s for r in ok),
+        native_tok_s_per_request=_f(ok, "native_tok_s"),
+        wall_tok_s_per_request=_f(ok, "wall_tok_s"),
         native_tok_s_aggregate=native_tokens / decode_s if decode_s > 0 else None,
         output_tokens=tokens,
         prompt_tokens=prompt_tokens,
@@ -332,9 +380,9 @@ def _throughput(ok: list[RequestRecord]) -> Throughput:
     )
 
 
-def _warmup(warm_ok: list[RequestRecord], ok: list[RequestRecord]) -> Warmup:
-    warm_med = median(r.e2e_ms for r in warm_ok)
-    steady_med = median(r.e2e_ms for r in ok)
+def _warmup(warm_ok: Rows, ok: Rows) -> Warmup:
+    warm_med = median(warm_ok.f("e2e_ms"))
+    steady_med = median(ok.f("e2e_ms"))
     ratio = warm_med / steady_med if warm_med is not None and steady_med else None
     return Warmup(
         n=len(warm_ok),
@@ -345,18 +393,16 @@ def _warmup(warm_ok: list[RequestRecord], ok: list[RequestRecord]) -> Warmup:
     )
 
 
-def _tokens(ok: list[RequestRecord], target: Targets) -> Tokens:
+def _tokens(ok: Rows, target: Targets) -> Tokens:
+    server = ok.is_("token_source", "server")
+    mismatch = server & (ok.f("output_tokens") != ok.f("chunks")) & (ok.f("streamed") != 0)
     return Tokens(
-        prompt=describe(r.prompt_tokens for r in ok),
+        prompt=_f(ok, "prompt_tokens"),
         prompt_target=target.prompt_tokens,
-        output=describe(r.output_tokens for r in ok),
+        output=_f(ok, "output_tokens"),
         output_target=target.output_tokens,
-        early_stop=sum(1 for r in ok if r.early_stop),
-        source=dict(Counter(r.token_source or "unknown" for r in ok)),
-        cached_prompt_tokens=sum(r.cached_prompt_tokens or 0 for r in ok),
-        server_vs_chunk_mismatch=sum(
-            1
-            for r in ok
-            if r.token_source == "server" and r.output_tokens != r.chunks and r.streamed is not False
-        ),
+        early_stop=int(ok.f("early_stop").sum()),
+        source=dict(_counts(ok, "token_source", "unknown")),
+        cached_prompt_tokens=_int_sum(ok.f("cached_prompt_tokens")),
+        server_vs_chunk_mismatch=int(mismatch.sum()),
     )

@@ -87,6 +87,24 @@ def _mask(text: str, runs: Path) -> str:
     return _STAMP.sub("<created>", text)
 
 
+_NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
+#: How far a printed float may move between releases of numpy and scipy (an F statistic or a p-value
+#: they compute can change in its last digits); every other character is held exactly.
+FLOAT_REL = 1e-9
+
+
+def differences(kept: str, made: str) -> list[tuple[str, str]]:
+    """The numbers that differ by more than ``FLOAT_REL``, or the whole texts if anything else differs."""
+    if _NUMBER.sub("#", kept) != _NUMBER.sub("#", made):
+        return [(kept, made)]
+    out = []
+    for a, b in zip(_NUMBER.findall(kept), _NUMBER.findall(made), strict=True):
+        x, y = float(a), float(b)
+        if a != b and abs(x - y) > FLOAT_REL * max(abs(x), abs(y)):
+            out.append((a, b))
+    return out
+
+
 def produce(scratch: Path) -> dict[str, bytes]:
     """Run every command on a fresh copy of the recorded runs; each output's bytes, masked, by name."""
     runs = scratch / "runs"

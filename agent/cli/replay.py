@@ -16,7 +16,7 @@ from agent.core.manifest import TraceInfo
 from agent.core.scenario import MAX_IN_FLIGHT
 from agent.core.trace import load_trace
 from agent.run.profiles import ReplayProfile
-from analysis.records import load_records
+from analysis.columns import read_columns
 from analysis.render.summary import render_summary
 from analysis.summary import summarize
 
@@ -59,6 +59,7 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     corpus = "\n\n".join(p.text for p in base.prompt_list())
     result = await launch.run(ReplayProfile(sc, items, offsets, corpus, ns.trace, trace))
     by_name = targets([sc], trace=True)
-    summary = summarize(load_records(launch.out).records, by_name, launch.out)
+    with read_columns(launch.out) as cols:
+        summary = summarize(cols, by_name, launch.out)
     Console().print(render_summary(summary))
     return finish(launch, result, summary, app.err)

@@ -11,7 +11,7 @@ from agent.cli.flags import backend_flags, load_flags
 from agent.cli.launching import finish, in_flight, scenario_for, start, targets
 from agent.core.errors import ConfigError
 from agent.run.profiles import StagePlan, Stages, Tenant
-from analysis.records import load_records
+from analysis.columns import read_columns
 from analysis.render.summary import render_summary
 from analysis.summary import summarize
 
@@ -36,6 +36,7 @@ async def run(ns: argparse.Namespace, app: App) -> int:
         raise ConfigError(f"each tenant needs its own scenario name; got {', '.join(names)}")
     launch = await start(ns, app.settings, scenarios, sum(in_flight(sc) for sc in scenarios), app.err)
     result = await launch.run(Stages([StagePlan(None, [Tenant(sc) for sc in scenarios])]))
-    summary = summarize(load_records(launch.out).records, targets(scenarios), launch.out)
+    with read_columns(launch.out) as cols:
+        summary = summarize(cols, targets(scenarios), launch.out)
     Console().print(render_summary(summary))
     return finish(launch, result, summary, app.err)

@@ -10,11 +10,10 @@ from pathlib import Path
 from rich.console import Console
 
 from agent.cli.common import EXIT_OK, App, warn
-from agent.cli.launching import write_html
 from agent.core.manifest import Manifest
 from agent.core.rundir import RunDir
 from agent.core.scenario import Targets
-from analysis.records import load_records
+from analysis.columns import read_columns
 from analysis.render.summary import render_summary
 from analysis.summary import summarize
 
@@ -32,11 +31,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace, app: App) -> int:
     """The run's summary from its records and manifest, as a table or JSON."""
     err = app.err
-    loaded = load_records(ns.run_dir)
-    for warning in loaded.warnings:
-        warn(err, warning)
+    with read_columns(ns.run_dir) as cols:
+        for warning in cols.warnings:
+            warn(err, warning)
+        summary = summarize(cols, _targets(ns.run_dir, err), ns.run_dir if ns.run_dir.is_dir() else None)
+    if ns.json:
+        sys.stdout.write(json.dumps(summary.dump(), indent=2) + "\n")
+    else:
+        Console().print(render_summary(summary))
+    if ns.html:
+        from agent.cli.launching import write_html  # the run machinery, only when a page is asked for
+
+        write_html(ns.run_dir, err)
+        err.print(f"wrote {ns.run_dir / 'report.html'}")
+    return EXIT_OK
+
+
+def _targets(run_dir: Path, err: Console) -> dict[str, Targets]:
+    """What the run's scenarios aimed at, from its manifest (none, with a warning, where it is unreadable)."""
     targets: dict[str, Targets] = {}
-    path = RunDir(ns.run_dir).manifest
+    path = RunDir(run_dir).manifest
     try:
         manifest = Manifest.read(path)
         if manifest is not None:
@@ -46,12 +60,4 @@ def run(ns: argparse.Namespace, app: App) -> int:
         why = str(e).splitlines()[0].removeprefix(str(path)).lstrip(": ")
         warn(err, f"{path} unreadable ({why}); summarised without targets")
         targets = {}
-    summary = summarize(loaded.records, targets, ns.run_dir if ns.run_dir.is_dir() else None)
-    if ns.json:
-        sys.stdout.write(json.dumps(summary.dump(), indent=2) + "\n")
-    else:
-        Console().print(render_summary(summary))
-    if ns.html:
-        write_html(ns.run_dir, err)
-        err.print(f"wrote {ns.run_dir / 'report.html'}")
-    return EXIT_OK
+    return targets

@@ -13,7 +13,7 @@ from agent.cli.launching import finish, in_flight, scenario_for, start, targets
 from agent.core.errors import ConfigError
 from agent.core.scenario import Scenario
 from agent.run.profiles import SweepProfile
-from analysis.records import load_records
+from analysis.columns import read_columns
 from analysis.render.summary import render_sweep, server_lines
 from analysis.results import SUMMARY_SCHEMA_VERSION, SweepSummary
 from analysis.server import server_summary
@@ -78,9 +78,9 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     launch.manifest.sweep = sw.model_dump(mode="json")
     result = await launch.run(profile)
     curve = profile.curve()
-    records = load_records(launch.out).records
-    stages = summarize_stages(records, profile.targets)
-    server = server_summary(launch.out, records)
+    with read_columns(launch.out) as cols:
+        stages = summarize_stages(cols, profile.targets)
+        server = server_summary(launch.out, cols.rows())
     explain_knee(curve, server)
     summary = SweepSummary(schema_version=SUMMARY_SCHEMA_VERSION, sweep=curve, stages=stages, server=server)
     Console().print(render_sweep(curve, sw.over, sc.slo.percentile))

@@ -34,6 +34,16 @@ __all__ = ["FLOATS", "LABELS", "SPILL_VALUES", "Itl", "RecordColumns", "Rows", "
 
 #: Numeric fields kept as floats (None is NaN): float64, or float32 for counts (exact below 2**24) and
 #: read out as float64.
+COUNTS = (
+    "chunks",
+    "prompt_tokens",
+    "requested_prompt_tokens",
+    "template_tokens",
+    "cached_prompt_tokens",
+    "output_tokens",
+    "requested_output_tokens",
+    "turn",
+)
 FLOATS = (
     "intended_offset_ms",
     "sent_offset_ms",
@@ -43,24 +53,17 @@ FLOATS = (
     "ttft_ms",
     "tpot_ms",
     "e2e_ms",
-    "chunks",
     "prefill_ms",
     "decode_ms",
     "load_ms",
     "native_ttft_ms",
     "queue_ms",
-    "prompt_tokens",
-    "requested_prompt_tokens",
-    "template_tokens",
-    "cached_prompt_tokens",
-    "output_tokens",
-    "requested_output_tokens",
     "native_tok_s",
     "wall_tok_s",
     "overhead_pct",
     "decode_fraction",
     "energy_j",
-    "turn",
+    *COUNTS,
     "streamed",
 )
 #: Flags a record always has (a missing one is False).
@@ -80,16 +83,7 @@ LABELS = (
     "conversation_id",
     "energy_quality",
 )
-_INTS = {
-    "chunks",
-    "prompt_tokens",
-    "requested_prompt_tokens",
-    "template_tokens",
-    "cached_prompt_tokens",
-    "output_tokens",
-    "requested_output_tokens",
-    "turn",
-}
+_INTS = set(COUNTS)
 #: Fields read as another type and kept as float64 (a flag that may be missing: 1, 0 or NaN).
 _FLOAT_TYPES = {**{n: pa.int64() for n in _INTS}, "streamed": pa.bool_()}
 _REQUIRED = ("run_id", "scenario", "request_id", "seq", "backend", "model", "endpoint", "status")

@@ -228,7 +228,8 @@ class Itl:
         return int(self.lengths[rows].sum())
 
     def close(self) -> None:
-        """Remove the temporary file, if the latencies needed one."""
+        """Free the latencies, and remove the temporary file if they needed one."""
+        self._parts, self.offsets = [], np.zeros(1, dtype=np.int64)
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -312,8 +313,9 @@ class RecordColumns:
         return Rows(self, np.arange(self.n, dtype=np.int32 if self.n < 2**31 else np.int64))
 
     def close(self) -> None:
-        """Free what the columns hold on disk (the latencies' temporary file)."""
+        """Free what the columns hold, in memory and on disk (the latencies' temporary file)."""
         self.itl.close()
+        self.floats, self.labels = {}, {}
 
     def __enter__(self) -> RecordColumns:
         return self

@@ -31,6 +31,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "read_references",
+    "read_summary",
 ]
 
 
@@ -71,7 +72,7 @@ class Run:
         return out
 
 
-def _summary(path: Path, warnings: list[str]) -> RunSummary | SweepSummary | None:
+def read_summary(path: Path, warnings: list[str]) -> RunSummary | SweepSummary | None:
     """The run's own summary; one written by another version is set aside (the records still say it all)."""
     if not path.is_file():
         return None
@@ -171,7 +172,7 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
     except ValueError as e:
         warnings.append(str(e))
         manifest = None
-    summary = _summary(RunDir(folder).summary, warnings)
+    summary = read_summary(RunDir(folder).summary, warnings)
     refs = _manifest_references(manifest)
     if references:
         refs.update(references)

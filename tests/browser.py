@@ -19,12 +19,15 @@ from typing import Any
 
 import aiohttp
 
-#: What each plotly figure on a page holds, read in the page once it has loaded.
-FIGURES_JS = """JSON.stringify([...document.querySelectorAll('.js-plotly-plot')].map(p => ({
+#: What each figure on a page holds (the series and points it says it drew), and whether the browser
+#: laid its SVG out, read in the page once it has loaded.
+FIGURES_JS = """JSON.stringify([...document.querySelectorAll('figure.chart')].map(p => ({
   id: p.id,
-  traces: (p.data || []).length,
-  points: (p.data || []).reduce((n, t) => n + Math.max((t.x || []).length, (t.y || []).length), 0),
-  rendered: !!p.querySelector('.main-svg'),
+  traces: Number(p.dataset.series),
+  points: Number(p.dataset.points),
+  rendered: (() => { const s = p.querySelector('svg'); if (!s) return false;
+    const b = s.getBoundingClientRect(); return b.width > 100 && b.height > 50
+      && s.querySelectorAll('path, rect, use').length > 10; })(),
 })))"""
 
 

@@ -38,6 +38,7 @@ from agent.run.launch import Launch, LaunchResult
 from agent.run.manifest import build_manifest
 from agent.run.runner import in_flight
 from agent.run.serverside import ServerPlan, ServerSide
+from analysis.columns import RecordColumns
 from analysis.results import RunSummary, SweepSummary
 from exporters.http import MetricsServer
 from exporters.prometheus import RecordMetrics
@@ -392,21 +393,30 @@ def _metrics(ns: argparse.Namespace) -> MetricsEndpoint | None:
 
 
 def finish(
-    launch: Launch, result: LaunchResult, summary: RunSummary | SweepSummary | None, err: Console
+    launch: Launch,
+    result: LaunchResult,
+    summary: RunSummary | SweepSummary | None,
+    err: Console,
+    cols: RecordColumns | None = None,
 ) -> int:
     """Summary and manifest written, the outcome said in one line; the exit code.
 
     0 completed; 1 failed (records could not be written); 128 + n stopped by signal n. A stop signal
-    while this runs is noted, never a KeyboardInterrupt half-way through the files.
+    while this runs is noted, never a KeyboardInterrupt half-way through the files. ``cols``, the
+    records' columns the summary was made from, draw the page too (read again when not given).
     """
     try:
-        return _finish(launch, result, summary, err)
+        return _finish(launch, result, summary, err, cols)
     finally:
         launch.release_signals()
 
 
 def _finish(
-    launch: Launch, result: LaunchResult, summary: RunSummary | SweepSummary | None, err: Console
+    launch: Launch,
+    result: LaunchResult,
+    summary: RunSummary | SweepSummary | None,
+    err: Console,
+    cols: RecordColumns | None,
 ) -> int:
     outcome, m = result.outcome, launch.manifest
     m.status = "interrupted" if outcome.interrupted else "completed"
@@ -444,7 +454,7 @@ def _finish(
         err.print(Text.assemble(("error: ", "bold red"), str(result.write_error)), soft_wrap=True)
         err.print(f"run stopped: {result.written} whole records on disk in {launch.out}/ (manifest: failed)")
         return EXIT_FAILED
-    write_html(launch.out, err)
+    write_html(launch.out, err, cols)
     err.print(f"records, manifest, summary and report.html in {launch.out}/")
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/yellow]: {result.written} records kept")
@@ -452,13 +462,12 @@ def _finish(
     return EXIT_OK
 
 
-def write_html(run_dir: Path, err: Console) -> None:
+def write_html(run_dir: Path, err: Console, cols: RecordColumns | None = None) -> None:
     """``report.html`` of a finished run; a page that cannot be written is a warning, never a failed run."""
     from analysis.render.html import run_html
-    from analysis.runs import load_run
 
     try:
-        write_atomic(RunDir(run_dir).report, run_html(load_run(run_dir)))
+        write_atomic(RunDir(run_dir).report, run_html(run_dir, cols=cols))
     except (OSError, ValueError) as e:
         err.print(Text.assemble(("warning: ", "yellow"), f"report.html not written: {e}"), soft_wrap=True)
 

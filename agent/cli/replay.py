@@ -61,5 +61,5 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     by_name = targets([sc], trace=True)
     with read_columns(launch.out) as cols:
         summary = summarize(cols, by_name, launch.out)
-    Console().print(render_summary(summary))
-    return finish(launch, result, summary, app.err)
+        Console().print(render_summary(summary))
+        return finish(launch, result, summary, app.err, cols)

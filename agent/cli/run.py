@@ -38,5 +38,5 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     result = await launch.run(Stages([StagePlan(None, [Tenant(sc) for sc in scenarios])]))
     with read_columns(launch.out) as cols:
         summary = summarize(cols, targets(scenarios), launch.out)
-    Console().print(render_summary(summary))
-    return finish(launch, result, summary, app.err)
+        Console().print(render_summary(summary))
+        return finish(launch, result, summary, app.err, cols)

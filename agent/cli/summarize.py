@@ -35,15 +35,15 @@ def run(ns: argparse.Namespace, app: App) -> int:
         for warning in cols.warnings:
             warn(err, warning)
         summary = summarize(cols, _targets(ns.run_dir, err), ns.run_dir if ns.run_dir.is_dir() else None)
-    if ns.json:
-        sys.stdout.write(json.dumps(summary.dump(), indent=2) + "\n")
-    else:
-        Console().print(render_summary(summary))
-    if ns.html:
-        from agent.cli.launching import write_html  # the run machinery, only when a page is asked for
+        if ns.json:
+            sys.stdout.write(json.dumps(summary.dump(), indent=2) + "\n")
+        else:
+            Console().print(render_summary(summary))
+        if ns.html:
+            from agent.cli.launching import write_html  # the run machinery, only when a page is asked for
 
-        write_html(ns.run_dir, err)
-        err.print(f"wrote {ns.run_dir / 'report.html'}")
+            write_html(ns.run_dir, err, cols)
+            err.print(f"wrote {ns.run_dir / 'report.html'}")
     return EXIT_OK
 
 

@@ -81,9 +81,11 @@ async def run(ns: argparse.Namespace, app: App) -> int:
     with read_columns(launch.out) as cols:
         stages = summarize_stages(cols, profile.targets)
         server = server_summary(launch.out, cols.rows())
-    explain_knee(curve, server)
-    summary = SweepSummary(schema_version=SUMMARY_SCHEMA_VERSION, sweep=curve, stages=stages, server=server)
-    Console().print(render_sweep(curve, sw.over, sc.slo.percentile))
-    if server is not None:
-        Console().print("\n".join(server_lines(server)), highlight=False)
-    return finish(launch, result, summary, app.err)
+        explain_knee(curve, server)
+        summary = SweepSummary(
+            schema_version=SUMMARY_SCHEMA_VERSION, sweep=curve, stages=stages, server=server
+        )
+        Console().print(render_sweep(curve, sw.over, sc.slo.percentile))
+        if server is not None:
+            Console().print("\n".join(server_lines(server)), highlight=False)
+        return finish(launch, result, summary, app.err, cols)

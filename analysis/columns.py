@@ -13,7 +13,9 @@ A block that pyarrow refuses, or whose values a record may not hold, is read aga
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
+import itertools
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +50,6 @@ FLOATS = (
     "intended_offset_ms",
     "sent_offset_ms",
     "schedule_lag_ms",
-    "sent_unix_s",
     "target_rate",
     "ttft_ms",
     "tpot_ms",
@@ -99,10 +100,11 @@ def _schema() -> pa.Schema:
     fields = [pa.field(n, _FLOAT_TYPES.get(n, pa.float64())) for n in FLOATS]
     fields += [pa.field(n, pa.bool_()) for n in FLAGS]
     fields += [pa.field(n, pa.string()) for n in LABELS]
-    fields += [
+    fields += [  # checked for every record, not kept
         pa.field("request_id", pa.string()),
         pa.field("endpoint", pa.string()),
         pa.field("seq", pa.int64()),
+        pa.field("sent_unix_s", pa.float64()),
     ]
     fields.append(pa.field("itl_ms", pa.list_(pa.float64())))
     return pa.schema(fields)
@@ -115,11 +117,14 @@ _OPTIONS = pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="i
 SPILL_VALUES = 2 << 20
 #: Lines parsed by pyarrow at once, where a file is read block by block.
 BLOCK_BYTES = 8 << 20
-#: pyarrow's threaded reader parses this much at a time (and reads ahead a few): memory against speed.
-STREAM_BLOCK_BYTES = 1 << 20
+#: pyarrow's threaded reader parses this much at a time (and reads ahead a few): its memory is tens of
+#: times this, so small blocks, whose rows are taken into the columns ``APPEND_ROWS`` at a time.
+STREAM_BLOCK_BYTES = 256 << 10
+APPEND_ROWS = 1 << 10
 #: The system allocator gives freed blocks back; pyarrow's default keeps them for reuse.
 _POOL = pa.system_memory_pool()
 _CHUNK_ROWS = 1 << 12
+_INT16_MAX = 32767
 
 
 class _Grow:
@@ -160,8 +165,10 @@ class _Grow:
 
     def take(self) -> np.ndarray | None:
         """The values in an array of their own size (None: every value is the fill); the buffer is emptied."""
-        out = None if self.data is None else self.data[: self.size].copy()
+        out = self.data
         self.data = None
+        if out is not None and out.size != self.size:
+            out.resize(self.size, refcheck=False)  # shrunk in place (no copy, no second array at once)
         return out
 
 
@@ -245,9 +252,12 @@ class _Labels:
     codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
 
     def add(self, column: pa.ChunkedArray) -> None:
+        if column.null_count == len(column) and self.parts.data is None:  # none held yet: a count
+            self.parts.size += len(column)
+            return
         enc = pc.dictionary_encode(column.combine_chunks())  # one block's values, one dictionary
         local = np.asarray([self._code(v) for v in enc.dictionary.to_pylist()] + [-1], dtype=np.int32)
-        if self.parts.dtype == np.int16 and len(self.values) >= np.iinfo(np.int16).max:
+        if self.parts.dtype == np.int16 and len(self.values) >= _INT16_MAX:
             self.parts.widen(np.int32)
         codes = local[enc.indices.fill_null(local.size - 1).to_numpy(zero_copy_only=False)]
         self.parts.add(codes, empty=column.null_count == len(column))
@@ -265,6 +275,7 @@ class _Labels:
         size = self.parts.size
         codes = self.parts.take()
         self.codes = np.full(size, -1, dtype=dtype) if codes is None else codes.astype(dtype)
+        self.codes.flags.writeable = False
 
 
 class RecordColumns:
@@ -272,6 +283,8 @@ class RecordColumns:
 
     def __init__(self) -> None:
         self.n = 0
+        #: the run's start on the unix clock: the first record's send time less its offset
+        self.origin_unix_s: float | None = None
         self.warnings: list[str] = []
         self._floats = {k: _Grow(np.float32 if k in _INTS else np.float64) for k in FLOATS}
         self._floats |= {k: _Grow(bool, fill=False) for k in FLAGS}
@@ -280,10 +293,19 @@ class RecordColumns:
         self.itl = Itl()
 
     def _append(self, table: pa.Table) -> None:
-        self.n += table.num_rows
+        n = table.num_rows
+        if not self.n and n:
+            self.origin_unix_s = float(table.column("sent_unix_s")[0].as_py()) - (
+                float(table.column("sent_offset_ms")[0].as_py()) / 1000
+            )
+        self.n += n
         for name in FLOATS:
-            col = table.column(name).cast(pa.float64())
-            self._floats[name].add(col.to_numpy(), empty=col.null_count == len(col))
+            col = table.column(name)
+            grow = self._floats[name]
+            if col.null_count == n and grow.data is None:  # a field no record has held yet: a count
+                grow.size += n
+                continue
+            grow.add(col.cast(pa.float64()).to_numpy())
         for name in FLAGS:
             col = table.column(name).fill_null(False)
             self._floats[name].add(col.to_numpy(), empty=not pc.any(col).as_py())
@@ -303,6 +325,8 @@ class RecordColumns:
             size, column = grow.size, grow.take()
             if column is None and grow.dtype == bool:
                 column = np.zeros(size, dtype=bool)
+            if column is not None:
+                column.flags.writeable = False  # rows read it without a copy
             self.floats[name] = column  # None: no record holds the field (it reads as NaN)
         for labels in self.labels.values():
             labels.close_adding()
@@ -419,16 +443,27 @@ def _bodies(path: Path, warnings: list[str]) -> Iterator[tuple[int, bytes]]:
 
 
 def _read_fast(path: Path, out: RecordColumns) -> bool:
-    """The whole file through pyarrow's threaded reader; False where any block is refused."""
+    """The whole file through pyarrow's threaded reader; False where any block is refused.
+
+    The reader parses small blocks (its memory grows with the block), and their rows are taken into the
+    columns ``APPEND_ROWS`` at a time (each take has a fixed cost).
+    """
     try:
         reader = pj.open_json(
             path, read_options=_read(STREAM_BLOCK_BYTES), parse_options=_OPTIONS, memory_pool=_POOL
         )
-        for batch in reader:
-            table = pa.Table.from_batches([batch])
-            if not _valid(table):
-                return False
-            out._append(table)
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in itertools.chain(reader, [None]):
+            if batch is not None:
+                batches.append(batch)
+                rows += batch.num_rows
+            if batches and (batch is None or rows >= APPEND_ROWS):
+                table = pa.Table.from_batches(batches)
+                batches, rows = [], 0
+                if not _valid(table):
+                    return False
+                out._append(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
     return True
@@ -454,7 +489,14 @@ def read_columns(paths: Path | Iterable[Path]) -> RecordColumns:
             for first, body in _bodies(f, out.warnings):
                 out._add_block(body, str(f), first)
     out._close_adding()
+    _trim()
     return out
+
+
+def _trim() -> None:
+    """Give the reader's freed blocks back to the system (glibc keeps them otherwise); elsewhere a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Rows:
@@ -463,21 +505,24 @@ class Rows:
     def __init__(self, cols: RecordColumns, index: np.ndarray) -> None:
         self.cols = cols
         self.index = index
+        #: every record, in order: a column is read as it is held, with no copy
+        self.whole = index.size == cols.n
 
     def __len__(self) -> int:
         return int(self.index.size)
 
     def f(self, name: str) -> np.ndarray:
-        """A numeric column of these rows (NaN where a record has none; flags as booleans)."""
+        """A numeric column of these rows (NaN where a record has none; flags as booleans); read-only."""
         column = self.cols.floats[name]
         if column is None:
             return np.full(self.index.size, np.nan)
-        out: np.ndarray = column[self.index]
+        out: np.ndarray = column if self.whole else column[self.index]
         return out.astype(np.float64) if out.dtype == np.float32 else out
 
     def codes(self, name: str) -> np.ndarray:
-        """A label column of these rows, as codes (-1: none)."""
-        out: np.ndarray = self.cols.labels[name].codes[self.index]
+        """A label column of these rows, as codes (-1: none); read-only."""
+        codes = self.cols.labels[name].codes
+        out: np.ndarray = codes if self.whole else codes[self.index]
         return out
 
     def label_of(self, name: str, code: int) -> object:
@@ -496,8 +541,8 @@ class Rows:
         return out
 
     def where(self, mask: np.ndarray) -> Rows:
-        """The rows ``mask`` selects."""
-        return Rows(self.cols, self.index[mask])
+        """The rows ``mask`` selects (these rows themselves where it selects all)."""
+        return self if mask.all() else Rows(self.cols, self.index[mask])
 
     def groups(self, name: str) -> dict[object, Rows]:
         """Rows split by a label column, in first-seen order."""

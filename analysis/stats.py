@@ -32,18 +32,12 @@ def _known(values: Iterable[float | None] | np.ndarray) -> np.ndarray:
 
 def describe(values: Iterable[float | None] | np.ndarray) -> Distribution | None:
     """n, mean, p50, p95, p99 and max of the values (None and NaN left out); None when there are none."""
-    arr = _known(values)
+    arr = _known(values)  # a copy of its own, so the percentiles may reorder it
     if arr.size == 0:
         return None
-    p50, p95, p99 = np.percentile(arr, _PCTS)
-    return Distribution(
-        n=int(arr.size),
-        mean=float(arr.mean()),
-        p50=float(p50),
-        p95=float(p95),
-        p99=float(p99),
-        max=float(arr.max()),
-    )
+    mean, top = float(arr.mean()), float(arr.max())  # before the partition moves the values
+    p50, p95, p99 = np.percentile(arr, _PCTS, overwrite_input=True)
+    return Distribution(n=int(arr.size), mean=mean, p50=float(p50), p95=float(p95), p99=float(p99), max=top)
 
 
 def median(values: Iterable[float | None] | np.ndarray) -> float | None:

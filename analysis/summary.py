@@ -174,8 +174,8 @@ def _requests(recs: Rows, steady: Rows, ok: Rows, cold: Rows) -> Requests:
 
 def _add_workload_blocks(out: ScenarioSummary, ok: Rows, target: Targets) -> None:
     """Requested against measured lengths, the prefix cache and conversations, where a run has them."""
-    prompt = _length_check(ok.f("requested_prompt_tokens"), ok.f("prompt_tokens"), ok.f("template_tokens"))
-    output = _length_check(ok.f("requested_output_tokens"), ok.f("output_tokens"), None)
+    prompt = _length_check(ok, "requested_prompt_tokens", "prompt_tokens", "template_tokens")
+    output = _length_check(ok, "requested_output_tokens", "output_tokens", None)
     if prompt is not None or (output is not None and target.workload):
         out.workload = Workload(prompt=prompt, output=output)
     cache = _prefix_cache(ok)
@@ -189,22 +189,28 @@ def _add_workload_blocks(out: ScenarioSummary, ok: Rows, target: Targets) -> Non
         out.by_model = {str(m): _scenario(models[m], _NONE) for m in sorted(models, key=str)}
 
 
-def _length_check(asked: np.ndarray, measured: np.ndarray, template: np.ndarray | None) -> LengthCheck | None:
+def _length_check(
+    rows: Rows, asked_name: str, measured_name: str, template_name: str | None
+) -> LengthCheck | None:
+    """Requested against measured lengths over the rows that asked for one (None when none did)."""
+    asked = rows.f(asked_name)
     has = ~np.isnan(asked)
-    requested = describe(asked[has])
-    if requested is None:
+    if not has.any():
         return None
-    a, m = asked[has], measured[has]
+    rows, a = rows.where(has), asked[has]
+    del asked
+    m = rows.f(measured_name)
     both = ~np.isnan(m)
+    a_both, m_both = a[both], m[both]
     return LengthCheck(
-        n=int(has.sum()),
-        requested=requested,
-        measured=describe(m[both]),
+        n=len(rows),
+        requested=describe(a),
+        measured=describe(m_both),
         requested_min=float(a.min()),
-        measured_min=float(m[both].min()) if both.any() else None,
-        exact=int((a[both] == m[both]).sum()),
-        within_one=int((np.abs(a[both] - m[both]) <= 1).sum()),
-        template=describe(template[has]) if template is not None else None,
+        measured_min=float(m_both.min()) if m_both.size else None,
+        exact=int((a_both == m_both).sum()),
+        within_one=int((np.abs(a_both - m_both) <= 1).sum()),
+        template=describe(rows.f(template_name)) if template_name is not None else None,
     )
 
 

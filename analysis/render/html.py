@@ -340,13 +340,6 @@ def _gaps(cols: RecordColumns, rows: Rows) -> np.ndarray:
     return np.concatenate([np.zeros(0), *(c[::step].copy() for c in cols.itl.chunks(rows.index))])
 
 
-def _origin_s(cols: RecordColumns) -> float | None:
-    """The run's start on the unix clock (the first record's send time less its offset)."""
-    if not cols.n:
-        return None
-    return float(cols.floats["sent_unix_s"][0] - cols.floats["sent_offset_ms"][0] / 1000)  # type: ignore[index]
-
-
 def run_html(run_dir: Path, label: str | None = None, cols: RecordColumns | None = None) -> str:
     """The page of one run directory, drawn from its records' columns (read here unless given)."""
     own = cols is None
@@ -376,7 +369,7 @@ def _run_page(run_dir: Path, label: str, cols: RecordColumns) -> str:
             "note",
         ),
         _latency_over_time(rows),
-        _server_timeline(run_dir, _origin_s(cols)),
+        _server_timeline(run_dir, cols.origin_unix_s),
         _cdf_figure(cdfs, "CDFs of TTFT, TPOT and every inter-token gap (ok steady requests)", "cdfs"),
         _throughput_over_time(rows),
         _energy_timeline(run_dir, origin / 1e9 if origin else None),

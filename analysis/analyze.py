@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from agent.core.figures import COMPARED
-from agent.core.record import RequestRecord
+from analysis.columns import Rows
 from analysis.cost import cost_block
 from analysis.inference import (
     RESAMPLES,
@@ -85,50 +85,44 @@ class Options:
     similarity_floor: float = SIMILARITY_FLOOR
 
 
-def _steady_ok(records: Sequence[RequestRecord]) -> list[RequestRecord]:
-    return [r for r in records if r.status == "ok" and r.stage == "steady" and not r.cold_start]
+def _steady_ok(rows: Rows) -> Rows:
+    return rows.where(rows.is_("status", "ok") & rows.is_("stage", "steady") & ~rows.f("cold_start"))
 
 
-def metric_values(records: Sequence[RequestRecord], metric: str) -> list[float]:
+def metric_values(rows: Rows, metric: str) -> np.ndarray:
     """One value per ok steady warm request (``itl_ms_median``: the median gap within each request)."""
-    out: list[float] = []
-    for r in _steady_ok(records):
-        if metric == "itl_ms_median":
-            if r.itl_ms:
-                out.append(float(np.median(r.itl_ms)))
-            continue
-        value = getattr(r, metric)
-        if value is not None:
-            out.append(float(value))
-    return out
+    ok = _steady_ok(rows)
+    values = ok.cols.itl.medians(ok.index) if metric == "itl_ms_median" else ok.f(metric)
+    known: np.ndarray = values[~np.isnan(values)]
+    return known
 
 
-def _scenario_summary(run: Run, name: str, records: list[RequestRecord]) -> ScenarioSummary:
+def _scenario_summary(run: Run, name: str, rows: Rows) -> ScenarioSummary:
     """The run's own summary block for the scenario (SLOs and targets applied), else computed here."""
     if isinstance(run.summary, RunSummary) and name in run.summary.scenarios:
         return run.summary.scenarios[name]
-    return summarize(records).scenarios[name]
+    return summarize(rows).scenarios[name]
 
 
-def _fits(records: list[RequestRecord]) -> dict[str, Fit]:
-    ok = _steady_ok(records)
+def _fits(rows: Rows) -> dict[str, Fit]:
+    ok = _steady_ok(rows)
     pairs = {
-        "e2e_ms_per_output_token": ([r.output_tokens for r in ok], [r.e2e_ms for r in ok]),
-        "ttft_ms_per_prompt_token": ([r.prompt_tokens for r in ok], [r.ttft_ms for r in ok]),
+        "e2e_ms_per_output_token": (ok.f("output_tokens"), ok.f("e2e_ms")),
+        "ttft_ms_per_prompt_token": (ok.f("prompt_tokens"), ok.f("ttft_ms")),
     }
     out: dict[str, Fit] = {}
     for name, (xs, ys) in pairs.items():
-        keep = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
-        fit = scaling_fit([x for x, _ in keep], [y for _, y in keep]) if keep else None
+        keep = ~np.isnan(xs) & ~np.isnan(ys)
+        fit = scaling_fit(xs[keep], ys[keep]) if keep.any() else None
         if fit is not None:
             out[name] = fit
     return out
 
 
-def _metrics(records: list[RequestRecord], opts: Options) -> dict[str, MetricStats]:
+def _metrics(rows: Rows, opts: Options) -> dict[str, MetricStats]:
     out: dict[str, MetricStats] = {}
     for fig in METRICS:
-        values = metric_values(records, fig.key)
+        values = metric_values(rows, fig.key)
         distribution = describe(values)
         if distribution is None:
             continue
@@ -141,15 +135,15 @@ def _metrics(records: list[RequestRecord], opts: Options) -> dict[str, MetricSta
     return out
 
 
-def _performance(run: Run, name: str, records: list[RequestRecord], opts: Options) -> Performance:
-    summary = _scenario_summary(run, name, records)
+def _performance(run: Run, name: str, rows: Rows, opts: Options) -> Performance:
+    summary = _scenario_summary(run, name, rows)
     cold = summary.cold_start
     steady = summary.latency_ms.get("ttft")
     steady_ttft = steady.p50 if steady is not None else None
     cold_ttft = cold.ttft_ms.p50 if cold.ttft_ms is not None else None
     return Performance(
         requests=summary.requests,
-        metrics=_metrics(records, opts),
+        metrics=_metrics(rows, opts),
         throughput=summary.throughput,
         goodput=summary.goodput,
         warmup=summary.warmup,
@@ -162,7 +156,7 @@ def _performance(run: Run, name: str, records: list[RequestRecord], opts: Option
         overhead_pct=summary.overhead_pct,
         decode_fraction=summary.decode_fraction,
         tokens=summary.tokens,
-        scaling=_fits(records),
+        scaling=_fits(rows),
     )
 
 
@@ -198,7 +192,7 @@ def _server(run: Run) -> ServerSummary | None:
     """The run's server block: from its summary, else read again from its scraped series."""
     if run.summary is not None and run.summary.server is not None:
         return run.summary.server
-    return server_summary(run.path, run.records) if run.path.is_dir() else None
+    return server_summary(run.path, run.rows) if run.path.is_dir() else None
 
 
 def _run_info(run: Run) -> RunInfo:
@@ -212,8 +206,8 @@ def _run_info(run: Run) -> RunInfo:
         backends=run.backends,
         models=run.models,
         scenarios=list(run.by_scenario),
-        records=len(run.records),
-        ok=sum(1 for r in run.records if r.status == "ok"),
+        records=len(run.rows),
+        ok=run.ok,
         config_sha256=manifest.scenario.sha256 if manifest is not None and manifest.scenario else None,
         started_at=manifest.started_at if manifest is not None else None,
         warnings=[*run.warnings, *flags],
@@ -265,7 +259,7 @@ def _quality(
     """Score every run's kept outputs, then drift of each run against the baseline."""
     per_run: dict[str, list[Sample]] = {}
     for run in ([baseline] if baseline is not None else []) + runs:
-        per_run[run.label] = samples_of(run.records, run.references)
+        per_run[run.label] = samples_of(run.iter_records(), run.references)
     if not any(per_run.values()):
         return None
     semscorer, sem_error = load_semscorer(opts.semscore_model) if opts.semscore else (None, None)

@@ -230,6 +230,22 @@ class Itl:
             values = self._span(int(self.offsets[r0]), int(self.offsets[r1]))
             yield values if part.all() else values[np.repeat(part, lengths[r0:r1])]
 
+    def medians(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's median gap (NaN for a row with none), as ``np.median`` gives it, some rows at a time."""
+        out = np.full(rows.size, np.nan)
+        lengths = self.lengths
+        for b0 in range(0, rows.size, _CHUNK_ROWS):
+            block = rows[b0 : b0 + _CHUNK_ROWS]
+            lens = lengths[block]
+            values = np.concatenate([np.zeros(0), *self.chunks(block)])
+            order = np.lexsort((values, np.repeat(np.arange(block.size), lens)))
+            ordered = values[order]
+            starts = np.cumsum(lens) - lens
+            has = lens > 0
+            lo, hi = (starts + (lens - 1) // 2)[has], (starts + lens // 2)[has]
+            out[b0 : b0 + block.size][has] = (ordered[lo] + ordered[hi]) / 2
+        return out
+
     def count(self, rows: np.ndarray) -> int:
         """How many latencies ``rows`` hold."""
         return int(self.lengths[rows].sum())

@@ -284,7 +284,7 @@ def tost(
     return float(max(above.pvalue, below.pvalue))
 
 
-def anova(groups: Sequence[Sequence[float]], *, min_groups: int = 3) -> Anova | None:
+def anova(groups: Sequence[Sequence[float] | np.ndarray], *, min_groups: int = 3) -> Anova | None:
     """One-way ANOVA over ``min_groups``+ groups (F, p); None when a group has under two values."""
     arrays = [_array(g) for g in groups]
     if len(arrays) < min_groups or any(a.size < 2 for a in arrays):

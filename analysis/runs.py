@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import ValidationError
 
@@ -22,8 +24,9 @@ from agent.core.manifest import Manifest
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir, SamplingDir
 from agent.core.yamlfile import describe_error
+from analysis.columns import Rows, read_columns
 from analysis.quality import Reference
-from analysis.records import load_records
+from analysis.records import MAX_LINE_BYTES, bounded_lines
 from analysis.results import RunSummary, SweepSummary
 
 __all__ = [
@@ -37,39 +40,75 @@ __all__ = [
 
 @dataclass
 class Run:
-    """Everything the analyzer reads from one run directory."""
+    """Everything the analyzer reads from one run directory: its records as columns, and what they say.
+
+    The figures read ``rows`` (columns, no object per record); the few readers that need a whole record
+    (the quality scorers, for its text) stream them from ``sources`` with :meth:`iter_records`.
+    """
 
     path: Path
     label: str
-    records: list[RequestRecord]
+    rows: Rows
     manifest: Manifest | None = None
     #: the run's own ``summary.json`` (a sweep's is a ``SweepSummary``), where it could be read
     summary: RunSummary | SweepSummary | None = None
     references: dict[str, Reference] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: the record files the rows were read from, in order
+    sources: list[Path] = field(default_factory=list)
+    #: the (backend, run id) these rows are, where a samples folder was split by target and config
+    key: tuple[str, str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     @property
     def run_id(self) -> str:
         """The run id the records carry (the folder name when there are none)."""
-        return self.records[0].run_id if self.records else self.path.name
+        return (
+            str(self.rows.label_of("run_id", int(self.rows.codes("run_id")[0])))
+            if len(self.rows)
+            else self.path.name
+        )
 
     @property
     def models(self) -> list[str]:
         """Models the records name, in first-seen order."""
-        return list(dict.fromkeys(r.model for r in self.records))
+        return [str(m) for m in self.rows.groups("model")]
 
     @property
     def backends(self) -> list[str]:
         """Backends the records name, in first-seen order."""
-        return list(dict.fromkeys(r.backend for r in self.records))
+        return [str(b) for b in self.rows.groups("backend")]
+
+    @property
+    def ok(self) -> int:
+        """How many records are ok."""
+        return int(self.rows.is_("status", "ok").sum())
 
     @cached_property
-    def by_scenario(self) -> dict[str, list[RequestRecord]]:
-        """Records grouped by scenario, in first-seen order (grouped once; records are read-only here)."""
-        out: dict[str, list[RequestRecord]] = {}
-        for r in self.records:
-            out.setdefault(r.scenario, []).append(r)
-        return out
+    def by_scenario(self) -> dict[str, Rows]:
+        """Rows grouped by scenario, in first-seen order."""
+        return {str(k): v for k, v in self.rows.groups("scenario").items()}
+
+    def scenario(self, name: str) -> Rows:
+        """The rows of one scenario (none where the run did not run it)."""
+        rows = self.by_scenario.get(name)
+        return rows if rows is not None else self.rows.where(np.zeros(len(self.rows), dtype=bool))
+
+    def iter_records(self) -> Iterator[RequestRecord]:
+        """The run's records as objects, one at a time, in file order (lines that do not parse left out)."""
+        for source in self.sources:
+            with source.open("rb") as fh:
+                for _, line in bounded_lines(fh, MAX_LINE_BYTES):
+                    if line is None or not line.strip():
+                        continue
+                    try:
+                        r = RequestRecord.model_validate_json(line)
+                    except ValidationError:
+                        continue
+                    if self.key is None or (r.backend, r.run_id) == self.key:
+                        yield r
 
 
 def read_summary(path: Path, warnings: list[str]) -> RunSummary | SweepSummary | None:
@@ -131,20 +170,27 @@ def load_runs(path: Path, references: dict[str, Reference] | None = None) -> lis
     mixing them would compare a model with itself under another one.
     """
     run = load_run(path, references)
-    groups: dict[tuple[str, str], list[RequestRecord]] = {}
-    for r in run.records:
-        groups.setdefault((r.backend, r.run_id), []).append(r)
-    if len(groups) < 2 or (Path(path).is_dir() and RunDir(path).records.is_file()):
+    rows = run.rows
+    backend, run_id = rows.codes("backend").astype(np.int64), rows.codes("run_id").astype(np.int64)
+    pair = backend * (1 << 32) + run_id
+    uniq, first = np.unique(pair, return_index=True)
+    if uniq.size < 2 or (Path(path).is_dir() and RunDir(path).records.is_file()):
         return [run]
+    groups = []
+    for p in uniq[np.argsort(first)].tolist():
+        part = rows.where(pair == p)
+        b = str(part.label_of("backend", p >> 32))
+        r = str(part.label_of("run_id", p & 0xFFFFFFFF))
+        groups.append((b, r, part))
     per_target: dict[str, int] = {}
-    for backend, _ in groups:
-        per_target[backend] = per_target.get(backend, 0) + 1
+    for b, _, _ in groups:
+        per_target[b] = per_target.get(b, 0) + 1
     out = []
-    for (backend, run_id), records in groups.items():
-        label = f"{run.label}:{backend}"
-        if per_target[backend] > 1:
-            label += f"@{run_id.rsplit('-', 1)[-1]}"
-        out.append(dataclasses.replace(run, label=label, records=records))
+    for b, r, part in groups:
+        label = f"{run.label}:{b}"
+        if per_target[b] > 1:
+            label += f"@{r.rsplit('-', 1)[-1]}"
+        out.append(dataclasses.replace(run, label=label, rows=part, key=(b, r)))
     return out
 
 
@@ -154,19 +200,14 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; pass a run directory written by `infermeter run`")
     folder = path if path.is_dir() else path.parent
-    warnings: list[str] = []
-    records: list[RequestRecord] = []
     if path.is_dir() and not RunDir(path).records.is_file():
         files = SamplingDir(path).sample_files()
         if not files:
             raise FileNotFoundError(f"{path} holds neither records.jsonl nor the daemon's samples*.jsonl")
-        for f in files:
-            loaded = load_records(f)
-            records += loaded.records
-            warnings += loaded.warnings
     else:
-        loaded = load_records(path)
-        records, warnings = loaded.records, loaded.warnings
+        files = [RunDir(path).records if path.is_dir() else path]
+    cols = read_columns(files)
+    warnings = list(cols.warnings)
     try:
         manifest = Manifest.read(RunDir(folder).manifest)
     except ValueError as e:
@@ -177,4 +218,4 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
     if references:
         refs.update(references)
     label = folder.name if path.is_dir() else path.stem
-    return Run(folder, label, records, manifest, summary, refs, warnings)
+    return Run(folder, label, cols.rows(), manifest, summary, refs, warnings, sources=files)

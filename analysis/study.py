@@ -55,8 +55,8 @@ def _cell_figures(run: Run) -> dict[str, float | None]:
     """One value per metric for the cell: request medians, and the cell's rates from its summary."""
     figures: dict[str, float | None] = {}
     for metric in (f.key for f in METRICS):
-        values = metric_values(run.records, metric)
-        figures[metric] = float(np.median(values)) if values else None
+        values = metric_values(run.rows, metric)
+        figures[metric] = float(np.median(values)) if values.size else None
     summary = run.summary if isinstance(run.summary, RunSummary) else None
     s = next(iter(summary.scenarios.values()), None) if summary is not None else None
     e2e = s.latency_ms.get("e2e") if s is not None else None
@@ -100,7 +100,7 @@ class _Cells:
             return info
         run = load_run(folder)
         self.runs[(cell.variant, cell.scenario)].append(run)
-        info.records, info.ok = len(run.records), sum(r.status == "ok" for r in run.records)
+        info.records, info.ok = len(run.rows), run.ok
         info.figures = _cell_figures(run)
         return info
 
@@ -194,7 +194,7 @@ def _median(values: list[float]) -> float | None:
 
 def _samples(runs: list[Run], semscorer: SemScorer | None) -> list[Sample]:
     """Every kept output of the runs, scored by its task's scorers (SemScore where a scorer is given)."""
-    samples = [s for run in runs for s in samples_of(run.records, run.references)]
+    samples = [s for run in runs for s in samples_of(run.iter_records(), run.references)]
     return score_samples(samples, semscorer) if samples else samples
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from agent.core.arrivals import burstiness_of
 from agent.core.record import RequestRecord, meets_slo
 from agent.core.scenario import Targets
-from analysis.columns import RecordColumns, Rows
+from analysis.columns import RecordColumns, Rows, as_rows
 from analysis.energy import energy_summary
 from analysis.results import (
     SUMMARY_SCHEMA_VERSION,
@@ -53,7 +53,7 @@ WARMUP_RATIO_LIMIT = 10.0
 
 
 def summarize(
-    records: Iterable[RequestRecord] | RecordColumns,
+    records: Iterable[RequestRecord] | RecordColumns | Rows,
     targets: dict[str, Targets] | None = None,
     run_dir: Path | None = None,
 ) -> RunSummary:
@@ -62,9 +62,9 @@ def summarize(
     With ``run_dir``, the run's energy block (macro windows, request-window coverage) and the server's
     own figures (from its scraped metrics) are added.
     """
-    cols = records if isinstance(records, RecordColumns) else RecordColumns.from_records(records)
+    own = None if isinstance(records, RecordColumns | Rows) else RecordColumns.from_records(records)
+    everything = as_rows(own if own is not None else records)
     try:
-        everything = cols.rows()
         targets = targets or {}
         out = RunSummary(
             schema_version=SUMMARY_SCHEMA_VERSION,
@@ -82,8 +82,8 @@ def summarize(
                 out.server = server
         return out
     finally:
-        if cols is not records:
-            cols.close()
+        if own is not None:
+            own.close()
 
 
 #: a scenario whose targets are not known (records summarised without their manifest)

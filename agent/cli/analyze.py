@@ -116,7 +116,7 @@ def _runs(ns: argparse.Namespace, err: Console) -> tuple[list[Run], Run | None]:
     for run in ([baseline] if baseline else []) + runs:
         for w in run.warnings:
             warn(err, w)
-        if not run.records:
+        if not len(run.rows):
             raise ConfigError(f"{run.path} has no readable records")
     return runs, baseline
 

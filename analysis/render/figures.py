@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from agent.core.files import write_atomic
-from agent.core.record import RequestRecord
 from analysis.analyze import metric_values
 from analysis.results import AnalysisResult, Drift, SweepSummary
 from analysis.runs import Run
@@ -27,7 +26,7 @@ def _plt() -> Any:
     return plt
 
 
-def _cdf(ax: Any, values: Sequence[float], label: str) -> None:
+def _cdf(ax: Any, values: Sequence[float] | np.ndarray, label: str) -> None:
     xs = np.sort(np.asarray(values))
     ys = np.arange(1, xs.size + 1) / xs.size
     ax.step(xs, ys, where="post", label=f"{label} (n={xs.size})")
@@ -49,8 +48,8 @@ def latency_cdf(runs: list[Run], sc: str, out: Path) -> str | None:
     drawn = False
     for ax, metric, title in ((axes[0], "ttft_ms", "TTFT"), (axes[1], "e2e_ms", "E2E")):
         for run in runs:
-            values = metric_values(run.by_scenario.get(sc, []), metric)
-            if values:
+            values = metric_values(run.scenario(sc), metric)
+            if values.size:
                 _cdf(ax, values, run.label)
                 drawn = True
         ax.set_xlabel(f"{title} (ms)")
@@ -64,15 +63,16 @@ def latency_cdf(runs: list[Run], sc: str, out: Path) -> str | None:
     return _save(fig, out, f"latency_cdf_{sc}.png")
 
 
-def _steady_ok(run: Run, sc: str) -> list[RequestRecord]:
-    return [r for r in run.by_scenario.get(sc, []) if r.status == "ok" and r.stage == "steady"]
+def _gaps(run: Run, sc: str) -> np.ndarray:
+    """Every inter-token gap of the scenario's ok steady requests, in record order."""
+    rows = run.scenario(sc)
+    ok = rows.where(rows.is_("status", "ok") & rows.is_("stage", "steady"))
+    return np.concatenate([np.zeros(0), *ok.cols.itl.chunks(ok.index)])
 
 
 def itl_histogram(runs: list[Run], sc: str, out: Path) -> str | None:
     """Every inter-token gap of every run on one scenario, clipped at p99.5."""
-    gaps = {
-        run.label: np.concatenate([r.itl_ms for r in _steady_ok(run, sc) if r.itl_ms] or [[]]) for run in runs
-    }
+    gaps = {run.label: _gaps(run, sc) for run in runs}
     gaps = {k: v for k, v in gaps.items() if v.size}
     if not gaps:
         return None

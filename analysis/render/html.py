@@ -416,7 +416,7 @@ def analysis_html(result: AnalysisResult, runs: Sequence[Run]) -> str:
     scenarios = list(dict.fromkeys(sc for run in runs for sc in run.by_scenario))
     for sc in scenarios:
         for metric, label in (("ttft_ms", "TTFT"), ("e2e_ms", "E2E")):
-            series = {run.label: metric_values(run.by_scenario.get(sc, []), metric) for run in runs}
+            series = {run.label: metric_values(run.scenario(sc), metric) for run in runs}
             fig = _cdf_figure(series, f"{sc}: {label} CDF (ok steady warm requests)", f"cdf-{sc}-{metric}")
             if fig:
                 parts.append(fig)

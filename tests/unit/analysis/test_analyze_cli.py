@@ -156,7 +156,7 @@ def test_daemon_samples_folder_reads_like_a_run(tmp_path: Path) -> None:
             rec(seq, e2e=10.0, ttft=1.0, output_text="a b c d a b c d").model_dump_json()
         )
     run = load_run(folder)
-    assert [r.seq for r in run.records] == [0, 1, 2]  # oldest rotation first
+    assert [r.seq for r in run.iter_records()] == [0, 1, 2]  # oldest rotation first
     result = analyze([run], None, Options(resamples=200, semscore=False))
     assert result.quality is None  # no prompt ids on these records: nothing to score by prompt
 
@@ -203,7 +203,7 @@ def test_a_samples_folder_splits_by_target_and_config(
     ]
     (folder / "samples.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
     runs = load_runs(folder)
-    assert [(r.label, [x.seq for x in r.records]) for r in runs] == [
+    assert [(r.label, [x.seq for x in r.iter_records()]) for r in runs] == [
         ("samples:llm-a@11111111", [0, 3]),
         ("samples:llm-b", [1]),
         ("samples:llm-a@22222222", [2]),

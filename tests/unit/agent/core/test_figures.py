@@ -7,6 +7,7 @@ import pytest
 from agent.core.figures import COMPARED, FIGURES, LATENCY_TABLE, RUN_FIGURES, exported, figure
 from agent.core.record import RequestRecord
 from analysis.analyze import metric_values
+from analysis.columns import RecordColumns
 from analysis.study import CELL_FIGURES, LOWER_IS_BETTER
 from analysis.summary import summarize
 from exporters import names
@@ -59,8 +60,14 @@ def test_every_exported_figure_names_a_series_of_the_exporters_catalogue() -> No
 
 def test_every_request_figure_is_read_from_records_and_every_summary_path_exists() -> None:
     records = [_record(i) for i in range(4)]
+    rows = RecordColumns.from_records(records).rows()
     for f in (f for f in FIGURES if f.per == "request"):  # a record field, or derived by the analyzer
-        assert f.key in RequestRecord.model_fields or metric_values(records, f.key), f.key
+        assert f.key in RequestRecord.model_fields or f.key == "itl_ms_median", f.key
+        if f.key == "itl_ms":  # every gap: the columns' latency store
+            assert rows.cols.itl.count(rows.index) == 2 * len(records)
+        else:  # one value per request, read from the records' columns: the records' own values
+            want = [5.5] * len(records) if f.key == "itl_ms_median" else [getattr(r, f.key) for r in records]
+            assert metric_values(rows, f.key).tolist() == [v for v in want if v is not None], f.key
     summary = summarize(records).scenarios["chat"]
     for f in LATENCY_TABLE:
         group, _, key = (f.summary or "").partition(".")

@@ -82,12 +82,13 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> A
         rules=ROOT / "grafana" / "prometheus" / "rules.yml",
     )
     # Prometheus applies new targets after a few seconds: wait for its first (failed) scrape, so that it
-    # sees every series at zero before the load (the first request is a 2.5 s cold start)
+    # sees every series at zero before the load (the first request is a 5 s cold start)
     wait_for(lambda: _scraped(prom.api), 60, "Prometheus to scrape the (not yet started) target")
     out = tmp / "run"
     args = ["run", "chat", "--backend", "sim", "--no-progress", "--out", str(out)]
-    # the first request loads the model for 2.5 s: Prometheus sees every series at zero before any load
-    args += ["--backend-arg", "ttft_ms=30", "--backend-arg", "itl_ms=4", "--backend-arg", "load_ms=2500"]
+    # the first request loads the model for 5 s: Prometheus, scraping each second, sees every series at
+    # zero before any load even when a busy machine makes a few scrapes of the starting run time out
+    args += ["--backend-arg", "ttft_ms=30", "--backend-arg", "itl_ms=4", "--backend-arg", "load_ms=5000"]
     args += ["--backend-arg", "error_rate=0.05", "--backend-arg", "seed=7"]
     args += [
         "--rate",

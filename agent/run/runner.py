@@ -383,8 +383,12 @@ class Runner:
         batch: BatchOf | None = None,
         keep_text: bool | None = None,
         conversation: Turn | None = None,
+        before_ns: int | None = None,
     ) -> RequestRecord | None:
-        """Send and measure one request; its record for a chain step or turn, else queued (None)."""
+        """Send and measure one request; its record for a chain step or turn, else queued (None).
+
+        ``before_ns``: the run's end for an open loop; a send that would come at or after it is not made.
+        """
         ident = self._identity(request, stage, chain=chain, batch=batch, conversation=conversation)
         every = self.scenario.keep_output_every
         keep = keep_text if keep_text is not None else every > 0 and ident.seq % every == 0
@@ -399,6 +403,7 @@ class Runner:
             intended_ns=intended_ns,
             keep_text=keep,
             defer=chain is None and conversation is None,
+            before_ns=before_ns,
         )
 
     async def _measure(
@@ -409,6 +414,7 @@ class Runner:
         intended_ns: int | None,
         keep_text: bool,
         defer: bool = False,
+        before_ns: int | None = None,
     ) -> RequestRecord | None:
         """Time ``body``; the record is returned, or only queued for the writer task when ``defer``.
 
@@ -417,6 +423,9 @@ class Runner:
         """
         self.arrivals()
         now = time.perf_counter_ns()
+        if before_ns is not None and now >= before_ns:  # the very reading the record calls its send time
+            self.not_sent()
+            return None
         cause = self.cold.begin(now)
         if cause is not None:
             ident = dataclasses.replace(ident, cold_cause=cause)

@@ -127,8 +127,12 @@ class Driver(Protocol):
         batch: BatchOf | None = None,
         keep_text: bool | None = None,
         conversation: Turn | None = None,
+        before_ns: int | None = None,
     ) -> RequestRecord | None:
-        """Send and measure one request; its record (a chain step's or a turn's), or None when queued."""
+        """Send and measure one request; its record (a chain step's or a turn's), or None when queued.
+
+        With ``before_ns``, a request whose send time would come at or after it is counted as not sent.
+        """
 
     async def batched(self, requests: list[GenerationRequest], stage: Stage, batch: BatchOf) -> None:
         """Send ``requests`` as one batched call of the backend and measure it as one record."""

@@ -47,7 +47,7 @@ async def dispatch(
                 driver.not_sent()  # the run's time is up: never sent, so never recorded
                 continue
             if send is None:
-                await driver.one(item[0], item[1], intended_ns=item[2])
+                await driver.one(item[0], item[1], intended_ns=item[2], before_ns=plan.deadline_ns)
             else:
                 await send(*item)
 

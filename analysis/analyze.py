@@ -30,12 +30,8 @@ from analysis.inference import (
 )
 from analysis.quality import (
     SIMILARITY_FLOOR,
-    Sample,
     drift,
-    samples_of,
-    score_samples,
-    score_units,
-    task_scores,
+    score_stream,
 )
 from analysis.results import (
     AnalysisOptions,
@@ -256,14 +252,13 @@ def _comparisons(
 def _quality(
     runs: list[Run], baseline: Run | None, opts: Options, progress: Callable[[int, int], None] | None
 ) -> Quality | None:
-    """Score every run's kept outputs, then drift of each run against the baseline."""
-    per_run: dict[str, list[Sample]] = {}
-    for run in ([baseline] if baseline is not None else []) + runs:
-        per_run[run.label] = samples_of(run.iter_records(), run.references)
-    if not any(per_run.values()):
-        return None
+    """Score each run's kept outputs as they stream from its files, then each run's drift from the baseline.
+
+    Progress counts the ok steady records read (the columns give their number before scoring starts).
+    """
+    everyone = ([baseline] if baseline is not None else []) + runs
     semscorer, sem_error = load_semscorer(opts.semscore_model) if opts.semscore else (None, None)
-    total = sum(score_units(s, semscorer) for s in per_run.values())
+    total = sum(_scored_count(run) for run in everyone)
     done = 0
 
     def advance(n: int) -> None:
@@ -272,27 +267,35 @@ def _quality(
         if progress is not None:
             progress(done, total)
 
-    for samples in per_run.values():
-        score_samples(samples, semscorer, advance=advance)
+    books = {
+        run.label: score_stream(run.iter_records(), run.references, semscorer, advance=advance)
+        for run in everyone
+    }
+    if not any(len(b) for b in books.values()):
+        return None
     out = Quality(
         semscore_model=semscorer.model_name if semscorer else None,
         semscore_unavailable=sem_error if opts.semscore else "disabled (--no-semscore)",
-        runs={
-            label: task_scores(s, resamples=opts.resamples, seed=opts.seed) for label, s in per_run.items()
-        },
+        runs={label: b.task_scores(resamples=opts.resamples, seed=opts.seed) for label, b in books.items()},
         drift={},
     )
     if baseline is not None:
         for run in runs:
             out.drift[run.label] = drift(
-                per_run[baseline.label],
-                per_run[run.label],
+                books[baseline.label].first_samples(),
+                books[run.label].first_samples(),
                 semscorer,
                 resamples=opts.resamples,
                 seed=opts.seed,
                 similarity_floor=opts.similarity_floor,
             )
     return out
+
+
+def _scored_count(run: Run) -> int:
+    """How many records :func:`score_stream` reads through (ok, not warmup)."""
+    rows = run.rows
+    return int((rows.is_("status", "ok") & ~rows.f("is_warmup").astype(bool)).sum())
 
 
 def _against(baseline: Run, run: Run, opts: Options) -> tuple[RunComparison, dict[str, int]]:

@@ -9,8 +9,9 @@ percentage points) and its generation delta (the key metric average, in per cent
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,10 +29,12 @@ __all__ = [
     "TIERS",
     "Reference",
     "Sample",
+    "ScoreBook",
     "drift",
     "kl_first_tokens",
     "samples_of",
     "score_samples",
+    "score_stream",
     "score_units",
     "task_scores",
     "tier_of",
@@ -96,15 +99,17 @@ def samples_of(records: Iterable[RequestRecord], references: dict[str, Reference
 
     A prompt without a reference entry is an "open" output: only reference-free scorers apply.
     """
-    out: list[Sample] = []
+    return list(_each_sample(records, references))
+
+
+def _each_sample(records: Iterable[RequestRecord], references: dict[str, Reference]) -> Iterator[Sample]:
     for r in records:
         if r.status != "ok" or r.is_warmup or r.output_text is None or r.prompt_id is None:
             continue
         ref = references.get(r.prompt_id)
         task = ref.task if ref is not None and ref.reference is not None else "open"
         reference = ref.reference if ref else None
-        out.append(Sample(r.prompt_id, task, r.request_id, r.output_text, reference, logprobs=r.top_logprobs))
-    return out
+        yield Sample(r.prompt_id, task, r.request_id, r.output_text, reference, logprobs=r.top_logprobs)
 
 
 def _needs_sem(s: Sample) -> bool:
@@ -150,28 +155,115 @@ def _key(scores: dict[str, float]) -> float | None:
     return float(np.mean(keys)) if keys else None
 
 
+@dataclass(slots=True)
+class _TaskBook:
+    """One task group's scores, in record order: each scorer's values, each key average, the prompts."""
+
+    n: int = 0
+    values: dict[str, array[float]] = field(default_factory=dict)
+    keys: array[float] = field(default_factory=lambda: array("d"))
+    prompts: set[str] = field(default_factory=set)
+
+
+class ScoreBook:
+    """A run's scored outputs kept as numbers: scoring a million of them keeps only each prompt's first text.
+
+    Per task group: every scorer's values and every key average, in record order (what
+    :func:`task_scores` resamples). Per prompt: its first sample whole (what :func:`drift` pairs).
+    """
+
+    __slots__ = ("_first", "_tasks")
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, _TaskBook] = {}
+        self._first: dict[str, Sample] = {}
+
+    def add(self, s: Sample) -> None:
+        """Enter one scored sample."""
+        book = self._tasks.get(s.task)
+        if book is None:
+            book = self._tasks[s.task] = _TaskBook()
+        book.n += 1
+        book.prompts.add(s.prompt_id)
+        for name, value in s.scores.items():
+            column = book.values.get(name)
+            if column is None:
+                column = book.values[name] = array("d")
+            column.append(value)
+        if (k := _key(s.scores)) is not None:
+            book.keys.append(k)
+        self._first.setdefault(s.prompt_id, s)
+
+    def __len__(self) -> int:
+        return sum(b.n for b in self._tasks.values())
+
+    def has_prompt(self, prompt_id: str) -> bool:
+        """Whether a sample of ``prompt_id`` is in already."""
+        return prompt_id in self._first
+
+    def first_samples(self) -> list[Sample]:
+        """Each prompt's first sample, in the order the prompts first came."""
+        return list(self._first.values())
+
+    def task_scores(self, *, resamples: int, seed: int) -> dict[str, TaskScores]:
+        """Per task: every scorer's mean with a bootstrap CI, the key metric average, sample count."""
+        out: dict[str, TaskScores] = {}
+        for task, book in sorted(self._tasks.items()):
+            scorers = {
+                name: bootstrap_ci(np.frombuffer(book.values[name]), "mean", resamples=resamples, seed=seed)
+                for name in sorted(book.values)
+            }
+            keys = np.frombuffer(book.keys)
+            out[task] = TaskScores(
+                n=book.n,
+                scorers=scorers,
+                key_average=bootstrap_ci(keys, "mean", resamples=resamples, seed=seed) if len(keys) else None,
+                prompts=len(book.prompts),
+            )
+        return out
+
+
+def score_stream(
+    records: Iterable[RequestRecord],
+    references: dict[str, Reference],
+    semscorer: SemScorer | None,
+    *,
+    advance: Callable[[int], None] | None = None,
+    chunk: int = 256,
+    book: ScoreBook | None = None,
+) -> ScoreBook:
+    """Score the kept outputs of ``records`` as they stream, ``chunk`` at a time, into ``book`` (or a new).
+
+    ``advance(1)`` is called for each ok steady record read, whether or not it kept its text.
+    """
+    book = book if book is not None else ScoreBook()
+    part: list[Sample] = []
+
+    def flush() -> None:
+        score_samples(part, semscorer)
+        for s in part:
+            if book.has_prompt(s.prompt_id):  # only a prompt's first sample keeps its text
+                s.output, s.logprobs = "", None
+            book.add(s)
+        part.clear()
+
+    for r in records:
+        if r.status == "ok" and not r.is_warmup:
+            if advance is not None:
+                advance(1)
+            part.extend(_each_sample((r,), references))
+            if len(part) >= chunk:
+                flush()
+    flush()
+    return book
+
+
 def task_scores(samples: Sequence[Sample], *, resamples: int, seed: int) -> dict[str, TaskScores]:
     """Per task: every scorer's mean with a bootstrap CI, the key metric average, sample count."""
-    by_task: dict[str, list[Sample]] = defaultdict(list)
+    book = ScoreBook()
     for s in samples:
-        by_task[s.task].append(s)
-    out: dict[str, TaskScores] = {}
-    for task, rows in sorted(by_task.items()):
-        names = sorted({k for s in rows for k in s.scores})
-        scorers = {
-            name: bootstrap_ci(
-                [s.scores[name] for s in rows if name in s.scores], "mean", resamples=resamples, seed=seed
-            )
-            for name in names
-        }
-        keys = [k for s in rows if (k := _key(s.scores)) is not None]
-        out[task] = TaskScores(
-            n=len(rows),
-            scorers=scorers,
-            key_average=bootstrap_ci(keys, "mean", resamples=resamples, seed=seed) if keys else None,
-            prompts=len({s.prompt_id for s in rows}),
-        )
-    return out
+        book.add(s)
+    return book.task_scores(resamples=resamples, seed=seed)
 
 
 def _first_per_prompt(samples: Sequence[Sample]) -> dict[str, Sample]:

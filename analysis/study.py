@@ -25,7 +25,7 @@ from agent.core.study import Cell, Study, cell_status
 from analysis.analyze import METRICS, joules_per_token, metric_values
 from analysis.cost import usd_per_million
 from analysis.inference import anova, cohens_d, holm, min_detectable_d, scaling_fit, tost
-from analysis.quality import Sample, drift, samples_of, score_samples
+from analysis.quality import Sample, ScoreBook, drift, score_stream
 from analysis.results import (
     CellInfo,
     DecisionRow,
@@ -193,9 +193,14 @@ def _median(values: list[float]) -> float | None:
 
 
 def _samples(runs: list[Run], semscorer: SemScorer | None) -> list[Sample]:
-    """Every kept output of the runs, scored by its task's scorers (SemScore where a scorer is given)."""
-    samples = [s for run in runs for s in samples_of(run.iter_records(), run.references)]
-    return score_samples(samples, semscorer) if samples else samples
+    """Each prompt's first kept output across the runs, scored by its task's scorers (SemScore where given).
+
+    What :func:`drift` pairs; every other output is scored as it streams and only its numbers kept.
+    """
+    book = ScoreBook()
+    for run in runs:
+        score_stream(run.iter_records(), run.references, semscorer, book=book)
+    return book.first_samples()
 
 
 def _quality(row: DecisionRow, d: Drift) -> None:

@@ -493,7 +493,7 @@ def read_columns(paths: Path | Iterable[Path]) -> RecordColumns:
     bad one is a warning.
     """
     files = [paths] if isinstance(paths, Path) else list(paths)
-    files = [RunDir(p).records if p.is_dir() else p for p in files]
+    files = [f for p in files for f in (RunDir(p).record_files() if p.is_dir() else [p])]
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f} does not exist; pass a run directory written by `infermeter run`")

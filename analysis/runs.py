@@ -205,7 +205,7 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
         if not files:
             raise FileNotFoundError(f"{path} holds neither records.jsonl nor the daemon's samples*.jsonl")
     else:
-        files = [RunDir(path).records if path.is_dir() else path]
+        files = RunDir(path).record_files() if path.is_dir() else [path]
     cols = read_columns(files)
     warnings = list(cols.warnings)
     try:

@@ -38,6 +38,7 @@ from agent.run.launch import Launch, LaunchResult
 from agent.run.manifest import build_manifest
 from agent.run.runner import in_flight
 from agent.run.serverside import ServerPlan, ServerSide
+from agent.run.workers import WorkerPlan
 from analysis.columns import RecordColumns
 from analysis.results import RunSummary, SweepSummary
 from exporters.http import MetricsServer
@@ -275,16 +276,35 @@ def _unstarted_run(out: Path, entries: list[Path]) -> bool:
 
 
 async def start(
-    ns: argparse.Namespace, settings: Settings, scenarios: list[Scenario], in_flight: int, err: Console
+    ns: argparse.Namespace,
+    settings: Settings,
+    scenarios: list[Scenario],
+    in_flight: int,
+    err: Console,
+    *,
+    workers: int = 1,
 ) -> Launch:
-    """Everything the user gave checked (the metrics address bound), then the run directory made."""
+    """Everything the user gave checked (the metrics address bound), then the run directory made.
+
+    With ``workers`` above one the load is split across that many processes, each a client of the
+    backend this process starts (so the backend must be one driven by URL).
+    """
     name = "+".join(sc.name for sc in scenarios)
     energy = energy_plan(ns, settings)
     server = server_plan(ns)
     metrics = _metrics(ns)
     out = _out_dir(ns, name, make=False)
     cache = any(sc.cache_prompt for sc in scenarios)
-    backend = create(ns.backend, backend_args(ns, settings, out, in_flight, cache_prompt=cache))  # checked
+    args = backend_args(ns, settings, out, in_flight, cache_prompt=cache)
+    backend = create(ns.backend, args)  # checked
+    plan = None
+    if workers > 1:
+        if "base_url" not in args_type(ns.backend).model_fields:
+            raise ConfigError(
+                f"--workers {workers}: backend '{ns.backend}' runs in this process; worker processes drive "
+                "a backend by its URL (sim, openai, ollama)"
+            )
+        plan = WorkerPlan(workers, ns.backend, args)
     if metrics is not None:
         try:
             await metrics.server.start(metrics.host, metrics.port)
@@ -313,6 +333,7 @@ async def start(
         gauges=Gauges(metrics, backend, err) if metrics is not None else None,
         energy=EnergyWatch(energy, err),
         server=ServerSide(server, backend, out, err),
+        workers=plan,
     )
 
 
@@ -422,6 +443,9 @@ def _finish(
     m.status = "interrupted" if outcome.interrupted else "completed"
     if result.write_error is not None:
         m.status, m.error = "failed", str(result.write_error)
+    elif launch.worker_died:
+        died = [str(w["index"]) for w in m.workers or [] if w.get("status") == "died"]
+        m.status, m.error = "failed", f"worker process {', '.join(died)} died; its records are kept"
     m.ended_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     m.records = (
         RecordCounts(total=result.written, **outcome.by_status)
@@ -456,6 +480,9 @@ def _finish(
         return EXIT_FAILED
     write_html(launch.out, err, cols)
     err.print(f"records, manifest, summary and report.html in {launch.out}/")
+    if launch.worker_died:
+        err.print(f"[red]failed[/red]: {m.error}")
+        return EXIT_FAILED
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/yellow]: {result.written} records kept")
         return 128 + (result.signal or 2)

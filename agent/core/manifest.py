@@ -235,6 +235,8 @@ class Manifest(BaseModel):
     durability: Durability | None = None
     chains: dict[str, int] | None = None
     not_sent_at_end: int | None = None
+    #: ``run --workers N``: each worker process, its status and the records it wrote
+    workers: list[dict[str, object]] | None = None
 
     @property
     def scenarios(self) -> list[ScenarioRef]:

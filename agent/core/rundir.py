@@ -8,10 +8,14 @@ a listing of what a folder may hold or a message.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import overload
 
 __all__ = ["AnalysisDir", "RunDir", "SamplingDir", "StudyDir"]
+
+#: A worker process's records file in a run directory (``RunDir.worker_records``).
+_WORKER_FILE = re.compile(r"records\.w(\d{1,4})\.jsonl")
 
 
 class _Folder:
@@ -64,6 +68,20 @@ class RunDir(_Folder):
     simulator_log = _File("simulator.log", "The simulator's log, when it served the run.")
     engine_log = _File("engine.log", "The embedded engine's log, when it served the run.")
     cell_log = _File("cell.log", "What a study's cell said, when the run is one.")
+
+    def record_files(self) -> list[Path]:
+        """Every records file of the run: ``records.jsonl``, then each worker process's, in worker order.
+
+        A run split across worker processes (``run --workers N``) has one ``records.w<k>.jsonl`` per
+        worker beside an empty ``records.jsonl``.
+        """
+        found = ((_WORKER_FILE.fullmatch(p.name), p) for p in self.path.glob("records.w*.jsonl"))
+        workers = sorted((int(m[1]), p) for m, p in found if m is not None)
+        return [self.records, *(p for _, p in workers)]
+
+    def worker_records(self, index: int) -> Path:
+        """Worker process ``index``'s records file."""
+        return self.path / f"records.w{index}.jsonl"
 
 
 class StudyDir(_Folder):

@@ -29,6 +29,8 @@ from agent.run.profiles import Profile, StagePlan, Tenant
 from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner, request_shapes
 from agent.run.serverside import ServerSide
+from agent.run.shapes.base import Share
+from agent.run.workers import WorkerGroup, WorkerPlan, WorkerSpec, split
 from agent.run.writer import RunOutcome
 from exporters.jsonl import JsonlWriter
 
@@ -68,8 +70,11 @@ class Launch:
         gauges: Gauges | None = None,
         energy: EnergyWatch | None = None,
         server: ServerSide | None = None,
+        workers: WorkerPlan | None = None,
     ) -> None:
         self.backend = backend
+        #: worker processes that share the load (None: this process runs it)
+        self.workers = workers if workers is not None and workers.count > 1 else None
         self.out = out
         self.manifest_file = manifest
         self.run_id = run_id
@@ -84,6 +89,10 @@ class Launch:
         self.stage: str | None = None
         self.expected: int | None = None
         self._runners: list[Runner] = []
+        #: a worker process ended without its outcome (its records on disk are kept)
+        self.worker_died = False
+        #: records the worker processes wrote to their own files
+        self.worker_written = 0
         #: when the current stage's load ended (None while it runs): GPU energy after it is not the load's
         self._load_end_ns: int | None = None
         self._started = time.time()
@@ -246,7 +255,7 @@ class Launch:
             result.stopped_early = profile.stopped_early
         if chains.count == 0:
             RunDir(self.out).chains.unlink(missing_ok=True)
-        result.written = writer.count
+        result.written = writer.count + self.worker_written
         self._backend_facts()  # counters such as compile evidence grew
         self._publish_compile(self._runners)
         return result
@@ -280,7 +289,10 @@ class Launch:
         if self.server is not None:
             await self.server.before_stage(self.stage)
         stage_start = time.perf_counter_ns()
-        outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
+        if self.workers is None:
+            outcomes = await asyncio.gather(*(r.run(stop) for r in runners))
+        else:
+            outcomes = await self._in_workers(self.workers, plan, stop, shared)
         self._load_end_ns = time.perf_counter_ns()
         if self.server is not None:
             await self.server.after_stage(self.stage)
@@ -290,6 +302,52 @@ class Launch:
         if self.energy is not None:
             await self.energy.stage(plan.label or "steady", outcomes, stage_start)
         return outcomes, stage_records
+
+    async def _in_workers(
+        self, workers: WorkerPlan, plan: StagePlan, stop: asyncio.Event, shared: _Shared
+    ) -> list[RunOutcome]:
+        """The stage's one tenant split across worker processes; their outcomes, a dead one's reported."""
+        (tenant,) = plan.tenants
+        url = self.backend.describe().get("base_url")
+        args = {**workers.args, "base_url": url}
+        specs = [
+            WorkerSpec(
+                Share(k, workers.count),
+                split(tenant.scenario, Share(k, workers.count)),
+                workers.backend,
+                args,
+                self.run_id,
+                self.out,
+                shared.origin,
+                plan.label,
+            )
+            for k in range(workers.count)
+        ]
+        before = dict(self.counts)
+
+        def on_counts(total: dict[str, int]) -> None:
+            for k in ("ok", "degraded"):
+                self.counts[k] = before[k] + total[k]
+            shared.bar.tick()
+
+        self.err.print(f"load split across {workers.count} worker processes")
+        results = await WorkerGroup(specs, on_counts).run(stop)
+        self.worker_written += sum(r.written for r in results)
+        self.manifest.workers = [r.describe() for r in results]
+        outcomes = []
+        for r in results:
+            if r.died:
+                why = f" ({r.error})" if r.error else ""
+                self.err.print(
+                    f"[red]worker {r.index} (pid {r.pid}) ended with exit code {r.exit_code}{why}[/red]; "
+                    f"the records it wrote are kept"
+                )
+                self.worker_died = True
+            else:
+                assert r.outcome is not None
+                outcomes.append(r.outcome)
+        self._save_manifest()
+        return outcomes or [RunOutcome(started_unix=time.time(), interrupted=True)]
 
     async def _start_server(self) -> None:
         if self.server is not None:

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,7 +38,16 @@ from agent.core.record import (
 from agent.core.redact import redact
 from agent.core.scenario import Scenario
 from agent.run.shapes import Plan, shape, shape_name
-from agent.run.shapes.base import BatchOf, ChainFailure, ChainStep, RequestShapes, Turn, batch_text
+from agent.run.shapes.base import (
+    BatchOf,
+    ChainFailure,
+    ChainStep,
+    RequestShapes,
+    Share,
+    Turn,
+    batch_text,
+    until,
+)
 from agent.run.shapes.closed import clients, single
 from agent.run.writer import Annotator, Finished, RecordSink, RecordWriter, RunOutcome
 
@@ -131,6 +141,9 @@ class RunContext:
     annotator: Annotator | None = None
     on_record: Callable[[RequestRecord], None] | None = None
     chain_sink: Callable[[ChainRecord], None] | None = None
+    #: called after the warmup; the ``perf_counter_ns()`` the measured stage starts at, shared by every
+    #: worker process of the run (None: each runner starts when its warmup ends)
+    steady_gate: Callable[[], Awaitable[int]] | None = None
 
 
 def request_shapes(sc: Scenario, requests: list[GenerationRequest] | None = None) -> RequestShapes:
@@ -173,6 +186,7 @@ class Runner:
         offsets: Iterable[float] | None = None,
         load_stage: str | None = None,
         freeze_gc: bool = True,
+        share: Share | None = None,
     ) -> None:
         self.scenario = scenario
         self.backend = backend
@@ -182,8 +196,12 @@ class Runner:
         self.freeze_gc = freeze_gc
         self.offsets = offsets
         self.cold = context.cold or ColdTracker(scenario.load.idle_gap)
+        #: this runner's part of the run when worker processes share it (``agent.run.workers``)
+        self.share = share or Share()
         self._requests: Iterator[GenerationRequest] = requests or scenario.requests_iter()
-        self._seq = 0
+        if self.share.count > 1:  # the workload's requests by index, so no two workers send the same one
+            self._requests = itertools.islice(self._requests, self.share.index, None, self.share.count)
+        self._seq = self.share.index
         self._units_started = 0
         #: ``perf_counter_ns()`` at the run's start: records' offsets are from here (CLOCK_MONOTONIC on
         #: Linux, so a simulator's emission log on the same host lines up with it). Sweep stages and
@@ -252,7 +270,12 @@ class Runner:
         sc = self.scenario
         if sc.warmup:
             await clients(Plan("warmup", sc.warmup), sc.concurrency, 0.0, single(self))
-        now = self.outcome.steady_start_ns = time.perf_counter_ns()
+        if self.context.steady_gate is not None:  # one start for every worker: the schedule is shared
+            now = await self.context.steady_gate()
+            await until(now)
+        else:
+            now = time.perf_counter_ns()
+        self.outcome.steady_start_ns = now
         deadline = now + int(sc.duration * 1e9) if sc.duration else None
         load = shape(shape_name(sc, replay=self.offsets is not None))
         units = load.units(sc, sc.requests) if sc.requests is not None else None
@@ -331,7 +354,7 @@ class Runner:
         conversation: Turn | None = None,
     ) -> RecordIdentity:
         seq = self._seq
-        self._seq += 1
+        self._seq += self.share.count
         level = self._ramp_level() if stage == "steady" else None
         target_rate, clients = level if level is not None else (self._target_rate, None)
         return RecordIdentity(

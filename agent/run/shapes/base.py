@@ -31,6 +31,7 @@ __all__ = [
     "Plan",
     "RequestShapes",
     "Shape",
+    "Share",
     "Turn",
     "batch_text",
     "ceil_units",
@@ -73,6 +74,18 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Worker ``index`` of ``count``: every ``count``-th unit of the run, from ``index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def of(self, n: int) -> int:
+        """How many of ``n`` units (0, 1, ... n - 1) fall to this worker."""
+        return len(range(self.index, n, self.count))
+
+
+@dataclass(frozen=True, slots=True)
 class ChainStep:
     """Which agent chain a request belongs to, and its step in it."""
 
@@ -110,6 +123,8 @@ class Driver(Protocol):
     scenario: Scenario
     #: a replay's send times, seconds from the stage's start (None: the scenario's load decides)
     offsets: Iterable[float] | None
+    #: which part of the run's units this driver issues (worker processes split one schedule)
+    share: Share
 
     def next_request(self) -> GenerationRequest | None:
         """The next request of the workload, or None when it is used up."""

@@ -8,6 +8,7 @@ in the numbers instead of hiding in them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
@@ -76,7 +77,11 @@ class Open(Shape):
 
     async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
         """Each request at its due time, sent by a free worker (up to the in-flight cap)."""
-        await dispatch(driver, plan, origin_ns, arrivals(driver.scenario.load))
+        offsets: Iterable[float] = arrivals(driver.scenario.load)
+        k, n = driver.share.index, driver.share.count
+        if n > 1:  # this worker's arrivals of the one schedule, by index
+            offsets = itertools.islice(offsets, k, None, n)
+        await dispatch(driver, plan, origin_ns, offsets)
 
 
 def arrivals(load: Load) -> Iterator[float]:

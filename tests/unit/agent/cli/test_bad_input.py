@@ -69,6 +69,12 @@ def test_a_bad_scenario_file_is_one_line_and_exit_2(
 
 
 BAD_FLAGS = {
+    "workers that are not a count": (["--workers", "many"], "--workers"),
+    "more workers than closed-loop clients": (["--workers", "4", "--concurrency", "2"], "--concurrency 4"),
+    "workers with one process's metrics": (
+        ["--workers", "2", "--concurrency", "2", "--serve-metrics"],
+        "--serve",
+    ),
     "backend arg that is not YAML": (["--backend-arg", "ttft_ms=[1"], "--backend-arg"),
     "think time that is not a duration": (["--think-time", "abc"], "--think-time"),
     "duration that is not a duration": (["--duration", "soon"], "duration"),

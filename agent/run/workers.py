@@ -1,0 +1,354 @@
+"""One run's load spread over worker processes, each with its own event loop (``run --workers N``).
+
+The parent starts the backend as usual (a simulator, an embedded engine, or nothing for a remote server)
+and each worker drives it as a client through its URL. The one seeded schedule is split exactly: worker
+``k`` of ``n`` takes requests ``k, k + n, k + 2n, ...`` of the workload and, in an open loop, the arrival
+times of the same indices from one shared start; a closed loop's clients are split the same way. Each
+worker writes its own records file in the run directory (``records.w<k>.jsonl``, flushed as the
+single-process writer flushes), and tells the parent its counts for the one progress bar; the parent
+writes the manifest and the summary over every file. A stop signal reaches every worker; a worker that
+dies is reported, and the records it wrote are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from agent.core.errors import ConfigError, RecordWriteError
+from agent.core.rundir import RunDir
+from agent.core.scenario import MAX_IN_FLIGHT, Scenario
+from agent.run.shapes import shape_name
+from agent.run.shapes.base import Share
+from agent.run.writer import RunOutcome
+
+__all__ = ["Share", "WorkerPlan", "WorkerSpec", "auto_workers", "check_splittable", "split", "worker_main"]
+
+#: How often a worker tells the parent its counts (the progress bar's pace).
+TICK_EVERY_S = 0.2
+#: How long the workers have to start (interpreter, modules, backend client) before the run fails.
+START_TIMEOUT_S = 120.0
+#: How long a worker may take to stop after SIGTERM before it is killed.
+STOP_GRACE_S = 30.0
+
+
+def auto_workers() -> int:
+    """One worker per core this process may use, less one for the parent, at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def check_splittable(sc: Scenario, workers: int) -> None:
+    """Refuse, in one line, a scenario whose load cannot be split across ``workers`` processes."""
+    kind = shape_name(sc)
+    if kind not in ("open", "closed"):
+        raise ConfigError(
+            f"--workers {workers}: a {kind} scenario keeps its units whole in one process; "
+            "run it with --workers 1"
+        )
+    if kind == "closed" and sc.concurrency < workers:
+        raise ConfigError(
+            f"--workers {workers}: a closed loop of {sc.concurrency} clients gives each worker at least one; "
+            f"give --concurrency {workers} or more, or fewer workers"
+        )
+
+
+def split(sc: Scenario, share: Share) -> Scenario:
+    """The scenario one worker runs: its share of the requests, warmup, cooldown and clients.
+
+    The copy keeps the scenario's made prompts; the requests themselves are chosen by index in the runner.
+    """
+    update: dict[str, Any] = {"warmup": share.of(sc.warmup), "cooldown": share.of(sc.cooldown)}
+    if sc.requests is not None:
+        update["requests"] = share.of(sc.requests)
+    if not sc.load.open_loop:
+        update["concurrency"] = share.of(sc.concurrency)
+    else:
+        cap = sc.load.max_concurrency or MAX_IN_FLIGHT
+        update["load"] = sc.load.model_copy(update={"max_concurrency": max(1, -(-cap // share.count))})
+    return sc.model_copy(update=update)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """How a run is spread: the worker count, and how each worker makes its client of the backend."""
+
+    count: int
+    backend: str
+    #: the backend's arguments; each worker's client adds the started backend's ``base_url``
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything one worker process needs, sent to it at its start."""
+
+    share: Share
+    scenario: Scenario
+    backend: str
+    args: dict[str, Any]
+    run_id: str
+    out: Path
+    origin_ns: int
+    load_stage: str | None
+
+
+@dataclass(slots=True)
+class WorkerResult:
+    """What the parent knows of one worker when it ends."""
+
+    index: int
+    pid: int | None = None
+    exit_code: int | None = None
+    outcome: RunOutcome | None = None
+    written: int = 0
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "degraded": 0})
+
+    @property
+    def died(self) -> bool:
+        """Whether the worker ended without reporting its outcome."""
+        return self.outcome is None
+
+    def describe(self) -> dict[str, Any]:
+        """The worker's line in the manifest."""
+        out: dict[str, Any] = {
+            "index": self.index,
+            "pid": self.pid,
+            "status": "died" if self.died else "completed",
+            "records": self.written,
+        }
+        if self.exit_code:
+            out["exit_code"] = self.exit_code
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _lines(path: Path) -> int:
+    """Whole lines in ``path`` (0 when it was never made)."""
+    try:
+        with path.open("rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
+# --- the worker process ------------------------------------------------------------------------------
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """The worker process: its backend client, its runner, its records file; the outcome to ``conn``."""
+    try:
+        import uvloop
+
+        run: Callable[[Coroutine[Any, Any, int]], int] = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        code = run(_work(spec, conn))
+    except Exception as e:  # noqa: BLE001 - whatever ends a worker early is told to the parent, once
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"{e.__class__.__name__}: {e}"))
+        code = 1
+    conn.close()
+    raise SystemExit(code)
+
+
+async def _work(spec: WorkerSpec, conn: Connection) -> int:
+    from agent.backends import create
+    from agent.run.runner import RunContext, Runner
+    from exporters.jsonl import JsonlWriter
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def receive() -> None:
+        try:
+            inbox.put_nowait(conn.recv())
+        except (EOFError, OSError):  # the parent is gone: stop
+            loop.remove_reader(conn.fileno())
+            stop.set()
+
+    loop.add_reader(conn.fileno(), receive)
+    counts = {"ok": 0, "degraded": 0}
+
+    def tick(record: Any) -> None:
+        counts[record.status] += 1
+
+    async def gate() -> int:
+        """Tell the parent this worker is warm; the shared steady start it answers with."""
+        conn.send(("ready", dict(counts)))
+        while True:
+            kind, value = await inbox.get()
+            if kind == "go":
+                return int(value)
+
+    backend = create(spec.backend, spec.args)
+    await backend.start()
+    ticker: asyncio.Task[None] | None = None
+    try:
+        with JsonlWriter(RunDir(spec.out).worker_records(spec.share.index)) as writer:
+            context = RunContext(spec.run_id, origin_ns=spec.origin_ns, on_record=tick, steady_gate=gate)
+            runner = Runner(
+                spec.scenario, backend, writer, context, load_stage=spec.load_stage, share=spec.share
+            )
+
+            async def report() -> None:
+                while True:
+                    await asyncio.sleep(TICK_EVERY_S)
+                    conn.send(("tick", dict(counts)))
+
+            ticker = asyncio.create_task(report())
+            outcome = await runner.run(stop)
+        written = writer.count
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+        await backend.close()
+    e = outcome.write_error
+    outcome.write_error = None  # sent as its parts: an exception with its own arguments does not unpickle
+    failure = (str(e.path), e.errno, e.strerror) if e is not None else None
+    conn.send(("done", (outcome, written, dict(counts), failure)))
+    return 0
+
+
+# --- the parent's side -------------------------------------------------------------------------------
+
+
+class WorkerGroup:
+    """The parent's handle on one stage's worker processes: start, watch, stop, and their outcomes."""
+
+    def __init__(self, specs: list[WorkerSpec], on_counts: Callable[[dict[str, int]], None]) -> None:
+        self.specs = specs
+        self.on_counts = on_counts
+        self.results = [WorkerResult(s.share.index) for s in specs]
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: list[Any] = []
+        self._conns: list[Connection] = []
+        self._ready: set[int] = set()
+        self._ready_event = asyncio.Event()
+        self._ended: list[asyncio.Event] = []
+        self._any_ended = asyncio.Event()
+
+    def _total(self) -> dict[str, int]:
+        return {k: sum(r.counts[k] for r in self.results) for k in ("ok", "degraded")}
+
+    def _on_message(self, i: int) -> None:
+        conn, result = self._conns[i], self.results[i]
+        try:
+            while conn.poll():
+                kind, value = conn.recv()
+                if kind in ("tick", "ready"):
+                    result.counts = value
+                    if kind == "ready":
+                        self._ready.add(i)
+                        if len(self._ready) == len(self.specs):
+                            self._ready_event.set()
+                elif kind == "done":
+                    result.outcome, result.written, result.counts, failure = value
+                    if failure is not None and result.outcome is not None:
+                        path, errno, strerror = failure
+                        result.outcome.write_error = RecordWriteError(path, OSError(errno, strerror))
+                        result.error = str(result.outcome.write_error)
+                elif kind == "error":
+                    result.error = value
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            self._ended[i].set()
+            self._any_ended.set()
+        self.on_counts(self._total())
+
+    async def run(self, stop: asyncio.Event) -> list[WorkerResult]:
+        """Start every worker, release them at one steady start, wait for all; ``stop`` stops them all."""
+        loop = asyncio.get_running_loop()
+        for i, spec in enumerate(self.specs):
+            parent, child = self._ctx.Pipe()
+            proc = self._ctx.Process(target=worker_main, args=(spec, child), name=f"infermeter-worker-{i}")
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._conns.append(parent)
+            self._ended.append(asyncio.Event())
+            self.results[i].pid = proc.pid
+            loop.add_reader(parent.fileno(), self._on_message, i)
+        try:
+            await self._release(stop)
+            stopper = asyncio.create_task(stop.wait())
+            ended = asyncio.create_task(self._all_ended())
+            await asyncio.wait({stopper, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not ended.done():
+                self.terminate()
+                try:
+                    await asyncio.wait_for(ended, STOP_GRACE_S)
+                except TimeoutError:
+                    self.kill()
+                    await ended
+            stopper.cancel()
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            for conn in self._conns:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(conn.fileno())
+        for proc, result, spec in zip(self._procs, self.results, self.specs, strict=True):
+            await asyncio.to_thread(proc.join)
+            result.exit_code = proc.exitcode
+            if result.died:  # what reached its file is what it wrote
+                result.written = _lines(RunDir(spec.out).worker_records(spec.share.index))
+        return self.results
+
+    async def _release(self, stop: asyncio.Event) -> None:
+        """Wait until every worker is warm (or one ended, or a stop), then send one steady start to all."""
+        ready = asyncio.create_task(self._ready_event.wait())
+        stopped = asyncio.create_task(stop.wait())
+        any_ended = asyncio.create_task(self._any_ended.wait())
+        done, _ = await asyncio.wait(
+            {ready, stopped, any_ended}, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        for t in (ready, stopped, any_ended):
+            t.cancel()
+        if ready not in done and not done:
+            self.terminate()
+            raise ConfigError(f"the workers did not start within {START_TIMEOUT_S:.0f} s")
+        if ready not in done:
+            self.terminate()  # a worker that died before the load, or a stop: the others do not start
+            return
+        start = time.perf_counter_ns() + 20_000_000  # every worker has the message well before it
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.send(("go", start))
+
+    async def _all_ended(self) -> None:
+        for e in self._ended:
+            await e.wait()
+
+    def terminate(self) -> None:
+        """SIGTERM to every worker still running (each writes its in-flight requests as interrupted)."""
+        for proc in self._procs:
+            if proc.is_alive():
+                with contextlib.suppress(OSError):
+                    proc.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL to every worker still running."""
+        for proc in self._procs:
+            if proc.is_alive():
+                with contextlib.suppress(OSError):
+                    proc.kill()

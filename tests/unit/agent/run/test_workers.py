@@ -1,0 +1,67 @@
+"""How ``run --workers N`` splits one run: every unit to exactly one worker, the run's files read whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.core.errors import ConfigError
+from agent.core.rundir import RunDir
+from agent.core.scenario import load_scenario, resolve_scenario
+from agent.run.shapes.base import Share
+from agent.run.workers import check_splittable, split
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+@pytest.mark.parametrize("units", [0, 1, 5, 64, 1001])
+def test_shares_cover_every_unit_once(n: int, units: int) -> None:
+    taken = sorted(i for k in range(n) for i in range(k, units, n))
+    assert taken == list(range(units))
+    assert sum(Share(k, n).of(units) for k in range(n)) == units
+
+
+def test_a_closed_loop_is_split_by_clients_requests_warmup_and_cooldown() -> None:
+    sc = load_scenario(resolve_scenario("chat")).with_overrides(
+        requests=101, concurrency=10, warmup=3, cooldown=2
+    )
+    parts = [split(sc, Share(k, 3)) for k in range(3)]
+    assert [p.concurrency for p in parts] == [4, 3, 3]
+    assert [p.requests for p in parts] == [34, 34, 33]
+    assert sum(p.warmup for p in parts) == 3 and sum(p.cooldown for p in parts) == 2
+    assert all(p.prompt_list() == sc.prompt_list() for p in parts)
+
+
+def test_an_open_loop_keeps_its_rate_and_splits_its_cap() -> None:
+    sc = load_scenario(resolve_scenario("chat")).with_overrides(
+        requests=10, load={"arrival": "poisson", "rate": 50.0, "max_concurrency": 9}
+    )
+    parts = [split(sc, Share(k, 2)) for k in range(2)]
+    assert [p.load.rate for p in parts] == [50.0, 50.0]  # each takes every other arrival of one schedule
+    assert [p.load.max_concurrency for p in parts] == [5, 5]
+    assert [p.requests for p in parts] == [5, 5]
+
+
+def test_units_that_stay_whole_are_refused_in_one_line() -> None:
+    chains = load_scenario(resolve_scenario("agent_steps"))
+    with pytest.raises(ConfigError, match="--workers 1"):
+        check_splittable(chains, 2)
+
+
+def test_a_run_directory_lists_each_workers_records_in_worker_order(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    for name in [
+        "records.jsonl",
+        "records.w10.jsonl",
+        "records.w2.jsonl",
+        "records.w0.jsonl",
+        "records.wx.jsonl",
+    ]:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in run.record_files()] == [
+        "records.jsonl",
+        "records.w0.jsonl",
+        "records.w2.jsonl",
+        "records.w10.jsonl",
+    ]
+    assert run.worker_records(3) == tmp_path / "records.w3.jsonl"

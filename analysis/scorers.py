@@ -194,7 +194,7 @@ def repetition(candidate: str, _reference: str = "") -> float:
     total = len(words) - 3
     if total <= 0:
         return 1.0
-    return len({tuple(words[i : i + 4]) for i in range(total)}) / total
+    return len(set(zip(words, words[1:], words[2:], words[3:], strict=False))) / total
 
 
 # --- multiple choice -----------------------------------------------------------------------------------

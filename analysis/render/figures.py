@@ -11,6 +11,7 @@ import numpy as np
 
 from agent.core.files import write_atomic
 from analysis.analyze import metric_values
+from analysis.quantiles import stream_stats
 from analysis.results import AnalysisResult, Drift, SweepSummary
 from analysis.runs import Run
 
@@ -26,10 +27,19 @@ def _plt() -> Any:
     return plt
 
 
+#: A CDF is drawn through at most this many of its steps (evenly spaced in rank, the last one kept): a
+#: figure a few hundred pixels wide cannot show more, and a million-step line slows every draw.
+CDF_POINTS = 4096
+
+
 def _cdf(ax: Any, values: Sequence[float] | np.ndarray, label: str) -> None:
     xs = np.sort(np.asarray(values))
-    ys = np.arange(1, xs.size + 1) / xs.size
-    ax.step(xs, ys, where="post", label=f"{label} (n={xs.size})")
+    n = xs.size
+    ys = np.arange(1, n + 1) / n
+    if n > CDF_POINTS:
+        keep = np.unique(np.linspace(0, n - 1, CDF_POINTS).astype(np.int64))
+        xs, ys = xs[keep], ys[keep]
+    ax.step(xs, ys, where="post", label=f"{label} (n={n})")
 
 
 def _save(fig: Any, out: Path, name: str) -> str:
@@ -55,7 +65,7 @@ def latency_cdf(runs: list[Run], sc: str, out: Path) -> str | None:
         ax.set_xlabel(f"{title} (ms)")
         ax.set_ylabel("share of requests")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{sc}: latency CDF (ok steady requests)")
     if not drawn:
         plt.close(fig)
@@ -63,24 +73,40 @@ def latency_cdf(runs: list[Run], sc: str, out: Path) -> str | None:
     return _save(fig, out, f"latency_cdf_{sc}.png")
 
 
-def _gaps(run: Run, sc: str) -> np.ndarray:
-    """Every inter-token gap of the scenario's ok steady requests, in record order."""
+def _gap_chunks(run: Run, sc: str) -> Any:
+    """A callable yielding every inter-token gap of the scenario's ok steady requests, some at a time."""
     rows = run.scenario(sc)
     ok = rows.where(rows.is_("status", "ok") & rows.is_("stage", "steady"))
-    return np.concatenate([np.zeros(0), *ok.cols.itl.chunks(ok.index)])
+    return lambda: (c[~np.isnan(c)] for c in ok.cols.itl.chunks(ok.index))
+
+
+def gap_density(chunks: Any, bins: np.ndarray) -> np.ndarray:
+    """The density ``np.histogram(values, bins, density=True)`` gives, summed over chunks of the values."""
+    counts = np.zeros(bins.size - 1)
+    for c in chunks():
+        counts += np.histogram(c, bins=bins)[0]
+    total = counts.sum()
+    return counts / (total * np.diff(bins)) if total else counts
 
 
 def itl_histogram(runs: list[Run], sc: str, out: Path) -> str | None:
-    """Every inter-token gap of every run on one scenario, clipped at p99.5."""
-    gaps = {run.label: _gaps(run, sc) for run in runs}
-    gaps = {k: v for k, v in gaps.items() if v.size}
+    """Every inter-token gap of every run on one scenario, clipped at p99.5.
+
+    The gaps are read a chunk at a time (the p99.5 by :func:`stream_stats`, the bins' counts summed), so
+    a run of a hundred million gaps is drawn without holding them.
+    """
+    gaps = {}
+    for run in runs:
+        chunks = _gap_chunks(run, sc)
+        if (stats := stream_stats(chunks, [99.5])) is not None:
+            gaps[run.label] = (chunks, stats)
     if not gaps:
         return None
     fig, ax = _plt().subplots(figsize=(6, 3.6))
-    hi = max(float(np.percentile(v, 99.5)) for v in gaps.values())
+    hi = max(stats.percentiles[0] for _, stats in gaps.values())
     bins = np.linspace(0, hi if hi > 0 else 1, 60)
-    for label, v in gaps.items():
-        ax.hist(v, bins=bins, histtype="step", density=True, label=f"{label} (n={v.size})")
+    for label, (chunks, stats) in gaps.items():
+        ax.stairs(gap_density(chunks, bins), bins, label=f"{label} (n={stats.n})")
     ax.set_xlabel("inter-token gap (ms), every gap, clipped at p99.5")
     ax.set_ylabel("density")
     ax.set_title(f"{sc}: ITL distribution")

@@ -88,6 +88,30 @@ def test_latencies_spilled_to_disk_describe_as_in_memory(
     assert expected == describe(flat)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps=st.lists(st.lists(st.floats(0, 1e4, allow_nan=False), max_size=9), min_size=1, max_size=40),
+    chunk=st.sampled_from([1, 3, 7, 1 << 14]),
+    pick=st.integers(0, 2**40),
+)
+def test_each_rows_median_gap_is_numpys(gaps: list[list[float]], chunk: int, pick: int) -> None:
+    itl = columns_module.Itl()
+    for start in range(0, len(gaps), 5):
+        part = gaps[start : start + 5]
+        flat = np.asarray([g for row in part for g in row], dtype=np.float64)
+        itl.add(flat, np.asarray([len(r) for r in part]))
+    itl.close_adding()
+    rows = np.flatnonzero([(pick >> (i % 40)) & 1 for i in range(len(gaps))] or [0])
+    old = columns_module._CHUNK_ROWS
+    columns_module._CHUNK_ROWS = chunk
+    try:
+        got = itl.medians(rows)
+    finally:
+        columns_module._CHUNK_ROWS = old
+    want = [float(np.median(gaps[r])) if gaps[r] else np.nan for r in rows]
+    np.testing.assert_array_equal(got, np.asarray(want, dtype=np.float64))
+
+
 def test_damaged_lines_are_the_record_models_warnings(tmp_path: Path) -> None:
     """A block pyarrow refuses is read line by line: the same lines kept, the same line numbers warned."""
     path = damaged(tmp_path / "records.jsonl")

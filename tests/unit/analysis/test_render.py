@@ -73,3 +73,29 @@ def test_a_written_summary_validates(tmp_path: Path) -> None:
     data = json.loads((out / "summary.json").read_text())
     result = AnalysisResult.model_validate(data)
     assert result.baseline is None and result.runs[0].label == "one" and result.figures == []
+
+
+def test_the_itl_histogram_summed_over_chunks_is_numpy_and_matplotlib_s_own() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from analysis.quantiles import stream_stats
+    from analysis.render.figures import gap_density
+
+    rng = np.random.default_rng(3)
+    parts = [rng.gamma(2.0, 4.0, size=n) for n in (1, 700, 5000, 0, 1234)]
+    every = np.concatenate(parts)
+    stats = stream_stats(lambda: iter(parts), [99.5])
+    assert stats is not None and stats.n == every.size
+    assert stats.percentiles[0] == float(np.percentile(every, 99.5))
+    bins = np.linspace(0, stats.percentiles[0], 60)
+    density = gap_density(lambda: iter(parts), bins)
+    np.testing.assert_allclose(density, np.histogram(every, bins=bins, density=True)[0], rtol=1e-12)
+    fig, ax = plt.subplots()
+    drawn, _, _ = ax.hist(every, bins=bins, histtype="step", density=True)
+    plt.close(fig)
+    np.testing.assert_allclose(density, drawn, rtol=1e-12)
+    assert not gap_density(lambda: iter([]), bins).any()

@@ -47,8 +47,6 @@ async def run(ns: argparse.Namespace, app: App) -> int:
         if len(scenarios) > 1:
             raise ConfigError(f"--workers {workers} splits one scenario; run tenants with --workers 1")
         check_splittable(scenarios[0], workers)
-        if ns.serve_metrics:
-            raise ConfigError(f"--workers {workers}: --serve-metrics serves one process's records; drop one")
     launch = await start(
         ns, app.settings, scenarios, sum(in_flight(sc) for sc in scenarios), app.err, workers=workers
     )

@@ -83,6 +83,10 @@ class RunDir(_Folder):
         """Worker process ``index``'s records file."""
         return self.path / f"records.w{index}.jsonl"
 
+    def worker_chains(self, index: int) -> Path:
+        """Worker process ``index``'s chain records (``chains.w<k>.jsonl``; only when it ran chains)."""
+        return self.path / f"chains.w{index}.jsonl"
+
 
 class StudyDir(_Folder):
     """A study's folder: its lock, results, reports and one run directory per cell."""

@@ -320,18 +320,30 @@ class Launch:
                 self.out,
                 shared.origin,
                 plan.label,
+                forward=self.gauges is not None,
             )
             for k in range(workers.count)
         ]
         before = dict(self.counts)
+        gauges, (parent,) = self.gauges, self._runners  # the parent's runner: the gauges read it
 
         def on_counts(total: dict[str, int]) -> None:
             for k in ("ok", "degraded"):
                 self.counts[k] = before[k] + total[k]
+            parent.in_flight = sum(group.in_flight)
+            if group.steady_start_ns is not None:
+                parent.outcome.steady_start_ns = group.steady_start_ns
             shared.bar.tick()
 
+        def on_records(records: list[RequestRecord]) -> None:
+            assert gauges is not None
+            for record in records:
+                gauges.observe(record)
+
         self.err.print(f"load split across {workers.count} worker processes")
-        results = await WorkerGroup(specs, on_counts).run(stop)
+        group = WorkerGroup(specs, on_counts, on_records if gauges is not None else None)
+        results = await group.run(stop)
+        parent.in_flight = 0
         self.worker_written += sum(r.written for r in results)
         self.manifest.workers = [r.describe() for r in results]
         outcomes = []

@@ -288,9 +288,9 @@ class Runner:
         return next(self._requests, None)
 
     def next_unit(self) -> int:
-        """A new unit (chain, batch) number."""
+        """A new unit (chain, batch, conversation) number, unique across the run's worker processes."""
         self._units_started += 1
-        return self._units_started - 1
+        return self.share.index + self.share.count * (self._units_started - 1)
 
     def not_sent(self) -> None:
         """Count a request due before the end that never got a worker."""

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.errors import ConfigError, RecordWriteError
+from agent.core.record import ChainRecord, RequestRecord
 from agent.core.rundir import RunDir
 from agent.core.scenario import MAX_IN_FLIGHT, Scenario
-from agent.run.shapes import shape_name
+from agent.run.shapes import shape, shape_name
 from agent.run.shapes.base import Share
 from agent.run.writer import RunOutcome
 
@@ -52,13 +53,7 @@ def auto_workers() -> int:
 
 def check_splittable(sc: Scenario, workers: int) -> None:
     """Refuse, in one line, a scenario whose load cannot be split across ``workers`` processes."""
-    kind = shape_name(sc)
-    if kind not in ("open", "closed"):
-        raise ConfigError(
-            f"--workers {workers}: a {kind} scenario keeps its units whole in one process; "
-            "run it with --workers 1"
-        )
-    if kind == "closed" and sc.concurrency < workers:
+    if not sc.load.open_loop and sc.concurrency < workers:
         raise ConfigError(
             f"--workers {workers}: a closed loop of {sc.concurrency} clients gives each worker at least one; "
             f"give --concurrency {workers} or more, or fewer workers"
@@ -66,13 +61,15 @@ def check_splittable(sc: Scenario, workers: int) -> None:
 
 
 def split(sc: Scenario, share: Share) -> Scenario:
-    """The scenario one worker runs: its share of the requests, warmup, cooldown and clients.
+    """The scenario one worker runs: its share of the units of work, warmup, cooldown and clients.
 
+    A unit (a request, an agent chain, a batch, a conversation) runs whole in the worker that starts it.
     The copy keeps the scenario's made prompts; the requests themselves are chosen by index in the runner.
     """
     update: dict[str, Any] = {"warmup": share.of(sc.warmup), "cooldown": share.of(sc.cooldown)}
     if sc.requests is not None:
-        update["requests"] = share.of(sc.requests)
+        load = shape(shape_name(sc))
+        update["requests"] = share.of(load.units(sc, sc.requests)) * load.size(sc)
     if not sc.load.open_loop:
         update["concurrency"] = share.of(sc.concurrency)
     else:
@@ -103,6 +100,8 @@ class WorkerSpec:
     out: Path
     origin_ns: int
     load_stage: str | None
+    #: send each finished record to the parent, which serves the run's one ``/metrics``
+    forward: bool = False
 
 
 @dataclass(slots=True)
@@ -167,6 +166,59 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     raise SystemExit(code)
 
 
+class _Link:
+    """A worker's side of its pipe: the parent's messages in; counts, records and the outcome out."""
+
+    def __init__(self, spec: WorkerSpec, conn: Connection, stop: asyncio.Event) -> None:
+        self.spec, self.conn, self.stop = spec, conn, stop
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.counts = {"ok": 0, "degraded": 0}
+        self.finished: list[RequestRecord] = []  # not yet sent (only when the parent serves /metrics)
+        self.in_flight: Callable[[], int] = lambda: 0
+        asyncio.get_running_loop().add_reader(conn.fileno(), self._receive)
+
+    def _receive(self) -> None:
+        try:
+            self.inbox.put_nowait(self.conn.recv())
+        except (EOFError, OSError):  # the parent is gone: stop
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            self.stop.set()
+
+    def record(self, record: RequestRecord) -> None:
+        """One finished record: counted, and kept for the parent's ``/metrics`` when it serves one."""
+        self.counts[record.status] += 1
+        if self.spec.forward:
+            self.finished.append(record)
+
+    def tick(self) -> None:
+        """The counts, the requests in flight and the records finished since the last tick, to the parent."""
+        self.conn.send(("tick", (dict(self.counts), self.in_flight(), self.finished[:])))
+        self.finished.clear()
+
+    async def ticking(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_EVERY_S)
+            self.tick()
+
+    async def gate(self) -> int:
+        """Tell the parent this worker is warm; the shared steady start it answers with."""
+        self.tick()  # the warmup's records first
+        self.conn.send(("ready", dict(self.counts)))
+        while True:
+            kind, value = await self.inbox.get()
+            if kind == "go":
+                return int(value)
+
+    def done(self, outcome: RunOutcome, written: int) -> None:
+        """The last records, nothing in flight, then the outcome."""
+        self.in_flight = lambda: 0
+        self.tick()
+        e = outcome.write_error
+        outcome.write_error = None  # sent as its parts: an exception with its own arguments does not unpickle
+        failure = (str(e.path), e.errno, e.strerror) if e is not None else None
+        self.conn.send(("done", (outcome, written, dict(self.counts), failure)))
+
+
 async def _work(spec: WorkerSpec, conn: Connection) -> int:
     from agent.backends import create
     from agent.run.runner import RunContext, Runner
@@ -176,55 +228,38 @@ async def _work(spec: WorkerSpec, conn: Connection) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def receive() -> None:
-        try:
-            inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):  # the parent is gone: stop
-            loop.remove_reader(conn.fileno())
-            stop.set()
-
-    loop.add_reader(conn.fileno(), receive)
-    counts = {"ok": 0, "degraded": 0}
-
-    def tick(record: Any) -> None:
-        counts[record.status] += 1
-
-    async def gate() -> int:
-        """Tell the parent this worker is warm; the shared steady start it answers with."""
-        conn.send(("ready", dict(counts)))
-        while True:
-            kind, value = await inbox.get()
-            if kind == "go":
-                return int(value)
-
+    link = _Link(spec, conn, stop)
     backend = create(spec.backend, spec.args)
     await backend.start()
     ticker: asyncio.Task[None] | None = None
+    rundir, k = RunDir(spec.out), spec.share.index
     try:
-        with JsonlWriter(RunDir(spec.out).worker_records(spec.share.index)) as writer:
-            context = RunContext(spec.run_id, origin_ns=spec.origin_ns, on_record=tick, steady_gate=gate)
+        with JsonlWriter(rundir.worker_records(k)) as writer, JsonlWriter(rundir.worker_chains(k)) as chains:
+
+            def write_chain(record: ChainRecord) -> None:
+                chains.write(record)
+                chains.flush()  # one per chain, as one process writes them: a killed worker keeps each
+
+            context = RunContext(
+                spec.run_id,
+                origin_ns=spec.origin_ns,
+                on_record=link.record,
+                steady_gate=link.gate,
+                chain_sink=write_chain,
+            )
             runner = Runner(
                 spec.scenario, backend, writer, context, load_stage=spec.load_stage, share=spec.share
             )
-
-            async def report() -> None:
-                while True:
-                    await asyncio.sleep(TICK_EVERY_S)
-                    conn.send(("tick", dict(counts)))
-
-            ticker = asyncio.create_task(report())
+            link.in_flight = lambda: runner.in_flight
+            ticker = asyncio.create_task(link.ticking())
             outcome = await runner.run(stop)
-        written = writer.count
+        if chains.count == 0:
+            rundir.worker_chains(k).unlink(missing_ok=True)
     finally:
         if ticker is not None:
             ticker.cancel()
         await backend.close()
-    e = outcome.write_error
-    outcome.write_error = None  # sent as its parts: an exception with its own arguments does not unpickle
-    failure = (str(e.path), e.errno, e.strerror) if e is not None else None
-    conn.send(("done", (outcome, written, dict(counts), failure)))
+    link.done(outcome, writer.count)
     return 0
 
 
@@ -234,9 +269,20 @@ async def _work(spec: WorkerSpec, conn: Connection) -> int:
 class WorkerGroup:
     """The parent's handle on one stage's worker processes: start, watch, stop, and their outcomes."""
 
-    def __init__(self, specs: list[WorkerSpec], on_counts: Callable[[dict[str, int]], None]) -> None:
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        on_counts: Callable[[dict[str, int]], None],
+        on_records: Callable[[list[RequestRecord]], None] | None = None,
+    ) -> None:
         self.specs = specs
         self.on_counts = on_counts
+        #: the workers' finished records, as they come (when the parent serves ``/metrics``)
+        self.on_records = on_records
+        #: each worker's requests in flight at its last tick
+        self.in_flight = [0] * len(specs)
+        #: the ``perf_counter_ns()`` every worker's measured stage starts at, once they are released
+        self.steady_start_ns: int | None = None
         self.results = [WorkerResult(s.share.index) for s in specs]
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: list[Any] = []
@@ -254,12 +300,15 @@ class WorkerGroup:
         try:
             while conn.poll():
                 kind, value = conn.recv()
-                if kind in ("tick", "ready"):
+                if kind == "tick":
+                    result.counts, self.in_flight[i], records = value
+                    if records and self.on_records is not None:
+                        self.on_records(records)
+                elif kind == "ready":
                     result.counts = value
-                    if kind == "ready":
-                        self._ready.add(i)
-                        if len(self._ready) == len(self.specs):
-                            self._ready_event.set()
+                    self._ready.add(i)
+                    if len(self._ready) == len(self.specs):
+                        self._ready_event.set()
                 elif kind == "done":
                     result.outcome, result.written, result.counts, failure = value
                     if failure is not None and result.outcome is not None:
@@ -331,6 +380,7 @@ class WorkerGroup:
             self.terminate()  # a worker that died before the load, or a stop: the others do not start
             return
         start = time.perf_counter_ns() + 20_000_000  # every worker has the message well before it
+        self.steady_start_ns = start
         for conn in self._conns:
             with contextlib.suppress(OSError):
                 conn.send(("go", start))

@@ -7,10 +7,13 @@ a worker killed mid-run reported with its records kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +188,82 @@ def test_a_worker_killed_mid_run_is_reported_and_its_records_kept(tmp_path: Path
     assert other["records"] == 150  # the survivor finished its whole share
     summary = json.loads((out / "summary.json").read_text())["scenarios"]["chat"]["requests"]
     assert summary["steady"] == len(records_of(out)) == kept + 150
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scraped(url: str) -> dict[str, float]:
+    """The run's requests counter and in-flight gauge, summed over their labels, from one scrape."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out = {"ok": 0.0, "in_flight": 0.0, "itl": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("infermeter_requests_total{") and 'status="ok"' in name:
+            out["ok"] += float(value)
+        elif name.startswith("infermeter_in_flight_requests{"):
+            out["in_flight"] += float(value)
+        elif name.startswith("infermeter_itl_seconds_count{"):
+            out["itl"] += float(value)
+    return out
+
+
+def test_agent_chains_stay_whole_across_workers_and_one_metrics_endpoint_counts_them_all(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    out, port = tmp_path / "run", free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with sim_server("--ttft-ms", "5", "--itl-ms", "5") as base:
+        args = argv("run agent_steps --requests 36 --concurrency 4 --workers 2 --max-tokens 4", base)
+        args += [
+            "--out",
+            str(out),
+            "--serve-metrics",
+            "--metrics-port",
+            str(port),
+            "--metrics-linger",
+            "120s",
+        ]
+        run = start_cli(args, cache_dir)
+        seen: list[dict[str, float]] = []
+        try:
+
+            def counted() -> bool:
+                with contextlib.suppress(OSError):
+                    seen.append(scraped(url))
+                return bool(seen) and seen[-1]["ok"] >= 36 and seen[-1]["in_flight"] == 0
+
+            wait_for(counted, 240, "every step record on the one /metrics")
+            run.terminate()  # ends the linger
+            _, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert "load split across 2 worker processes" in err, err
+    summary = json.loads((out / "summary.json").read_text())["scenarios"]["agent_steps"]
+    assert summary["requests"]["ok"] == 36
+    rows = [r for r in records_of(out) if r["stage"] == "steady"]
+    assert len(rows) == 36 and all(r["status"] == "ok" for r in rows)
+    # 9 chains of 4 steps: each chain's steps all written by one worker, the chains numbered apart
+    by_chain: dict[str, set[int]] = {}
+    for path in sorted(out.glob("records.w*.jsonl")):
+        worker = int(path.name.split(".")[1][1:])
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r["stage"] == "steady":
+                by_chain.setdefault(r["chain_id"], set()).add(worker)
+    assert len(by_chain) == 9 and all(len(w) == 1 for w in by_chain.values())
+    chains = [json.loads(x) for p in sorted(out.glob("chains.w*.jsonl")) for x in p.read_text().splitlines()]
+    assert sorted(c["chain_id"] for c in chains) == sorted(by_chain)
+    assert all(c["status"] == "ok" and c["steps_done"] == 4 for c in chains)
+    # one endpoint for both workers' records: exactly the steady ok count, gaps counted, none in flight
+    last = seen[-1]
+    assert last["ok"] == 36 and last["in_flight"] == 0
+    assert last["itl"] == sum(len(r["itl_ms"] or []) for r in rows)
+    assert (
+        any(0 < s["ok"] < 36 for s in seen) or len(seen) == 1
+    )  # counted as the load went, when scraped then

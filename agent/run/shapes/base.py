@@ -130,7 +130,10 @@ class Driver(Protocol):
         """The next request of the workload, or None when it is used up."""
 
     def next_unit(self) -> int:
-        """A new unit (chain, batch) number, counting from 0."""
+        """A new unit (chain, batch, conversation) number: 0, 1, 2 ... in one process.
+
+        Worker ``k`` of ``n`` numbers its units ``k, k + n, ...``.
+        """
 
     async def one(
         self,
@@ -180,6 +183,9 @@ class LoadShape(Protocol):
     def units(self, sc: Scenario, records: int) -> int:
         """The units of work that make ``records`` records."""
 
+    def size(self, sc: Scenario) -> int:
+        """How many of the scenario's ``requests`` one unit stands for (a chain's steps, batch's prompts)."""
+
     def expected(self, sc: Scenario) -> int | None:
         """How many records a count-bounded run of ``sc`` writes (None when bounded by time)."""
 
@@ -200,7 +206,11 @@ class Shape:
 
     def units(self, sc: Scenario, records: int) -> int:
         """The units of work that make ``records`` records."""
-        return records
+        return ceil_units(records, self.size(sc))
+
+    def size(self, sc: Scenario) -> int:
+        """One request per unit."""
+        return 1
 
     def records(self, sc: Scenario, units: int) -> int | None:
         """The records ``units`` units of work write (None: not known before the run)."""

@@ -16,7 +16,6 @@ from agent.run.shapes.base import (
     RequestShapes,
     Shape,
     batch_text,
-    ceil_units,
     register,
 )
 from agent.run.shapes.closed import clients
@@ -49,10 +48,10 @@ class Batches(Shape):
 
     unit = "batch"
 
-    def units(self, sc: Scenario, records: int) -> int:
+    def size(self, sc: Scenario) -> int:
         """Batches of N prompts."""
         assert sc.batch is not None
-        return ceil_units(records, sc.batch.size)
+        return sc.batch.size
 
     def records(self, sc: Scenario, units: int) -> int | None:
         """One record per prompt when the batch is N concurrent requests; one per batched call."""

@@ -8,7 +8,7 @@ import time
 
 from agent.core.record import RequestRecord, Stage
 from agent.core.scenario import Scenario
-from agent.run.shapes.base import ChainFailure, ChainStep, Driver, Plan, Shape, ceil_units, register
+from agent.run.shapes.base import ChainFailure, ChainStep, Driver, Plan, Shape, register
 from agent.run.shapes.closed import clients
 
 __all__ = ["Chains"]
@@ -70,10 +70,10 @@ class Chains(Shape):
 
     unit = "chain"
 
-    def units(self, sc: Scenario, records: int) -> int:
+    def size(self, sc: Scenario) -> int:
         """Chains of K steps."""
         assert sc.agent is not None
-        return ceil_units(records, sc.agent.steps)
+        return sc.agent.steps
 
     def records(self, sc: Scenario, units: int) -> int | None:
         """One record per step."""

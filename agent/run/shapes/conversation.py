@@ -14,7 +14,7 @@ from agent.core.scenario import Scenario
 from agent.core.workload import DatasetWorkload
 from agent.run.shapes.base import Driver, Plan, Shape, Turn, register
 from agent.run.shapes.closed import clients
-from agent.run.shapes.open import arrivals, dispatch
+from agent.run.shapes.open import arrivals, dispatch, mine
 
 __all__ = ["Conversations"]
 
@@ -103,7 +103,7 @@ class Conversations(Shape):
             async def start(request: GenerationRequest, stage: Stage, due_ns: int) -> None:
                 await _turns(driver, request, stage, due_ns)
 
-            await dispatch(driver, plan, origin_ns, arrivals(load), send=start)
+            await dispatch(driver, plan, origin_ns, mine(driver, arrivals(load)), send=start)
             return
 
         async def unit(stage: Stage) -> bool:

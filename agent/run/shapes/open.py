@@ -17,7 +17,7 @@ from agent.core.record import GenerationRequest, Stage
 from agent.core.scenario import MAX_IN_FLIGHT, Load
 from agent.run.shapes.base import Driver, Plan, Shape, register, until
 
-__all__ = ["Open", "Send", "Trace", "arrivals", "dispatch"]
+__all__ = ["Open", "Send", "Trace", "arrivals", "dispatch", "mine"]
 
 
 #: What an arrival starts: one request (the default), or a whole unit such as a conversation.
@@ -77,11 +77,13 @@ class Open(Shape):
 
     async def run(self, driver: Driver, plan: Plan, origin_ns: int) -> None:
         """Each request at its due time, sent by a free worker (up to the in-flight cap)."""
-        offsets: Iterable[float] = arrivals(driver.scenario.load)
-        k, n = driver.share.index, driver.share.count
-        if n > 1:  # this worker's arrivals of the one schedule, by index
-            offsets = itertools.islice(offsets, k, None, n)
-        await dispatch(driver, plan, origin_ns, offsets)
+        await dispatch(driver, plan, origin_ns, mine(driver, arrivals(driver.scenario.load)))
+
+
+def mine(driver: Driver, offsets: Iterable[float]) -> Iterable[float]:
+    """A worker's arrivals of the one schedule, by index (all of them in a single process)."""
+    k, n = driver.share.index, driver.share.count
+    return itertools.islice(offsets, k, None, n) if n > 1 else offsets
 
 
 def arrivals(load: Load) -> Iterator[float]:

@@ -71,9 +71,9 @@ def test_a_bad_scenario_file_is_one_line_and_exit_2(
 BAD_FLAGS = {
     "workers that are not a count": (["--workers", "many"], "--workers"),
     "more workers than closed-loop clients": (["--workers", "4", "--concurrency", "2"], "--concurrency 4"),
-    "workers with one process's metrics": (
-        ["--workers", "2", "--concurrency", "2", "--serve-metrics"],
-        "--serve",
+    "workers of an in-process backend": (
+        ["--workers", "2", "--concurrency", "2", "--backend", "embedded"],
+        "runs in this process",
     ),
     "backend arg that is not YAML": (["--backend-arg", "ttft_ms=[1"], "--backend-arg"),
     "think time that is not a duration": (["--think-time", "abc"], "--think-time"),

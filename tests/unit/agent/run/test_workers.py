@@ -42,10 +42,29 @@ def test_an_open_loop_keeps_its_rate_and_splits_its_cap() -> None:
     assert [p.requests for p in parts] == [5, 5]
 
 
-def test_units_that_stay_whole_are_refused_in_one_line() -> None:
-    chains = load_scenario(resolve_scenario("agent_steps"))
-    with pytest.raises(ConfigError, match="--workers 1"):
-        check_splittable(chains, 2)
+@pytest.mark.parametrize(
+    ("name", "overrides", "units", "size"),
+    [
+        ("agent_steps", {"requests": 30, "concurrency": 4}, 8, 4),  # 30 step records: 8 chains of 4 steps
+        ("batch_prefill", {"requests": 40, "concurrency": 3}, 5, 8),  # 5 batches of 8 prompts
+        ("conversations", {"requests": 7, "concurrency": 3}, 7, 1),  # 7 conversations
+    ],
+)
+def test_units_that_stay_whole_are_split_whole(
+    name: str, overrides: dict[str, int], units: int, size: int
+) -> None:
+    sc = load_scenario(resolve_scenario(name)).with_overrides(**overrides)
+    parts = [split(sc, Share(k, 3)) for k in range(3)]
+    # each worker's requests are whole units of its own: together every unit of the run, none twice
+    assert all(p.requests is not None and p.requests % size == 0 for p in parts)
+    assert [(p.requests or 0) // size for p in parts] == [Share(k, 3).of(units) for k in range(3)]
+    assert sum(p.concurrency for p in parts) == overrides["concurrency"]
+
+
+def test_fewer_clients_than_workers_is_refused_in_one_line() -> None:
+    chains = load_scenario(resolve_scenario("agent_steps")).with_overrides(concurrency=2)
+    with pytest.raises(ConfigError, match="--concurrency 3 or more"):
+        check_splittable(chains, 3)
 
 
 def test_a_run_directory_lists_each_workers_records_in_worker_order(tmp_path: Path) -> None:

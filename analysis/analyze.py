@@ -268,7 +268,7 @@ def _quality(
             progress(done, total)
 
     books = {
-        run.label: score_stream(run.iter_records(), run.references, semscorer, advance=advance)
+        run.label: score_stream(run.iter_outputs(), run.references, semscorer, advance=advance)
         for run in everyone
     }
     if not any(len(b) for b in books.values()):

@@ -16,11 +16,12 @@ import contextlib
 import ctypes
 import io
 import itertools
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +33,18 @@ from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir
 from analysis.records import MAX_LINE_BYTES
 
-__all__ = ["FLOATS", "LABELS", "SPILL_VALUES", "Itl", "RecordColumns", "Rows", "as_rows", "read_columns"]
+__all__ = [
+    "FLOATS",
+    "LABELS",
+    "SPILL_VALUES",
+    "Itl",
+    "Output",
+    "RecordColumns",
+    "Rows",
+    "as_rows",
+    "outputs",
+    "read_columns",
+]
 
 #: Numeric fields kept as floats (None is NaN): float64, or float32 for counts (exact below 2**24) and
 #: read out as float64.
@@ -305,6 +317,8 @@ class RecordColumns:
 
     def __init__(self) -> None:
         self.n = 0
+        #: True when pyarrow read every file whole: every line is one the record model accepts
+        self.fast = False
         #: the run's start on the unix clock: the first record's send time less its offset
         self.origin_unix_s: float | None = None
         self.warnings: list[str] = []
@@ -504,7 +518,8 @@ def read_columns(paths: Path | Iterable[Path]) -> RecordColumns:
         if not f.is_file():
             raise FileNotFoundError(f"{f} does not exist; pass a run directory written by `infermeter run`")
     out = RecordColumns()
-    if not all(_read_fast(f, out) for f in files):
+    out.fast = all(_read_fast(f, out) for f in files)
+    if not out.fast:
         out.close()
         out = RecordColumns()
         for f in files:
@@ -585,3 +600,77 @@ def as_rows(records: Rows | RecordColumns | Iterable[RequestRecord]) -> Rows:
     if isinstance(records, RecordColumns):
         return records.rows()
     return RecordColumns.from_records(records).rows()
+
+
+# --- the outputs the quality scorers read -------------------------------------------------------------
+
+
+class Output(NamedTuple):
+    """What the quality scorers read of one ok steady record: its names, its text and its logprobs."""
+
+    status: str
+    is_warmup: bool
+    request_id: str
+    prompt_id: str | None
+    output_text: str | None
+    top_logprobs: list[dict[str, float]] | None = None
+
+
+_TEXT_SCHEMA = pa.schema(
+    [pa.field("is_warmup", pa.bool_())]
+    + [
+        pa.field(n, pa.string())
+        for n in ("status", "request_id", "prompt_id", "output_text", "backend", "run_id")
+    ]
+)
+_TEXT_OPTIONS = pj.ParseOptions(explicit_schema=_TEXT_SCHEMA, unexpected_field_behavior="ignore")
+#: a block holding any record with top-k logprobs (a JSON object per position, no fixed fields) is read
+#: through the record model instead
+_LOGPROBS = re.compile(rb'"top_logprobs"\s*:\s*\[')
+
+
+def outputs(path: Path, key: tuple[str, str] | None = None) -> Iterator[Output]:
+    """The ok steady records of a file ``read_columns`` read fast, in file order, for their text.
+
+    Only the few fields the scorers need are parsed into Python objects (pyarrow reads the rest past);
+    ``key`` keeps only one (backend, run id). The records are the ones ``RequestRecord`` reads.
+    """
+    for _, body in _bodies(path, []):
+        if _LOGPROBS.search(body):
+            yield from _outputs_of_records(body, key)
+            continue
+        table = _text_table(body)
+        keep = pc.and_(
+            pc.equal(table.column("status"), "ok"), pc.invert(table.column("is_warmup").fill_null(False))
+        )
+        if key is not None:
+            keep = pc.and_(
+                keep,
+                pc.and_(pc.equal(table.column("backend"), key[0]), pc.equal(table.column("run_id"), key[1])),
+            )
+        kept = table.filter(keep)
+        columns = [kept.column(n).to_pylist() for n in ("request_id", "prompt_id", "output_text")]
+        for request_id, prompt_id, text in zip(*columns, strict=True):
+            yield Output("ok", False, request_id, prompt_id, text)
+
+
+def _text_table(body: bytes) -> pa.Table:
+    for block in (1 << 20, len(body) + 1):  # a line longer than a parse block is parsed in one block
+        try:
+            return pj.read_json(io.BytesIO(body), parse_options=_TEXT_OPTIONS, read_options=_read(block))
+        except pa.ArrowInvalid as e:
+            if "straddling" not in str(e) or block == len(body) + 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the last block size holds every line
+
+
+def _outputs_of_records(body: bytes, key: tuple[str, str] | None) -> Iterator[Output]:
+    for line in body.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            r = RequestRecord.model_validate_json(line)
+        except ValidationError:
+            continue
+        if r.status == "ok" and not r.is_warmup and (key is None or (r.backend, r.run_id) == key):
+            yield Output(r.status, r.is_warmup, r.request_id, r.prompt_id, r.output_text, r.top_logprobs)

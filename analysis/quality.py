@@ -13,11 +13,10 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
-from agent.core.record import RequestRecord
 from analysis.inference import bootstrap_ci
 from analysis.results import Drift, KeyAverages, KlDrift, LeastSimilar, ScorerDrift, TaskDrift, TaskScores
 from analysis.scorers import REGISTRY, SemScorer, rouge_l
@@ -94,7 +93,24 @@ def tier_of(points: float | None = None, percent: float | None = None) -> Tier:
     return TIERS[worst]
 
 
-def samples_of(records: Iterable[RequestRecord], references: dict[str, Reference]) -> list[Sample]:
+class Scored(Protocol):
+    """What the scorers read of a record (a whole ``RequestRecord``, or the few fields read for it)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def is_warmup(self) -> bool: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def prompt_id(self) -> str | None: ...
+    @property
+    def output_text(self) -> str | None: ...
+    @property
+    def top_logprobs(self) -> list[dict[str, float]] | None: ...
+
+
+def samples_of(records: Iterable[Scored], references: dict[str, Reference]) -> list[Sample]:
     """One sample per ok, non-warmup record that kept its output text, in record order.
 
     A prompt without a reference entry is an "open" output: only reference-free scorers apply.
@@ -102,7 +118,7 @@ def samples_of(records: Iterable[RequestRecord], references: dict[str, Reference
     return list(_each_sample(records, references))
 
 
-def _each_sample(records: Iterable[RequestRecord], references: dict[str, Reference]) -> Iterator[Sample]:
+def _each_sample(records: Iterable[Scored], references: dict[str, Reference]) -> Iterator[Sample]:
     for r in records:
         if r.status != "ok" or r.is_warmup or r.output_text is None or r.prompt_id is None:
             continue
@@ -129,15 +145,20 @@ def score_samples(
     chunk: int = 256,
 ) -> list[Sample]:
     """Fill each sample's scores with its task's scorers; SemScore in batches, skipped without a model."""
+    plans: dict[str, list[tuple[str, Callable[[str, str], float], bool]]] = {}
     for s in samples:
-        for name in TASK_SCORERS.get(s.task, TASK_SCORERS["open"]):
-            sc = REGISTRY[name]
-            if sc.batched or (sc.needs == "reference" and s.reference is None):
-                continue
-            assert sc.fn is not None
-            s.scores[name] = sc.fn(s.output, s.reference or "")
-        if advance is not None:
-            advance(1)
+        plan = plans.get(s.task)
+        if plan is None:  # each task's per-sample scorers, looked up once per call
+            plan = plans[s.task] = [
+                (name, sc.fn, sc.needs == "reference")
+                for name in TASK_SCORERS.get(s.task, TASK_SCORERS["open"])
+                if not (sc := REGISTRY[name]).batched and sc.fn is not None
+            ]
+        for name, fn, needs_reference in plan:
+            if not (needs_reference and s.reference is None):
+                s.scores[name] = fn(s.output, s.reference or "")
+    if advance is not None:
+        advance(len(samples))
     if semscorer is not None:
         sem_rows = [s for s in samples if _needs_sem(s)]
         for start in range(0, len(sem_rows), chunk):
@@ -224,7 +245,7 @@ class ScoreBook:
 
 
 def score_stream(
-    records: Iterable[RequestRecord],
+    records: Iterable[Scored],
     references: dict[str, Reference],
     semscorer: SemScorer | None,
     *,
@@ -234,7 +255,8 @@ def score_stream(
 ) -> ScoreBook:
     """Score the kept outputs of ``records`` as they stream, ``chunk`` at a time, into ``book`` (or a new).
 
-    ``advance(1)`` is called for each ok steady record read, whether or not it kept its text.
+    ``advance(n)`` is told of every ok steady record read, whether or not it kept its text, ``chunk`` or
+    so at a time.
     """
     book = book if book is not None else ScoreBook()
     part: list[Sample] = []
@@ -247,14 +269,19 @@ def score_stream(
             book.add(s)
         part.clear()
 
+    read = 0  # ok steady records read and not yet told to ``advance`` (told a chunk at a time)
     for r in records:
         if r.status == "ok" and not r.is_warmup:
-            if advance is not None:
-                advance(1)
+            read += 1
             part.extend(_each_sample((r,), references))
             if len(part) >= chunk:
                 flush()
+            if read >= chunk and advance is not None:
+                advance(read)
+                read = 0
     flush()
+    if read and advance is not None:
+        advance(read)
     return book
 
 

@@ -24,7 +24,7 @@ from agent.core.manifest import Manifest
 from agent.core.record import RequestRecord
 from agent.core.rundir import RunDir, SamplingDir
 from agent.core.yamlfile import describe_error
-from analysis.columns import Rows, read_columns
+from analysis.columns import Output, Rows, outputs, read_columns
 from analysis.quality import Reference
 from analysis.records import MAX_LINE_BYTES, bounded_lines
 from analysis.results import RunSummary, SweepSummary
@@ -58,6 +58,8 @@ class Run:
     sources: list[Path] = field(default_factory=list)
     #: the (backend, run id) these rows are, where a samples folder was split by target and config
     key: tuple[str, str] | None = None
+    #: True when every records file was read whole by the columnar reader (no line refused)
+    read_fast: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -95,6 +97,18 @@ class Run:
         """The rows of one scenario (none where the run did not run it)."""
         rows = self.by_scenario.get(name)
         return rows if rows is not None else self.rows.where(np.zeros(len(self.rows), dtype=bool))
+
+    def iter_outputs(self) -> Iterator[Output | RequestRecord]:
+        """What the quality scorers read of each ok steady record, in file order.
+
+        Files the columnar reader took whole are read again for these few fields only; otherwise each
+        line goes through the record model (:meth:`iter_records`), so the same lines count either way.
+        """
+        if not self.read_fast:
+            yield from self.iter_records()
+            return
+        for source in self.sources:
+            yield from outputs(source, self.key)
 
     def iter_records(self) -> Iterator[RequestRecord]:
         """The run's records as objects, one at a time, in file order (lines that do not parse left out)."""
@@ -218,4 +232,6 @@ def load_run(path: Path, references: dict[str, Reference] | None = None) -> Run:
     if references:
         refs.update(references)
     label = folder.name if path.is_dir() else path.stem
-    return Run(folder, label, cols.rows(), manifest, summary, refs, warnings, sources=files)
+    return Run(
+        folder, label, cols.rows(), manifest, summary, refs, warnings, sources=files, read_fast=cols.fast
+    )

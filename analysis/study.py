@@ -199,7 +199,7 @@ def _samples(runs: list[Run], semscorer: SemScorer | None) -> list[Sample]:
     """
     book = ScoreBook()
     for run in runs:
-        score_stream(run.iter_records(), run.references, semscorer, book=book)
+        score_stream(run.iter_outputs(), run.references, semscorer, book=book)
     return book.first_samples()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,3 +159,51 @@ def test_records_in_memory_summarise_as_their_file(tmp_path: Path) -> None:
         assert cols.n == 50
         assert summarize(cols) == from_file
     assert from_file.scenarios["chat"].requests.warmup == 1
+
+
+def projected(records: list[Any]) -> list[tuple[object, ...]]:
+    """What the quality scorers read of each ok steady record."""
+    return [
+        (r.request_id, r.prompt_id, r.output_text, r.top_logprobs)
+        for r in records
+        if r.status == "ok" and not r.is_warmup
+    ]
+
+
+def test_the_outputs_read_for_the_scorers_are_the_record_models(tmp_path: Path) -> None:
+    lines = [
+        chat_line(0, [1.0], output_text="warm", prompt_id="p0"),
+        chat_line(1, [1.0, 2.0], output_text='Ünïcode \u2028 and "quotes"', prompt_id="p1"),
+        chat_line(2, [], status="degraded", reason="timeout", output_text="cut", prompt_id="p2"),
+        chat_line(3, [1.0], output_text=None, prompt_id="p3"),
+        chat_line(4, [1.0], output_text="long " * 40_000, prompt_id=None),  # a line of 200 KB
+        chat_line(
+            5, [1.0], output_text="with logprobs", prompt_id="p5", top_logprobs=[{"a": -0.1, "b": -2.0}]
+        ),
+        chat_line(6, [1.0], output_text="other run", prompt_id="p6", run_id="r2"),
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b"".join(lines[:5]) + b"\n" + b"".join(lines[5:]))  # a blank line too
+    with read_columns(path) as cols:
+        assert cols.fast
+    want = projected(load_records(path).records)
+    assert projected(list(columns_module.outputs(path))) == want
+    assert len(want) == 5
+    by_run = projected([r for r in load_records(path).records if r.run_id == "r2"])
+    assert (
+        projected(list(columns_module.outputs(path, ("sim", "r2"))))
+        == by_run
+        == [("q6", "p6", "other run", None)]
+    )
+
+
+def test_a_run_read_slowly_gives_its_outputs_through_the_record_model(tmp_path: Path) -> None:
+    from analysis.runs import load_run
+
+    run = load_run(damaged(tmp_path / "records.jsonl"))
+    assert not run.read_fast
+    assert projected(list(run.iter_outputs())) == projected(list(run.iter_records()))
+    recorded = load_run(Path(__file__).parents[2] / "data" / "recorded" / "a")
+    assert recorded.read_fast
+    assert projected(list(recorded.iter_outputs())) == projected(list(recorded.iter_records()))
+    assert projected(list(recorded.iter_outputs()))

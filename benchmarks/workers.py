@@ -5,7 +5,8 @@ requests/s over the load, from the records' own send and end times), then a timi
 simulator with a 100 ms TTFT and 10 ms gaps (how far the recorded TTFT lies above the simulator's own
 100 ms, p50 and p99). The simulator runs as its own process, pinned to the last core where there is more
 than one; the workers are left to the scheduler. ``python benchmarks/workers.py`` prints a JSON report;
-``--workers 1 2 4 8`` chooses the counts (by default the ones the machine has cores for).
+``--workers 1 2 4 8`` chooses the counts (by default the ones the machine has cores for);
+``--serve-metrics`` measures the same runs with the one ``/metrics`` served (every record sent to it).
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ def records(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: extra flags for every run (``--serve-metrics`` adds the endpoint on a free port)
+EXTRA: list[str] = []
+
+
 def run(base: str, workers: int, args: list[str], out: Path) -> list[dict[str, Any]]:
     """One ``infermeter run`` against ``base``; its steady records."""
     cmd = [sys.executable, "-m", "agent.cli", "run", "chat", "--backend", "sim", "--base-url", base]
     cmd += ["--workers", str(workers), "--warmup", "0", "--energy", "off", "--no-progress", "--out", str(out)]
+    cmd += EXTRA
     subprocess.run([*cmd, *args], cwd=ROOT, check=True, capture_output=True, timeout=900)
     return records(out)
 
@@ -81,8 +87,16 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=256, help="throughput: streams in flight")
     p.add_argument("--rounds", type=int, default=16, help="throughput: requests per stream slot")
     p.add_argument("--timing-concurrency", type=int, default=64)
+    p.add_argument("--serve-metrics", action="store_true", help="serve /metrics while each run lasts")
     ns = p.parse_args()
-    report: dict[str, Any] = {"cores": cores(), "concurrency": ns.concurrency, "runs": []}
+    if ns.serve_metrics:
+        EXTRA.extend(["--serve-metrics", "--metrics-port", "0"])
+    report: dict[str, Any] = {
+        "cores": cores(),
+        "concurrency": ns.concurrency,
+        "serve_metrics": ns.serve_metrics,
+        "runs": [],
+    }
     with (
         tempfile.TemporaryDirectory() as tmp,
         local_sim(pin=True) as fast,

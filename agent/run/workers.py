@@ -176,6 +176,8 @@ class _Link:
         self.finished: list[RequestRecord] = []  # not yet sent (only when the parent serves /metrics)
         self.in_flight: Callable[[], int] = lambda: 0
         asyncio.get_running_loop().add_reader(conn.fileno(), self._receive)
+        # the loop made the pipe non-blocking; a tick bigger than the pipe holds is written whole
+        os.set_blocking(conn.fileno(), True)
 
     def _receive(self) -> None:
         try:
@@ -336,6 +338,7 @@ class WorkerGroup:
             self._ended.append(asyncio.Event())
             self.results[i].pid = proc.pid
             loop.add_reader(parent.fileno(), self._on_message, i)
+            os.set_blocking(parent.fileno(), True)  # a message whose start is in is read whole
         try:
             await self._release(stop)
             stopper = asyncio.create_task(stop.wait())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,42 @@ def test_a_run_directory_lists_each_workers_records_in_worker_order(tmp_path: Pa
         "records.w10.jsonl",
     ]
     assert run.worker_records(3) == tmp_path / "records.w3.jsonl"
+
+
+def test_a_tick_bigger_than_the_pipe_reaches_the_parent_whole(tmp_path: Path) -> None:
+    """The worker's event loop makes its pipe non-blocking; a tick of many records is still sent whole."""
+    import multiprocessing
+    import threading
+    import time
+
+    import uvloop
+
+    from agent.core.record import RequestRecord
+    from agent.run.workers import WorkerSpec, _Link
+    from tests.unit.analysis.test_damaged_records import good_line
+
+    sc = load_scenario(resolve_scenario("chat"))
+    spec = WorkerSpec(Share(0, 2), sc, "sim", {}, "r", tmp_path, 0, None, forward=True)
+    parent, child = multiprocessing.Pipe()
+    record = RequestRecord.model_validate_json(good_line(1)).model_copy(update={"itl_ms": [1.5] * 256})
+    got: list[object] = []
+
+    def read_late() -> None:
+        time.sleep(0.3)  # the pipe fills long before the parent reads
+        got.append(parent.recv())
+
+    reader = threading.Thread(target=read_late)
+    reader.start()
+
+    async def tick() -> None:
+        link = _Link(spec, child, asyncio.Event())
+        link.finished = [
+            record.model_copy(update={"seq": i}) for i in range(2_000)
+        ]  # MBs; a pipe holds 64 KB
+        link.tick()
+
+    uvloop.run(tick())
+    reader.join(10)
+    kind, (_counts, in_flight, records) = got[0]  # type: ignore[misc]
+    assert kind == "tick" and in_flight == 0 and len(records) == 2_000
+    assert [r.seq for r in records] == list(range(2_000)) and records[0].itl_ms == record.itl_ms

@@ -112,7 +112,9 @@ async def test_ollama_protocol_cold_start_and_reasoning(tmp_path: Path) -> None:
     assert not any(r.cold_start for r in rest)
     for r in records:
         assert r.native_source == "ollama" and r.output_tokens == 8
-        assert r.ttfo_ms is not None and r.ttft_ms is not None and r.ttfo_ms > r.ttft_ms
+        # the answer's first token comes after the reasoning's; on a busy machine both can arrive in one
+        # socket read and share its timestamp
+        assert r.ttfo_ms is not None and r.ttft_ms is not None and r.ttfo_ms >= r.ttft_ms
         assert r.decode_ms is not None and r.prefill_ms is not None
         assert r.native_total_ms is not None and r.native_total_ms >= r.prefill_ms + r.decode_ms
     assert len(emissions(log)) == 3

@@ -414,17 +414,22 @@ def _valid(table: pa.Table) -> bool:
 
 def _parse(body: bytes) -> pa.Table | None:
     """The block's rows, or None where pyarrow refuses a line or a value no record may hold."""
-    for block in (1 << 20, len(body) + 1):  # a line longer than a parse block is parsed in one block
+    try:
+        table = _read_body(body, _OPTIONS)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return table if _valid(table) else None
+
+
+def _read_body(body: bytes, options: pj.ParseOptions) -> pa.Table:
+    """A block of whole lines through pyarrow's reader (a line longer than a parse block in one block)."""
+    for block in (1 << 20, len(body) + 1):
         try:
-            table = pj.read_json(io.BytesIO(body), parse_options=_OPTIONS, read_options=_read(block))
+            return pj.read_json(io.BytesIO(body), parse_options=options, read_options=_read(block))
         except pa.ArrowInvalid as e:
-            if "straddling" in str(e) and block < len(body) + 1:
-                continue
-            return None
-        except pa.ArrowNotImplementedError:
-            return None
-        return table if _valid(table) else None
-    return None
+            if "straddling" not in str(e) or block == len(body) + 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the last block size holds every line
 
 
 def _read(block: int) -> pj.ReadOptions:
@@ -639,7 +644,7 @@ def outputs(path: Path, key: tuple[str, str] | None = None) -> Iterator[Output]:
         if _LOGPROBS.search(body):
             yield from _outputs_of_records(body, key)
             continue
-        table = _text_table(body)
+        table = _read_body(body, _TEXT_OPTIONS)
         keep = pc.and_(
             pc.equal(table.column("status"), "ok"), pc.invert(table.column("is_warmup").fill_null(False))
         )
@@ -652,16 +657,6 @@ def outputs(path: Path, key: tuple[str, str] | None = None) -> Iterator[Output]:
         columns = [kept.column(n).to_pylist() for n in ("request_id", "prompt_id", "output_text")]
         for request_id, prompt_id, text in zip(*columns, strict=True):
             yield Output("ok", False, request_id, prompt_id, text)
-
-
-def _text_table(body: bytes) -> pa.Table:
-    for block in (1 << 20, len(body) + 1):  # a line longer than a parse block is parsed in one block
-        try:
-            return pj.read_json(io.BytesIO(body), parse_options=_TEXT_OPTIONS, read_options=_read(block))
-        except pa.ArrowInvalid as e:
-            if "straddling" not in str(e) or block == len(body) + 1:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover - the last block size holds every line
 
 
 def _outputs_of_records(body: bytes, key: tuple[str, str] | None) -> Iterator[Output]:

@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # torch first, pinned to the CPU build, so transformers does not resolve a multi-GB CUDA one.
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[embedded,torch,semscore,datasets,dev]'
+	$(PIP) -e '.[embedded,torch,semscore,datasets,ray,dev]'
 	@touch $@
 
 install: $(VENV)/.installed

@@ -33,6 +33,7 @@ from agent.core.scenario import MAX_IN_FLIGHT, Scenario, Targets, load_scenario,
 from agent.energy.base import Baseline, EnergyError
 from agent.energy.meter import EnergyMeter
 from agent.energy.sources import open_source
+from agent.run.cluster import RayCluster
 from agent.run.collaborators import EnergyPlan, EnergyWatch, Gauges, MetricsEndpoint, RunProgress, StopSignals
 from agent.run.launch import Launch, LaunchResult
 from agent.run.manifest import build_manifest
@@ -283,6 +284,7 @@ async def start(
     err: Console,
     *,
     workers: int = 1,
+    cluster: RayCluster | None = None,
 ) -> Launch:
     """Everything the user gave checked (the metrics address bound), then the run directory made.
 
@@ -297,14 +299,7 @@ async def start(
     cache = any(sc.cache_prompt for sc in scenarios)
     args = backend_args(ns, settings, out, in_flight, cache_prompt=cache)
     backend = create(ns.backend, args)  # checked
-    plan = None
-    if workers > 1:
-        if "base_url" not in args_type(ns.backend).model_fields:
-            raise ConfigError(
-                f"--workers {workers}: backend '{ns.backend}' runs in this process; worker processes drive "
-                "a backend by its URL (sim, openai, ollama)"
-            )
-        plan = WorkerPlan(workers, ns.backend, args)
+    plan = worker_plan(ns.backend, args, workers, cluster)
     if metrics is not None:
         try:
             await metrics.server.start(metrics.host, metrics.port)
@@ -317,6 +312,8 @@ async def start(
         manifest = ManifestFile(
             RunDir(out).manifest, build_manifest(run_id, scenarios, ["infermeter", *sys.argv[1:]])
         )
+        if cluster is not None:
+            manifest.manifest.cluster = cluster.describe()
         manifest.save()
     except BaseException:
         if metrics is not None:
@@ -335,6 +332,21 @@ async def start(
         server=ServerSide(server, backend, out, err),
         workers=plan,
     )
+
+
+def worker_plan(
+    backend: str, args: dict[str, Any], workers: int, cluster: RayCluster | None
+) -> WorkerPlan | None:
+    """How the load is spread (None: this process runs it); a backend that cannot be spread refused."""
+    if workers <= 1 and cluster is None:
+        return None
+    if "base_url" not in args_type(backend).model_fields:
+        flag = "--ray" if cluster is not None else f"--workers {workers}"
+        raise ConfigError(
+            f"{flag}: backend '{backend}' runs in this process; worker processes drive "
+            "a backend by its URL (sim, openai, ollama)"
+        )
+    return WorkerPlan(workers, backend, args, ray=cluster)
 
 
 def server_plan(ns: argparse.Namespace) -> ServerPlan:

@@ -237,6 +237,8 @@ class Manifest(BaseModel):
     not_sent_at_end: int | None = None
     #: ``run --workers N``: each worker process, its status and the records it wrote
     workers: list[dict[str, object]] | None = None
+    #: ``run --ray ADDRESS``: the cluster the workers ran on (its address, Ray's version, nodes, CPUs)
+    cluster: dict[str, object] | None = None
 
     @property
     def scenarios(self) -> list[ScenarioRef]:

@@ -24,13 +24,14 @@ from agent.core.files import release_headroom
 from agent.core.manifest import BackendFacts, Manifest, ManifestFile
 from agent.core.record import ChainRecord, GenerationRequest, RequestRecord
 from agent.core.rundir import RunDir
+from agent.run.cluster import RayGroup, disconnect, loopback
 from agent.run.collaborators import EnergyWatch, Gauges, ProgressBar, RunProgress, StopSignals
 from agent.run.profiles import Profile, StagePlan, Tenant
 from agent.run.prompts import prepare_workloads
 from agent.run.runner import ColdTracker, RunContext, Runner, request_shapes
 from agent.run.serverside import ServerSide
 from agent.run.shapes.base import Share
-from agent.run.workers import WorkerGroup, WorkerPlan, WorkerSpec, split
+from agent.run.workers import WorkerGroup, WorkerPlan, WorkerResult, WorkerSpec, split
 from agent.run.writer import RunOutcome
 from exporters.jsonl import JsonlWriter
 
@@ -74,7 +75,9 @@ class Launch:
     ) -> None:
         self.backend = backend
         #: worker processes that share the load (None: this process runs it)
-        self.workers = workers if workers is not None and workers.count > 1 else None
+        self.workers = (
+            workers if workers is not None and (workers.count > 1 or workers.ray is not None) else None
+        )
         self.out = out
         self.manifest_file = manifest
         self.run_id = run_id
@@ -157,6 +160,8 @@ class Launch:
                     self._finish_server()
             finally:
                 await self.backend.close()
+                if self.workers is not None and self.workers.ray is not None:
+                    disconnect()
             if self.gauges is not None:
                 await self.gauges.linger(stop)
             return result
@@ -340,26 +345,59 @@ class Launch:
             for record in records:
                 gauges.observe(record)
 
-        self.err.print(f"load split across {workers.count} worker processes")
-        group = WorkerGroup(specs, on_counts, on_records if gauges is not None else None)
+        group = self._group(workers, specs, on_counts, on_records if gauges is not None else None, url)
         results = await group.run(stop)
         parent.in_flight = 0
         self.worker_written += sum(r.written for r in results)
         self.manifest.workers = [r.describe() for r in results]
+        outcomes = self._outcomes(results)
+        self._save_manifest()
+        return outcomes or [RunOutcome(started_unix=time.time(), interrupted=True)]
+
+    def _group(
+        self,
+        workers: WorkerPlan,
+        specs: list[WorkerSpec],
+        on_counts: Callable[[dict[str, int]], None],
+        forward: Callable[[list[RequestRecord]], None] | None,
+        url: object,
+    ) -> WorkerGroup | RayGroup:
+        """The stage's workers: processes on this machine, or actors on the ``--ray`` cluster's nodes."""
+        if workers.ray is None:
+            self.err.print(f"load split across {workers.count} worker processes")
+            return WorkerGroup(specs, on_counts, forward)
+        self.err.print(
+            f"load split across {workers.count} workers on the Ray cluster at {workers.ray.address} "
+            f"({workers.ray.nodes} nodes, {workers.ray.cpus} CPUs)"
+        )
+        if loopback(str(url or "")) and not all(loopback(f"http://{ip}") for ip in workers.ray.node_ips):
+            self.err.print(
+                f"[yellow]warning[/yellow]: the backend's URL {url} is this machine's loopback; workers "
+                "on the cluster's other machines cannot reach it (give --base-url an address they reach)"
+            )
+        return RayGroup(specs, on_counts, forward, on_placed=self._placed)
+
+    def _outcomes(self, results: list[WorkerResult]) -> list[RunOutcome]:
+        """The outcomes of the workers that finished; each one that died said in one line."""
         outcomes = []
         for r in results:
             if r.died:
                 why = f" ({r.error})" if r.error else ""
-                self.err.print(
-                    f"[red]worker {r.index} (pid {r.pid}) ended with exit code {r.exit_code}{why}[/red]; "
-                    f"the records it wrote are kept"
-                )
+                if r.exit_code is None and r.placement:  # its node is gone, or Ray lost its actor
+                    where = f"on {r.placement.get('hostname')} ({r.placement.get('node_ip')}) was lost"
+                else:
+                    where = f"(pid {r.pid}) ended with exit code {r.exit_code}"
+                self.err.print(f"[red]worker {r.index} {where}{why}[/red]; the records it wrote are kept")
                 self.worker_died = True
             else:
                 assert r.outcome is not None
                 outcomes.append(r.outcome)
+        return outcomes
+
+    def _placed(self, results: list[WorkerResult]) -> None:
+        """Where each worker of a cluster runs, in the manifest before the load (it survives a kill)."""
+        self.manifest.workers = [r.describe() for r in results]
         self._save_manifest()
-        return outcomes or [RunOutcome(started_unix=time.time(), interrupted=True)]
 
     async def _start_server(self) -> None:
         if self.server is not None:

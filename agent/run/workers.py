@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.core.errors import ConfigError, RecordWriteError
 from agent.core.record import ChainRecord, RequestRecord
@@ -86,6 +86,8 @@ class WorkerPlan:
     backend: str
     #: the backend's arguments; each worker's client adds the started backend's ``base_url``
     args: dict[str, Any]
+    #: the Ray cluster the workers are placed on (``agent.run.cluster.RayCluster``; None: this machine)
+    ray: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ class WorkerResult:
     written: int = 0
     error: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "degraded": 0})
+    #: where a worker on a cluster runs: its node, and that node's clock against the parent's
+    placement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def died(self) -> bool:
@@ -129,6 +133,7 @@ class WorkerResult:
             "status": "died" if self.died else "completed",
             "records": self.written,
         }
+        out.update(self.placement)
         if self.exit_code:
             out["exit_code"] = self.exit_code
         if self.error:
@@ -148,16 +153,54 @@ def _lines(path: Path) -> int:
 # --- the worker process ------------------------------------------------------------------------------
 
 
-def worker_main(spec: WorkerSpec, conn: Connection) -> None:
-    """The worker process: its backend client, its runner, its records file; the outcome to ``conn``."""
+class Channel(Protocol):
+    """How a worker talks with the parent: messages out, and the parent's messages delivered in."""
+
+    def send(self, message: tuple[str, Any]) -> None:
+        """One message to the parent (counts, records, readiness, the outcome)."""
+
+    def listen(self, deliver: Callable[[tuple[str, Any]], None], gone: Callable[[], None]) -> None:
+        """From now on each message of the parent to ``deliver``, on the running loop; ``gone`` at its end."""
+
+
+class _Pipe:
+    """A worker process's end of its pipe to the parent."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def send(self, message: tuple[str, Any]) -> None:
+        self.conn.send(message)
+
+    def listen(self, deliver: Callable[[tuple[str, Any]], None], gone: Callable[[], None]) -> None:
+        loop, fd = asyncio.get_running_loop(), self.conn.fileno()
+
+        def receive() -> None:
+            try:
+                deliver(self.conn.recv())
+            except (EOFError, OSError):  # the parent is gone: stop
+                loop.remove_reader(fd)
+                gone()
+
+        loop.add_reader(fd, receive)
+        # the loop made the pipe non-blocking; a tick bigger than the pipe holds is written whole
+        os.set_blocking(fd, True)
+
+
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """The event loop runner: uvloop's where it is installed, else asyncio's."""
     try:
         import uvloop
 
-        run: Callable[[Coroutine[Any, Any, int]], int] = uvloop.run
+        return uvloop.run
     except ImportError:
-        run = asyncio.run
+        return asyncio.run
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """The worker process: its backend client, its runner, its records file; the outcome to ``conn``."""
     try:
-        code = run(_work(spec, conn))
+        code = event_loop_runner()(work(spec, _Pipe(conn)))
     except Exception as e:  # noqa: BLE001 - whatever ends a worker early is told to the parent, once
         with contextlib.suppress(OSError):
             conn.send(("error", f"{e.__class__.__name__}: {e}"))
@@ -167,24 +210,15 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
 
 class _Link:
-    """A worker's side of its pipe: the parent's messages in; counts, records and the outcome out."""
+    """A worker's side of its channel: the parent's messages in; counts, records and the outcome out."""
 
-    def __init__(self, spec: WorkerSpec, conn: Connection, stop: asyncio.Event) -> None:
-        self.spec, self.conn, self.stop = spec, conn, stop
+    def __init__(self, spec: WorkerSpec, channel: Channel, stop: asyncio.Event) -> None:
+        self.spec, self.channel, self.stop = spec, channel, stop
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.counts = {"ok": 0, "degraded": 0}
         self.finished: list[RequestRecord] = []  # not yet sent (only when the parent serves /metrics)
         self.in_flight: Callable[[], int] = lambda: 0
-        asyncio.get_running_loop().add_reader(conn.fileno(), self._receive)
-        # the loop made the pipe non-blocking; a tick bigger than the pipe holds is written whole
-        os.set_blocking(conn.fileno(), True)
-
-    def _receive(self) -> None:
-        try:
-            self.inbox.put_nowait(self.conn.recv())
-        except (EOFError, OSError):  # the parent is gone: stop
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            self.stop.set()
+        channel.listen(self.inbox.put_nowait, stop.set)
 
     def record(self, record: RequestRecord) -> None:
         """One finished record: counted, and kept for the parent's ``/metrics`` when it serves one."""
@@ -194,7 +228,7 @@ class _Link:
 
     def tick(self) -> None:
         """The counts, the requests in flight and the records finished since the last tick, to the parent."""
-        self.conn.send(("tick", (dict(self.counts), self.in_flight(), self.finished[:])))
+        self.channel.send(("tick", (dict(self.counts), self.in_flight(), self.finished[:])))
         self.finished.clear()
 
     async def ticking(self) -> None:
@@ -205,7 +239,7 @@ class _Link:
     async def gate(self) -> int:
         """Tell the parent this worker is warm; the shared steady start it answers with."""
         self.tick()  # the warmup's records first
-        self.conn.send(("ready", dict(self.counts)))
+        self.channel.send(("ready", dict(self.counts)))
         while True:
             kind, value = await self.inbox.get()
             if kind == "go":
@@ -218,19 +252,25 @@ class _Link:
         e = outcome.write_error
         outcome.write_error = None  # sent as its parts: an exception with its own arguments does not unpickle
         failure = (str(e.path), e.errno, e.strerror) if e is not None else None
-        self.conn.send(("done", (outcome, written, dict(self.counts), failure)))
+        self.channel.send(("done", (outcome, written, dict(self.counts), failure)))
 
 
-async def _work(spec: WorkerSpec, conn: Connection) -> int:
+async def work(spec: WorkerSpec, channel: Channel, *, signals: bool = True) -> int:
+    """One worker's load: its backend client, its runner and its records files under ``spec.out``.
+
+    ``signals``: SIGINT and SIGTERM stop it (a process's main thread only; a thread is stopped through
+    its channel).
+    """
     from agent.backends import create
     from agent.run.runner import RunContext, Runner
     from exporters.jsonl import JsonlWriter
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    link = _Link(spec, conn, stop)
+    if signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    link = _Link(spec, channel, stop)
     backend = create(spec.backend, spec.args)
     await backend.start()
     ticker: asyncio.Task[None] | None = None
@@ -268,8 +308,16 @@ async def _work(spec: WorkerSpec, conn: Connection) -> int:
 # --- the parent's side -------------------------------------------------------------------------------
 
 
-class WorkerGroup:
-    """The parent's handle on one stage's worker processes: start, watch, stop, and their outcomes."""
+class Group:
+    """What the parent knows of one stage's workers wherever they run: their messages, counts, outcomes.
+
+    A subclass starts the workers and carries messages (``WorkerGroup``: processes on this machine; the
+    Ray group in ``agent.run.cluster``: actors on a cluster's nodes); this class folds the messages in,
+    releases every worker at one steady start, and waits for them all.
+    """
+
+    #: how long before the shared steady start the workers are told it
+    RELEASE_AHEAD_NS = 20_000_000
 
     def __init__(
         self,
@@ -286,85 +334,66 @@ class WorkerGroup:
         #: the ``perf_counter_ns()`` every worker's measured stage starts at, once they are released
         self.steady_start_ns: int | None = None
         self.results = [WorkerResult(s.share.index) for s in specs]
-        self._ctx = multiprocessing.get_context("spawn")
-        self._procs: list[Any] = []
-        self._conns: list[Connection] = []
         self._ready: set[int] = set()
         self._ready_event = asyncio.Event()
-        self._ended: list[asyncio.Event] = []
+        self._ended = [asyncio.Event() for _ in specs]
         self._any_ended = asyncio.Event()
 
     def _total(self) -> dict[str, int]:
         return {k: sum(r.counts[k] for r in self.results) for k in ("ok", "degraded")}
 
-    def _on_message(self, i: int) -> None:
-        conn, result = self._conns[i], self.results[i]
-        try:
-            while conn.poll():
-                kind, value = conn.recv()
-                if kind == "tick":
-                    result.counts, self.in_flight[i], records = value
-                    if records and self.on_records is not None:
-                        self.on_records(records)
-                elif kind == "ready":
-                    result.counts = value
-                    self._ready.add(i)
-                    if len(self._ready) == len(self.specs):
-                        self._ready_event.set()
-                elif kind == "done":
-                    result.outcome, result.written, result.counts, failure = value
-                    if failure is not None and result.outcome is not None:
-                        path, errno, strerror = failure
-                        result.outcome.write_error = RecordWriteError(path, OSError(errno, strerror))
-                        result.error = str(result.outcome.write_error)
-                elif kind == "error":
-                    result.error = value
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(conn.fileno())
-            self._ended[i].set()
-            self._any_ended.set()
-        self.on_counts(self._total())
+    def _handle(self, i: int, kind: str, value: Any) -> None:
+        """One message of worker ``i``."""
+        result = self.results[i]
+        if kind == "tick":
+            result.counts, self.in_flight[i], records = value
+            if records and self.on_records is not None:
+                self.on_records(records)
+        elif kind == "ready":
+            result.counts = value
+            self._ready.add(i)
+            if len(self._ready) == len(self.specs):
+                self._ready_event.set()
+        elif kind == "done":
+            result.outcome, result.written, result.counts, failure = value
+            if failure is not None and result.outcome is not None:
+                path, errno, strerror = failure
+                result.outcome.write_error = RecordWriteError(path, OSError(errno, strerror))
+                result.error = str(result.outcome.write_error)
+        elif kind == "error":
+            result.error = value
 
-    async def run(self, stop: asyncio.Event) -> list[WorkerResult]:
-        """Start every worker, release them at one steady start, wait for all; ``stop`` stops them all."""
-        loop = asyncio.get_running_loop()
-        for i, spec in enumerate(self.specs):
-            parent, child = self._ctx.Pipe()
-            proc = self._ctx.Process(target=worker_main, args=(spec, child), name=f"infermeter-worker-{i}")
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._conns.append(parent)
-            self._ended.append(asyncio.Event())
-            self.results[i].pid = proc.pid
-            loop.add_reader(parent.fileno(), self._on_message, i)
-            os.set_blocking(parent.fileno(), True)  # a message whose start is in is read whole
-        try:
-            await self._release(stop)
-            stopper = asyncio.create_task(stop.wait())
-            ended = asyncio.create_task(self._all_ended())
-            await asyncio.wait({stopper, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if not ended.done():
-                self.terminate()
-                try:
-                    await asyncio.wait_for(ended, STOP_GRACE_S)
-                except TimeoutError:
-                    self.kill()
-                    await ended
-            stopper.cancel()
-        except BaseException:
-            self.kill()
-            raise
-        finally:
-            for conn in self._conns:
-                with contextlib.suppress(ValueError, OSError):
-                    loop.remove_reader(conn.fileno())
-        for proc, result, spec in zip(self._procs, self.results, self.specs, strict=True):
-            await asyncio.to_thread(proc.join)
-            result.exit_code = proc.exitcode
-            if result.died:  # what reached its file is what it wrote
-                result.written = _lines(RunDir(spec.out).worker_records(spec.share.index))
-        return self.results
+    def _end(self, i: int) -> None:
+        """Worker ``i`` is gone (its outcome told or not)."""
+        self._ended[i].set()
+        self._any_ended.set()
+
+    def _go(self, i: int, start_ns: int) -> None:
+        """Tell worker ``i`` the steady start (``perf_counter_ns()`` of this process)."""
+        raise NotImplementedError
+
+    def terminate(self) -> None:
+        """Ask every worker still running to stop (each writes its in-flight requests as interrupted)."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """End every worker still running, now."""
+        raise NotImplementedError
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        """Release the workers, then wait for all of them; ``stop`` stops them all."""
+        await self._release(stop)
+        stopper = asyncio.create_task(stop.wait())
+        ended = asyncio.create_task(self._all_ended())
+        await asyncio.wait({stopper, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not ended.done():
+            self.terminate()
+            try:
+                await asyncio.wait_for(ended, STOP_GRACE_S)
+            except TimeoutError:
+                self.kill()
+                await ended
+        stopper.cancel()
 
     async def _release(self, stop: asyncio.Event) -> None:
         """Wait until every worker is warm (or one ended, or a stop), then send one steady start to all."""
@@ -382,15 +411,73 @@ class WorkerGroup:
         if ready not in done:
             self.terminate()  # a worker that died before the load, or a stop: the others do not start
             return
-        start = time.perf_counter_ns() + 20_000_000  # every worker has the message well before it
+        start = time.perf_counter_ns() + self.RELEASE_AHEAD_NS  # every worker has the message well before it
         self.steady_start_ns = start
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                conn.send(("go", start))
+        for i in range(len(self.specs)):
+            self._go(i, start)
 
     async def _all_ended(self) -> None:
         for e in self._ended:
             await e.wait()
+
+
+class WorkerGroup(Group):
+    """The parent's handle on one stage's worker processes on this machine."""
+
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        on_counts: Callable[[dict[str, int]], None],
+        on_records: Callable[[list[RequestRecord]], None] | None = None,
+    ) -> None:
+        super().__init__(specs, on_counts, on_records)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: list[Any] = []
+        self._conns: list[Connection] = []
+
+    def _on_message(self, i: int) -> None:
+        conn = self._conns[i]
+        try:
+            while conn.poll():
+                kind, value = conn.recv()
+                self._handle(i, kind, value)
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            self._end(i)
+        self.on_counts(self._total())
+
+    async def run(self, stop: asyncio.Event) -> list[WorkerResult]:
+        """Start every worker, release them at one steady start, wait for all; ``stop`` stops them all."""
+        loop = asyncio.get_running_loop()
+        for i, spec in enumerate(self.specs):
+            parent, child = self._ctx.Pipe()
+            proc = self._ctx.Process(target=worker_main, args=(spec, child), name=f"infermeter-worker-{i}")
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._conns.append(parent)
+            self.results[i].pid = proc.pid
+            loop.add_reader(parent.fileno(), self._on_message, i)
+            os.set_blocking(parent.fileno(), True)  # a message whose start is in is read whole
+        try:
+            await self._follow(stop)
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            for conn in self._conns:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(conn.fileno())
+        for proc, result, spec in zip(self._procs, self.results, self.specs, strict=True):
+            await asyncio.to_thread(proc.join)
+            result.exit_code = proc.exitcode
+            if result.died:  # what reached its file is what it wrote
+                result.written = _lines(RunDir(spec.out).worker_records(spec.share.index))
+        return self.results
+
+    def _go(self, i: int, start_ns: int) -> None:
+        with contextlib.suppress(OSError):
+            self._conns[i].send(("go", start_ns))
 
     def terminate(self) -> None:
         """SIGTERM to every worker still running (each writes its in-flight requests as interrupted)."""

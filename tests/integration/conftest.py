@@ -32,11 +32,13 @@ def cli_env(cache_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_cli(args: list[str], cache_dir: Path) -> subprocess.Popen[str]:
+def start_cli(
+    args: list[str], cache_dir: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "agent.cli", *args],
         cwd=ROOT,
-        env=cli_env(cache_dir),
+        env=env or cli_env(cache_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

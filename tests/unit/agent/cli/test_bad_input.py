@@ -75,6 +75,8 @@ BAD_FLAGS = {
         ["--workers", "2", "--concurrency", "2", "--backend", "embedded"],
         "runs in this process",
     ),
+    "a Ray address nothing answers at": (["--ray", "127.0.0.1:9"], "nothing answers there"),
+    "a Ray address without a port": (["--ray", "headnode"], "HOST:PORT"),
     "backend arg that is not YAML": (["--backend-arg", "ttft_ms=[1"], "--backend-arg"),
     "think time that is not a duration": (["--think-time", "abc"], "--think-time"),
     "duration that is not a duration": (["--duration", "soon"], "duration"),

@@ -96,7 +96,7 @@ def test_a_tick_bigger_than_the_pipe_reaches_the_parent_whole(tmp_path: Path) ->
     import uvloop
 
     from agent.core.record import RequestRecord
-    from agent.run.workers import WorkerSpec, _Link
+    from agent.run.workers import WorkerSpec, _Link, _Pipe
     from tests.unit.analysis.test_damaged_records import good_line
 
     sc = load_scenario(resolve_scenario("chat"))
@@ -113,7 +113,7 @@ def test_a_tick_bigger_than_the_pipe_reaches_the_parent_whole(tmp_path: Path) ->
     reader.start()
 
     async def tick() -> None:
-        link = _Link(spec, child, asyncio.Event())
+        link = _Link(spec, _Pipe(child), asyncio.Event())
         link.finished = [
             record.model_copy(update={"seq": i}) for i in range(2_000)
         ]  # MBs; a pipe holds 64 KB

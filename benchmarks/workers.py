@@ -6,13 +6,17 @@ simulator with a 100 ms TTFT and 10 ms gaps (how far the recorded TTFT lies abov
 100 ms, p50 and p99). The simulator runs as its own process, pinned to the last core where there is more
 than one; the workers are left to the scheduler. ``python benchmarks/workers.py`` prints a JSON report;
 ``--workers 1 2 4 8`` chooses the counts (by default the ones the machine has cores for);
-``--serve-metrics`` measures the same runs with the one ``/metrics`` served (every record sent to it).
+``--serve-metrics`` measures the same runs with the one ``/metrics`` served (every record sent to it);
+``--ray`` places the workers on Ray's multi-node test cluster on this machine (one node of one CPU per
+worker, every record streamed back to the run directory), to measure what the cluster's path costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,12 +40,36 @@ def records(out: Path) -> list[dict[str, Any]]:
 EXTRA: list[str] = []
 
 
+#: Ray on one machine binds loopback only (for the cluster and for each run that joins it)
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@contextlib.contextmanager
+def ray_cluster(nodes: int) -> Any:
+    """Ray's test cluster with ``nodes`` nodes of one CPU each (``tests/ray_cluster.py``); its address."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.ray_cluster", str(nodes)],
+        cwd=ROOT,
+        env={**os.environ, **RAY_ENV},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        yield json.loads(proc.stdout.readline())["address"]
+    finally:
+        proc.stdin.close()
+        proc.wait(120)
+
+
 def run(base: str, workers: int, args: list[str], out: Path) -> list[dict[str, Any]]:
     """One ``infermeter run`` against ``base``; its steady records."""
     cmd = [sys.executable, "-m", "agent.cli", "run", "chat", "--backend", "sim", "--base-url", base]
     cmd += ["--workers", str(workers), "--warmup", "0", "--energy", "off", "--no-progress", "--out", str(out)]
     cmd += EXTRA
-    subprocess.run([*cmd, *args], cwd=ROOT, check=True, capture_output=True, timeout=900)
+    env = {**os.environ, **RAY_ENV} if "--ray" in EXTRA else None
+    subprocess.run([*cmd, *args], cwd=ROOT, check=True, capture_output=True, timeout=900, env=env)
     return records(out)
 
 
@@ -88,6 +116,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=16, help="throughput: requests per stream slot")
     p.add_argument("--timing-concurrency", type=int, default=64)
     p.add_argument("--serve-metrics", action="store_true", help="serve /metrics while each run lasts")
+    p.add_argument("--ray", action="store_true", help="the workers on Ray's test cluster on this machine")
     ns = p.parse_args()
     if ns.serve_metrics:
         EXTRA.extend(["--serve-metrics", "--metrics-port", "0"])
@@ -95,13 +124,17 @@ def main() -> None:
         "cores": cores(),
         "concurrency": ns.concurrency,
         "serve_metrics": ns.serve_metrics,
+        "ray": ns.ray,
         "runs": [],
     }
     with (
+        ray_cluster(max(ns.workers)) if ns.ray else contextlib.nullcontext() as address,
         tempfile.TemporaryDirectory() as tmp,
         local_sim(pin=True) as fast,
         local_sim("--ttft-ms", "100", "--itl-ms", "10", pin=True) as slow,
     ):
+        if address is not None:
+            EXTRA.extend(["--ray", address])
         for n in ns.workers:
             row = {"workers": n, **throughput(fast, n, ns, Path(tmp)), **timing(slow, n, ns, Path(tmp))}
             report["runs"].append(row)

@@ -46,7 +46,7 @@ TASK_SCORERS: dict[str, tuple[str, ...]] = {
     "code": ("bleu", "rouge_l", "semscore"),
     "creative": ("semscore", "length_ratio", "repetition"),
     "classification": ("exact_match", "length_ratio"),
-    "multiple_choice": ("mc_accuracy", "exact_match"),
+    "multiple_choice": ("mc_accuracy", "exact_match", "mc_readable"),
     "open": ("repetition",),
 }
 #: Below this mean ROUGE-L of candidate vs baseline output, the outputs count as drifted.

@@ -24,6 +24,7 @@ from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 __all__ = [
     "REGISTRY",
+    "Choice",
     "Scorer",
     "SemScorer",
     "bleu",
@@ -33,6 +34,8 @@ __all__ = [
     "length_ratio",
     "load_semscorer",
     "mc_accuracy",
+    "mc_readable",
+    "read_choice",
     "repetition",
     "rouge_l",
     "rouge_tokens",
@@ -199,41 +202,158 @@ def repetition(candidate: str, _reference: str = "") -> float:
 
 # --- multiple choice -----------------------------------------------------------------------------------
 
-_CHOICE_PATTERNS = (
-    # after a cue word: "The answer is B", "Answer: (c)", "option D"; a lower-case letter only when it
-    # stands alone ("answer: b." but not "the answer is a good one")
-    re.compile(
-        r"(?i:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*"
-        r"(?:\(([A-Ja-j])\)|([A-J])\b|([a-j])(?=[).]|\s*$))"
-    ),
-    # the answer opens with the letter alone: "B", "B.", "(B)", "b) because …"
-    re.compile(r"^\s*\(?([A-Ja-j])\s*(?:[.):]|$)"),
-    # "It is C." at the end of a sentence or the text
-    re.compile(r"\bis\s+\(?([A-J])\)?(?=[.)]|\s*$)"),
-    # a capital letter in the option style anywhere: "… so D) is right", "(C)"
-    re.compile(r"\b([A-J])\)"),
-    re.compile(r"\(([A-J])\)"),
+#: the option letters a reader knows (MMLU and ARC use A–D or A–E; some suites go to J)
+LETTERS = "ABCDEFGHIJ"
+
+#: markup around a letter that a person reads through: bold, italics, code, LaTeX boxes and text commands
+_MARKUP = re.compile(r"[*`$]|\\[()\[\]]|(?<!\w)_+|_+(?!\w)")
+_LATEX = re.compile(r"\\(?:boxed|textbf|text|mathrm|mathbf)\s*\{\s*([^{}]*?)\s*\}")
+#: an option line as a question prints it: "A. Paris", "(B) London", "C) Berlin", "D: Rome"
+_OPTION_LINE = re.compile(r"^\s*[-*]?\s*[\(\[]?([A-J])\s*[\)\].:]\s+\S")
+#: inline options in a row: "A) Paris B) London C) Berlin"
+_OPTION_INLINE = re.compile(r"(?:^|\s)[\(\[]?([A-J])[\)\]]\s+\S")
+
+#: one letter: bracketed in either case; a capital before a space, punctuation or the end; a lower-case
+#: one only before punctuation or the end ("answer: b." is a choice, "the answer is a good one" is not)
+_L = r"(?:[\(\[]([A-Ja-j])[\)\]]|([A-J])(?=[\s.,;:!?)\]]|$)|([a-j])(?=[.,;:!?)\]]|[ \t]*(?:\n|$)))"
+#: the verbs that tie a cue to its letter
+_IS = r"(?i:\s*(?:is|:|=|-|would\s+be|must\s+be|should\s+be|will\s+be)\s*)"
+_KIND = r"(?i:(?:option|choice|letter)\s+)?"
+#: cues that name the chosen letter, in tiers: a final answer settles the others
+_FINAL = re.compile(r"(?i:\bfinal\s+answer)" + _IS + "?" + _KIND + _L)
+_STRONG = tuple(
+    re.compile(p)
+    for p in (
+        r"(?i:\b(?:correct|right|best)\s+(?:answer|option|choice))" + _IS + "?" + _KIND + _L,
+        r"(?i:\banswer)" + _IS + _KIND + _L,
+        r"(?i:\b(?:option|choice|letter)\s+)"
+        + _L
+        + r"(?i:\s+(?:is|would\s+be|must\s+be|seems)\s+(?:the\s+)?(?:correct|right|best|answer))",
+        r"(?:^|(?<=[\s:]))"
+        + _L
+        + r"(?i:\s+(?:is|would\s+be|must\s+be)\s+(?:the\s+)?(?:correct|right|best)\b)",
+        r"(?i:\bI(?:'d|\s+would)?\s+(?:choose|pick|select|go\s+with)\s+)" + _KIND + _L,
+    )
+)
+#: cues that name a letter to rule it out: "the answer is not A", "B is wrong"
+_NEGATED = (
+    re.compile(r"(?i:\b(?:answer|option|it)\s+(?:is\s+)?not\s+)" + _KIND + _L),
+    re.compile(_L + r"(?i:\s+(?:is|seems)\s+(?:incorrect|wrong|false|not\s+(?:correct|right)))"),
+)
+#: the whole answer one letter: "B", "b.", "(c)", "[D]"; and a line that is one letter
+_ALONE = re.compile(r"^\s*[\(\[]?([A-Ja-j])\s*[\)\].:]?\s*$")
+_LINE_ALONE = re.compile(r"^[ \t]*[\(\[]?([A-Ja-j])[ \t]*[\)\].:]?[ \t]*$", re.MULTILINE)
+#: a line or sentence opens with the letter: "(C) Paris", "B. because …", "b) the second", "D: Rome",
+#: "Sure! B, since …"; a bare capital before a space ("C because") too, but "A" and "I" (which are words)
+#: only where the line ends with them, as any letter may
+_OPENS = re.compile(
+    r"(?:^|(?<=[.!?]\s))\s*"
+    r"(?:[\(\[]([A-Ja-j])[\)\]]|([A-Ja-j])[\).:,](?!\w)|([B-HJ])(?=\s|$)|([A-Ja-j])(?=[ \t]*$))",
+    re.MULTILINE,
+)
+#: two letters offered as alternatives: "A or B", "(B) or maybe (C)"
+_EITHER = re.compile(
+    r"(?:^|(?<=[\s(\[]))[\(\[]?([A-J])[\)\]]?,?\s+(?i:or)\s+(?i:maybe\s+|perhaps\s+|possibly\s+)?"
+    r"[\(\[]?([A-J])[\)\]]?(?=[\s.,;:!?]|$)"
+)
+#: a capital in the option style anywhere ("… so (D)", "… D) is right"), or "It is C." ending a sentence
+_WEAK = (
+    re.compile(r"(?:^|(?<=[^\w(\[]))[\(\[]([A-J])[\)\]]"),
+    re.compile(r"(?:^|(?<=\s))([A-J])\)"),
+    re.compile(r"(?i:\b(?:it|that)(?:'s|\s+is|\s+would\s+be)\s+)[\(\[]?([A-J])[\)\]]?(?=[.!]|\s*$)"),
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What a reader made of a multiple-choice answer: the letter, or why there is none."""
+
+    letter: str | None
+    #: ``read`` (one letter), ``ambiguous`` (two or more letters, none final), ``echoed`` (the option
+    #: list repeated, nothing chosen), ``none`` (no letter at all)
+    status: Literal["read", "ambiguous", "echoed", "none"]
+    #: every letter the answer names as its choice, in order (two or more when ambiguous)
+    named: tuple[str, ...] = ()
+
+
+def _plain(text: str) -> str:
+    """The text as a person reads it: LaTeX boxes and markup gone, non-breaking spaces plain."""
+    text = text.replace("\u00a0", " ")
+    for _ in range(3):  # \boxed{\text{B}}: the innermost first
+        text = _LATEX.sub(lambda m: f" {m.group(1)} ", text)
+    return _MARKUP.sub("", text)
+
+
+def _letters(pattern: re.Pattern[str], text: str) -> list[str]:
+    return [next(g for g in m.groups() if g).upper() for m in pattern.finditer(text)]
+
+
+def _without_options(text: str) -> tuple[str, bool]:
+    """The text less any option list it repeats (two or more option lines, or three options inline)."""
+    lines = text.splitlines()
+    marked = [i for i, line in enumerate(lines) if _OPTION_LINE.match(line)]
+    letters = [_OPTION_LINE.match(lines[i]).group(1) for i in marked]  # type: ignore[union-attr]
+    echoed = False
+    if len(set(letters)) >= 2 and letters == sorted(letters) and letters[0] == "A":
+        lines = [line for i, line in enumerate(lines) if i not in set(marked)]
+        echoed = True
+    rest = "\n".join(lines)
+    inline = _letters(_OPTION_INLINE, rest)
+    if len(inline) >= 3 and inline == sorted(set(inline)) and inline[0] == "A":
+        rest = _OPTION_INLINE.sub(" ", rest)
+        echoed = True
+    return rest, echoed
+
+
+def read_choice(text: str, letters: str = LETTERS) -> Choice:
+    r"""The option letter a free-text answer chooses, read as a person would.
+
+    Forms read: a bare letter in any case and bracket ("b", "(C)", "[D]", "B."), bold or boxed
+    ("**B**", "\boxed{B}"), an opening letter ("C) Paris because …"), and cues ("Answer: c) …",
+    "The answer is (B)", "the answer must be D", "B is correct", "Option A is the right one",
+    "I'd go with C", "Final answer: B"). A repeated option list ("A. Paris / B. London / …") is never
+    read as a choice; a cue after it still is. Two different letters named as the choice, with no final
+    answer to settle them, are ``ambiguous``; a letter ruled out ("not A") is not counted.
+    """
+    plain = _plain(text or "")
+    if m := _ALONE.match(plain):
+        letter = m.group(1).upper()
+        return Choice(letter, "read", (letter,)) if letter in letters else Choice(None, "none")
+    rest, echoed = _without_options(plain)
+    ruled_out = {x for p in _NEGATED for x in _letters(p, rest)}
+    final = [x for x in _letters(_FINAL, rest) if x in letters and x not in ruled_out]
+    offered = [x for m in _EITHER.finditer(rest) for x in m.groups() if x in letters and x not in ruled_out]
+    if not final and len(set(offered)) > 1:
+        return Choice(None, "ambiguous", tuple(dict.fromkeys(offered)))
+    for cues in ((_FINAL,), _STRONG, (_LINE_ALONE, _OPENS), _WEAK):
+        named = [x for p in cues for x in _letters(p, rest) if x in letters and x not in ruled_out]
+        distinct = tuple(dict.fromkeys(named))
+        if len(distinct) == 1:
+            return Choice(distinct[0], "read", distinct)
+        if len(distinct) > 1:
+            return Choice(None, "ambiguous", distinct)
+    return Choice(None, "echoed" if echoed else "none")
+
+
 def extract_choice(text: str) -> str | None:
-    """The option letter an answer picks: "B", "B)", "(B) …", "The answer is B", "Answer: B".
+    """The option letter an answer picks (``read_choice``), or None when it names none or several.
 
     Rescoring by extraction is what separates a wrong answer from a right one in the wrong format
     (method §6): a model that answers "The answer is B" is right, not unformatted.
     """
-    for pattern in _CHOICE_PATTERNS:
-        m = pattern.search(text)
-        if m:
-            return next(g for g in m.groups() if g).upper()
-    return None
+    return read_choice(text).letter
 
 
 def mc_accuracy(candidate: str, reference: str) -> float:
-    """1.0 when the letter extracted from the answer equals the reference letter."""
+    """1.0 when the letter read from the answer equals the reference letter."""
     want = extract_choice(reference) or reference.strip().upper()[:1]
     got = extract_choice(candidate)
     return float(got is not None and got == want)
+
+
+def mc_readable(candidate: str, _reference: str = "") -> float:
+    """1.0 when the answer names exactly one option letter; 0 when ambiguous, an echoed list, or none."""
+    return float(read_choice(candidate).status == "read")
 
 
 # --- SemScore ------------------------------------------------------------------------------------------
@@ -417,7 +537,23 @@ _register(
 _register(Scorer("exact_match", exact_match, "case-insensitive stripped equality", family="accuracy"))
 _register(Scorer("length_ratio", length_ratio, "min/max length in words", family="shape"))
 _register(Scorer("repetition", repetition, "unique/total word 4-grams", needs="none", family="shape"))
-_register(Scorer("mc_accuracy", mc_accuracy, "option letter extracted by regex", family="accuracy"))
+_register(
+    Scorer(
+        "mc_accuracy",
+        mc_accuracy,
+        "the option letter read from the answer, against the reference",
+        family="accuracy",
+    )
+)
+_register(
+    Scorer(
+        "mc_readable",
+        mc_readable,
+        "answers naming exactly one option letter (ambiguous, echoed lists and no letter score 0)",
+        needs="none",
+        family="shape",
+    )
+)
 
 
 def load_semscorer(model: str | None = None) -> tuple[SemScorer | None, str | None]:

@@ -72,7 +72,7 @@ def test_score_samples_uses_each_tasks_scorers() -> None:
     by_id = {s.prompt_id: s.scores for s in samples}
     assert set(by_id["q1"]) == {"rouge_l", "length_ratio"}  # SemScore skipped without a model
     assert by_id["q1"]["rouge_l"] == 1.0
-    assert by_id["m2"] == {"mc_accuracy": 1.0, "exact_match": 0.0}
+    assert by_id["m2"] == {"mc_accuracy": 1.0, "exact_match": 0.0, "mc_readable": 1.0}
     assert by_id["free"] == {"repetition": pytest.approx(0.8)}
     assert sum(steps) == len(samples)
     table = {k: v.dump() for k, v in task_scores(samples, resamples=200, seed=1).items()}

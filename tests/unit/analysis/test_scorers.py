@@ -202,6 +202,7 @@ def test_registry_metadata() -> None:
         "length_ratio",
         "repetition",
         "mc_accuracy",
+        "mc_readable",
     }
     assert all(s.higher_is_better for s in REGISTRY.values())
     assert REGISTRY["semscore"].batched and REGISTRY["semscore"].family == "semantic"

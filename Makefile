@@ -98,7 +98,7 @@ lint: install-dev
 	$(BIN)/lint-imports
 
 test: lint tools vllm-background
-	INFERMETER_VLLM_HOME=$(VLLM_HOME) $(BIN)/pytest -ra
+	INFERMETER_VLLM_HOME=$(VLLM_HOME) $(BIN)/pytest -ra --durations=25
 
 # The whole suite while every core is busy with an unrelated process (Debian's stress-ng), as on a
 # laptop doing other work: tests assert against the load they achieved, so this passes too.

@@ -335,6 +335,7 @@ class Daemon:
     def record_probe(self, t: _Target, record: RequestRecord) -> None:
         """A finished probe: metrics under the target's name, status, sampling."""
         labelled = record.model_copy(update={"backend": t.cfg.name})
+        t.loop_error = None  # the restarted loop has finished a probe: readiness is green from here
         self.metrics.observe(labelled)
         self._result(
             t,

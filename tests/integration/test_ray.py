@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import ROOT, cli_env, run_cli, sim_server, start_cli, wait_for
+from tests.integration.test_workers import argv, lines, records_of
 
 pytest.importorskip("ray", reason="Ray is an optional extra; `make install-dev` installs it")
 
@@ -77,24 +78,9 @@ def env(cache_dir: Path) -> dict[str, str]:
     return {**cli_env(cache_dir), **RAY_ENV}
 
 
-def argv(line: str, base: str) -> list[str]:
-    return [*line.split(), "--backend", "sim", "--base-url", base, "--no-progress"]
-
-
-def records_of(out: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted(out.glob("records*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
-
-
 def node_copies() -> list[Path]:
     """The folders the workers keep their records in on their nodes (all this machine's, here)."""
     return list(Path(tempfile.gettempdir()).glob("infermeter-worker-*"))
-
-
-def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 def test_an_open_loop_across_two_nodes_keeps_one_schedule_every_record_and_exact_percentiles(
